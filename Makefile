@@ -1,0 +1,30 @@
+# Two commands do all setup on a fresh machine: `make run` and `make test`.
+# The venv gets the CPU build of torch pinned below; on a GPU machine install your CUDA torch into
+# .venv first (see README), `make` keeps whatever torch is already there.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test run clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+run: $(STAMP)
+	@echo "The embedded default model arrives with the synthetic-world issue; until then see README 'Use your own weights'."
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

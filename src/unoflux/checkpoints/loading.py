@@ -1,0 +1,259 @@
+"""Assemble a :class:`UnoFluxPipeline` from the files users already have, all from local paths.
+
+Accepted layouts (DESIGN section 5):
+- transformer: BFL single file (``flux1-dev.safetensors``), a diffusers-keyed single file, a diffusers
+  ``transformer/`` folder, or a whole diffusers FLUX folder (``--model``);
+- VAE: BFL ``ae.safetensors`` or a diffusers ``vae/`` folder;
+- text encoders: a T5 encoder folder and a CLIP-L text folder in transformers layout, tokenizer beside;
+- UNO LoRA: ``dit_lora.safetensors`` (XLabs layout) or a diffusers/PEFT LoRA file.
+Explicit arguments win over UNO's environment variables (FLUX_DEV, AE, T5, CLIP, LORA).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+from ..errors import UnofluxError
+from ..pipeline import UnoFluxPipeline
+from . import bfl
+from .files import read_tensors
+from .specs import EMBEDDED_MODEL_DIR, ENV_AE, ENV_CLIP, ENV_LORA, ENV_T5, SPECS, scheduler_config_for
+
+Offload = Literal["none", "model", "sequential"]
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.json")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ModelPaths:
+    """Where each component comes from; None = from ``model`` (a diffusers folder) or not given."""
+
+    model: str | None = None
+    flux: str | None = None
+    ae: str | None = None
+    t5: str | None = None
+    clip: str | None = None
+    lora: str | None = None
+
+    def with_environment(self) -> "ModelPaths":
+        """Fill unset paths from UNO's environment variables (explicit values win)."""
+        env = os.environ.get
+        flux = self.flux or next((env(v) for s in SPECS.values() for v in s.transformer_env if env(v)), None)
+        return ModelPaths(
+            model=self.model,
+            flux=flux,
+            ae=self.ae or env(ENV_AE),
+            t5=self.t5 or env(ENV_T5),
+            clip=self.clip or env(ENV_CLIP),
+            lora=self.lora or env(ENV_LORA),
+        )
+
+
+# ----------------------------------------------------------------------------------- components
+def _check_state_dict_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise UnofluxError(
+            f"{what} file {path!r} does not match the {what} it describes ({len(missing)} missing and "
+            f"{len(unexpected)} unexpected tensors, e.g. {detail})"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise UnofluxError(
+                f"{what} file {path!r} has {key!r} of shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
+            )
+
+
+def _cast(model, dtype: torch.dtype):
+    return model if model.dtype == dtype else model.to(dtype)
+
+
+def _diffusers_folder(path: Path, subfolder: str) -> tuple[str, str | None] | None:
+    """(root, subfolder) if ``path`` is a component folder or a pipeline folder holding ``subfolder``."""
+    if (path / subfolder / "config.json").is_file():
+        return str(path), subfolder
+    if (path / "config.json").is_file():
+        return str(path), None
+    return None
+
+
+def load_transformer(path: str | Path, dtype: torch.dtype) -> FluxTransformer2DModel:
+    path = Path(path)
+    if path.is_dir():
+        found = _diffusers_folder(path, "transformer")
+        if not found:
+            raise UnofluxError(f"transformer folder {str(path)!r} has no config.json (expected a diffusers folder)")
+        return FluxTransformer2DModel.from_pretrained(found[0], subfolder=found[1], dtype=dtype)
+    state, metadata = read_tensors(path, what="FLUX transformer")
+    state = bfl.strip_prefixes(state)
+    if bfl.is_bfl_transformer(state):
+        bfl_state, diffusers_state = state, None
+    elif "x_embedder.weight" in state:
+        bfl_state, diffusers_state = bfl.transformer_to_bfl(state), state
+    else:
+        raise UnofluxError(
+            f"{str(path)!r} is not a FLUX transformer: expected BFL keys like 'double_blocks.0.img_attn.qkv.weight' "
+            "or diffusers keys like 'transformer_blocks.0.attn.to_q.weight'"
+        )
+    config = bfl.infer_transformer_config(bfl_state, metadata)
+    if diffusers_state is None:
+        diffusers_state = bfl.transformer_to_diffusers(bfl_state)
+    with init_empty_weights():
+        model = FluxTransformer2DModel(**config)
+    _check_state_dict_fits(model, diffusers_state, str(path), "FLUX transformer")
+    model.load_state_dict(diffusers_state, strict=True, assign=True)
+    return _cast(model, dtype)
+
+
+def load_vae(path: str | Path, dtype: torch.dtype) -> AutoencoderKL:
+    path = Path(path)
+    if path.is_dir():
+        found = _diffusers_folder(path, "vae")
+        if not found:
+            raise UnofluxError(f"VAE folder {str(path)!r} has no config.json (expected a diffusers vae/ folder)")
+        return AutoencoderKL.from_pretrained(found[0], subfolder=found[1], dtype=dtype)
+    state, metadata = read_tensors(path, what="VAE")
+    if not bfl.is_bfl_vae(state):
+        raise UnofluxError(f"{str(path)!r} is not a FLUX VAE: expected BFL/LDM keys like 'encoder.down.0.block.0.conv1.weight'")
+    config = bfl.infer_vae_config(state, metadata)
+    converted = convert_ldm_vae_checkpoint(state, config)
+    with init_empty_weights():
+        vae = AutoencoderKL(**config)
+    _check_state_dict_fits(vae, converted, str(path), "VAE")
+    vae.load_state_dict(converted, strict=True, assign=True)
+    return _cast(vae, dtype)
+
+
+def _load_text_encoder(path: str | Path, model_class, subfolders: tuple[str, str], what: str, dtype: torch.dtype):
+    path = Path(path)
+    if not path.is_dir():
+        raise UnofluxError(f"{what} {str(path)!r} must be a folder in transformers layout (config.json, weights, tokenizer)")
+    model_dir = path / subfolders[0] if (path / subfolders[0] / "config.json").is_file() else path
+    tokenizer_dir = path / subfolders[1] if (path / subfolders[1]).is_dir() else model_dir
+    if not (model_dir / "config.json").is_file():
+        raise UnofluxError(f"{what} folder {str(path)!r} has no config.json")
+    # transformers would silently build an empty default tokenizer from config.json alone
+    if not any((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise UnofluxError(
+            f"{what} folder {str(path)!r} has no tokenizer beside the weights (expected one of {', '.join(TOKENIZER_FILES)})"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:
+        raise UnofluxError(f"{what} folder {str(path)!r} has no usable tokenizer files beside the weights ({err})") from None
+    try:
+        model = model_class.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UnofluxError(f"{what} folder {str(path)!r} cannot be loaded ({err})") from None
+    return model.eval().requires_grad_(False), tokenizer
+
+
+def load_t5(path, dtype):
+    return _load_text_encoder(path, T5EncoderModel, ("text_encoder_2", "tokenizer_2"), "T5 encoder", dtype)
+
+
+def load_clip(path, dtype):
+    return _load_text_encoder(path, CLIPTextModel, ("text_encoder", "tokenizer"), "CLIP text encoder", dtype)
+
+
+# ------------------------------------------------------------------------------------- pipeline
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_pipeline(
+    paths: ModelPaths | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    vae_dtype: torch.dtype = torch.float32,
+    offload: Offload = "none",
+    weights_dtype: str | None = None,
+    use_environment: bool = True,
+) -> UnoFluxPipeline:
+    """Build the pipeline from local files (nothing is downloaded).
+
+    ``dtype`` is the compute dtype of the transformer and text encoders (default bf16 on a GPU, fp32 on
+    CPU); the VAE runs in ``vae_dtype`` (fp32, as UNO's reference does). ``weights_dtype="fp8"`` stores
+    transformer weights as float8 and computes in ``dtype`` (UNO's low-memory mode). ``offload`` moves
+    whole models (``model``) or single layers (``sequential``) to the GPU only while they run.
+    """
+    paths = paths or ModelPaths()
+    if use_environment:
+        paths = paths.with_environment()
+    device = device or default_device()
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise UnofluxError(f"dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    dtype = dtype or (torch.bfloat16 if device != "cpu" else torch.float32)
+    if offload not in ("none", "model", "sequential"):
+        raise UnofluxError(f"offload {offload!r} is not one of: none, model, sequential")
+    if offload != "none" and not str(device).startswith(("cuda", "xpu", "mps")):
+        raise UnofluxError(f"offload {offload!r} moves models onto a GPU; it needs --device cuda, not {device!r}")
+    if weights_dtype not in (None, "fp8"):
+        raise UnofluxError(f"weights dtype {weights_dtype!r} is not supported; use fp8 or leave it unset")
+
+    model = paths.model
+    if model is None and not any((paths.flux, paths.ae, paths.t5, paths.clip)) and EMBEDDED_MODEL_DIR.is_dir():
+        model = str(EMBEDDED_MODEL_DIR)
+    if model is not None and not Path(model, "model_index.json").is_file():
+        raise UnofluxError(f"model folder {model!r} is not a diffusers pipeline folder (no model_index.json)")
+
+    if model is None:
+        given = {"--flux": paths.flux, "--ae": paths.ae, "--t5": paths.t5, "--clip": paths.clip}
+        missing = [flag for flag, value in given.items() if not value]
+        if missing:
+            raise UnofluxError(
+                f"no model given for {', '.join(missing)}: pass --model DIR (a diffusers FLUX folder) or all of "
+                "--flux, --ae, --t5 and --clip (or set FLUX_DEV, AE, T5 and CLIP)"
+            )
+
+    components = {}
+    if paths.flux:
+        components["transformer"] = load_transformer(paths.flux, dtype)
+    if paths.ae:
+        components["vae"] = load_vae(paths.ae, vae_dtype)
+    if paths.t5:
+        components["text_encoder_2"], components["tokenizer_2"] = load_t5(paths.t5, dtype)
+    if paths.clip:
+        components["text_encoder"], components["tokenizer"] = load_clip(paths.clip, dtype)
+
+    if model is not None:
+        pipe = UnoFluxPipeline.from_pretrained(model, dtype=dtype, local_files_only=True, **components)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+            scheduler_config_for(dict(components["transformer"].config))
+        )
+        pipe = UnoFluxPipeline(scheduler=scheduler, **components)
+    _cast(pipe.vae, vae_dtype)
+
+    if paths.lora:
+        pipe.load_uno_lora(paths.lora)
+    if weights_dtype == "fp8":
+        # Keep LoRA, norms and embeddings in the compute dtype; store the big Linear weights as float8.
+        pipe.transformer.enable_layerwise_casting(
+            storage_dtype=torch.float8_e4m3fn,
+            compute_dtype=dtype,
+            skip_modules_pattern=("pos_embed", "norm", "^proj_out$", "lora_"),
+        )
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(desc="denoising", leave=False)
+    return pipe

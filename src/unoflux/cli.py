@@ -1,0 +1,146 @@
+"""``unoflux`` command line: one typed function per subcommand, all thin shells over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from .errors import UnofluxError
+
+POSITION_MODES = ("diagonal", "height", "width", "none")  # mirrors conditioning.POSITION_MODES (no torch import)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (local files only; explicit flags win over FLUX_DEV, AE, T5, CLIP, LORA)")
+    g.add_argument("--model", metavar="DIR", help="a diffusers FLUX folder (model_index.json); default: the embedded model")
+    g.add_argument("--flux", metavar="PATH", help="FLUX transformer: BFL flux1-dev.safetensors or a diffusers transformer/ folder")
+    g.add_argument("--ae", metavar="PATH", help="VAE: BFL ae.safetensors or a diffusers vae/ folder")
+    g.add_argument("--t5", metavar="DIR", help="T5 encoder folder (transformers layout, tokenizer beside)")
+    g.add_argument("--clip", metavar="DIR", help="CLIP-L text encoder folder (transformers layout, tokenizer beside)")
+    g.add_argument("--lora", metavar="PATH", help="UNO LoRA: dit_lora.safetensors (XLabs layout) or a diffusers LoRA")
+    g = p.add_argument_group("device and memory")
+    g.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda if available)")
+    g.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="compute dtype (default: bf16 on GPU, fp32 on CPU)")
+    g.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
+                   help="keep models on the CPU and move each (model) or each layer (sequential) to the GPU while it runs")
+    g.add_argument("--weights-dtype", choices=("fp8",), help="store transformer weights as float8, compute in --dtype")
+
+
+def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None):
+    """The pipeline the model flags describe, and a record of them for output metadata."""
+    import transformers
+
+    from .checkpoints import ModelPaths, load_pipeline
+
+    transformers.utils.logging.disable_progress_bar()  # weight-loading bars; our own bars stay
+    paths = ModelPaths(model=args.model, flux=args.flux, ae=args.ae, t5=args.t5, clip=args.clip, lora=args.lora)
+    pipe = load_pipeline(
+        paths, device=device or args.device, dtype=args.dtype, offload=args.offload, weights_dtype=args.weights_dtype
+    )
+    model = {k: str(Path(v).resolve()) for k, v in vars(paths.with_environment()).items() if v} or {"model": "embedded"}
+    model.update(dtype=str(pipe.transformer.dtype).removeprefix("torch."), weights_dtype=args.weights_dtype)
+    return pipe, model
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--prompt", help="what to generate")
+    g.add_argument("--ref", action="append", default=[], metavar="IMAGE", help="a reference image (repeat for several)")
+    g.add_argument("--width", type=int, default=512, help="output width, floored to a multiple of 16 (default 512)")
+    g.add_argument("--height", type=int, default=512, help="output height, floored to a multiple of 16 (default 512)")
+    g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    g.add_argument("--guidance", type=float, default=4.0, help="FLUX.1-dev distilled guidance (default 4)")
+    g.add_argument("--seed", type=int, default=3407, help="image j uses seed + j (default 3407, as UNO)")
+    g.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
+    g.add_argument("--position-mode", choices=POSITION_MODES, default="diagonal", help="UnoPE offsets (default diagonal)")
+    g.add_argument("--ref-long-side", type=int, help="reference long side in px (default 512 for one reference, 320 for several)")
+    g.add_argument("--schedule", choices=("uno", "flux"), default="uno",
+                   help="time shift: 'uno' reproduces UNO's inference, 'flux' uses the true token count")
+    g.add_argument("--out", help="a .png file, or a folder (default outputs/; batch: outputs/batch)")
+    g.add_argument("--batch", metavar="FILE.json", help="UNO eval JSON: [{prompt, image_paths}, ...]; resumable, shards under accelerate launch")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate images from a prompt and reference images (or a batch file)."""
+    from .generation import GenerationRequest, read_batch
+
+    if (args.prompt is None) == (args.batch is None):
+        raise UnofluxError("give either --prompt or --batch FILE.json")
+    request = GenerationRequest(
+        prompt="(from the batch file)" if args.batch else args.prompt,
+        references=[str(Path(r).resolve()) for r in args.ref], width=args.width, height=args.height, steps=args.steps,
+        guidance=args.guidance, seed=args.seed, num_images=args.num_images, position_mode=args.position_mode,
+        reference_long_side=args.ref_long_side, schedule=args.schedule,
+    )  # fmt: skip
+    request.validate()  # bad input fails here, before minutes of model loading
+    items = read_batch(args.batch) if args.batch else None
+
+    device, process_index, num_processes = args.device, 0, 1
+    if items is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`
+        from accelerate import PartialState
+
+        state = PartialState()
+        device, process_index, num_processes = device or str(state.device), state.process_index, state.num_processes
+    pipe, model = load_pipeline_from_args(args, device=device)
+
+    if items is not None:
+        from .generation import run_batch
+
+        out = Path(args.out or "outputs/batch")
+        made, skipped = run_batch(pipe, items, request, out, model, process_index, num_processes)
+        print(f"{made} images written to {out}/ ({skipped} already there)")
+        return 0
+
+    from .generation import generate_to_files
+
+    for path in generate_to_files(pipe, request, args.out, model):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unoflux", description="Subject-driven image generation (UNO) on FLUX-family transformers."
+    )
+    parser.add_argument("--version", action="version", version=f"unoflux {__import__('unoflux').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("generate", help="generate images from a prompt and 0..N reference images",
+                       description=cmd_generate.__doc__)  # fmt: skip
+    _add_generation_args(p)
+    add_model_args(p)
+    p.set_defaults(func=cmd_generate)
+    for module in ("world", "app"):  # each subpackage adds its own commands
+        if importlib.util.find_spec(f"unoflux.{module}") and importlib.util.find_spec(f"unoflux.{module}.cli"):
+            importlib.import_module(f"unoflux.{module}.cli").register(sub)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (loading bars, dtype notes) hides our own messages; keep their errors only."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: everything is local
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.func(args) or 0
+    except UnofluxError as err:
+        print(f"unoflux: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unoflux: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

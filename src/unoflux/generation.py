@@ -1,0 +1,162 @@
+"""Generation as users run it: one request -> PNG files carrying their settings; UNO's batch JSON with
+resume and multi-process sharding. The CLI and the web app both call these (one code path)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import __version__
+from .conditioning import PositionMode
+from .errors import UnofluxError
+from .images import load_image, save_json, save_png
+from .pipeline import UnoFluxPipeline, UnoOutput, check_generation_args
+
+
+@dataclass
+class GenerationRequest:
+    """Everything that determines the images, given the model."""
+
+    prompt: str
+    references: list[str] = field(default_factory=list)  # image paths
+    width: int = 512
+    height: int = 512
+    steps: int = 25
+    guidance: float = 4.0
+    seed: int = 0
+    num_images: int = 1
+    position_mode: PositionMode = "diagonal"
+    reference_long_side: int | None = None  # None: 512 for one reference, 320 for several
+    schedule: str = "uno"
+
+    def validate(self) -> None:
+        """Check settings and that every reference opens, before any model work."""
+        check_generation_args(
+            [self.prompt], self.width, self.height, self.steps, self.position_mode,
+            self.reference_long_side, self.num_images, self.schedule,
+        )  # fmt: skip
+        for i, path in enumerate(self.references):
+            load_image(path, what=f"reference image {i + 1}")
+
+
+def generate(pipe: UnoFluxPipeline, request: GenerationRequest, **call_kwargs) -> UnoOutput:
+    return pipe(
+        request.prompt,
+        request.references,
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        seed=request.seed,
+        position_mode=request.position_mode,
+        reference_long_side=request.reference_long_side,
+        num_images_per_prompt=request.num_images,
+        schedule=request.schedule,
+        **call_kwargs,
+    )
+
+
+def settings_record(request: GenerationRequest, output: UnoOutput, index: int, model: dict[str, Any]) -> dict:
+    """The settings stored with image ``index`` of ``output``: enough to reproduce it."""
+    return {
+        **asdict(request),
+        **output.settings,  # the resolved values (output size floored to 16, reference long side)
+        "seed": output.seeds[index],
+        "num_images": 1,
+        "model": model,
+        "unoflux_version": __version__,
+    }
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "image"
+
+
+def output_paths(out: str | Path | None, request: GenerationRequest) -> list[Path]:
+    """``out`` is a .png file (several images get ``_j`` suffixes) or a folder (default ``outputs/``)."""
+    n = request.num_images
+    out = Path(out or "outputs")
+    if out.suffix.lower() == ".png":
+        return [out] if n == 1 else [out.with_name(f"{out.stem}_{j}.png") for j in range(n)]
+    if out.exists() and not out.is_dir():
+        raise UnofluxError(f"output {str(out)!r} exists and is not a folder; give a .png path or a folder")
+    return [out / f"{_slug(request.prompt)}_{request.seed + j}.png" for j in range(n)]
+
+
+def generate_to_files(
+    pipe: UnoFluxPipeline, request: GenerationRequest, out: str | Path | None, model: dict[str, Any]
+) -> list[Path]:
+    paths = output_paths(out, request)
+    output = generate(pipe, request)
+    return [save_png(img, p, settings_record(request, output, j, model)) for j, (img, p) in enumerate(zip(output.images, paths))]
+
+
+# ----------------------------------------------------------------------------------- batch mode
+def read_batch(path: str | Path) -> list[dict[str, Any]]:
+    """UNO's eval JSON: a list of ``{"prompt": str, "image_paths": [str, ...]}``, paths relative to the
+    JSON file. Validated whole before any generation; paths are returned resolved."""
+    path = Path(path)
+    try:
+        items = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UnofluxError(f"batch file {str(path)!r} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UnofluxError(f"batch file {str(path)!r} is not valid JSON ({err})") from None
+    if not isinstance(items, list) or not items:
+        raise UnofluxError(f"batch file {str(path)!r} must hold a non-empty list of {{prompt, image_paths}} items")
+    resolved = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
+            raise UnofluxError(f"batch item {i} in {str(path)!r} needs a non-empty 'prompt' string")
+        refs = item.get("image_paths", [])
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+            raise UnofluxError(f"batch item {i} in {str(path)!r} has 'image_paths' that is not a list of strings")
+        refs = [str(path.parent / r) for r in refs]
+        for k, ref in enumerate(refs):
+            load_image(ref, what=f"batch item {i} reference {k + 1}")
+        resolved.append({"prompt": item["prompt"], "image_paths": refs})
+    return resolved
+
+
+def batch_jobs(items: list[dict], num_images: int, process_index: int = 0, num_processes: int = 1):
+    """The (item, image) pairs this process renders: UNO's round-robin over ``i * num_images + j``."""
+    for i in range(len(items)):
+        for j in range(num_images):
+            if (i * num_images + j) % num_processes == process_index:
+                yield i, j
+
+
+def run_batch(
+    pipe: UnoFluxPipeline,
+    items: list[dict],
+    template: GenerationRequest,
+    out_dir: str | Path,
+    model: dict[str, Any],
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> tuple[int, int]:
+    """Render ``{i}_{j}.png`` + ``{i}_{j}.json`` for this process's share; finished pairs are skipped, so
+    a rerun resumes. Image ``j`` of item ``i`` uses seed ``template.seed + j``. Returns (made, skipped)."""
+    out_dir = Path(out_dir)
+    jobs = list(batch_jobs(items, template.num_images, process_index, num_processes))
+    made = skipped = 0
+    for i, j in tqdm(jobs, desc=f"batch (process {process_index + 1}/{num_processes})", disable=not jobs):
+        png, meta = out_dir / f"{i}_{j}.png", out_dir / f"{i}_{j}.json"
+        if png.is_file() and meta.is_file():
+            skipped += 1
+            continue
+        request = GenerationRequest(
+            **{**asdict(template), "prompt": items[i]["prompt"], "references": items[i]["image_paths"],
+               "seed": template.seed + j, "num_images": 1}
+        )  # fmt: skip
+        output = generate(pipe, request)
+        settings = {**settings_record(request, output, 0, model), "batch_item": i, "batch_image": j}
+        save_png(output.images[0], png, settings)
+        save_json(settings, meta)  # written last: its presence marks the pair finished
+        made += 1
+    return made, skipped

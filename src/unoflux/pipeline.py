@@ -1,0 +1,291 @@
+"""UNO generation on diffusers' FLUX: a prompt plus 0..N reference images -> images.
+
+:class:`UnoFluxPipeline` is a :class:`diffusers.FluxPipeline` (same components, so ``from_pretrained``,
+``from_pipe``, ``load_lora_weights``, CPU offload and ``encode_prompt`` are diffusers'); only
+``__call__`` is ours: reference tokens after the noisy tokens with UnoPE ids (``conditioning``), the UNO
+schedule and Euler sampler (``flow``). With no reference it is plain FLUX text-to-image on UNO's sampler.
+
+The loop follows UNO's reference inference (bytedance/UNO ``UNOPipeline.forward``) step for step so a
+seed gives the same image for the same weights. Known, deliberate differences:
+- reference latents use the VAE posterior *mean*; the reference samples the posterior with the
+  unseeded global RNG, so its own outputs are not exactly repeatable;
+- noise is drawn on a CPU generator by default (``noise_device`` reproduces the reference on a GPU);
+- reference images are EXIF-rotated and alpha is composited on white (see ``images.load_image``).
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import transformers
+from PIL import Image
+
+# diffusers' FLUX module imports CLIP/SigLIP image processors, which warn that torchvision (never needed
+# here) is missing; silence transformers only for that import.
+_verbosity = transformers.logging.get_verbosity()
+transformers.logging.set_verbosity_error()
+from diffusers import FluxPipeline  # noqa: E402
+
+transformers.logging.set_verbosity(_verbosity)
+
+from . import flow
+from .conditioning import (
+    POSITION_MODES,
+    PositionMode,
+    default_reference_long_side,
+    image_to_tensor,
+    output_size,
+    pack_latents,
+    preprocess_reference,
+    reference_noise,
+    sequence_position_ids,
+    tensor_to_images,
+    unpack_latents,
+)
+from .errors import UnofluxError
+from .images import ImageInput, load_image
+
+MAX_SIDE = 2048  # FLUX.1 is trained up to ~2 MP
+MAX_IMAGE_TOKENS = 2 * (MAX_SIDE // 16) ** 2  # target + references; beyond this attention memory explodes
+SCHEDULES = ("uno", "flux")
+
+
+def check_generation_args(
+    prompts: list[str],
+    width: int,
+    height: int,
+    num_inference_steps: int,
+    position_mode: str,
+    reference_long_side: int | None,
+    num_images_per_prompt: int,
+    schedule: str,
+) -> None:
+    """Raise one clear :class:`UnofluxError` for a bad setting (callable before any model is loaded)."""
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise UnofluxError("the prompt is empty; describe the image to generate")
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or not 16 <= value <= MAX_SIDE:
+            raise UnofluxError(f"{name} {value!r} is out of range; use an integer from 16 to {MAX_SIDE}")
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise UnofluxError(f"steps {num_inference_steps!r} must be a positive integer")
+    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        raise UnofluxError(f"number of images {num_images_per_prompt!r} must be a positive integer")
+    if position_mode not in POSITION_MODES:
+        raise UnofluxError(f"position mode {position_mode!r} is not one of: {', '.join(POSITION_MODES)}")
+    if schedule not in SCHEDULES:
+        raise UnofluxError(f"schedule {schedule!r} is not one of: {', '.join(SCHEDULES)}")
+    if reference_long_side is not None and not (
+        isinstance(reference_long_side, int) and 16 <= reference_long_side <= MAX_SIDE
+    ):
+        raise UnofluxError(
+            f"reference long side {reference_long_side!r} is out of range; use an integer from 16 to {MAX_SIDE}"
+        )
+
+
+@dataclass
+class UnoOutput:
+    """What a call returns: images (PIL list, or a tensor for ``output_type`` 'pt'/'latent'), the seed
+    of each image, and the settings that reproduce them."""
+
+    images: Any
+    seeds: list[int]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class UnoFluxPipeline(FluxPipeline):
+    r"""FLUX.1 + UNO subject-driven generation.
+
+    Build it like any FLUX pipeline (``UnoFluxPipeline.from_pretrained(local_dir)``,
+    ``UnoFluxPipeline.from_pipe(flux_pipe)``) or with :func:`unoflux.load_pipeline` from the single files
+    users have; load UNO's ``dit_lora.safetensors`` with :meth:`load_uno_lora`.
+    """
+
+    def load_uno_lora(self, path: str, adapter_name: str = "uno") -> None:
+        """Load a UNO LoRA (XLabs layout, or diffusers/PEFT layout) onto the transformer, scale 1."""
+        from .checkpoints.lora import load_lora_into_pipeline
+
+        load_lora_into_pipeline(self, path, adapter_name=adapter_name)
+
+    def _warn_if_truncated(self, prompts: list[str], max_sequence_length: int) -> None:
+        for prompt in prompts:
+            n = len(self.tokenizer_2(prompt, truncation=False).input_ids)
+            if n > max_sequence_length:
+                warnings.warn(
+                    f"the prompt has {n} T5 tokens; only the first {max_sequence_length} are used", stacklevel=3
+                )
+
+    # ----------------------------------------------------------------------------------- conditioning
+    def prepare_references(self, references: Sequence[ImageInput], long_side: int) -> list[Image.Image]:
+        """Open and resize every reference as UNO does (cheap; no model runs)."""
+        prepared = []
+        for i, ref in enumerate(references):
+            image = load_image(ref, what=f"reference image {i + 1}")
+            try:
+                prepared.append(preprocess_reference(image, long_side))
+            except ValueError as err:
+                raise UnofluxError(f"reference image {i + 1}: {err}") from None
+        return prepared
+
+    def encode_references(self, images: Sequence[Image.Image], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Preprocessed references -> packed latent tokens (1, h*w/4, 64) each, with the target's scale/shift."""
+        tokens = []
+        for image in images:
+            pixels = image_to_tensor(image).to(device=device, dtype=self.vae.dtype)
+            latent = self.vae.encode(pixels).latent_dist.mode()
+            latent = (latent - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+            tokens.append(pack_latents(latent.to(dtype)))
+        return tokens
+
+    def prepare_noise(
+        self, seeds: list[int], height: int, width: int, device: torch.device, dtype: torch.dtype, noise_device: str
+    ) -> torch.Tensor:
+        """Packed initial noise, one seed per image, drawn exactly as UNO draws it."""
+        noise = torch.cat([reference_noise(s, height, width, device=noise_device) for s in seeds])
+        return pack_latents(noise.to(device=device, dtype=dtype))
+
+    def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Packed latents -> (B, 3, H, W) in [-1, 1], decoded in the VAE's dtype."""
+        latents = unpack_latents(latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        latents = latents.float() / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
+
+    # ------------------------------------------------------------------------------------------- call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        reference_images: Sequence[ImageInput] | None = None,
+        *,
+        width: int = 512,
+        height: int = 512,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
+        seed: int | None = None,
+        position_mode: PositionMode = "diagonal",
+        reference_long_side: int | None = None,
+        num_images_per_prompt: int = 1,
+        schedule: str = "uno",
+        noise_device: str = "cpu",
+        max_sequence_length: int = 512,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[[Any, int, float, dict], dict] | None = None,
+    ) -> UnoOutput:
+        r"""Generate images for ``prompt`` keeping the subjects of ``reference_images``.
+
+        Args:
+            prompt: one prompt or a list; each gives ``num_images_per_prompt`` images.
+            reference_images: PIL images or paths; empty or None = plain text-to-image.
+            width, height: output size in pixels, floored to multiples of 16.
+            num_inference_steps: Euler steps (UNO default 25).
+            guidance_scale: FLUX.1-dev's distilled guidance (one forward per step, no CFG); ignored by
+                models without a guidance embedding (schnell).
+            seed: image ``j`` of every prompt uses ``seed + j`` (as UNO's batch script does); None picks one.
+            position_mode: UnoPE offsets, ``diagonal`` (UNO), ``height``, ``width`` or ``none``.
+            reference_long_side: references are resized to this long side; default 512 for one
+                reference and 320 for several.
+            schedule: ``uno`` reproduces UNO's inference shift (see :func:`unoflux.flow.image_seq_len`);
+                ``flux`` uses the true token count, as FLUX and UNO training do.
+            noise_device: where the noise generator runs; ``cpu`` makes seeds device-independent.
+            output_type: ``pil``, ``pt`` ((B, 3, H, W) in [0, 1]) or ``latent`` (packed latents).
+            callback_on_step_end: ``fn(pipe, step, t, {"latents": ...}) -> dict`` after each step; a
+                returned ``latents`` replaces the current ones.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        references = list(reference_images or [])
+        check_generation_args(
+            prompts, width, height, num_inference_steps, position_mode,
+            reference_long_side, num_images_per_prompt, schedule,
+        )  # fmt: skip
+        if self.vae_scale_factor != 8:
+            raise UnofluxError(f"the VAE downsamples by {self.vae_scale_factor}; UNO needs a FLUX-style VAE (8x)")
+        if output_type not in ("pil", "pt", "latent"):
+            raise UnofluxError(f"output type {output_type!r} is not one of: pil, pt, latent")
+        width, height = output_size(width, height)
+        long_side = reference_long_side or default_reference_long_side(len(references))
+        if seed is None:
+            seed = random.randrange(2**31)
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        self._warn_if_truncated(prompts, max_sequence_length)
+
+        # 1. References (checked before any model runs), appended after the noisy target tokens with UnoPE ids.
+        ref_images = self.prepare_references(references, long_side)
+        ref_grids = [(image.height // 16, image.width // 16) for image in ref_images]
+        target_grid = (height // 16, width // 16)
+        n_target = target_grid[0] * target_grid[1]
+        n_image = n_target + sum(r * c for r, c in ref_grids)
+        if n_image > MAX_IMAGE_TOKENS:
+            raise UnofluxError(
+                f"{len(references)} references at long side {long_side} plus a {width}x{height} output make "
+                f"{n_image} image tokens, more than the {MAX_IMAGE_TOKENS} allowed; use fewer or smaller references"
+            )
+
+        # 2. Text: T5 sequence + CLIP pooled vector, repeated per image (p0, p0, p1, p1, ...).
+        prompt_embeds, pooled_embeds, text_ids = self.encode_prompt(
+            prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=max_sequence_length,
+        )  # fmt: skip
+        batch = prompt_embeds.shape[0]
+        img_ids = sequence_position_ids(target_grid, ref_grids, position_mode).to(device)
+        ref_tokens = self.encode_references(ref_images, device, dtype)
+        ref_tokens = torch.cat(ref_tokens, dim=1).expand(batch, -1, -1) if ref_tokens else None
+
+        # 3. Noise and schedule.
+        seeds = [seed + j for _ in prompts for j in range(num_images_per_prompt)]
+        latents = self.prepare_noise(seeds, height, width, device, dtype, noise_device)
+        shift = flow.ShiftConfig.from_scheduler_config(self.scheduler.config)
+        mu = flow.schedule_mu(flow.image_seq_len(height, width, schedule), shift)
+        sigmas = flow.sigmas(num_inference_steps, mu).tolist()
+        guidance = (
+            torch.full((batch,), guidance_scale, device=device, dtype=dtype)
+            if self.transformer.config.guidance_embeds
+            else None
+        )
+
+        # 4. Euler on the flow ODE; the transformer sees [text | target | refs] and we keep the target part.
+        with self.progress_bar(total=num_inference_steps) as progress:
+            for i, (t, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+                hidden = latents if ref_tokens is None else torch.cat([latents, ref_tokens], dim=1)
+                velocity = self.transformer(
+                    hidden_states=hidden,
+                    timestep=torch.full((batch,), t, device=device, dtype=dtype),
+                    guidance=guidance,
+                    pooled_projections=pooled_embeds,
+                    encoder_hidden_states=prompt_embeds,
+                    txt_ids=text_ids,
+                    img_ids=img_ids,
+                    return_dict=False,
+                )[0][:, :n_target]
+                latents = flow.euler_step(latents, velocity, t, t_next)
+                if callback_on_step_end is not None:
+                    latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
+                progress.update()
+
+        if not torch.isfinite(latents).all():
+            raise UnofluxError(
+                "the model produced NaN or infinite values; try --dtype bf16 or fp32 (fp16 overflows on FLUX)"
+            )
+        settings = {  # named like GenerationRequest's fields
+            "prompt": prompts[0] if len(prompts) == 1 else prompts,
+            "width": width,
+            "height": height,
+            "steps": num_inference_steps,
+            "guidance": guidance_scale,
+            "seed": seed,
+            "position_mode": position_mode,
+            "reference_long_side": long_side,
+            "num_references": len(references),
+            "schedule": schedule,
+            "noise_device": noise_device,
+        }
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = self.decode(latents, height, width)
+            images = tensor_to_images(decoded) if output_type == "pil" else (decoded.float().clamp(-1, 1) + 1) / 2
+        self.maybe_free_model_hooks()
+        return UnoOutput(images=images, seeds=seeds, settings=settings)

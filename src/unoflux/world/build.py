@@ -1,0 +1,145 @@
+"""Dataset builder: PNG images plus a JSONL manifest, sharded, resumable and byte-deterministic.
+
+Layout of OUT:
+    info.json                 the build's parameters (a rerun with other parameters is refused)
+    shard_00000/              complete shards only: images and manifest.jsonl
+    .tmp_shard_00001/         the shard being written; renamed when complete, so a kill loses at most it
+    manifest.jsonl            all shards' records, written once every shard is complete
+
+Every record is drawn from its own generator seeded by (seed, kind, index), so a shard's bytes do
+not depend on which shards were built before it. Only training identities are ever used.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from .captions import caption
+from .render import Rendered, render_reference, render_scene, render_two_panel
+from .sampling import distinct_looks, sample_scene, sample_two_panel
+from .subjects import Identity, heldout_seeds, training_identity
+
+KINDS: tuple[str, ...] = ("scenes", "multi", "two-panel", "pairs", "multi-pairs")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    kind: str
+    count: int
+    size: int = 128
+    seed: int = 0
+    shard_size: int = 500
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; choose from {list(KINDS)}")
+        if self.count < 0 or self.shard_size < 1 or self.size < 16:
+            raise ValueError(f"need count >= 0, shard_size >= 1 and size >= 16, got {self}")
+
+
+def _save(rendered: Rendered, path: Path) -> None:
+    rendered.image.save(path, format="PNG", optimize=False)
+
+
+def _scene_record(rendered: Rendered, spec, text: str, image_name: str) -> dict:
+    return {"image": image_name, "caption": text, "spec": spec.to_dict(), **rendered.metadata()}
+
+
+def _assert_training(identities: list[Identity]) -> None:
+    held = heldout_seeds()
+    for identity in identities:
+        assert identity.seed not in held and not identity.is_heldout, f"held-out identity {identity.seed} in training data"
+
+
+def make_record(config: BuildConfig, index: int, shard_dir: Path) -> dict:
+    """Render record `index` into `shard_dir` and return its manifest record (paths relative to OUT)."""
+    rng = np.random.default_rng([config.seed, KINDS.index(config.kind), index])
+    stem = f"{index:08d}"
+    rel = f"{shard_dir.name.removeprefix('.tmp_')}/"
+    caption_seed = int(rng.integers(0, 2**31 - 1))
+    record: dict = {"id": stem, "kind": config.kind}
+
+    if config.kind == "two-panel":
+        identity = training_identity(rng)
+        _assert_training([identity])
+        spec = sample_two_panel(rng, identity)
+        rendered = render_two_panel(spec, config.size)
+        _save(rendered, shard_dir / f"{stem}.png")
+        return record | _scene_record(rendered, spec, caption(spec, caption_seed), rel + f"{stem}.png")
+
+    count = {"scenes": 1, "pairs": 1}.get(config.kind) or int(rng.integers(2, 4))
+    identities = distinct_looks(rng, count) if count > 1 else [training_identity(rng)]
+    _assert_training(identities)
+    spec = sample_scene(rng, identities)
+    rendered = render_scene(spec, config.size)
+    _save(rendered, shard_dir / f"{stem}.png")
+    record |= _scene_record(rendered, spec, caption(spec, caption_seed), rel + f"{stem}.png")
+    if config.kind in ("pairs", "multi-pairs"):
+        references = []
+        for k, subject in enumerate(spec.subjects):  # in the target's left-to-right order
+            ref = render_reference(subject.identity, config.size)
+            name = f"{stem}_ref{k}.png"
+            _save(ref, shard_dir / name)
+            references.append({"image": rel + name, "caption": caption(subject.identity, caption_seed + k + 1),
+                               "box": list(ref.subjects[0].box)})
+        record["references"] = references
+    return record
+
+
+def build_dataset(out: Path, config: BuildConfig, progress: bool = True,
+                  on_shard_done: Callable[[int], None] | None = None) -> Path:
+    """Build (or resume building) the dataset in `out`; returns the path of the full manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    info_path = out / "info.json"
+    info = {"format": "unoflux-world-v1", **asdict(config)}
+    if info_path.exists():
+        existing = json.loads(info_path.read_text())
+        if existing != info:
+            raise ValueError(f"{out} holds a different build ({existing}); use another --out or delete it")
+    else:
+        info_path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    for stale in out.glob(".tmp_shard_*"):  # a shard interrupted by a kill: redo it
+        shutil.rmtree(stale)
+
+    shard_count = -(-config.count // config.shard_size)
+    done = [s for s in range(shard_count) if (out / f"shard_{s:05d}").is_dir()]
+    bar = tqdm(total=config.count, initial=sum(_shard_len(config, s) for s in done), unit="img",
+               desc=f"world {config.kind}", disable=not progress)
+    for shard in range(shard_count):
+        final = out / f"shard_{shard:05d}"
+        if final.is_dir():
+            continue
+        tmp = out / f".tmp_shard_{shard:05d}"
+        tmp.mkdir()
+        lines = []
+        start = shard * config.shard_size
+        for index in range(start, start + _shard_len(config, shard)):
+            lines.append(json.dumps(make_record(config, index, tmp), sort_keys=True))
+            bar.update(1)
+        (tmp / "manifest.jsonl").write_text("".join(line + "\n" for line in lines))
+        tmp.rename(final)
+        if on_shard_done:
+            on_shard_done(shard)
+    bar.close()
+
+    manifest = out / "manifest.jsonl"
+    with open(manifest, "w") as fh:
+        for shard in range(shard_count):
+            fh.write((out / f"shard_{shard:05d}" / "manifest.jsonl").read_text())
+    return manifest
+
+
+def _shard_len(config: BuildConfig, shard: int) -> int:
+    return max(0, min(config.shard_size, config.count - shard * config.shard_size))
+
+
+def read_manifest(out: Path) -> list[dict]:
+    with open(out / "manifest.jsonl") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,144 @@
+"""Generation with 0, 1 and 3 references: shapes, sensitivity to every input, seeds, callbacks, bad values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unoflux import UnofluxError
+from unoflux.conditioning import pack_latents, reference_noise
+
+from .conftest import random_image
+
+ARGS = dict(width=48, height=32, num_inference_steps=2, reference_long_side=32)
+
+
+def latents(pipe, prompt="a red cup on the beach", refs=(), **kwargs):
+    return pipe(prompt, list(refs), output_type="latent", **{"seed": 7, **ARGS, **kwargs}).images
+
+
+@pytest.mark.parametrize("num_refs", [0, 1, 3])
+def test_images_have_the_requested_size(tiny_pipe, ref_images, num_refs):
+    out = tiny_pipe("a cat", ref_images[:num_refs], seed=1, **ARGS)
+    assert [im.size for im in out.images] == [(48, 32)]
+    assert out.settings["num_references"] == num_refs and out.seeds == [1]
+    assert latents(tiny_pipe, refs=ref_images[:num_refs]).shape == (1, (32 // 16) * (48 // 16), 64)
+
+
+def test_output_size_is_floored_to_16(tiny_pipe):
+    out = tiny_pipe("a cat", seed=1, width=50, height=40, num_inference_steps=1)
+    assert out.images[0].size == (48, 32) and out.settings["width"] == 48
+
+
+def test_every_reference_and_the_prompt_change_the_output(tiny_pipe, ref_images):
+    base = latents(tiny_pipe, refs=ref_images)
+    for i in range(3):  # replacing any one reference changes the result
+        refs = list(ref_images)
+        refs[i] = random_image(*ref_images[i].size, seed=50 + i)
+        assert not torch.allclose(latents(tiny_pipe, refs=refs), base, atol=1e-6)
+    assert not torch.allclose(latents(tiny_pipe, "a blue dog in the snow", refs=ref_images), base, atol=1e-6)
+    assert not torch.allclose(latents(tiny_pipe, refs=ref_images[:2]), base, atol=1e-6)
+
+
+def test_position_mode_matters_only_with_references(tiny_pipe, ref_images):
+    by_mode = {m: latents(tiny_pipe, refs=ref_images[:2], position_mode=m) for m in ("diagonal", "height", "width", "none")}
+    modes = list(by_mode)
+    for i, a in enumerate(modes):
+        for b in modes[i + 1 :]:
+            assert not torch.allclose(by_mode[a], by_mode[b], atol=1e-6), (a, b)
+    assert torch.equal(latents(tiny_pipe, position_mode="none"), latents(tiny_pipe, position_mode="diagonal"))
+
+
+def test_seed_determinism_and_seed_plus_j(tiny_pipe, ref_images):
+    a = latents(tiny_pipe, refs=ref_images[:1])
+    assert torch.equal(a, latents(tiny_pipe, refs=ref_images[:1]))
+    assert not torch.equal(a, latents(tiny_pipe, refs=ref_images[:1], seed=8))
+    pair = tiny_pipe("a red cup on the beach", ref_images[:1], seed=7, num_images_per_prompt=2, output_type="latent", **ARGS)
+    assert pair.seeds == [7, 8]
+    assert torch.allclose(pair.images[0], a[0], atol=1e-5)  # image j of a batch == a single call with seed + j
+    assert torch.allclose(pair.images[1], latents(tiny_pipe, refs=ref_images[:1], seed=8)[0], atol=1e-5)
+
+
+def test_several_prompts_each_restart_at_the_seed(tiny_pipe):
+    out = tiny_pipe(["a cat", "a dog"], seed=3, num_images_per_prompt=2, output_type="latent", **ARGS)
+    assert out.seeds == [3, 4, 3, 4] and out.images.shape[0] == 4
+
+
+def test_noise_fed_to_the_sampler_is_uno_s(tiny_pipe):
+    seen = {}
+
+    def capture(pipe, step, t, tensors):
+        seen.setdefault("t0", t)
+        return {}
+
+    tiny_pipe.prepare_noise = (lambda original: lambda *a, **k: seen.setdefault("noise", original(*a, **k)))(
+        tiny_pipe.prepare_noise
+    )
+    try:
+        latents(tiny_pipe, num_inference_steps=1, callback_on_step_end=capture)
+    finally:
+        del tiny_pipe.prepare_noise
+    assert torch.equal(seen["noise"], pack_latents(reference_noise(7, 32, 48).float()))
+    assert seen["t0"] == 1.0
+
+
+def test_callback_can_replace_latents_and_sees_every_step(tiny_pipe):
+    steps = []
+
+    def zero_out(pipe, step, t, tensors):
+        steps.append(step)
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    out = latents(tiny_pipe, num_inference_steps=3, callback_on_step_end=zero_out)
+    assert steps == [0, 1, 2] and torch.count_nonzero(out) == 0
+
+
+def test_schedule_option_changes_the_result(tiny_pipe):
+    assert not torch.allclose(latents(tiny_pipe, schedule="uno"), latents(tiny_pipe, schedule="flux"), atol=1e-6)
+
+
+def test_schnell_like_model_without_guidance_embedding():
+    from unoflux.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0, guidance_embeds=False)
+    a = latents(pipe, guidance_scale=1.0)
+    assert torch.equal(a, latents(pipe, guidance_scale=9.0))  # guidance is ignored, not an error
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt="  "), "prompt is empty"),
+        (dict(width=0), "width 0 is out of range"),
+        (dict(height=9000), "height 9000 is out of range"),
+        (dict(num_inference_steps=0), "steps 0"),
+        (dict(position_mode="d"), "position mode 'd'"),
+        (dict(schedule="karras"), "schedule 'karras'"),
+        (dict(reference_long_side=8), "reference long side 8"),
+        (dict(output_type="np"), "output type"),
+    ],
+)
+def test_bad_settings_fail_with_one_sentence(tiny_pipe, kwargs, message):
+    call = {"prompt": "a cat", **ARGS, **kwargs}
+    with pytest.raises(UnofluxError, match=message):
+        tiny_pipe(call.pop("prompt"), **call)
+
+
+def test_too_many_reference_tokens(tiny_pipe, ref_images):
+    with pytest.raises(UnofluxError, match="image tokens"):
+        tiny_pipe("a cat", ref_images * 2, width=2048, height=2048, reference_long_side=2048, num_inference_steps=1)
+
+
+def test_nan_outputs_are_reported(ref_images):
+    from unoflux.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0)
+    with torch.no_grad():
+        pipe.transformer.proj_out.bias.fill_(float("nan"))
+    with pytest.raises(UnofluxError, match="NaN"):
+        pipe("a cat", seed=0, **ARGS)
+
+
+def test_over_long_prompt_warns(tiny_pipe):
+    with pytest.warns(UserWarning, match="T5 tokens"):
+        latents(tiny_pipe, "a cat " * 300, max_sequence_length=64)

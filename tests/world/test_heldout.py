@@ -1,0 +1,25 @@
+from unoflux.world import heldout_identities, heldout_prompts, heldout_subject_pairs
+from unoflux.world.specs import TwoPanelSpec
+
+
+def test_heldout_prompts_are_fixed_and_use_only_heldout_identities():
+    prompts = heldout_prompts()
+    assert len(prompts) >= 200
+    assert len({p.id for p in prompts}) == len(prompts)
+    kinds = {p.kind for p in prompts}
+    assert kinds == {"single", "multi", "two_panel"}
+    held = set(heldout_identities())
+    for p in prompts:
+        scenes = (p.spec.left, p.spec.right) if isinstance(p.spec, TwoPanelSpec) else (p.spec,)
+        assert all(s.identity in held for scene in scenes for s in scene.subjects)
+    heldout_prompts.cache_clear()
+    assert [p.to_dict() for p in heldout_prompts()] == [p.to_dict() for p in prompts]
+
+
+def test_subject_pairs_reference_the_target_identities():
+    pairs = heldout_subject_pairs()
+    assert len(pairs) == 80
+    for pair in pairs:
+        assert pair.references == tuple(s.identity for s in pair.target.subjects)
+        assert all(r.is_heldout for r in pair.references)
+    assert any(len(p.references) == 2 for p in pairs)
