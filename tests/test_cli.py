@@ -94,6 +94,21 @@ def test_batch_mode_writes_pairs_and_resumes(official_layout, tmp_path, capsys):
     assert "1 images written" in capsys.readouterr().out and (out / "0_0.png").stat().st_mtime_ns == before
 
 
+def test_batch_shards_across_two_real_processes(official_layout, tmp_path):
+    paths, _ = official_layout
+    batch = write_batch(tmp_path, [{"prompt": p, "image_paths": ["refs/r0.png"]} for p in ("a cat", "a dog", "a cup")])
+    out = tmp_path / "sharded"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "unoflux", "generate", "--batch", str(batch), "--out", str(out),
+         *SMALL, *model_flags(paths, lora=False)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(line.split()[0] for line in result.stdout.splitlines() if "written" in line) == ["1", "2"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["0_0.png", "1_0.png", "2_0.png"]
+
+
 def test_batch_sharding_follows_uno_round_robin():
     items = [{}] * 3
     shards = [list(batch_jobs(items, 2, rank, 2)) for rank in range(2)]

@@ -80,10 +80,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     items = read_batch(args.batch) if args.batch else None
 
     device, process_index, num_processes = args.device, 0, 1
-    if items is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`
+    if items is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # without cpu=True accelerate only forms a process group on accelerators (gloo on CPU otherwise)
+        on_cpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+        state = PartialState(cpu=on_cpu)
         device, process_index, num_processes = device or str(state.device), state.process_index, state.num_processes
     pipe, model = load_pipeline_from_args(args, device=device)
 
@@ -113,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(p)
     add_model_args(p)
     p.set_defaults(func=cmd_generate)
-    for module in ("world", "app"):  # each subpackage adds its own commands
+    for module in ("world", "train", "app"):  # each subpackage adds its own commands
         if importlib.util.find_spec(f"unoflux.{module}") and importlib.util.find_spec(f"unoflux.{module}.cli"):
             importlib.import_module(f"unoflux.{module}.cli").register(sub)
     return parser
