@@ -141,8 +141,12 @@ def test_corrupt_and_foreign_files(tmp_path):
         load_transformer(tmp_path / "other.safetensors", torch.float32)
     with pytest.raises(UnofluxError, match="not a FLUX VAE"):
         load_vae(tmp_path / "other.safetensors", torch.float32)
+    (tmp_path / "weights.onnx").touch()
     with pytest.raises(UnofluxError, match="unknown type"):
-        load_transformer(tmp_path / "weights.onnx", torch.float32) if (tmp_path / "weights.onnx").touch() is None else None
+        load_transformer(tmp_path / "weights.onnx", torch.float32)
+    (tmp_path / "empty_folder").mkdir()
+    with pytest.raises(UnofluxError, match="no config.json"):
+        load_vae(tmp_path / "empty_folder", torch.float32)
 
 
 def test_wrong_shape_names_the_key(official_layout, tmp_path):

@@ -80,22 +80,19 @@ def _cast(model, dtype: torch.dtype):
     return model if model.dtype == dtype else model.to(dtype)
 
 
-def _diffusers_folder(path: Path, subfolder: str) -> tuple[str, str | None] | None:
-    """(root, subfolder) if ``path`` is a component folder or a pipeline folder holding ``subfolder``."""
+def _from_diffusers_folder(model_class, path: Path, subfolder: str, dtype: torch.dtype):
+    """Load ``model_class`` from a component folder, or from ``subfolder`` of a pipeline folder."""
     if (path / subfolder / "config.json").is_file():
-        return str(path), subfolder
+        return model_class.from_pretrained(str(path), subfolder=subfolder, dtype=dtype)
     if (path / "config.json").is_file():
-        return str(path), None
-    return None
+        return model_class.from_pretrained(str(path), dtype=dtype)
+    raise UnofluxError(f"folder {str(path)!r} has no config.json (expected a diffusers {subfolder}/ folder)")
 
 
 def load_transformer(path: str | Path, dtype: torch.dtype) -> FluxTransformer2DModel:
     path = Path(path)
     if path.is_dir():
-        found = _diffusers_folder(path, "transformer")
-        if not found:
-            raise UnofluxError(f"transformer folder {str(path)!r} has no config.json (expected a diffusers folder)")
-        return FluxTransformer2DModel.from_pretrained(found[0], subfolder=found[1], dtype=dtype)
+        return _from_diffusers_folder(FluxTransformer2DModel, path, "transformer", dtype)
     state, metadata = read_tensors(path, what="FLUX transformer")
     state = bfl.strip_prefixes(state)
     if bfl.is_bfl_transformer(state):
@@ -120,10 +117,7 @@ def load_transformer(path: str | Path, dtype: torch.dtype) -> FluxTransformer2DM
 def load_vae(path: str | Path, dtype: torch.dtype) -> AutoencoderKL:
     path = Path(path)
     if path.is_dir():
-        found = _diffusers_folder(path, "vae")
-        if not found:
-            raise UnofluxError(f"VAE folder {str(path)!r} has no config.json (expected a diffusers vae/ folder)")
-        return AutoencoderKL.from_pretrained(found[0], subfolder=found[1], dtype=dtype)
+        return _from_diffusers_folder(AutoencoderKL, path, "vae", dtype)
     state, metadata = read_tensors(path, what="VAE")
     if not bfl.is_bfl_vae(state):
         raise UnofluxError(f"{str(path)!r} is not a FLUX VAE: expected BFL/LDM keys like 'encoder.down.0.block.0.conv1.weight'")
