@@ -15,7 +15,8 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,app]"
+	sh scripts/install_browser.sh
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,47 @@
+"""``unoflux app``: start the web app on a local port (found by ``unoflux.cli`` through ``register``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+from ..cli import add_model_args, load_pipeline_from_args
+from ..errors import UnofluxError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("app", help="start the web app (Gradio) on localhost", description=cmd_app.__doc__)
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    g.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    g.add_argument("--out", default="outputs/app", help="folder for results and their references (default outputs/app)")
+    g.add_argument("--concurrency", type=int, default=1, help="generations running at once (default 1 per device)")
+    g.add_argument("--max-queue", type=int, default=16,
+                   help="requests allowed to wait; beyond this, 'queue is full' (default 16)")  # fmt: skip
+    g.add_argument("--max-upload", default="50mb", help="largest reference upload (default 50mb)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_app)
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve a page for prompt + up to four reference images -> images, on the model the flags name
+    (the same model flags and environment variables as `unoflux generate`)."""
+    if importlib.util.find_spec("gradio") is None:
+        raise UnofluxError("the web app needs Gradio; install it with: pip install 'unoflux[app]'")
+    if args.concurrency < 1 or args.max_queue < 1:
+        raise UnofluxError(f"--concurrency ({args.concurrency}) and --max-queue ({args.max_queue}) must be at least 1")
+    serve(args)
+    return 0
+
+
+def serve(args: argparse.Namespace, block: bool = True):
+    """Load the model the flags name and serve the app; ``block=False`` returns the running
+    ``gr.Blocks`` at once (tests close it with ``.close()``)."""
+    pipe, model = load_pipeline_from_args(args)
+
+    from .command import model_flags
+    from .ui import build_app, launch
+
+    demo = build_app(pipe, model, args.out, args.concurrency, args.max_queue, model_flags(args))
+    launch(demo, args.out, host=args.host, port=args.port, max_upload=args.max_upload, block=block)
+    return demo

@@ -1,0 +1,76 @@
+"""One web-app submission -> PNGs in the output folder, through the same ``generation.generate`` as the CLI.
+
+Gradio-free, so the app's behaviour (file names, kept references, metadata, the CLI command) is plain
+Python; ``ui`` only adapts form fields to a :class:`GenerationRequest` and reports progress.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..generation import GenerationRequest, generate, output_paths, settings_record
+from ..images import save_png
+from .command import generate_command
+
+StepReporter = Callable[[int, int], None]  # (steps done, total steps)
+
+
+@dataclass
+class AppResult:
+    images: list[Path]  # the saved PNGs, each carrying its settings
+    command: str  # `unoflux generate ...` reproducing them
+
+
+def new_run_id() -> str:
+    """Sortable by time, and unique even for simultaneous requests with the same prompt and seed."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+class AppRunner:
+    """Runs requests on one loaded pipeline and files the results under ``out_dir``:
+    ``<run id>_<prompt>_<seed>.png`` and the references they used in ``references/``."""
+
+    def __init__(self, pipe, model: dict[str, Any], out_dir: str | Path, model_flags: Sequence[str] = ()):
+        self.pipe = pipe
+        self.model = model  # the record stored in each PNG (see cli.load_pipeline_from_args)
+        self.out_dir = Path(out_dir).resolve()
+        self.model_flags = list(model_flags)
+
+    def run(self, request: GenerationRequest, on_step: StepReporter | None = None) -> AppResult:
+        request.validate()  # bad settings and unreadable uploads stop here with one clear sentence
+        run_id = new_run_id()
+        request = replace(request, references=self._keep_references(request.references, run_id))
+        output = generate(self.pipe, request, callback_on_step_end=_step_callback(on_step, request.steps))
+        paths = [self.out_dir / f"{run_id}_{p.name}" for p in output_paths(self.out_dir, request)]
+        for j, (image, path) in enumerate(zip(output.images, paths)):
+            save_png(image, path, settings_record(request, output, j, self.model))
+        return AppResult(paths, generate_command(request, self.model_flags, self.out_dir))
+
+    def _keep_references(self, references: Sequence[str], run_id: str) -> list[str]:
+        """Copy uploads (which live in Gradio's temporary cache) next to the outputs, so the settings in
+        each PNG and the CLI command keep pointing at files that exist."""
+        folder = self.out_dir / "references"
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for k, source in enumerate(references, start=1):
+            target = folder / f"{run_id}_ref{k}{Path(source).suffix.lower() or '.png'}"
+            shutil.copyfile(source, target)
+            kept.append(str(target))
+        return kept
+
+
+def _step_callback(on_step: StepReporter | None, total: int):
+    """Adapt a progress reporter to the pipeline's ``callback_on_step_end`` (latents left unchanged)."""
+    if on_step is None:
+        return None
+
+    def callback(pipe, step: int, t: float, tensors: dict) -> dict:
+        on_step(step + 1, total)
+        return {}
+
+    return callback

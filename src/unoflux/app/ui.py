@@ -1,0 +1,216 @@
+"""The Gradio page: a form over :class:`~unoflux.app.runner.AppRunner`, a queue, and a local server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+# Set before Gradio is imported, which is when it reads them: nothing may leave the machine.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
+
+from ..cli import POSITION_MODES  # noqa: E402
+from ..errors import UnofluxError  # noqa: E402
+from ..generation import GenerationRequest  # noqa: E402
+from ..pipeline import MAX_SIDE, SCHEDULES  # noqa: E402
+from .runner import AppRunner  # noqa: E402
+
+MAX_REFERENCES = 4
+EXAMPLES_DIR = Path(__file__).with_name("examples")
+LONG_SIDE_CHOICES = ["auto", "256", "320", "384", "512", "640", "768", "1024"]
+DEFAULTS = GenerationRequest(prompt="", seed=3407)  # as `unoflux generate`
+API_NAME = "generate"  # gradio_client: client.predict(..., api_name="/generate")
+
+
+def upload_path(payload: dict | None) -> str | None:
+    """The file behind a raw image payload (Gradio has already checked it lies in its upload cache)."""
+    return payload.get("path") if payload else None
+
+
+def example_rows() -> list[list[Any]]:
+    """Bundled examples as form rows: prompt, then one path (or None) per reference slot."""
+    items = json.loads((EXAMPLES_DIR / "examples.json").read_text())
+    rows = []
+    for item in items:
+        references = [str(EXAMPLES_DIR / name) for name in item["references"]]
+        rows.append([item["prompt"], *references, *[None] * (MAX_REFERENCES - len(references))])
+    return rows
+
+
+def parse_long_side(value: Any) -> int | None:
+    """'auto' (or empty) -> None, the pipeline's default; otherwise a whole number of pixels."""
+    text = str(value if value is not None else "auto").strip().lower()
+    if text in ("", "auto"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UnofluxError(f"reference long side {value!r} must be 'auto' or a whole number of pixels") from None
+
+
+def user_message(err: Exception) -> str:
+    """``err`` as the page shows it: uploads named by their file name, not by Gradio's cache path."""
+    return re.sub(re.escape(get_upload_folder()) + r"/[0-9a-f]+/", "", str(err))
+
+
+def _as_int(value: Any, name: str) -> int:
+    """Sliders and number boxes send floats (and API callers anything): accept whole numbers only."""
+    try:
+        number = float(value)
+        if number == int(number):
+            return int(number)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise UnofluxError(f"{name} {value!r} must be a whole number")
+
+
+def make_generate(runner: AppRunner):
+    """The endpoint behind the Generate button and ``/generate``: raw form values in (see ``build_app``),
+    (saved PNGs, CLI command, status line) out. Its parameter names are the API's keyword arguments."""
+
+    def generate(
+        prompt: str,
+        reference_1: dict | None = None,
+        reference_2: dict | None = None,
+        reference_3: dict | None = None,
+        reference_4: dict | None = None,
+        width: float = DEFAULTS.width,
+        height: float = DEFAULTS.height,
+        steps: float = DEFAULTS.steps,
+        guidance: float = DEFAULTS.guidance,
+        seed: float | None = DEFAULTS.seed,
+        random_seed: bool = False,
+        num_images: float = DEFAULTS.num_images,
+        position_mode: str = DEFAULTS.position_mode,
+        reference_long_side: str = "auto",
+        schedule: str = DEFAULTS.schedule,
+        progress=gr.Progress(),
+    ) -> tuple[list[str], str, str]:
+        """Generate images from a prompt and up to four reference images; returns the saved PNGs, the
+        equivalent `unoflux generate` command, and a one-line status."""
+        try:
+            request = GenerationRequest(
+                prompt=prompt or "",
+                references=[upload_path(r) for r in (reference_1, reference_2, reference_3, reference_4) if r],
+                width=_as_int(width, "width"), height=_as_int(height, "height"), steps=_as_int(steps, "steps"),
+                guidance=float(guidance),
+                seed=secrets.randbelow(2**31) if random_seed else _as_int(seed, "seed"),
+                num_images=_as_int(num_images, "number of images"), position_mode=position_mode,
+                reference_long_side=parse_long_side(reference_long_side), schedule=schedule,
+            )  # fmt: skip
+            progress(0, desc="starting")
+            result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
+        except UnofluxError as err:
+            raise gr.Error(user_message(err)) from None
+        except torch.OutOfMemoryError:
+            raise gr.Error(
+                "out of GPU memory; use a smaller size, fewer references or images, or restart with --offload model"
+            ) from None
+        noun = "image" if len(result.images) == 1 else "images"
+        status = f"Saved {len(result.images)} {noun} to `{runner.out_dir}` (seed {request.seed})."
+        return [str(p) for p in result.images], result.command, status
+
+    return generate
+
+
+def _form_inputs() -> list[gr.Component]:
+    """The form, laid out in the current column; returned in ``make_generate``'s parameter order."""
+    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball on a wooden table", elem_id="prompt")
+    with gr.Row():
+        references = [
+            gr.Image(label=f"Reference {k}", type="filepath", height=160, sources=["upload", "clipboard"],
+                     elem_id=f"reference-{k}")  # "upload" includes drag and drop
+            for k in range(1, MAX_REFERENCES + 1)
+        ]  # fmt: skip
+    with gr.Row():
+        width = gr.Slider(16, MAX_SIDE, value=DEFAULTS.width, step=16, label="Width")
+        height = gr.Slider(16, MAX_SIDE, value=DEFAULTS.height, step=16, label="Height")
+    with gr.Row():
+        steps = gr.Slider(1, 100, value=DEFAULTS.steps, step=1, label="Steps")
+        guidance = gr.Slider(0, 10, value=DEFAULTS.guidance, step=0.1, label="Guidance")
+    with gr.Row():
+        seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
+        random_seed = gr.Checkbox(value=False, label="Random seed")
+        num_images = gr.Slider(1, 4, value=DEFAULTS.num_images, step=1, label="Number of images")
+    with gr.Accordion("Advanced", open=False):
+        position_mode = gr.Radio(list(POSITION_MODES), value=DEFAULTS.position_mode, label="Position mode (UnoPE)")
+        long_side = gr.Dropdown(LONG_SIDE_CHOICES, value="auto", allow_custom_value=True,
+                                label="Reference long side (auto: 512 for one reference, 320 for several)")  # fmt: skip
+        schedule = gr.Radio(list(SCHEDULES), value=DEFAULTS.schedule, label="Schedule")
+    return [prompt, *references, width, height, steps, guidance, seed, random_seed, num_images, position_mode,
+            long_side, schedule]  # fmt: skip
+
+
+def _result_outputs() -> list[gr.Component]:
+    """Where results appear, in the order ``make_generate`` returns them."""
+    gallery = gr.Gallery(label="Results", format="png", columns=2, buttons=["download", "fullscreen"],
+                         interactive=False, elem_id="results")  # fmt: skip
+    command = gr.Textbox(label="Copy as CLI command", lines=3, buttons=["copy"], interactive=False, elem_id="command")
+    status = gr.Markdown(label="Status", elem_id="status")
+    return [gallery, command, status]
+
+
+def build_app(
+    pipe,
+    model: dict[str, Any],
+    out_dir: str | Path,
+    concurrency: int = 1,
+    max_queue: int = 16,
+    model_flags: list[str] | tuple[str, ...] = (),
+) -> gr.Blocks:
+    """The web app for a loaded pipeline. ``model`` is the record stored in each PNG, ``model_flags`` the
+    flags that reload the same model in ``unoflux generate``; at most ``concurrency`` generations run at
+    once and ``max_queue`` more wait; beyond that a request is refused with "queue is full"."""
+    if concurrency < 1 or max_queue < 1:
+        raise UnofluxError(f"concurrency ({concurrency}) and queue size ({max_queue}) must be at least 1")
+    with gr.Blocks(title="unoflux", analytics_enabled=False) as demo:
+        gr.Markdown("## unoflux: subject-driven generation (UNO on FLUX)\nDescribe the image; add up to four "
+                    "reference images of the subjects to keep (upload, drag and drop, or paste).")  # fmt: skip
+        with gr.Row():
+            with gr.Column(scale=3):
+                inputs = _form_inputs()
+                run = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=2):
+                outputs = _result_outputs()
+        gr.Examples(example_rows(), inputs=inputs[: 1 + MAX_REFERENCES], cache_examples=False,
+                    label="Examples (click one to fill the form)")  # fmt: skip
+        generate = make_generate(AppRunner(pipe, model, out_dir, model_flags))
+        # Raw inputs (preprocess=False): Gradio's image preprocessing opens uploads with PIL and fails with a
+        # bare "Error" on a corrupt one; unopened, they reach images.load_image, which names the problem.
+        run.click(generate, inputs=inputs, outputs=outputs, api_name=API_NAME, preprocess=False)
+    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    return demo
+
+
+def launch(
+    demo: gr.Blocks,
+    out_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    max_upload: str = "50mb",
+    block: bool = True,
+):
+    """Serve ``demo`` on ``host:port``; never a public share link. ``out_dir`` is where the results
+    the page shows live (Gradio serves only folders it is told about). ``block=False`` returns at once
+    (tests); close with ``demo.close()``."""
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        show_error=True,  # unexpected errors reach the page with their message, not a bare "Error"
+        allowed_paths=[str(Path(out_dir).resolve())],
+        max_file_size=max_upload,
+        ssr_mode=False,
+        mcp_server=False,
+        prevent_thread_lock=not block,
+        quiet=not block,
+    )

@@ -1,0 +1,74 @@
+"""The app's endpoint through gradio_client, as the README shows it; bad uploads get clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from unoflux.images import read_settings
+
+TINY = dict(width=64, height=48, steps=2)
+
+
+def generate(client, prompt="a red ball", **form):
+    return client.predict(prompt=prompt, **{**TINY, **form}, api_name="/generate")
+
+
+def test_api_generates_pngs_with_settings_and_a_cli_command(client, app_server, examples):
+    from gradio_client import handle_file
+
+    gallery, command, status = generate(
+        client, reference_1=handle_file(examples / "red_ball.png"), reference_2=handle_file(examples / "blue_box.png"),
+        seed=11, num_images=2,
+    )  # fmt: skip
+    assert len(gallery) == 2
+    for j, item in enumerate(gallery):
+        image = Image.open(item["image"])
+        assert (image.format, image.size) == ("PNG", (64, 48))
+        settings = read_settings(item["image"])  # the download keeps the metadata
+        assert (settings["seed"], len(settings["references"])) == (11 + j, 2)
+    assert command.startswith("unoflux generate --prompt 'a red ball' --ref ")
+    assert "--seed 11 --num-images 2" in command and f"--out {app_server[1]}" in command
+    assert "seed 11" in status
+
+
+def test_random_seed_is_reported(client):
+    gallery, command, status = generate(client, random_seed=True)
+    seed = read_settings(gallery[0]["image"])["seed"]
+    assert f"--seed {seed} " in command and f"seed {seed}" in status
+
+
+def bomb(path):
+    """A few kilobytes on disk, 81 megapixels once decoded."""
+    Image.new("1", (9000, 9000)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_upload, message",
+    [
+        (lambda d: (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated") and d / "broken.png",
+         "reference image 1 'broken.png' cannot be read as an image"),
+        (lambda d: (d / "notes.txt").write_text("not an image") and d / "notes.txt",
+         "reference image 1 'notes.txt' cannot be read as an image"),
+        (lambda d: bomb(d / "bomb.png"), "too large to decode safely"),
+        (lambda d: (d / "big.png").write_bytes(b"\0" * 1_100_000) and d / "big.png", "exceeds the maximum file size"),
+    ],
+    ids=["corrupt", "wrong-type", "decompression-bomb", "over-upload-limit"],
+)
+def test_bad_upload_gets_a_clear_error_and_the_server_keeps_serving(client, tmp_path, make_upload, message):
+    from gradio_client import handle_file
+
+    with pytest.raises(Exception, match=message):
+        generate(client, reference_1=handle_file(make_upload(tmp_path)))
+    gallery, _, _ = generate(client)  # the next request is served as usual
+    assert Image.open(gallery[0]["image"]).size == (64, 48)
+
+
+def test_bad_settings_get_a_clear_error(client):
+    with pytest.raises(Exception, match="the prompt is empty"):
+        generate(client, prompt="  ")
+    with pytest.raises(Exception, match="reference long side 'huge' must be 'auto' or a whole number"):
+        generate(client, reference_long_side="huge")
+    with pytest.raises(Exception, match="seed None must be a whole number"):
+        generate(client, seed=None)  # the seed box left empty

@@ -1,0 +1,102 @@
+"""The app driven by a real headless Chromium (Debian's, through Playwright): upload, type, generate,
+and check the image that comes back. Skipped, with the reason shown, only where no browser can be had."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from PIL import Image
+
+from unoflux.images import SETTINGS_KEY
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; `playwright install` would download one from the internet
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+TIMEOUT_MS = 60_000
+
+
+def expect(locator):
+    """Playwright's auto-retrying assertion (imported late: playwright is optional)."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A Chromium context with a fresh profile."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no browser: {CHROMIUM} is missing; run scripts/install_browser.sh as root (Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright: pip install -e '.[test]'")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 960},
+        )  # fmt: skip
+        context.set_default_timeout(TIMEOUT_MS)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser, app_server):
+    """The app's page; every request the page makes is recorded in ``page.hosts``."""
+    page = browser.new_page()
+    page.hosts = set()
+    page.on("request", lambda request: page.hosts.add(urlparse(request.url).netloc))
+    page.goto(app_server[0])
+    page.locator("#generate").wait_for()
+    yield page
+    page.close()
+
+
+def set_slider(page, label: str, value: int) -> None:
+    box = page.get_by_label(f"number input for {label}")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def upload_reference(page, slot: int, path: Path) -> None:
+    page.locator(f"#reference-{slot} input[type=file]").set_input_files(path)
+
+
+def test_generate_in_the_browser(page, app_server, examples, artifacts_dir):
+    upload_reference(page, 1, examples / "red_ball.png")
+    page.locator("#reference-1 img").wait_for()  # the upload has landed
+    page.locator("#prompt textarea").fill("a red ball on a wooden table")
+    set_slider(page, "Width", 64)
+    set_slider(page, "Height", 48)
+    set_slider(page, "Steps", 2)
+    page.locator("#generate").click()
+
+    result = page.locator("#results img").first
+    result.wait_for()
+    png = page.request.get(result.get_attribute("src")).body()
+    image = Image.open(io.BytesIO(png))
+    assert (image.format, image.size) == ("PNG", (64, 48))
+    assert '"prompt": "a red ball on a wooden table"' in image.text[SETTINGS_KEY]  # the PNG carries its settings
+    expect(page.locator("#command textarea")).to_have_value(re.compile(r"--ref .* --width 64 --height 48 --steps 2 "))
+    page.screenshot(path=artifacts_dir / "app-after-generation.png", full_page=True)
+    assert page.hosts == {urlparse(app_server[0]).netloc}, "the page reached beyond the local server"
+
+
+def test_a_corrupt_upload_shows_an_error_in_the_page(page, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    upload_reference(page, 1, broken)
+    page.locator("#prompt textarea").fill("a red ball")
+    set_slider(page, "Steps", 2)
+    page.locator("#generate").click()
+    page.get_by_text("reference image 1 'broken.png' cannot be read as an image").first.wait_for()
+
+
+def test_an_example_fills_the_form(page, examples):
+    page.get_by_text("a blue box and a gold star on a sandy beach").first.click()
+    expect(page.locator("#prompt textarea")).to_have_value("a blue box and a gold star on a sandy beach")
+    page.locator("#reference-2 img").wait_for()

@@ -1,0 +1,92 @@
+"""The app's generation logic without a server: files, metadata, the CLI command, form parsing."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+from PIL import Image
+
+from unoflux.app.command import generate_command
+from unoflux.app.runner import AppRunner
+from unoflux.errors import UnofluxError
+from unoflux.generation import GenerationRequest
+from unoflux.images import read_settings
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    from unoflux.testing import tiny_pipeline
+
+    return AppRunner(tiny_pipeline(), {"model": "tiny"}, tmp_path_factory.mktemp("out"), ["--model", "/m"])
+
+
+@pytest.fixture
+def tiny_request(examples):
+    """``tiny_request(**changes)``: a fast request with one bundled reference."""
+
+    def make(**changes) -> GenerationRequest:
+        settings = dict(prompt="a red ball", references=[str(examples / "red_ball.png")], width=48, height=32,
+                        steps=2, seed=7)  # fmt: skip
+        return GenerationRequest(**{**settings, **changes})
+
+    return make
+
+
+def test_run_saves_unique_pngs_with_settings_and_kept_references(runner, tiny_request):
+    steps_seen = []
+    first = runner.run(tiny_request(num_images=2), on_step=lambda done, total: steps_seen.append((done, total)))
+    second = runner.run(tiny_request(num_images=2))  # same prompt and seed: must not overwrite
+    assert steps_seen == [(1, 2), (2, 2)]
+    assert len(set(first.images + second.images)) == 4
+    for j, path in enumerate(first.images):
+        assert Image.open(path).size == (48, 32)
+        settings = read_settings(path)
+        assert (settings["seed"], settings["model"], settings["width"]) == (7 + j, {"model": "tiny"}, 48)
+        (reference,) = settings["references"]
+        assert reference.startswith(str(runner.out_dir / "references")) and Image.open(reference).size == (192, 192)
+
+
+def test_run_refuses_a_bad_reference_before_any_work(runner, tiny_request, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(UnofluxError, match="cannot be read as an image"):
+        runner.run(tiny_request(references=[str(broken)]))
+
+
+def test_cli_command_reproduces_the_request(tiny_request, examples):
+    request = tiny_request(prompt="it's a ball", seed=42, reference_long_side=320, position_mode="width")
+    argv = shlex.split(generate_command(request, ["--model", "/models/my flux"], "/out dir"))
+    assert argv[:4] == ["unoflux", "generate", "--prompt", "it's a ball"]
+    flags = dict(zip(argv[4::2], argv[5::2]))
+    assert flags["--ref"] == str(examples / "red_ball.png")
+    assert (flags["--seed"], flags["--ref-long-side"], flags["--position-mode"]) == ("42", "320", "width")
+    assert (flags["--model"], flags["--out"]) == ("/models/my flux", "/out dir")
+    from unoflux.cli import build_parser
+
+    parsed = build_parser().parse_args(argv[1:])  # the CLI accepts every flag
+    assert (parsed.width, parsed.height, parsed.steps, parsed.guidance) == (48, 32, 2, 4.0)
+
+
+def test_model_flags_spell_out_environment_paths(monkeypatch, tmp_path):
+    from unoflux.app.command import model_flags
+    from unoflux.cli import build_parser
+
+    monkeypatch.setenv("LORA", str(tmp_path / "lora.safetensors"))
+    args = build_parser().parse_args(["app", "--model", str(tmp_path), "--offload", "model", "--weights-dtype", "fp8"])
+    flags = model_flags(args)
+    assert flags[flags.index("--model") + 1] == str(tmp_path.resolve())
+    assert flags[flags.index("--lora") + 1] == str(tmp_path / "lora.safetensors")
+    assert ["--weights-dtype", "fp8"] == flags[flags.index("--weights-dtype") :][:2]
+    assert ["--offload", "model"] == flags[flags.index("--offload") :][:2]
+
+
+def test_app_without_a_model_says_so_and_exits_2(monkeypatch, capsys, tmp_path):
+    import unoflux.checkpoints.loading as loading
+    from unoflux.cli import main
+
+    for name in ("FLUX_DEV", "FLUX_SCHNELL", "FLUX_DEV_FP8", "AE", "T5", "CLIP", "LORA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(loading, "EMBEDDED_MODEL_DIR", tmp_path / "no-embedded-model")
+    assert main(["app", "--port", "1"]) == 2
+    assert "no model given" in capsys.readouterr().err
