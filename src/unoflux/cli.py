@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(p)
     add_model_args(p)
     p.set_defaults(func=cmd_generate)
-    for module in ("world", "train", "app"):  # each subpackage adds its own commands
+    for module in ("world", "family", "train", "app"):  # each subpackage adds its own commands
         if importlib.util.find_spec(f"unoflux.{module}") and importlib.util.find_spec(f"unoflux.{module}.cli"):
             importlib.import_module(f"unoflux.{module}.cli").register(sub)
     return parser

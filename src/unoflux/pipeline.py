@@ -110,6 +110,12 @@ class UnoFluxPipeline(FluxPipeline):
 
         load_lora_into_pipeline(self, path, adapter_name=adapter_name)
 
+    @property
+    def text_sequence_length(self) -> int:
+        """T5 tokens per prompt: the tokenizer's own limit, at most FLUX's 512 (small models use fewer;
+        training and sampling must pad to the same length)."""
+        return min(512, int(self.tokenizer_2.model_max_length))
+
     def _warn_if_truncated(self, prompts: list[str], max_sequence_length: int) -> None:
         for prompt in prompts:
             n = len(self.tokenizer_2(prompt, truncation=False).input_ids)
@@ -170,7 +176,7 @@ class UnoFluxPipeline(FluxPipeline):
         num_images_per_prompt: int = 1,
         schedule: str = "uno",
         noise_device: str = "cpu",
-        max_sequence_length: int = 512,
+        max_sequence_length: int | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[[Any, int, float, dict], dict] | None = None,
     ) -> UnoOutput:
@@ -190,6 +196,7 @@ class UnoFluxPipeline(FluxPipeline):
             schedule: ``uno`` reproduces UNO's inference shift (see :func:`unoflux.flow.image_seq_len`);
                 ``flux`` uses the true token count, as FLUX and UNO training do.
             noise_device: where the noise generator runs; ``cpu`` makes seeds device-independent.
+            max_sequence_length: T5 tokens per prompt (default :attr:`text_sequence_length`).
             output_type: ``pil``, ``pt`` ((B, 3, H, W) in [0, 1]) or ``latent`` (packed latents).
             callback_on_step_end: ``fn(pipe, step, t, {"latents": ...}) -> dict`` after each step; a
                 returned ``latents`` replaces the current ones.
@@ -210,6 +217,7 @@ class UnoFluxPipeline(FluxPipeline):
             seed = random.randrange(2**31)
         device = self._execution_device
         dtype = self.transformer.dtype
+        max_sequence_length = max_sequence_length or self.text_sequence_length
         self._warn_if_truncated(prompts, max_sequence_length)
 
         # 1. References (checked before any model runs), appended after the noisy target tokens with UnoPE ids.

@@ -1,0 +1,103 @@
+"""Assemble the small FLUX-shaped model family as a diffusers FLUX folder, ready for the base training.
+
+Steps (each skipped when its output exists, so a rerun resumes):
+1. tokenizers trained on captions sampled from the world (``text.py``);
+2. tiny T5 / CLIP text encoders, seeded and frozen;
+3. the VAE trained on the dataset's images (``vae.py``), shift/scale calibrated, PSNR measured;
+4. a freshly initialised ``FluxTransformer2DModel`` sized by :class:`FamilyConfig`;
+then ``UnoFluxPipeline(...).save_pretrained(out)`` plus ``family.json`` (configs, metrics, command).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from transformers import AutoTokenizer
+
+from ..checkpoints.specs import scheduler_config_for
+from .text import sample_captions, tiny_text_encoders, train_clip_tokenizer, train_t5_tokenizer
+from .vae import VAETrainConfig, calibrate_and_measure, load_square_images, train_vae
+
+
+@dataclass
+class FamilyConfig:
+    seed: int = 0
+    image_size: int = 64
+    num_captions: int = 6000  # captions sampled to fit the tokenizers
+    text_length: int = 64  # T5 tokens per prompt (captions use <= 48)
+    clip_vocab_size: int = 600
+    text_width: int = 64  # d_model of both text encoders = FLUX joint_attention_dim / pooled_projection_dim
+    hidden_heads: int = 6  # transformer width = heads x head_dim
+    head_dim: int = 32
+    axes_dims_rope: list[int] = field(default_factory=lambda: [8, 12, 12])  # sums to head_dim
+    num_double_blocks: int = 3
+    num_single_blocks: int = 6
+    vae: VAETrainConfig = field(default_factory=VAETrainConfig)
+
+    def transformer_config(self) -> dict:
+        return dict(
+            patch_size=1, in_channels=64, num_layers=self.num_double_blocks, num_single_layers=self.num_single_blocks,
+            attention_head_dim=self.head_dim, num_attention_heads=self.hidden_heads,
+            joint_attention_dim=self.text_width, pooled_projection_dim=self.text_width, guidance_embeds=True,
+            axes_dims_rope=list(self.axes_dims_rope),
+        )  # fmt: skip
+
+
+def _text_components(config: FamilyConfig, work: Path):
+    t5_dir, clip_dir = work / "tokenizer_2", work / "tokenizer"
+    if not (t5_dir.is_dir() and clip_dir.is_dir()):
+        captions = sample_captions(config.num_captions, seed=config.seed)
+        train_t5_tokenizer(captions, config.text_length).save_pretrained(t5_dir)
+        train_clip_tokenizer(captions, config.clip_vocab_size).save_pretrained(clip_dir)
+    t5_tokenizer, clip_tokenizer = AutoTokenizer.from_pretrained(t5_dir), AutoTokenizer.from_pretrained(clip_dir)
+    t5, clip = tiny_text_encoders(t5_tokenizer, clip_tokenizer, config.text_width, config.seed)
+    return t5, t5_tokenizer, clip, clip_tokenizer
+
+
+def build_family(data_dirs: list[Path], out: Path, config: FamilyConfig, work: Path | None = None) -> dict:
+    """Write the untrained-transformer family to ``out`` (a diffusers folder); return its report."""
+    from ..pipeline import UnoFluxPipeline
+
+    work = work or out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    t5, t5_tokenizer, clip, clip_tokenizer = _text_components(config, work)
+
+    paths = sorted(p for d in data_dirs for p in Path(d).glob("shard_*/*.png"))
+    if not paths:
+        raise FileNotFoundError(f"no shard_*/*.png images under {', '.join(map(str, data_dirs))}")
+    images = load_square_images(paths, config.image_size)
+    vae: AutoencoderKL = train_vae(images, config.vae, work)
+    vae_report = calibrate_and_measure(vae, images[torch.randperm(len(images), generator=torch.Generator().manual_seed(1))])
+
+    torch.manual_seed(config.seed)
+    transformer = FluxTransformer2DModel(**config.transformer_config())
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config_for(dict(transformer.config)))
+    pipe = UnoFluxPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer,
+        text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=transformer,
+    )  # fmt: skip
+    pipe.save_pretrained(out)
+    report = {
+        "config": asdict(config),
+        "data": [str(d) for d in data_dirs],
+        "num_vae_images": len(images),
+        "vae": vae_report,
+        "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                       for name in ("transformer", "vae", "text_encoder", "text_encoder_2")},  # fmt: skip
+        "command": shlex.join(["unoflux", *sys.argv[1:]]) if sys.argv and "unoflux" in sys.argv[0] else None,
+    }
+    (out / "family.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def load_family_report(folder: Path) -> dict:
+    return json.loads((Path(folder) / "family.json").read_text())
+
+
+__all__ = ["FamilyConfig", "build_family", "load_family_report"]

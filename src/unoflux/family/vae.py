@@ -1,0 +1,128 @@
+"""The family's VAE: diffusers' ``AutoencoderKL`` (FLUX's class, 16 latent channels, 8x downsampling) at a
+tiny width, trained on world images. Resumable: state is saved atomically every N steps.
+
+Loss: pixel MSE + L1 + a small KL term (the KL only keeps the posterior well-behaved; no GAN/LPIPS: the
+world is flat colours and simple textures). After training, the latent shift/scale are set from data
+so that latents are zero-mean and unit-variance, as FLUX's 0.1159 / 0.3611 are for its VAE.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..conditioning import LATENT_CHANNELS
+
+
+@dataclass
+class VAETrainConfig:
+    steps: int = 2500
+    batch_size: int = 24
+    learning_rate: float = 1e-3
+    kl_weight: float = 1e-6
+    checkpoint_every: int = 250
+    seed: int = 0
+    crop_size: int = 32  # random crops: convolutions are translation-equivariant, 4x cheaper than 64 px
+    block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])  # 4 levels: 8x down
+    layers_per_block: int = 1
+    norm_num_groups: int = 16
+
+    def model_config(self) -> dict:
+        levels = len(self.block_out_channels)
+        return dict(
+            in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+            down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
+            block_out_channels=list(self.block_out_channels), layers_per_block=self.layers_per_block,
+            norm_num_groups=self.norm_num_groups, use_quant_conv=False, use_post_quant_conv=False,
+            scaling_factor=1.0, shift_factor=0.0,
+        )  # fmt: skip
+
+
+def load_square_images(paths: list[Path], size: int) -> torch.Tensor:
+    """(N, 3, size, size) uint8: square images as they are, wider ones (two-panels) cut into squares."""
+    tiles = []
+    for path in paths:
+        array = np.asarray(Image.open(path).convert("RGB"))
+        for x in range(0, array.shape[1] - size + 1, size):
+            tiles.append(array[:size, x : x + size])
+    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
+
+
+def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
+    return batch.float() / 127.5 - 1.0
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_vae(images: torch.Tensor, config: VAETrainConfig, work_dir: Path) -> AutoencoderKL:
+    """Train (or resume from ``work_dir/vae_state.pt``) and return the VAE in eval mode."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    state_path = work_dir / "vae_state.pt"
+    torch.manual_seed(config.seed)
+    vae = AutoencoderKL(**config.model_config())
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps))
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    step = 0
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        step = state["step"]
+    vae.train()
+    bar = tqdm(total=config.steps, initial=step, desc="VAE")
+    while step < config.steps:
+        index = torch.randint(len(images), (config.batch_size,), generator=generator)
+        top, left = torch.randint(images.shape[-1] - config.crop_size + 1, (2,), generator=generator).tolist()
+        x = to_unit_range(images[index, :, top : top + config.crop_size, left : left + config.crop_size])
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(z).sample
+        loss = (
+            (recon - x).pow(2).mean() + 0.1 * (recon - x).abs().mean() + config.kl_weight * posterior.kl().mean()
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        step += 1
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _save_atomic(
+                {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "generator": generator.get_state(), "step": step, "config": asdict(config)},
+                state_path,
+            )  # fmt: skip
+    bar.close()
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def calibrate_and_measure(vae: AutoencoderKL, images: torch.Tensor, count: int = 512) -> dict:
+    """Set shift/scale so latents are zero-mean unit-variance; return PSNR on ``count`` images."""
+    x = to_unit_range(images[:count])
+    latents = torch.cat([vae.encode(chunk).latent_dist.mode() for chunk in x.split(64)])
+    shift, scale = latents.mean().item(), 1.0 / latents.std().item()
+    vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
+    recon = torch.cat([vae.decode(chunk).sample for chunk in latents.split(64)]).clamp(-1, 1)
+    mse = ((recon - x) / 2).pow(2).mean(dim=(1, 2, 3))
+    psnr = (10 * torch.log10(1 / mse)).mean().item()
+    return {"psnr_db": round(psnr, 2), "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor}

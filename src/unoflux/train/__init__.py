@@ -1,0 +1,16 @@
+"""Training: text-to-image flow matching on FLUX transformers (full or LoRA), on ``accelerate``.
+
+    from unoflux.train import TrainConfig, train
+    train(TrainConfig.from_yaml("run.yaml"))
+"""
+
+from .config import EmaSettings, LoraSettings, TrainConfig, ValidationSettings
+
+__all__ = ["TrainConfig", "LoraSettings", "EmaSettings", "ValidationSettings", "train"]
+
+
+def train(config, resume=None, command=None):
+    """See :func:`unoflux.train.trainer.train` (imported lazily: it pulls in diffusers and accelerate)."""
+    from .trainer import train as _train
+
+    return _train(config, resume=resume, command=command)

@@ -1,0 +1,42 @@
+"""`unoflux train`: text-to-image training from a YAML config (CLI flags override the file).
+
+    unoflux train --config run.yaml [--resume] [--max-steps N] [--output-dir DIR]
+
+Multi-GPU / multi-node: the same command under ``accelerate launch -m unoflux train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def load_config(path: str, max_steps: int | None = None, output_dir: str | None = None, resume: bool = False):
+    """The config in ``path`` with the command-line overrides applied (validated again)."""
+    from .config import TrainConfig
+
+    config = TrainConfig.from_yaml(path)
+    return config.replace(max_steps=max_steps, output_dir=output_dir, resume="latest" if resume else None)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a FLUX transformer (full or LoRA) on world datasets; resumable from checkpoints."""
+    config = load_config(args.config, args.max_steps, args.output_dir, args.resume)
+    from .trainer import train  # heavy imports only once the config is known to be good
+
+    final = train(config, command=[sys.executable, "-m", "unoflux", *sys.argv[1:]])
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"wrote {final}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a FLUX transformer (full or LoRA) on world datasets",
+                              description=cmd_train.__doc__)  # fmt: skip
+    p.add_argument("--config", required=True, metavar="CFG.yaml", help="training config (see docs/training.md)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the output dir")
+    p.add_argument("--max-steps", type=int, metavar="N", help="override max_steps")
+    p.add_argument("--output-dir", metavar="DIR", help="override output_dir")
+    p.set_defaults(func=cmd_train)

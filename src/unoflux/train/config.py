@@ -1,0 +1,254 @@
+"""Training configuration: documented dataclasses, validated on construction, read from and written to YAML.
+
+A YAML file holds the fields of :class:`TrainConfig` at its top level, with ``lora``, ``ema`` and
+``validation`` as nested mappings::
+
+    model: models/tiny-flux          # a diffusers FLUX folder (model_index.json)
+    data: [data/scenes]              # world dataset folders (manifest.jsonl)
+    output_dir: runs/t2i
+    max_steps: 1000
+    mode: lora
+    lora: {rank: 16, alpha: 16}
+    buckets: [[512, 512], [384, 640], [640, 384]]
+
+Unknown keys are an error (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UnofluxError
+
+MODES = ("full", "lora")
+MIXED_PRECISION = ("no", "bf16")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+# Every attention projection and every output projection of FLUX's double and single blocks (UNO puts its
+# LoRA on the fused qkv and proj of all blocks; diffusers splits qkv into to_q/k/v and add_{q,k,v}_proj).
+DEFAULT_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0",
+    "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "proj_mlp", "proj_out",
+)  # fmt: skip
+
+
+@dataclass
+class LoraSettings:
+    """PEFT ``LoraConfig`` for ``mode: lora``. UNO uses rank 512 with alpha = rank (scale 1)."""
+
+    rank: int = 16
+    alpha: float | None = None  # None = rank, i.e. scale alpha / rank = 1 as in UNO
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise UnofluxError(f"lora.rank {self.rank!r} must be a positive integer")
+        if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
+            raise UnofluxError(f"lora.alpha {self.alpha!r} must be a positive number or null (= rank)")
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise UnofluxError(f"lora.target_modules {self.target_modules!r} must be a non-empty list of module names")
+        if not 0 <= self.dropout < 1:
+            raise UnofluxError(f"lora.dropout {self.dropout!r} must be in [0, 1)")
+        self.target_modules = list(self.target_modules)
+
+
+@dataclass
+class EmaSettings:
+    """Exponential moving average of the trained weights (diffusers ``EMAModel``); used for the final save."""
+
+    enabled: bool = False
+    decay: float = 0.9999
+
+    def __post_init__(self) -> None:
+        if not 0 < self.decay < 1:
+            raise UnofluxError(f"ema.decay {self.decay!r} must be in (0, 1)")
+
+
+@dataclass
+class ValidationSettings:
+    """Images generated every ``validate_every`` steps with the same seeds, saved as one PNG grid."""
+
+    prompts: list[str] = field(default_factory=list)
+    width: int = 256
+    height: int = 256
+    steps: int = 20
+    seed: int = 0
+    guidance: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(p, str) and p.strip() for p in self.prompts):
+            raise UnofluxError(f"validation.prompts {self.prompts!r} must be non-empty strings")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 16 or value % 16:
+                raise UnofluxError(f"validation.{name} {value!r} must be a multiple of 16, at least 16")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise UnofluxError(f"validation.steps {self.steps!r} must be a positive integer")
+        self.prompts = list(self.prompts)
+
+
+_NESTED = {"lora": LoraSettings, "ema": EmaSettings, "validation": ValidationSettings}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.yaml`` beside its outputs.
+
+    Steps count optimizer updates; one update sees ``batch_size * gradient_accumulation * processes``
+    samples. ``buckets`` are (height, width) pairs in pixels (multiples of 16); each image goes to the
+    bucket nearest its aspect ratio and each batch holds one bucket. Without ``buckets`` every image is
+    trained at ``resolution x resolution``.
+    """
+
+    data: list[str]  # world dataset folders holding manifest.jsonl
+    output_dir: str
+    model: str | None = None  # diffusers FLUX folder; None = the embedded model
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 1  # per process, per micro-step
+    gradient_accumulation: int = 1
+    learning_rate: float = 1e-5  # UNO
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.01
+    lr_schedule: str = "constant_with_warmup"
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0  # None = no clipping
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    text_dropout: float = 0.1  # probability of training on the empty prompt (UNO: 0.1)
+    max_sequence_length: int | None = None  # T5 tokens; None = the model's own (as the pipeline pads)
+    mode: str = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    ema: EmaSettings = field(default_factory=EmaSettings)
+    resolution: int = 512
+    buckets: list[tuple[int, int]] | None = None
+    num_workers: int = 0  # DataLoader worker processes per training process
+    checkpoint_every: int = 500  # 0 = only the final save
+    keep_checkpoints: int | None = None  # None = keep all
+    validate_every: int = 0  # 0 = never
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    log_every: int = 1
+    resume: str | None = None  # "latest" or a checkpoint folder
+
+    def __post_init__(self) -> None:
+        for name, cls in _NESTED.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _build(cls, value, prefix=f"{name}."))
+            elif not isinstance(value, cls):
+                raise UnofluxError(f"{name} must be a mapping of {cls.__name__} fields, got {value!r}")
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if not self.data or not all(isinstance(d, str) and d for d in self.data):
+            raise UnofluxError(f"data {self.data!r} must name at least one dataset folder")
+        self.data = list(self.data)
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            raise UnofluxError(f"output_dir {self.output_dir!r} must be a folder path")
+        positive = ("max_steps", "batch_size", "gradient_accumulation", "resolution", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UnofluxError(f"{name} {value!r} must be a positive integer")
+        for name in ("warmup_steps", "checkpoint_every", "validate_every", "seed", "num_workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UnofluxError(f"{name} {value!r} must be a non-negative integer")
+        if self.keep_checkpoints is not None and (not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 1):
+            raise UnofluxError(f"keep_checkpoints {self.keep_checkpoints!r} must be a positive integer or null")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise UnofluxError(f"learning_rate {self.learning_rate!r} must be a positive number")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UnofluxError(f"{name} {getattr(self, name)!r} must be in [0, 1)")
+        if self.weight_decay < 0 or self.adam_epsilon <= 0:
+            raise UnofluxError("weight_decay must be >= 0 and adam_epsilon > 0")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise UnofluxError(f"max_grad_norm {self.max_grad_norm!r} must be positive or null (no clipping)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UnofluxError(f"lr_schedule {self.lr_schedule!r} is not one of: {', '.join(LR_SCHEDULES)}")
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UnofluxError(f"mixed_precision {self.mixed_precision!r} is not one of: {', '.join(MIXED_PRECISION)}")
+        if self.mode not in MODES:
+            raise UnofluxError(f"mode {self.mode!r} is not one of: {', '.join(MODES)}")
+        if not 0 <= self.text_dropout <= 1:
+            raise UnofluxError(f"text_dropout {self.text_dropout!r} must be a probability in [0, 1]")
+        if self.resolution % 16:
+            raise UnofluxError(f"resolution {self.resolution!r} must be a multiple of 16")
+        if self.buckets is not None:
+            buckets = []
+            for b in self.buckets:
+                ok = isinstance(b, (list, tuple)) and len(b) == 2 and all(isinstance(s, int) and s >= 16 and s % 16 == 0 for s in b)
+                if not ok:
+                    raise UnofluxError(f"bucket {b!r} must be [height, width] in pixels, multiples of 16")
+                buckets.append((int(b[0]), int(b[1])))
+            if not buckets:
+                raise UnofluxError("buckets is empty; give at least one [height, width] or leave it unset")
+            self.buckets = buckets
+        if self.validate_every and not self.validation.prompts:
+            raise UnofluxError("validate_every is set but validation.prompts is empty; add prompts or set it to 0")
+        if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
+            raise UnofluxError(f"resume {self.resume!r} must be 'latest' or an existing checkpoint folder")
+
+    @property
+    def bucket_sizes(self) -> list[tuple[int, int]]:
+        """The (height, width) buckets in use."""
+        return self.buckets or [(self.resolution, self.resolution)]
+
+    # ------------------------------------------------------------------------------------------ YAML
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        return _build(cls, values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise UnofluxError(f"config file {str(path)!r} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise UnofluxError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise UnofluxError(f"config file {str(path)!r} must hold a mapping of settings")
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        if values["buckets"] is not None:
+            values["buckets"] = [list(b) for b in values["buckets"]]
+        return values
+
+    def to_yaml(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp.replace(path)
+        return path
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with ``changes`` applied (None values are ignored: "not given")."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _build(cls, values: dict[str, Any], prefix: str = ""):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UnofluxError(
+            f"unknown setting {(prefix + unknown[0])!r} in the training config; known: {', '.join(sorted(known))}"
+        )
+    try:
+        return cls(**values)
+    except TypeError as err:  # a missing required field
+        raise UnofluxError(f"training config: {err}") from None

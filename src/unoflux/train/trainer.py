@@ -1,0 +1,458 @@
+"""Text-to-image flow-matching training of a FLUX transformer (full or LoRA) on ``accelerate``.
+
+One optimizer step, per process (UNO recipe, DESIGN.md section 4)::
+
+    x_data = pack(scale * (VAE(image).mode - shift))         (B, N, 64)
+    t      = flow.sample_training_t(B, N)                    shifted at the true token count N
+    x_t    = flow.interpolate(x_data, noise, t)
+    loss   = mse(transformer(x_t, t, text, guidance=1), flow.velocity_target(x_data, noise))
+
+Determinism: every random draw of a step (text dropout, t, noise) comes from a CPU generator seeded by
+(seed, step, micro-step, rank), the data order is a function of (seed, epoch) and the data position is
+checkpointed, so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+
+Outputs in ``output_dir``: ``config.yaml`` and ``command.txt``; ``log.csv`` (and TensorBoard events when
+``tensorboard`` is installed); ``checkpoint-{step}/`` (written to a temporary name, then renamed);
+``validation/step-{step}.png``; ``final/`` (a diffusers pipeline folder in full mode, or
+``pytorch_lora_weights.safetensors`` in LoRA mode, with the config and command).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import json
+import math
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm import tqdm
+
+from .. import flow
+from ..conditioning import grid_position_ids, pack_latents
+from ..errors import UnofluxError
+from .config import TrainConfig
+from .data import BucketDataset, DataPosition, TrainData, read_samples
+
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "train_state.json"  # written last inside a checkpoint: its presence marks a complete one
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name, what load_lora_weights looks for
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+def add_lora(transformer: torch.nn.Module, config: TrainConfig) -> None:
+    """Freeze ``transformer`` and add a PEFT LoRA adapter (the only trainable tensors)."""
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    lora = config.lora
+    transformer.add_adapter(
+        LoraConfig(
+            r=lora.rank, lora_alpha=lora.alpha or lora.rank, lora_dropout=lora.dropout,
+            target_modules=lora.target_modules, init_lora_weights="gaussian",
+        )
+    )  # fmt: skip
+    mark_only_lora_trainable(transformer)
+
+
+def mark_only_lora_trainable(model: torch.nn.Module) -> int:
+    """``requires_grad`` on LoRA tensors only; returns how many parameters are trainable."""
+    count = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+        count += param.numel() if param.requires_grad else 0
+    if not count:
+        raise UnofluxError("the LoRA target modules matched no layer of the transformer")
+    return count
+
+
+def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Only the LoRA tensors, keyed ``<module>.lora_{A,B}.weight`` (PEFT = diffusers' FLUX layout), on the CPU."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model)
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def load_lora_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`lora_state_dict` onto a model that already has the adapter."""
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, state)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise UnofluxError(f"the checkpoint's LoRA has tensors this model does not: {unexpected[:3]}")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """The CPU generator of one micro-step: its draws depend on nothing but these four numbers."""
+    state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.removeprefix(CHECKPOINT_PREFIX))
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a killed save leaves only a ``.tmp-`` folder, never listed)."""
+    found = [
+        p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit() and (p / STATE_FILE).is_file()
+    ]  # fmt: skip
+    return sorted(found, key=checkpoint_step)
+
+
+def image_grid(images: list, columns: int):
+    from PIL import Image
+
+    rows = math.ceil(len(images) / columns)
+    w, h = images[0].size
+    grid = Image.new("RGB", (columns * w, rows * h), "white")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * w, (i // columns) * h))
+    return grid
+
+
+class CsvLog:
+    """``log.csv``: one row per logged step; on resume rows after the resumed step are dropped."""
+
+    FIELDS = ("step", "loss", "lr", "it_per_s")
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        rows = []
+        if path.is_file() and resume_step > 0:
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, **row) -> None:
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, self.FIELDS).writerow(row)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+class Trainer:
+    """Builds everything from a :class:`TrainConfig`; :meth:`train` runs (or resumes) it."""
+
+    def __init__(self, config: TrainConfig, command: list[str] | None = None):
+        self.config = config
+        self.command = command if command is not None else [sys.executable, *sys.argv]
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            # max_steps counts global updates: step the LR schedule once per update, not once per process
+            step_scheduler_with_optimizer=False,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir)),
+        )
+        set_seed(config.seed)  # model init (LoRA weights) is the same on every process
+        self.pipe = self._load_pipeline()
+        self.transformer = self.pipe.transformer
+        self.shift = flow.ShiftConfig.from_scheduler_config(self.pipe.scheduler.config)
+
+        samples = read_samples(config.data)
+        acc = self.accelerator
+        self.data = TrainData(
+            BucketDataset(samples, config.bucket_sizes), config.batch_size, config.seed, acc.process_index,
+            acc.num_processes, config.num_workers,
+        )
+
+        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        self.ema = None
+        if config.ema.enabled:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(params, decay=config.ema.decay)
+        optimizer = torch.optim.AdamW(
+            params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_epsilon, weight_decay=config.weight_decay,
+        )  # fmt: skip
+        from diffusers.optimization import get_scheduler
+
+        scheduler = get_scheduler(
+            config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps
+        )
+        self.model, self.optimizer, self.lr_scheduler = acc.prepare(self.transformer, optimizer, scheduler)
+        if self.ema is not None:
+            self.ema.to(acc.device)
+            acc.register_for_checkpointing(self.ema)
+        if config.mode == "lora":  # checkpoints hold the LoRA tensors, not the frozen base
+            acc.register_save_state_pre_hook(self._save_lora_hook)
+            acc.register_load_state_pre_hook(self._load_lora_hook)
+        self.step = 0
+
+    # ----------------------------------------------------------------------------------- building
+    def _load_pipeline(self):
+        from ..checkpoints import ModelPaths, load_pipeline
+
+        cfg = self.config
+        device = str(self.accelerator.device)
+        # Frozen weights (text encoders; the base under a LoRA) may live in bf16; trained ones stay fp32 (the
+        # optimizer's master copy) and autocast runs the forward in bf16. The VAE is fp32 as in inference.
+        frozen_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
+        pipe = load_pipeline(ModelPaths(model=cfg.model), device=device, dtype=frozen_dtype, use_environment=False)
+        pipe.set_progress_bar_config(disable=True)
+        for frozen in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            frozen.requires_grad_(False).eval()
+        transformer = pipe.transformer
+        transformer.train()
+        if cfg.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        if cfg.mode == "lora":
+            add_lora(transformer, cfg)
+            for param in transformer.parameters():
+                if param.requires_grad:
+                    param.data = param.data.float()
+        else:
+            transformer.to(torch.float32).requires_grad_(True)
+        return pipe
+
+    def _model_dir(self) -> Path:
+        from ..checkpoints.specs import EMBEDDED_MODEL_DIR
+
+        return Path(self.config.model) if self.config.model else EMBEDDED_MODEL_DIR
+
+    def _save_lora_hook(self, models, weights, output_dir) -> None:
+        from safetensors.torch import save_file
+
+        if self.accelerator.is_main_process:
+            save_file(lora_state_dict(self.accelerator.unwrap_model(models[0])), str(Path(output_dir) / LORA_FILE))
+        weights.clear()  # the frozen base is not written (``models`` is accelerate's own list: leave it)
+
+    def _load_lora_hook(self, models, input_dir) -> None:
+        from safetensors.torch import load_file
+
+        model = self.accelerator.unwrap_model(models.pop())
+        load_lora_state_dict(model, load_file(str(Path(input_dir) / LORA_FILE)))
+
+    # --------------------------------------------------------------------------------------- step
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator):
+        """Packed clean latents (B, N, 64), their ids, and text embeddings with text dropout applied."""
+        pipe, device = self.pipe, self.accelerator.device
+        drop = torch.rand(len(captions), generator=gen) < self.config.text_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        latents = pipe.vae.encode(pixels.to(device, pipe.vae.dtype)).latent_dist.mode()  # (B, 16, H/8, W/8)
+        latents = (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+        _, _, h, w = latents.shape
+        prompt_embeds, pooled, text_ids = pipe.encode_prompt(
+            prompt=captions, prompt_2=None, device=device,
+            max_sequence_length=self.config.max_sequence_length or pipe.text_sequence_length,
+        )
+        img_ids = grid_position_ids(h // 2, w // 2).to(device)
+        return pack_latents(latents.float()), img_ids, prompt_embeds, pooled, text_ids
+
+    def loss(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator) -> torch.Tensor:
+        x_data, img_ids, prompt_embeds, pooled, text_ids = self.encode(pixels, captions, gen)
+        b, n, _ = x_data.shape  # (B, N, 64)
+        t = flow.sample_training_t(b, n, generator=gen, config=self.shift)  # true token count, as UNO trains
+        noise = torch.randn(x_data.shape, generator=gen)
+        device = self.accelerator.device
+        t, noise = t.to(device), noise.to(device)
+        x_t = flow.interpolate(x_data, noise, t)
+        target = flow.velocity_target(x_data, noise)
+        guidance = torch.ones(b, device=device) if self.transformer.config.guidance_embeds else None  # UNO: 1
+        with self.accelerator.autocast():
+            prediction = self.model(
+                hidden_states=x_t, timestep=t, guidance=guidance, pooled_projections=pooled,
+                encoder_hidden_states=prompt_embeds, txt_ids=text_ids, img_ids=img_ids, return_dict=False,
+            )[0]  # fmt: skip
+        return F.mse_loss(prediction.float(), target.float())
+
+    def train_step(self, batches) -> float:
+        """One optimizer update over ``gradient_accumulation`` micro-batches; returns the mean loss."""
+        acc, cfg = self.accelerator, self.config
+        total = 0.0
+        for micro in range(cfg.gradient_accumulation):
+            pixels, captions = next(batches)
+            gen = step_generator(cfg.seed, self.step, micro, acc.process_index)
+            last = micro == cfg.gradient_accumulation - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                loss = self.loss(pixels, captions, gen) / cfg.gradient_accumulation
+                acc.backward(loss)
+            total += loss.detach()
+        if cfg.max_grad_norm is not None:
+            acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step([p for p in self.model.parameters() if p.requires_grad])
+        self.step += 1
+        return acc.reduce(total.reshape(1), "mean").item()
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        """``checkpoint-{step}``: model/LoRA, optimizer, scheduler, EMA, RNG states, data position, step.
+
+        Written into ``.tmp-checkpoint-{step}`` and renamed when complete, so a kill never leaves a
+        half-written checkpoint where ``resume`` looks.
+        """
+        acc = self.accelerator
+        final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.step}"
+        tmp = self.output_dir / f".tmp-{CHECKPOINT_PREFIX}{self.step}"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if acc.is_main_process:
+            state = {"step": self.step, "data_position": asdict(self.data.position), "config": self.config.to_dict()}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            self._prune_checkpoints()
+        acc.wait_for_everyone()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        keep = self.config.keep_checkpoints
+        if keep is not None:
+            for old in complete_checkpoints(self.output_dir)[:-keep]:
+                shutil.rmtree(old)
+
+    def resolve_resume(self, resume: str | None) -> Path | None:
+        if resume is None:
+            return None
+        if resume == "latest":
+            found = complete_checkpoints(self.output_dir)
+            return found[-1] if found else None  # nothing yet: start from scratch
+        path = Path(resume)
+        if not (path / STATE_FILE).is_file():
+            raise UnofluxError(f"{resume!r} is not a complete training checkpoint (no {STATE_FILE})")
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        self.accelerator.load_state(str(path))
+        state = json.loads((path / STATE_FILE).read_text())
+        self.step = int(state["step"])
+        self.data.position = DataPosition(**state["data_position"])
+
+    # ----------------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> Path | None:
+        """A grid of images for the validation prompts, same seeds every time (EMA weights if enabled)."""
+        acc, v = self.accelerator, self.config.validation
+        if not acc.is_main_process:
+            return None
+        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        if self.ema is not None:
+            self.ema.store(params)
+            self.ema.copy_to(params)
+        self.transformer.eval()
+        try:
+            images = [
+                self.pipe(prompt, width=v.width, height=v.height, num_inference_steps=v.steps, guidance_scale=v.guidance,
+                          seed=v.seed).images[0]
+                for prompt in v.prompts
+            ]  # fmt: skip
+        finally:
+            self.transformer.train()
+            if self.ema is not None:
+                self.ema.restore(params)
+        path = self.output_dir / "validation" / f"step-{self.step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image_grid(images, columns=min(4, len(images))).save(path)
+        return path
+
+    # ----------------------------------------------------------------------------------- final save
+    def save_final(self) -> Path:
+        """``final/``: the pipeline folder (full) or the LoRA file (lora), with config.yaml and command.txt."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        final = self.output_dir / "final"
+        if acc.is_main_process:
+            tmp = self.output_dir / ".tmp-final"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            model = acc.unwrap_model(self.model)
+            params = [p for p in model.parameters() if p.requires_grad]
+            if self.ema is not None:  # ship the averaged weights
+                self.ema.store(params)
+                self.ema.copy_to(params)
+            try:
+                if self.config.mode == "lora":
+                    self.pipe.save_lora_weights(str(tmp), transformer_lora_layers=lora_state_dict(model),
+                                                weight_name=LORA_FILE, safe_serialization=True)  # fmt: skip
+                else:  # the base folder with the new transformer; frozen components are copied as they were
+                    shutil.copytree(self._model_dir(), tmp, dirs_exist_ok=True,
+                                    ignore=lambda folder, names: ["transformer"] if Path(folder) == self._model_dir() else [])
+                    model.save_pretrained(str(tmp / "transformer"), safe_serialization=True)
+            finally:
+                if self.ema is not None:
+                    self.ema.restore(params)
+            self._write_provenance(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        acc.wait_for_everyone()
+        return final
+
+    def _write_provenance(self, folder: Path) -> None:
+        self.config.to_yaml(folder / "config.yaml")
+        (folder / "command.txt").write_text(shlex.join(self.command) + "\n")
+
+    # ----------------------------------------------------------------------------------- loop
+    def train(self, resume: str | None = None) -> Path:
+        """Run to ``max_steps`` (continuing from a checkpoint if ``resume``) and return the final folder."""
+        acc, cfg = self.accelerator, self.config
+        checkpoint = self.resolve_resume(resume if resume is not None else cfg.resume)
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+            acc.print(f"resumed from {checkpoint} at step {self.step}")
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._write_provenance(self.output_dir)
+        log = CsvLog(self.output_dir / "log.csv", self.step) if acc.is_main_process else None
+        board = None
+        if acc.is_main_process and importlib.util.find_spec("tensorboard") is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            board = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=self.step or None)
+
+        batches = iter(self.data)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not acc.is_main_process, unit="step")
+        last_time = time.perf_counter()
+        while self.step < cfg.max_steps:
+            loss = self.train_step(batches)
+            if not math.isfinite(loss):
+                raise UnofluxError(f"the loss became {loss} at step {self.step}; lower learning_rate or use fp32")
+            now = time.perf_counter()
+            rate, last_time = 1.0 / max(now - last_time, 1e-9), now
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self.step % cfg.log_every == 0 and acc.is_main_process:
+                lr = self.lr_scheduler.get_last_lr()[0]
+                log.write(step=self.step, loss=f"{loss:.6g}", lr=f"{lr:.6g}", it_per_s=f"{rate:.3f}")
+                if board is not None:
+                    board.add_scalar("train/loss", loss, self.step)
+                    board.add_scalar("train/lr", lr, self.step)
+            if cfg.validate_every and self.step % cfg.validate_every == 0:
+                self.validate()
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        if board is not None:
+            board.close()
+        return self.save_final()
+
+
+def train(config: TrainConfig, resume: str | None = None, command: list[str] | None = None) -> Path:
+    """Train as ``config`` says; returns the folder of the final weights."""
+    return Trainer(config, command).train(resume)

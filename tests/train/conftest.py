@@ -1,0 +1,56 @@
+"""Fixtures for the training tests: a tiny FLUX folder (repo conftest's ``diffusers_folder``) and a tiny world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def world_data(tmp_path_factory) -> Path:
+    """16 world scenes at 32 px with captions (manifest.jsonl + PNGs)."""
+    from unoflux.world.build import BuildConfig, build_dataset
+
+    out = tmp_path_factory.mktemp("world") / "scenes"
+    build_dataset(out, BuildConfig(kind="scenes", count=16, size=32), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def wide_data(tmp_path_factory) -> Path:
+    """4 two-panel world images, 64x32 (width x height): they fall in a wide bucket."""
+    from unoflux.world.build import BuildConfig, build_dataset
+
+    out = tmp_path_factory.mktemp("world") / "two-panel"
+    build_dataset(out, BuildConfig(kind="two-panel", count=4, size=32), progress=False)
+    return out
+
+
+@pytest.fixture
+def tiny_config(diffusers_folder, world_data, tmp_path):
+    """A factory of tiny, fast configs (32 px, 32 T5 tokens, LoRA rank 4) writing under tmp_path."""
+    from unoflux.train import TrainConfig
+
+    def make(**changes) -> TrainConfig:
+        values = dict(
+            data=[str(world_data)], output_dir=str(tmp_path / "run"), model=str(diffusers_folder), max_steps=4,
+            batch_size=2, resolution=32, max_sequence_length=32, learning_rate=1e-3, checkpoint_every=0,
+            mode="lora", lora={"rank": 4},
+        )  # fmt: skip
+        values.update(changes)
+        return TrainConfig.from_dict(values)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on this shared 2-core machine a second OpenMP thread spins against other jobs
+    (steps slow down 10-40x), and the resume test compares runs that must use the same thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
