@@ -30,13 +30,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights-dtype", choices=("fp8",), help="store transformer weights as float8, compute in --dtype")
 
 
+def default_image_size(args: argparse.Namespace) -> int:
+    """The model folder's native size (``unoflux.json``) when the model is a folder, else FLUX's 512."""
+    from .checkpoints.specs import EMBEDDED_MODEL_DIR, model_defaults
+
+    uses_embedded = not any((args.model, args.flux, args.ae, args.t5, args.clip, os.environ.get("FLUX_DEV")))
+    folder = args.model or (EMBEDDED_MODEL_DIR if uses_embedded else None)
+    return int(model_defaults(folder).get("image_size", 512))
+
+
 def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None):
     """The pipeline the model flags describe, and a record of them for output metadata."""
+    import diffusers
     import transformers
 
     from .checkpoints import ModelPaths, load_pipeline
 
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars; our own bars stay
+    diffusers.utils.logging.disable_progress_bar()
     paths = ModelPaths(model=args.model, flux=args.flux, ae=args.ae, t5=args.t5, clip=args.clip, lora=args.lora)
     pipe = load_pipeline(
         paths, device=device or args.device, dtype=args.dtype, offload=args.offload, weights_dtype=args.weights_dtype
@@ -50,8 +61,8 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", help="what to generate")
     g.add_argument("--ref", action="append", default=[], metavar="IMAGE", help="a reference image (repeat for several)")
-    g.add_argument("--width", type=int, default=512, help="output width, floored to a multiple of 16 (default 512)")
-    g.add_argument("--height", type=int, default=512, help="output height, floored to a multiple of 16 (default 512)")
+    g.add_argument("--width", type=int, help="output width, floored to a multiple of 16 (default: the model's, 512 for FLUX)")
+    g.add_argument("--height", type=int, help="output height, floored to a multiple of 16 (default: the model's, 512 for FLUX)")
     g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     g.add_argument("--guidance", type=float, default=4.0, help="FLUX.1-dev distilled guidance (default 4)")
     g.add_argument("--seed", type=int, default=3407, help="image j uses seed + j (default 3407, as UNO)")
@@ -70,9 +81,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if (args.prompt is None) == (args.batch is None):
         raise UnofluxError("give either --prompt or --batch FILE.json")
+    size = default_image_size(args)
     request = GenerationRequest(
         prompt="(from the batch file)" if args.batch else args.prompt,
-        references=[str(Path(r).resolve()) for r in args.ref], width=args.width, height=args.height, steps=args.steps,
+        references=[str(Path(r).resolve()) for r in args.ref],
+        width=size if args.width is None else args.width, height=size if args.height is None else args.height,
+        steps=args.steps,
         guidance=args.guidance, seed=args.seed, num_images=args.num_images, position_mode=args.position_mode,
         reference_long_side=args.ref_long_side, schedule=args.schedule,
     )  # fmt: skip
@@ -105,6 +119,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate a few held-out prompts of the synthetic world (the embedded model by default) and print
+    each image's path with the exact checker's verdict."""
+    from .demo import run_demo
+
+    pipe, _ = load_pipeline_from_args(args)
+    pipe.set_progress_bar_config(disable=True)
+    run_demo(pipe, Path(args.out), size=default_image_size(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unoflux", description="Subject-driven image generation (UNO) on FLUX-family transformers."
@@ -116,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(p)
     add_model_args(p)
     p.set_defaults(func=cmd_generate)
-    for module in ("world", "family", "train", "app"):  # each subpackage adds its own commands
+    p = sub.add_parser("demo", help="held-out prompts through the model, with the checker's verdicts (make run)",
+                       description=cmd_demo.__doc__)  # fmt: skip
+    p.add_argument("--out", default="outputs/demo", help="folder for the images (default outputs/demo)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_demo)
+    for module in ("world", "family", "train", "evaluate", "app"):  # each subpackage adds its own commands
         if importlib.util.find_spec(f"unoflux.{module}") and importlib.util.find_spec(f"unoflux.{module}.cli"):
             importlib.import_module(f"unoflux.{module}.cli").register(sub)
     return parser

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from ..cli import add_model_args, load_pipeline_from_args
+from ..cli import add_model_args, default_image_size, load_pipeline_from_args
 from ..errors import UnofluxError
 
 
@@ -42,6 +42,7 @@ def serve(args: argparse.Namespace, block: bool = True):
     from .command import model_flags
     from .ui import build_app, launch
 
-    demo = build_app(pipe, model, args.out, args.concurrency, args.max_queue, model_flags(args))
+    demo = build_app(pipe, model, args.out, args.concurrency, args.max_queue, model_flags(args),
+                     default_size=default_image_size(args))  # fmt: skip
     launch(demo, args.out, host=args.host, port=args.port, max_upload=args.max_upload, block=block)
     return demo

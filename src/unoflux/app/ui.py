@@ -121,7 +121,7 @@ def make_generate(runner: AppRunner):
     return generate
 
 
-def _form_inputs() -> list[gr.Component]:
+def _form_inputs(default_size: int) -> list[gr.Component]:
     """The form, laid out in the current column; returned in ``make_generate``'s parameter order."""
     prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball on a wooden table", elem_id="prompt")
     with gr.Row():
@@ -131,8 +131,8 @@ def _form_inputs() -> list[gr.Component]:
             for k in range(1, MAX_REFERENCES + 1)
         ]  # fmt: skip
     with gr.Row():
-        width = gr.Slider(16, MAX_SIDE, value=DEFAULTS.width, step=16, label="Width")
-        height = gr.Slider(16, MAX_SIDE, value=DEFAULTS.height, step=16, label="Height")
+        width = gr.Slider(16, MAX_SIDE, value=default_size, step=16, label="Width")
+        height = gr.Slider(16, MAX_SIDE, value=default_size, step=16, label="Height")
     with gr.Row():
         steps = gr.Slider(1, 100, value=DEFAULTS.steps, step=1, label="Steps")
         guidance = gr.Slider(0, 10, value=DEFAULTS.guidance, step=0.1, label="Guidance")
@@ -165,10 +165,12 @@ def build_app(
     concurrency: int = 1,
     max_queue: int = 16,
     model_flags: list[str] | tuple[str, ...] = (),
+    default_size: int = DEFAULTS.width,
 ) -> gr.Blocks:
     """The web app for a loaded pipeline. ``model`` is the record stored in each PNG, ``model_flags`` the
     flags that reload the same model in ``unoflux generate``; at most ``concurrency`` generations run at
-    once and ``max_queue`` more wait; beyond that a request is refused with "queue is full"."""
+    once and ``max_queue`` more wait; beyond that a request is refused with "queue is full". The size
+    sliders start at ``default_size`` (the model's native size)."""
     if concurrency < 1 or max_queue < 1:
         raise UnofluxError(f"concurrency ({concurrency}) and queue size ({max_queue}) must be at least 1")
     with gr.Blocks(title="unoflux", analytics_enabled=False) as demo:
@@ -176,7 +178,7 @@ def build_app(
                     "reference images of the subjects to keep (upload, drag and drop, or paste).")  # fmt: skip
         with gr.Row():
             with gr.Column(scale=3):
-                inputs = _form_inputs()
+                inputs = _form_inputs(default_size)
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 outputs = _result_outputs()

@@ -3,6 +3,7 @@ fetched from a hub), the environment variables UNO's reference code reads, and s
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,14 @@ ENV_AE, ENV_T5, ENV_CLIP, ENV_LORA = "AE", "T5", "CLIP", "LORA"
 
 # The small model trained on the synthetic world (issue 3/4) is shipped here as a diffusers folder.
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent.parent / "embedded" / "uno-world"
+# A model folder may say how it likes to be sampled (our small models are native at 64 px, not 512).
+MODEL_DEFAULTS_FILE = "unoflux.json"
+
+
+def model_defaults(model_dir: str | Path | None) -> dict[str, Any]:
+    """Sampling defaults a model folder declares in ``unoflux.json`` (e.g. ``{"image_size": 64}``)."""
+    path = Path(model_dir) / MODEL_DEFAULTS_FILE if model_dir else None
+    return json.loads(path.read_text()) if path and path.is_file() else {}
 
 
 def spec_for_transformer_config(config: dict[str, Any]) -> ModelSpec | None:

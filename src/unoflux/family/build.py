@@ -20,7 +20,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from transformers import AutoTokenizer
 
-from ..checkpoints.specs import scheduler_config_for
+from ..checkpoints.specs import MODEL_DEFAULTS_FILE, scheduler_config_for
 from .text import sample_captions, tiny_text_encoders, train_clip_tokenizer, train_t5_tokenizer
 from .vae import VAETrainConfig, calibrate_and_measure, load_square_images, train_vae
 
@@ -93,6 +93,7 @@ def build_family(data_dirs: list[Path], out: Path, config: FamilyConfig, work: P
         "command": shlex.join(["unoflux", *sys.argv[1:]]) if sys.argv and "unoflux" in sys.argv[0] else None,
     }
     (out / "family.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / MODEL_DEFAULTS_FILE).write_text(json.dumps({"image_size": config.image_size}) + "\n")
     return report
 
 
@@ -101,3 +102,26 @@ def load_family_report(folder: Path) -> dict:
 
 
 __all__ = ["FamilyConfig", "build_family", "load_family_report"]
+
+
+def export_fp16(source: Path, target: Path, notes: dict | None = None) -> int:
+    """Copy a trained family folder to ``target`` with every model in fp16 safetensors (what ships inside
+    the package; ``load_pipeline`` upcasts on load). Returns the bytes written."""
+    import shutil
+
+    from ..pipeline import UnoFluxPipeline
+
+    pipe = UnoFluxPipeline.from_pretrained(source, dtype=torch.float32)
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        getattr(pipe, name).to(torch.float16)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    for extra in ("family.json", MODEL_DEFAULTS_FILE, "config.yaml", "command.txt"):
+        if (source / extra).is_file():
+            shutil.copy(source / extra, tmp / extra)
+    if notes:
+        (tmp / "training.json").write_text(json.dumps(notes, indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())

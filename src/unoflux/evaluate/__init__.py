@@ -1,0 +1,1 @@
+"""Evaluation: exact scores on the synthetic world's held-out set (DreamBench metrics come later)."""

@@ -1,0 +1,54 @@
+"""The model family's parts: tokenizers fitted to captions, frozen text encoders, the resumable VAE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from unoflux.family.text import sample_captions, tiny_text_encoders, train_clip_tokenizer, train_t5_tokenizer
+from unoflux.family.vae import VAETrainConfig, calibrate_and_measure, train_vae
+
+
+def test_tokenizers_split_captions_into_words_and_reload(tmp_path):
+    captions = sample_captions(200, seed=0)
+    t5, clip = train_t5_tokenizer(captions, max_length=64), train_clip_tokenizer(captions, vocab_size=300)
+    text = "a small red star on the left in the snow."
+    assert t5.tokenize(text) == ["\u2581a", "\u2581small", "\u2581red", "\u2581star", "\u2581on", "\u2581the",
+                                 "\u2581left", "\u2581in", "\u2581the", "\u2581snow", "."]  # fmt: skip
+    assert "red</w>" in clip.tokenize(text) and "<unk>" not in t5.tokenize("A zebra!")  # unknown words: characters
+    t5.save_pretrained(tmp_path / "t5")
+    clip.save_pretrained(tmp_path / "clip")
+    for saved, original in ((tmp_path / "t5", t5), (tmp_path / "clip", clip)):
+        loaded = AutoTokenizer.from_pretrained(saved)
+        assert type(loaded) is type(original) and loaded(text).input_ids == original(text).input_ids
+    assert AutoTokenizer.from_pretrained(tmp_path / "t5").model_max_length == 64
+    t5_model, clip_model = tiny_text_encoders(t5, clip, width=32, seed=0)
+    assert not any(p.requires_grad for p in [*t5_model.parameters(), *clip_model.parameters()])
+    ids = clip(text, return_tensors="pt").input_ids
+    assert clip_model(ids).pooler_output.shape == (1, 32)
+
+
+def test_vae_training_resumes_exactly(tmp_path, monkeypatch):
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    config = VAETrainConfig(steps=4, batch_size=2, checkpoint_every=2, crop_size=16, block_out_channels=[8, 8, 8, 8],
+                            norm_num_groups=4)  # fmt: skip
+    straight = train_vae(images, config, tmp_path / "straight")
+
+    import unoflux.family.vae as vae_module
+
+    real_save = vae_module._save_atomic
+
+    def save_then_die(obj, path):  # the process is killed right after its first checkpoint
+        real_save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vae_module, "_save_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_vae(images, config, tmp_path / "resumed")
+    monkeypatch.setattr(vae_module, "_save_atomic", real_save)
+    resumed = train_vae(images, config, tmp_path / "resumed")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    report = calibrate_and_measure(resumed, images, count=8)
+    assert report["psnr_db"] > 0 and resumed.config.scaling_factor == report["scaling_factor"]
