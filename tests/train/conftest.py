@@ -27,6 +27,26 @@ def wide_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def pairs_data(tmp_path_factory) -> Path:
+    """8 world pairs at 32 px: a scene and one reference shot of its subject (Stage I data)."""
+    from unoflux.world.build import BuildConfig, build_dataset
+
+    out = tmp_path_factory.mktemp("world") / "pairs"
+    build_dataset(out, BuildConfig(kind="pairs", count=8, size=32), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def multi_pairs_data(tmp_path_factory) -> Path:
+    """8 world multi-pairs at 32 px: a scene of 2-3 subjects and a reference shot of each (Stage II data)."""
+    from unoflux.world.build import BuildConfig, build_dataset
+
+    out = tmp_path_factory.mktemp("world") / "multi-pairs"
+    build_dataset(out, BuildConfig(kind="multi-pairs", count=8, size=32), progress=False)
+    return out
+
+
 @pytest.fixture
 def tiny_config(diffusers_folder, world_data, tmp_path):
     """A factory of tiny, fast configs (32 px, 32 T5 tokens, LoRA rank 4) writing under tmp_path."""

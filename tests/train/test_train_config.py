@@ -32,6 +32,21 @@ def test_defaults_follow_uno():
     assert config.text_dropout == 0.1 and config.learning_rate == 1e-5 and config.mode == "lora"
     assert "to_q" in config.lora.target_modules and "proj_out" in config.lora.target_modules
     assert config.bucket_sizes == [(512, 512)]
+    assert config.references is None and config.position_mode == "diagonal"
+    assert (config.reference_long_side(1), config.reference_long_side(2)) == (512, 320)
+
+
+def test_uno_lora_targets_are_exactly_the_xlabs_layers():
+    import re
+
+    pattern = minimal(lora={"target_modules": "uno"}).lora.peft_targets
+    adapted = ["transformer_blocks.3.attn.to_q", "transformer_blocks.0.attn.add_v_proj",
+               "transformer_blocks.1.attn.to_out.0", "transformer_blocks.0.attn.to_add_out",
+               "single_transformer_blocks.9.attn.to_k", "single_transformer_blocks.0.proj_out"]  # fmt: skip
+    left = ["proj_out", "single_transformer_blocks.0.proj_mlp", "transformer_blocks.0.ff.net.2", "x_embedder",
+            "transformer_blocks.0.norm1.linear"]  # fmt: skip
+    assert all(re.fullmatch(pattern, name) for name in adapted)
+    assert not any(re.fullmatch(pattern, name) for name in left)
 
 
 @pytest.mark.parametrize(
@@ -48,6 +63,13 @@ def test_defaults_follow_uno():
         ({"validate_every": 10}, "validation.prompts is empty"),
         ({"lr_schedule": "exp"}, "lr_schedule 'exp'"),
         ({"resume": "/no/such/checkpoint"}, "resume '/no/such/checkpoint'"),
+        ({"position_mode": "diag"}, "position_mode 'diag'"),
+        ({"reference_long_side_multi": 8}, "reference_long_side_multi 8"),
+        ({"references": "yes"}, "references 'yes'"),
+        ({"init_lora": "/no/such/lora.safetensors"}, "init_lora '/no/such/lora.safetensors' does not exist"),
+        ({"mode": "full", "init_lora": "."}, "init_lora needs mode: lora"),
+        ({"lora": {"target_modules": "all"}}, "lora.target_modules 'all'"),
+        ({"validation": {"prompts": ["a", "b"], "references": [["r.png"]]}}, "one list of image paths per"),
     ],
 )
 def test_bad_values_fail_with_one_sentence(changes, words):
@@ -83,3 +105,18 @@ def test_train_help():
     out = subprocess.run([sys.executable, "-m", "unoflux", "train", "-h"], capture_output=True, text=True, check=True)
     for flag in ("--config", "--resume", "--max-steps", "--output-dir"):
         assert flag in out.stdout
+
+
+def test_shipped_stage_configs_are_valid():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.glob("stage*.yaml"))
+    assert {f.name for f in files} >= {"stage1_world.yaml", "stage2_world.yaml", "stage1_flux_dev.yaml"}
+    for path in files:
+        values = yaml.safe_load(path.read_text())
+        values.pop("init_lora", None)  # names the Stage I output, which exists only once Stage I has run
+        config = TrainConfig.from_dict(values)
+        assert config.mode == "lora" and config.lora.target_modules == "uno" and config.lora.share_qkv_down, path

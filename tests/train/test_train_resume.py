@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -23,12 +24,16 @@ def unoflux(*args: str) -> list[str]:
     return [sys.executable, "-m", "unoflux", *args]
 
 
-def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tiny_config, tmp_path):
-    # LoRA + EMA + accumulation + text dropout: every piece of state and every random draw is exercised.
+@pytest.mark.parametrize("kind", ["text-to-image", "references"])
+def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(kind, tiny_config, multi_pairs_data, tmp_path):
+    # LoRA + EMA + accumulation + text dropout: every piece of state and every random draw is exercised; with
+    # references (UNO Stage II data: 2-3 references per sample, batches grouped by reference sizes) as well.
+    paired = {"data": [str(multi_pairs_data)], "batch_size": 1, "reference_long_side_multi": 16,
+              "position_mode": "height"} if kind == "references" else {}  # fmt: skip
     config = tiny_config(
         output_dir=str(tmp_path / "killed"), max_steps=30, checkpoint_every=4, gradient_accumulation=2,
         text_dropout=0.5, ema={"enabled": True, "decay": 0.9}, lr_schedule="cosine", warmup_steps=3,
-        keep_checkpoints=2,
+        keep_checkpoints=2, **paired,
     )  # fmt: skip
     path = config.to_yaml(tmp_path / "run.yaml")
     killed = Path(config.output_dir)

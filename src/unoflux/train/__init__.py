@@ -1,4 +1,5 @@
-"""Training: text-to-image flow matching on FLUX transformers (full or LoRA), on ``accelerate``.
+"""Training: flow matching on FLUX transformers (full or LoRA), on ``accelerate``: text-to-image, and with
+reference images (UNO Stage I / II; see docs/training.md).
 
     from unoflux.train import TrainConfig, train
     train(TrainConfig.from_yaml("run.yaml"))

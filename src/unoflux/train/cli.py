@@ -1,4 +1,4 @@
-"""`unoflux train`: text-to-image training from a YAML config (CLI flags override the file).
+"""`unoflux train`: training from a YAML config, text-to-image or with references (CLI flags override the file).
 
     unoflux train --config run.yaml [--resume] [--max-steps N] [--output-dir DIR]
 
@@ -20,7 +20,8 @@ def load_config(path: str, max_steps: int | None = None, output_dir: str | None 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a FLUX transformer (full or LoRA) on world datasets; resumable from checkpoints."""
+    """Train a FLUX transformer (full or LoRA) on world datasets or UNO paired data (with references, UNO
+    Stage I / II); resumable from checkpoints."""
     config = load_config(args.config, args.max_steps, args.output_dir, args.resume)
     from .trainer import train  # heavy imports only once the config is known to be good
 

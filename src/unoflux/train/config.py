@@ -11,6 +11,9 @@ A YAML file holds the fields of :class:`TrainConfig` at its top level, with ``lo
     lora: {rank: 16, alpha: 16}
     buckets: [[512, 512], [384, 640], [640, 384]]
 
+Training with references (UNO Stage I / II) reads paired data (world ``pairs`` / ``multi-pairs`` folders or
+UNO's training JSON files) and is switched on automatically when the data holds references.
+
 Unknown keys are an error (a typo must not silently fall back to a default).
 """
 
@@ -23,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from ..conditioning import POSITION_MODES
 from ..errors import UnofluxError
 
 MODES = ("full", "lora")
@@ -35,27 +39,55 @@ DEFAULT_LORA_TARGETS = (
     "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
     "proj_mlp", "proj_out",
 )  # fmt: skip
+# ``target_modules: uno``: exactly the layers UNO's XLabs LoRA adapts (fused qkv and proj of both streams of every
+# double block; qkv and the output projection of every single block). A regex, because the suffix ``proj_out``
+# would also match the model's final projection and ``proj_mlp`` has no place in the XLabs layout.
+UNO_TARGETS = "uno"
+UNO_LORA_PATTERN = (
+    r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+    r"|single_transformer_blocks\.\d+\.(attn\.to_q|attn\.to_k|attn\.to_v|proj_out)"
+)
 
 
 @dataclass
 class LoraSettings:
-    """PEFT ``LoraConfig`` for ``mode: lora``. UNO uses rank 512 with alpha = rank (scale 1)."""
+    """PEFT ``LoraConfig`` for ``mode: lora``. UNO uses rank 512 with alpha = rank (scale 1).
+
+    ``target_modules`` is a list of module-name suffixes (PEFT's matching) or ``uno`` (UNO's layers exactly,
+    what the XLabs ``dit_lora.safetensors`` layout can hold). ``share_qkv_down`` ties the down projections
+    (``lora_A``) of q, k and v of each attention, which is UNO's parameterisation (one fused qkv LoRA): the
+    XLabs export then keeps the rank; without it the export is exact but q/k/v get rank ``3 x rank``.
+    """
 
     rank: int = 16
     alpha: float | None = None  # None = rank, i.e. scale alpha / rank = 1 as in UNO
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    target_modules: list[str] | str = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     dropout: float = 0.0
+    share_qkv_down: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
             raise UnofluxError(f"lora.rank {self.rank!r} must be a positive integer")
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
             raise UnofluxError(f"lora.alpha {self.alpha!r} must be a positive number or null (= rank)")
-        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+        if isinstance(self.target_modules, str):
+            if self.target_modules != UNO_TARGETS:
+                raise UnofluxError(
+                    f"lora.target_modules {self.target_modules!r} must be a list of module names or {UNO_TARGETS!r}"
+                )
+        elif not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
             raise UnofluxError(f"lora.target_modules {self.target_modules!r} must be a non-empty list of module names")
+        else:
+            self.target_modules = list(self.target_modules)
         if not 0 <= self.dropout < 1:
             raise UnofluxError(f"lora.dropout {self.dropout!r} must be in [0, 1)")
-        self.target_modules = list(self.target_modules)
+        if not isinstance(self.share_qkv_down, bool):
+            raise UnofluxError(f"lora.share_qkv_down {self.share_qkv_down!r} must be true or false")
+
+    @property
+    def peft_targets(self) -> list[str] | str:
+        """What PEFT's ``LoraConfig.target_modules`` gets (a regex string is matched against full names)."""
+        return UNO_LORA_PATTERN if self.target_modules == UNO_TARGETS else self.target_modules
 
 
 @dataclass
@@ -72,9 +104,13 @@ class EmaSettings:
 
 @dataclass
 class ValidationSettings:
-    """Images generated every ``validate_every`` steps with the same seeds, saved as one PNG grid."""
+    """Images generated every ``validate_every`` steps with the same seeds, saved as one PNG grid.
+
+    ``references`` (optional) gives each prompt its reference image paths (one list per prompt).
+    """
 
     prompts: list[str] = field(default_factory=list)
+    references: list[list[str]] = field(default_factory=list)
     width: int = 256
     height: int = 256
     steps: int = 20
@@ -91,6 +127,13 @@ class ValidationSettings:
         if not isinstance(self.steps, int) or self.steps < 1:
             raise UnofluxError(f"validation.steps {self.steps!r} must be a positive integer")
         self.prompts = list(self.prompts)
+        if self.references:
+            ok = len(self.references) == len(self.prompts) and all(
+                isinstance(r, (list, tuple)) and all(isinstance(p, str) and p for p in r) for r in self.references
+            )
+            if not ok:
+                raise UnofluxError("validation.references must hold one list of image paths per validation prompt")
+            self.references = [list(r) for r in self.references]
 
 
 _NESTED = {"lora": LoraSettings, "ema": EmaSettings, "validation": ValidationSettings}
@@ -104,9 +147,13 @@ class TrainConfig:
     samples. ``buckets`` are (height, width) pairs in pixels (multiples of 16); each image goes to the
     bucket nearest its aspect ratio and each batch holds one bucket. Without ``buckets`` every image is
     trained at ``resolution x resolution``.
+
+    With references (UNO), each sample's references are resized to ``reference_long_side_single`` (one
+    reference) or ``reference_long_side_multi`` (several) as the pipeline does, and a batch holds samples
+    that share the target bucket and the size of every reference.
     """
 
-    data: list[str]  # world dataset folders holding manifest.jsonl
+    data: list[str]  # world dataset folders holding manifest.jsonl, or UNO training JSON files (paired data)
     output_dir: str
     model: str | None = None  # diffusers FLUX folder; None = the embedded model
     seed: int = 0
@@ -137,6 +184,12 @@ class TrainConfig:
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     log_every: int = 1
     resume: str | None = None  # "latest" or a checkpoint folder
+    # ---- training with references (UNO Stage I / II)
+    references: bool | None = None  # None = when the data holds references (pairs, multi-pairs, UNO JSON)
+    position_mode: str = "diagonal"  # UnoPE: diagonal | height | width | none (the paper's ablation)
+    reference_long_side_single: int = 512  # UNO: 512 with one reference
+    reference_long_side_multi: int = 320  # UNO: 320 with several
+    init_lora: str | None = None  # a LoRA file (or a folder holding one) to start from: Stage II from Stage I
 
     def __post_init__(self) -> None:
         for name, cls in _NESTED.items():
@@ -198,11 +251,28 @@ class TrainConfig:
             raise UnofluxError("validate_every is set but validation.prompts is empty; add prompts or set it to 0")
         if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
             raise UnofluxError(f"resume {self.resume!r} must be 'latest' or an existing checkpoint folder")
+        if self.references not in (None, True, False):
+            raise UnofluxError(f"references {self.references!r} must be true, false or null (= from the data)")
+        if self.position_mode not in POSITION_MODES:
+            raise UnofluxError(f"position_mode {self.position_mode!r} is not one of: {', '.join(POSITION_MODES)}")
+        for name in ("reference_long_side_single", "reference_long_side_multi"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 16:
+                raise UnofluxError(f"{name} {value!r} must be an integer of at least 16 (pixels)")
+        if self.init_lora is not None:
+            if self.mode != "lora":
+                raise UnofluxError("init_lora needs mode: lora (it initialises the LoRA adapter)")
+            if not Path(self.init_lora).exists():
+                raise UnofluxError(f"init_lora {self.init_lora!r} does not exist")
 
     @property
     def bucket_sizes(self) -> list[tuple[int, int]]:
         """The (height, width) buckets in use."""
         return self.buckets or [(self.resolution, self.resolution)]
+
+    def reference_long_side(self, num_references: int) -> int:
+        """UNO's rule: one long side for a single reference, a smaller one for several."""
+        return self.reference_long_side_single if num_references <= 1 else self.reference_long_side_multi
 
     # ------------------------------------------------------------------------------------------ YAML
     @classmethod

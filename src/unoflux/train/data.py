@@ -1,26 +1,35 @@
-"""Text-to-image training data from world manifests, with aspect-ratio buckets and a resumable order.
+"""Training data: text-to-image samples from world manifests, paired samples (target + reference images)
+from world ``pairs`` / ``multi-pairs`` manifests and UNO's training JSON; aspect-ratio buckets and a
+resumable order.
 
-Order: epoch ``e`` shuffles each bucket's images and the list of its global batches with a generator
-seeded by ``(seed, e)``; a global batch holds ``batch_size * num_processes`` images of one bucket (the
-incomplete tail of each bucket is dropped that epoch) and rank ``r`` takes the ``r``-th slice of it.
+Order: epoch ``e`` shuffles each group's images and the list of its global batches with a generator
+seeded by ``(seed, e)``; a global batch holds ``batch_size * num_processes`` images of one group (the
+incomplete tail of each group is dropped that epoch) and rank ``r`` takes the ``r``-th slice of it. A
+group is the target's bucket, and with references also the size of every reference after UNO's resize,
+so that every tensor of a batch stacks.
 A run's place in the data is :class:`DataPosition` ``(epoch, batch)``; it goes into every checkpoint, so
 a resumed run sees exactly the batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..conditioning import image_to_tensor
+from ..conditioning import image_to_tensor, preprocess_reference
 from ..errors import UnofluxError
+from ..images import load_image
+
+MAX_REPORTED_BAD_RECORDS = 20  # one warning each; beyond this only a count (a broken folder must not flood the log)
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,12 @@ class Sample:
     caption: str
     width: int
     height: int
+    references: tuple[Path, ...] = ()  # paired data: the reference images, in order
+    reference_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) of each reference after UNO's resize
+
+
+class BadRecordWarning(UserWarning):
+    """A paired-data record that cannot be trained on (it is skipped)."""
 
 
 @dataclass
@@ -43,6 +58,8 @@ def read_samples(folders: list[str]) -> list[Sample]:
     """Every (image, caption) record of the world manifests in ``folders`` (paths relative to each folder)."""
     samples = []
     for folder in folders:
+        if is_uno_json(folder):
+            raise UnofluxError(f"{folder!r} is UNO paired data (a training JSON); train it with references")
         manifest = Path(folder) / "manifest.jsonl"
         if not manifest.is_file():
             raise UnofluxError(f"data folder {folder!r} has no manifest.jsonl; build one with `unoflux world build`")
@@ -64,6 +81,142 @@ def read_samples(folders: list[str]) -> list[Sample]:
                 samples.append(Sample(path, str(text), width, height))
     if not samples:
         raise UnofluxError(f"the data folders {folders!r} hold no samples")
+    return samples
+
+
+# ------------------------------------------------------------------------------------------ paired data
+def is_uno_json(entry: str) -> bool:
+    return entry.lower().endswith(".json")
+
+
+def data_has_references(entries: list[str]) -> bool:
+    """True when the data is paired: a UNO training JSON, or a world manifest whose records carry references."""
+    for entry in entries:
+        if is_uno_json(entry):
+            return True
+        manifest = Path(entry) / "manifest.jsonl"
+        if manifest.is_file():
+            with open(manifest) as fh:
+                first = next((line for line in fh if line.strip()), None)
+            try:
+                if first is not None and "references" in json.loads(first):
+                    return True
+            except json.JSONDecodeError:
+                pass  # reported by the reader
+    return False
+
+
+@functools.lru_cache(maxsize=4096)
+def reference_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(width, height) of a ``width x height`` reference after :func:`conditioning.preprocess_reference`.
+
+    Computed by running that function on a blank image (cached per size: datasets hold few distinct
+    sizes), so the grouping can never disagree with the resize the samples really get.
+    """
+    return preprocess_reference(Image.new("L", (width, height)), long_side).size
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file as :func:`images.load_image` will see it (EXIF rotation applied);
+    raises ``ValueError`` with the reason when the file is missing or not a readable image."""
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.verify()  # checks the file's structure (PNG CRCs, ...) without decoding it; must come first
+        with Image.open(path) as im:  # verify() leaves the image unusable: reopen (headers only)
+            size = im.size
+            rotated = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
+    except Exception as err:  # PIL raises many types for broken files
+        raise ValueError(f"{str(path)!r} is not a readable image ({type(err).__name__}: {err})") from None
+    return (size[1], size[0]) if rotated else size
+
+
+def _paired_sample(base: Path, target, caption, references, long_side: Callable[[int], int]) -> Sample:
+    """One validated paired sample (paths relative to ``base``); ``ValueError`` says what is wrong."""
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"the target image path {target!r} is not a string")
+    if not isinstance(caption, str):
+        raise ValueError(f"the prompt {caption!r} is not a string")
+    if not isinstance(references, list) or not references:
+        raise ValueError(f"the reference image paths {references!r} are not a non-empty list")
+    if not all(isinstance(r, str) and r for r in references):
+        raise ValueError(f"the reference image paths {references!r} are not all strings")
+    width, height = image_size(base / target)
+    side = long_side(len(references))
+    sizes = []
+    for ref in references:
+        ref_w, ref_h = image_size(base / ref)
+        try:
+            sizes.append(reference_size(ref_w, ref_h, side))
+        except ValueError as err:  # too elongated for the long side
+            raise ValueError(f"reference {ref!r}: {err}") from None
+    return Sample(base / target, caption, width, height, tuple(base / r for r in references), tuple(sizes))
+
+
+def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, object, object]]:
+    """(source, index, base folder, target, caption, references) of every record; the index counts records
+    from 0 (list position in a JSON, non-empty line in a manifest). Malformed records come as ``None``s."""
+    if is_uno_json(entry):
+        path = Path(entry)
+        if not path.is_file():
+            raise UnofluxError(f"UNO training JSON {entry!r} does not exist")
+        try:
+            records = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UnofluxError(f"UNO training JSON {entry!r} is not valid JSON: {err}") from None
+        if not isinstance(records, list):
+            raise UnofluxError(f"UNO training JSON {entry!r} must hold a list of records")
+        for index, record in enumerate(records):
+            if not isinstance(record, dict):
+                yield str(path), index, path.parent, None, None, None
+                continue
+            refs = record.get("image_paths", [record["image_path"]] if "image_path" in record else None)
+            yield str(path), index, path.parent, record.get("image_tgt_path"), record.get("prompt"), refs
+        return
+    manifest = Path(entry) / "manifest.jsonl"
+    if not manifest.is_file():
+        raise UnofluxError(f"data folder {entry!r} has no manifest.jsonl; build one with `unoflux world build`")
+    with open(manifest) as fh:
+        lines = [line for line in fh if line.strip()]
+    for index, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            yield str(manifest), index, Path(entry), None, None, None
+            continue
+        refs = record.get("references")
+        if isinstance(refs, list):  # world records: [{"image": path, "caption": ..., "box": ...}, ...]
+            refs = [r.get("image") if isinstance(r, dict) else r for r in refs]
+        yield str(manifest), index, Path(entry), record.get("image"), record.get("caption"), refs
+
+
+def read_paired_samples(entries: list[str], long_side: Callable[[int], int]) -> list[Sample]:
+    """Every valid (target, caption, references) record of world ``pairs`` / ``multi-pairs`` folders and UNO
+    training JSON files (``[{"prompt", "image_paths", "image_tgt_path"}]``, paths relative to the JSON).
+
+    ``long_side(n)`` is the references' long side for a record with ``n`` references. A bad record (missing
+    or unreadable file, wrong types, no references) is reported once as a :class:`BadRecordWarning` naming
+    its file, index and reason, and skipped: one broken record never stops a run.
+    """
+    samples, bad = [], 0
+    for entry in entries:
+        for source, index, base, target, caption, refs in _raw_paired_records(entry):
+            try:
+                if target is None and caption is None and refs is None:
+                    raise ValueError("it is not a JSON object")
+                samples.append(_paired_sample(base, target, caption, refs, long_side))
+            except ValueError as err:
+                bad += 1
+                if bad <= MAX_REPORTED_BAD_RECORDS:
+                    warnings.warn(f"{source} record {index} skipped: {err}", BadRecordWarning, stacklevel=2)
+    if bad > MAX_REPORTED_BAD_RECORDS:
+        warnings.warn(f"{bad} bad records skipped in all ({bad - MAX_REPORTED_BAD_RECORDS} not shown)",
+                      BadRecordWarning, stacklevel=2)  # fmt: skip
+    if not samples:
+        raise UnofluxError(f"the data {entries!r} holds no valid paired sample (target, prompt and references)")
     return samples
 
 
@@ -94,6 +247,7 @@ class BucketDataset(torch.utils.data.Dataset):
     def __init__(self, samples: list[Sample], buckets: list[tuple[int, int]]):
         self.samples, self.buckets = samples, buckets
         self.bucket_of = [nearest_bucket(s.width, s.height, buckets) for s in samples]
+        self.group_of: list = self.bucket_of  # samples of one group stack into one batch
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -103,18 +257,45 @@ class BucketDataset(torch.utils.data.Dataset):
         return load_pixels(self.samples[i].image, height, width), self.samples[i].caption
 
 
-def epoch_batches(bucket_of: list[int], global_batch: int, seed: int, epoch: int) -> list[list[int]]:
-    """The global batches of ``epoch`` (sample indices), a function of (seed, epoch) only."""
+class PairedDataset(BucketDataset):
+    """Paired samples; item ``i`` is ``(target pixels (3, H, W) in [-1, 1], caption, [reference PIL images])``.
+
+    References are opened as the pipeline opens them (``images.load_image``) and resized with
+    ``conditioning.preprocess_reference`` at UNO's long side for their count; the trainer encodes them with
+    the pipeline's own ``encode_references``. Group = (target bucket, every reference's size).
+    """
+
+    def __init__(self, samples: list[Sample], buckets: list[tuple[int, int]], long_side: Callable[[int], int]):
+        super().__init__(samples, buckets)
+        self.long_side = long_side
+        self.group_of = [(b, s.reference_sizes) for b, s in zip(self.bucket_of, samples)]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, list[Image.Image]]:
+        pixels, caption = super().__getitem__(i)
+        sample = self.samples[i]
+        side = self.long_side(len(sample.references))
+        references = [preprocess_reference(load_image(p, what="reference image"), side) for p in sample.references]
+        return pixels, caption, references
+
+
+def epoch_batches(group_of: list, global_batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global batches of ``epoch`` (sample indices), a function of (seed, epoch) only; each batch holds
+    samples of one group (a bucket index, or a sortable key such as (bucket, reference sizes))."""
     rng = np.random.default_rng([seed, epoch])
     batches = []
-    for bucket in sorted(set(bucket_of)):
-        members = rng.permutation([i for i, b in enumerate(bucket_of) if b == bucket])
+    for group in sorted(set(group_of)):
+        members = rng.permutation([i for i, g in enumerate(group_of) if g == group])
         batches += [members[k : k + global_batch].tolist() for k in range(0, len(members) - global_batch + 1, global_batch)]
     return [batches[k] for k in rng.permutation(len(batches))]
 
 
-def collate(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
-    return torch.stack([pixels for pixels, _ in items]), [caption for _, caption in items]
+def collate(items: list[tuple]) -> tuple:
+    """(pixels (B, 3, H, W), captions) or, for paired items, (pixels, captions, per-sample reference lists)."""
+    pixels = torch.stack([item[0] for item in items])
+    captions = [item[1] for item in items]
+    if len(items[0]) == 2:
+        return pixels, captions
+    return pixels, captions, [item[2] for item in items]
 
 
 class TrainData:
@@ -126,20 +307,22 @@ class TrainData:
         self.rank, self.num_processes, self.num_workers = rank, num_processes, num_workers
         self.global_batch = batch_size * num_processes
         self.position = DataPosition()
-        if not epoch_batches(dataset.bucket_of, self.global_batch, seed, 0):
-            largest = max(dataset.bucket_of.count(b) for b in set(dataset.bucket_of))
+        groups = dataset.group_of
+        if not epoch_batches(groups, self.global_batch, seed, 0):
+            largest = max(groups.count(g) for g in set(groups))
             raise UnofluxError(
                 f"no bucket holds a full batch of {self.global_batch} images (batch_size x processes); the largest "
-                f"holds {largest}: lower batch_size or use fewer buckets"
+                f"holds {largest}: lower batch_size or use fewer buckets (with references, samples of a batch "
+                "must also share every reference size: batch_size 1 with gradient_accumulation always works)"
             )
 
     def rank_slice(self, batch: list[int]) -> list[int]:
         return batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    def __iter__(self) -> Iterator[tuple]:
         while True:
             epoch, start = self.position.epoch, self.position.batch
-            batches = epoch_batches(self.dataset.bucket_of, self.global_batch, self.seed, epoch)
+            batches = epoch_batches(self.dataset.group_of, self.global_batch, self.seed, epoch)
             loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=[self.rank_slice(b) for b in batches[start:]],
                 num_workers=self.num_workers, collate_fn=collate,

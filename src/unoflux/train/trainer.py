@@ -1,11 +1,14 @@
-"""Text-to-image flow-matching training of a FLUX transformer (full or LoRA) on ``accelerate``.
+"""Flow-matching training of a FLUX transformer (full or LoRA) on ``accelerate``: text-to-image, or with
+reference images (UNO Stage I / II).
 
 One optimizer step, per process (UNO recipe, DESIGN.md section 4)::
 
     x_data = pack(scale * (VAE(image).mode - shift))         (B, N, 64)
     t      = flow.sample_training_t(B, N)                    shifted at the true token count N
     x_t    = flow.interpolate(x_data, noise, t)
-    loss   = mse(transformer(x_t, t, text, guidance=1), flow.velocity_target(x_data, noise))
+    refs   = pipe.encode_references(references)             (B, N_ref, 64), clean, as at inference
+    v      = transformer([x_t | refs], t, text, ids = UnoPE, guidance=1)[:, :N]
+    loss   = mse(v, flow.velocity_target(x_data, noise))    on the target tokens only
 
 Determinism: every random draw of a step (text dropout, t, noise) comes from a CPU generator seeded by
 (seed, step, micro-step, rank), the data order is a function of (seed, epoch) and the data position is
@@ -14,7 +17,8 @@ checkpointed, so a run resumed from a checkpoint ends with the same weights as a
 Outputs in ``output_dir``: ``config.yaml`` and ``command.txt``; ``log.csv`` (and TensorBoard events when
 ``tensorboard`` is installed); ``checkpoint-{step}/`` (written to a temporary name, then renamed);
 ``validation/step-{step}.png``; ``final/`` (a diffusers pipeline folder in full mode, or
-``pytorch_lora_weights.safetensors`` in LoRA mode, with the config and command).
+``pytorch_lora_weights.safetensors`` in LoRA mode, plus UNO's ``dit_lora.safetensors`` when the LoRA fits
+the XLabs layout; with the config and command).
 """
 
 from __future__ import annotations
@@ -39,14 +43,18 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm import tqdm
 
 from .. import flow
-from ..conditioning import grid_position_ids, pack_latents
+from ..conditioning import grid_position_ids, pack_latents, sequence_position_ids
 from ..errors import UnofluxError
 from .config import TrainConfig
-from .data import BucketDataset, DataPosition, TrainData, read_samples
+from .data import (
+    BucketDataset, DataPosition, PairedDataset, TrainData, data_has_references, read_paired_samples, read_samples,
+)  # fmt: skip
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "train_state.json"  # written last inside a checkpoint: its presence marks a complete one
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name, what load_lora_weights looks for
+UNO_LORA_FILE = "dit_lora.safetensors"  # UNO's name for its XLabs-layout LoRA
+QKV_GROUPS = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"))
 
 
 # ---------------------------------------------------------------------------------------------- LoRA
@@ -59,10 +67,29 @@ def add_lora(transformer: torch.nn.Module, config: TrainConfig) -> None:
     transformer.add_adapter(
         LoraConfig(
             r=lora.rank, lora_alpha=lora.alpha or lora.rank, lora_dropout=lora.dropout,
-            target_modules=lora.target_modules, init_lora_weights="gaussian",
+            target_modules=lora.peft_targets, init_lora_weights="gaussian",
         )
     )  # fmt: skip
+    if lora.share_qkv_down:
+        share_qkv_down(transformer)
     mark_only_lora_trainable(transformer)
+
+
+def share_qkv_down(transformer: torch.nn.Module) -> int:
+    """Tie the ``lora_A`` of q, k and v of every attention to one parameter: UNO's fused qkv LoRA (one
+    down projection, three up blocks), so the XLabs export keeps the rank. Returns how many groups were tied."""
+    tied = 0
+    for module in transformer.modules():
+        for group in QKV_GROUPS:
+            layers = [getattr(module, name, None) for name in group]
+            if not all(layer is not None and hasattr(layer, "lora_A") for layer in layers):
+                continue
+            for adapter in layers[0].lora_A:
+                shared = layers[0].lora_A[adapter].weight  # one Parameter: the optimizer sees it once
+                for layer in layers[1:]:
+                    layer.lora_A[adapter].weight = shared
+            tied += 1
+    return tied
 
 
 def mark_only_lora_trainable(model: torch.nn.Module) -> int:
@@ -84,6 +111,26 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
 
+def lora_scales(model: torch.nn.Module) -> dict[str, float]:
+    """PEFT's runtime factor ``alpha / rank`` of every LoRA layer (``W + scale * B @ A``), by module name."""
+    return {
+        name: float(m.scaling["default"])
+        for name, m in model.named_modules()
+        if hasattr(m, "lora_A") and "default" in m.lora_A
+    }
+
+
+def export_lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA at scale 1 (``scale`` folded into ``lora_B``): files carry no alpha, and diffusers' and UNO's
+    loaders apply ``W + B @ A``."""
+    scales = lora_scales(model)
+    state = lora_state_dict(model)
+    for key in state:
+        if key.endswith(".lora_B.weight"):
+            state[key] = state[key] * scales[key.removesuffix(".lora_B.weight")]
+    return state
+
+
 def load_lora_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Inverse of :func:`lora_state_dict` onto a model that already has the adapter."""
     from peft.utils import set_peft_model_state_dict
@@ -92,6 +139,71 @@ def load_lora_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise UnofluxError(f"the checkpoint's LoRA has tensors this model does not: {unexpected[:3]}")
+
+
+def find_lora_file(path: str | Path) -> Path:
+    """``path`` itself, or the LoRA file inside a folder (a run's ``final/`` or a ``checkpoint-N/``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (LORA_FILE, UNO_LORA_FILE):
+            if (path / name).is_file():
+                return path / name
+        raise UnofluxError(f"folder {str(path)!r} holds no {LORA_FILE} or {UNO_LORA_FILE}")
+    return path
+
+
+def load_init_lora(model: torch.nn.Module, path: str | Path) -> Path:
+    """Start the adapter from a saved LoRA (Stage II from Stage I): a run's ``final/`` file (scale 1), a
+    ``checkpoint-N/`` (the adapter's own tensors) or UNO's XLabs file (scale 1). It must adapt exactly this
+    run's layers at this run's rank."""
+    from ..checkpoints.files import read_tensors
+    from ..checkpoints.lora import to_diffusers_lora
+
+    file = find_lora_file(path)
+    raw, _ = read_tensors(str(file), what="LoRA")
+    try:
+        loaded = {k.removeprefix("transformer."): v for k, v in to_diffusers_lora(raw).items()}
+    except (ValueError, KeyError) as err:
+        raise UnofluxError(f"init_lora {str(file)!r} is not a LoRA layout unoflux knows: {err}") from None
+    current = lora_state_dict(model)
+    scales = lora_scales(model)
+    for key in sorted(set(current) | set(loaded)):
+        if key not in loaded or key not in current:
+            where = "this run's LoRA" if key not in loaded else "init_lora"
+            raise UnofluxError(
+                f"init_lora {str(file)!r} does not match this run's LoRA: {key!r} is only in {where} "
+                "(use the same lora.target_modules as the run that made it)"
+            )
+        if loaded[key].shape != current[key].shape:
+            raise UnofluxError(
+                f"init_lora {str(file)!r} does not match this run's LoRA: {key!r} is {tuple(loaded[key].shape)}, "
+                f"this run's is {tuple(current[key].shape)} (use the same lora.rank)"
+            )
+    scale_one = not (file.parent / STATE_FILE).is_file()  # checkpoints hold the raw adapter tensors
+    state = {}
+    for key, tensor in loaded.items():
+        if scale_one and key.endswith(".lora_B.weight"):  # exported files are at scale 1; the adapter scales
+            tensor = tensor / scales[key.removesuffix(".lora_B.weight")]
+        state[key] = tensor.to(current[key].dtype)
+    for parent_name, parent in model.named_modules():  # tied q/k/v downs (share_qkv_down) must come in tied
+        for group in QKV_GROUPS:
+            if _tied_group(parent, group):
+                downs = [state[f"{parent_name}.{n}.lora_A.weight"] for n in group]
+                if not all(torch.equal(d, downs[0]) for d in downs):
+                    raise UnofluxError(
+                        f"init_lora {str(file)!r} has different q/k/v down projections in {parent_name!r}, but this "
+                        "run ties them (lora.share_qkv_down: true); train both stages with the same setting"
+                    )
+    load_lora_state_dict(model, state)
+    return file
+
+
+def _tied_group(module: torch.nn.Module, group: tuple[str, ...]) -> bool:
+    """Whether ``module``'s q/k/v layers named ``group`` share one LoRA down projection."""
+    layers = [getattr(module, name, None) for name in group]
+    if not all(layer is not None and "default" in getattr(layer, "lora_A", {}) for layer in layers):
+        return False
+    return all(layer.lora_A["default"].weight is layers[0].lora_A["default"].weight for layer in layers)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -165,12 +277,17 @@ class Trainer:
         self.transformer = self.pipe.transformer
         self.shift = flow.ShiftConfig.from_scheduler_config(self.pipe.scheduler.config)
 
-        samples = read_samples(config.data)
         acc = self.accelerator
-        self.data = TrainData(
-            BucketDataset(samples, config.bucket_sizes), config.batch_size, config.seed, acc.process_index,
-            acc.num_processes, config.num_workers,
-        )
+        self.references = config.references if config.references is not None else data_has_references(config.data)
+        if self.references:  # samples of a batch share the target bucket and every reference size
+            dataset = PairedDataset(
+                read_paired_samples(config.data, config.reference_long_side), config.bucket_sizes,
+                config.reference_long_side,
+            )  # fmt: skip
+        else:
+            dataset = BucketDataset(read_samples(config.data), config.bucket_sizes)
+        self.data = TrainData(dataset, config.batch_size, config.seed, acc.process_index, acc.num_processes,
+                              config.num_workers)  # fmt: skip
 
         params = [p for p in self.transformer.parameters() if p.requires_grad]
         self.ema = None
@@ -218,6 +335,8 @@ class Trainer:
             for param in transformer.parameters():
                 if param.requires_grad:
                     param.data = param.data.float()
+            if cfg.init_lora:  # a resumed run then overwrites it with its checkpoint's LoRA
+                load_init_lora(transformer, cfg.init_lora)
         else:
             transformer.to(torch.float32).requires_grad_(True)
         return pipe
@@ -257,7 +376,38 @@ class Trainer:
         img_ids = grid_position_ids(h // 2, w // 2).to(device)
         return pack_latents(latents.float()), img_ids, prompt_embeds, pooled, text_ids
 
-    def loss(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator) -> torch.Tensor:
+    @torch.no_grad()
+    def encode_references(self, references: list[list], target_grid: tuple[int, int]):
+        """Per-sample lists of preprocessed reference images -> clean packed tokens (B, N_ref, 64) and the ids
+        of all image tokens (target, then references) from UnoPE, with the pipeline's own functions."""
+        grids = [(image.height // 16, image.width // 16) for image in references[0]]
+        if any([(image.height // 16, image.width // 16) for image in refs] != grids for refs in references):
+            raise UnofluxError("the samples of a batch have references of different sizes; they cannot be stacked")
+        device = self.accelerator.device
+        tokens = torch.cat(
+            [torch.cat(self.pipe.encode_references(refs, device, torch.float32), dim=1) for refs in references]
+        )
+        return tokens, sequence_position_ids(target_grid, grids, self.config.position_mode).to(device)
+
+    def predict(self, x_t, t, prompt_embeds, pooled, text_ids, img_ids, ref_tokens=None) -> torch.Tensor:
+        """The velocity of the noisy target tokens: reference tokens (same timestep) follow them in the
+        sequence, and the output is sliced back to the target tokens, as in the pipeline."""
+        n = x_t.shape[1]
+        hidden = x_t if ref_tokens is None else torch.cat([x_t, ref_tokens.to(x_t.dtype)], dim=1)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.ones(len(x_t), device=x_t.device)  # UNO trains with guidance 1
+        with self.accelerator.autocast():
+            prediction = self.model(
+                hidden_states=hidden, timestep=t, guidance=guidance, pooled_projections=pooled,
+                encoder_hidden_states=prompt_embeds, txt_ids=text_ids, img_ids=img_ids, return_dict=False,
+            )[0]  # fmt: skip
+        return prediction[:, :n]
+
+    def loss(
+        self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator, references: list[list] | None = None
+    ) -> torch.Tensor:
+        """Flow-matching MSE on the target tokens; ``references``: per sample, its preprocessed references."""
         x_data, img_ids, prompt_embeds, pooled, text_ids = self.encode(pixels, captions, gen)
         b, n, _ = x_data.shape  # (B, N, 64)
         t = flow.sample_training_t(b, n, generator=gen, config=self.shift)  # true token count, as UNO trains
@@ -266,12 +416,11 @@ class Trainer:
         t, noise = t.to(device), noise.to(device)
         x_t = flow.interpolate(x_data, noise, t)
         target = flow.velocity_target(x_data, noise)
-        guidance = torch.ones(b, device=device) if self.transformer.config.guidance_embeds else None  # UNO: 1
-        with self.accelerator.autocast():
-            prediction = self.model(
-                hidden_states=x_t, timestep=t, guidance=guidance, pooled_projections=pooled,
-                encoder_hidden_states=prompt_embeds, txt_ids=text_ids, img_ids=img_ids, return_dict=False,
-            )[0]  # fmt: skip
+        ref_tokens = None
+        if references:
+            target_grid = (pixels.shape[-2] // 16, pixels.shape[-1] // 16)
+            ref_tokens, img_ids = self.encode_references(references, target_grid)
+        prediction = self.predict(x_t, t, prompt_embeds, pooled, text_ids, img_ids, ref_tokens)
         return F.mse_loss(prediction.float(), target.float())
 
     def train_step(self, batches) -> float:
@@ -279,11 +428,12 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         total = 0.0
         for micro in range(cfg.gradient_accumulation):
-            pixels, captions = next(batches)
+            pixels, captions, *rest = next(batches)  # paired batches carry a third item: the references
+            references = rest[0] if rest else None
             gen = step_generator(cfg.seed, self.step, micro, acc.process_index)
             last = micro == cfg.gradient_accumulation - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                loss = self.loss(pixels, captions, gen) / cfg.gradient_accumulation
+                loss = self.loss(pixels, captions, gen, references) / cfg.gradient_accumulation
                 acc.backward(loss)
             total += loss.detach()
         if cfg.max_grad_norm is not None:
@@ -355,12 +505,16 @@ class Trainer:
             self.ema.store(params)
             self.ema.copy_to(params)
         self.transformer.eval()
+        cfg = self.config
         try:
-            images = [
-                self.pipe(prompt, width=v.width, height=v.height, num_inference_steps=v.steps, guidance_scale=v.guidance,
-                          seed=v.seed).images[0]
-                for prompt in v.prompts
-            ]  # fmt: skip
+            images = []
+            for i, prompt in enumerate(v.prompts):
+                refs = v.references[i] if v.references else []
+                images.append(self.pipe(
+                    prompt, reference_images=refs, width=v.width, height=v.height, num_inference_steps=v.steps,
+                    guidance_scale=v.guidance, seed=v.seed, position_mode=cfg.position_mode,
+                    reference_long_side=cfg.reference_long_side(len(refs)) if refs else None,
+                ).images[0])  # fmt: skip
         finally:
             self.transformer.train()
             if self.ema is not None:
@@ -388,8 +542,10 @@ class Trainer:
                 self.ema.copy_to(params)
             try:
                 if self.config.mode == "lora":
-                    self.pipe.save_lora_weights(str(tmp), transformer_lora_layers=lora_state_dict(model),
-                                                weight_name=LORA_FILE, safe_serialization=True)  # fmt: skip
+                    lora = export_lora_state_dict(model)
+                    self.pipe.save_lora_weights(str(tmp), transformer_lora_layers=lora, weight_name=LORA_FILE,
+                                                safe_serialization=True)  # fmt: skip
+                    self._save_uno_lora(lora, model, tmp / UNO_LORA_FILE)
                 else:  # the base folder with the new transformer; frozen components are copied as they were
                     shutil.copytree(self._model_dir(), tmp, dirs_exist_ok=True,
                                     ignore=lambda folder, names: ["transformer"] if Path(folder) == self._model_dir() else [])
@@ -403,6 +559,19 @@ class Trainer:
             tmp.rename(final)
         acc.wait_for_everyone()
         return final
+
+    def _save_uno_lora(self, lora: dict[str, torch.Tensor], model: torch.nn.Module, path: Path) -> Path | None:
+        """UNO's ``dit_lora.safetensors`` (XLabs layout) beside the diffusers file, when the LoRA fits it."""
+        from ..checkpoints.files import write_safetensors
+        from ..checkpoints.lora import to_xlabs_lora
+
+        try:
+            xlabs = to_xlabs_lora(lora, model)
+        except UnofluxError as err:
+            self.accelerator.print(f"no {UNO_LORA_FILE}: {err}")
+            return None
+        rank = next(iter(xlabs.values())).shape[0]
+        return write_safetensors(xlabs, path, metadata={"format": "xlabs", "lora_rank": rank})
 
     def _write_provenance(self, folder: Path) -> None:
         self.config.to_yaml(folder / "config.yaml")
