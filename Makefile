@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 run: $(STAMP)
-	@echo "The embedded default model arrives with the synthetic-world issue; until then see README 'Use your own weights'."
+	OMP_NUM_THREADS=2 $(VENV)/bin/unoflux demo --out outputs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -53,6 +53,7 @@ def test_generate_writes_a_png_with_its_settings(official_layout, tmp_path, caps
     assert settings["references"] == [str(ref)] and settings["model"]["lora"] == paths.lora
     assert settings["position_mode"] == "diagonal" and settings["steps"] == 2
     assert [p.name for p in out.parent.iterdir()] == ["cat.png"]  # no temporary leftovers
+    assert out.stat().st_mode & 0o644 == 0o644  # readable like any file the user writes
 
 
 def test_several_images_into_a_folder(official_layout, tmp_path, capsys):
@@ -145,7 +146,7 @@ def bad_images(tmp_path):
         (["--batch", "{d}/missing.json"], "either --prompt or --batch"),
         (["--flux", "{d}/nope.safetensors", "--ae", "x", "--t5", "x", "--clip", "x"], "does not exist"),
         (["--flux", "{d}/good.png", "--ae", "x", "--t5", "x", "--clip", "x"], "unknown type"),
-        ([], "no model given"),
+        (["--flux", "{d}/flux1-dev.safetensors"], "no model given for --ae, --t5, --clip"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence_and_no_file(tmp_path, capsys, extra, message):

@@ -7,44 +7,36 @@ from pathlib import Path
 import pytest
 
 
+def _build(tmp_path_factory, kind: str, count: int) -> Path:
+    from unoflux.world.build import BuildConfig, build_dataset
+
+    out = tmp_path_factory.mktemp("world") / kind
+    build_dataset(out, BuildConfig(kind=kind, count=count, size=32), progress=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def world_data(tmp_path_factory) -> Path:
     """16 world scenes at 32 px with captions (manifest.jsonl + PNGs)."""
-    from unoflux.world.build import BuildConfig, build_dataset
-
-    out = tmp_path_factory.mktemp("world") / "scenes"
-    build_dataset(out, BuildConfig(kind="scenes", count=16, size=32), progress=False)
-    return out
+    return _build(tmp_path_factory, "scenes", 16)
 
 
 @pytest.fixture(scope="session")
 def wide_data(tmp_path_factory) -> Path:
     """4 two-panel world images, 64x32 (width x height): they fall in a wide bucket."""
-    from unoflux.world.build import BuildConfig, build_dataset
-
-    out = tmp_path_factory.mktemp("world") / "two-panel"
-    build_dataset(out, BuildConfig(kind="two-panel", count=4, size=32), progress=False)
-    return out
+    return _build(tmp_path_factory, "two-panel", 4)
 
 
 @pytest.fixture(scope="session")
 def pairs_data(tmp_path_factory) -> Path:
     """8 world pairs at 32 px: a scene and one reference shot of its subject (Stage I data)."""
-    from unoflux.world.build import BuildConfig, build_dataset
-
-    out = tmp_path_factory.mktemp("world") / "pairs"
-    build_dataset(out, BuildConfig(kind="pairs", count=8, size=32), progress=False)
-    return out
+    return _build(tmp_path_factory, "pairs", 8)
 
 
 @pytest.fixture(scope="session")
 def multi_pairs_data(tmp_path_factory) -> Path:
     """8 world multi-pairs at 32 px: a scene of 2-3 subjects and a reference shot of each (Stage II data)."""
-    from unoflux.world.build import BuildConfig, build_dataset
-
-    out = tmp_path_factory.mktemp("world") / "multi-pairs"
-    build_dataset(out, BuildConfig(kind="multi-pairs", count=8, size=32), progress=False)
-    return out
+    return _build(tmp_path_factory, "multi-pairs", 8)
 
 
 @pytest.fixture
