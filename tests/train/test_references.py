@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from train_helpers import transformer_output as shared_transformer_output
 from unoflux.checkpoints.lora import to_xlabs_lora
 from unoflux.conditioning import grid_position_ids, preprocess_reference
 from unoflux.errors import UnofluxError
@@ -28,16 +29,7 @@ def long_side(n: int) -> int:
 
 def transformer_output(transformer, seed: int = 0) -> torch.Tensor:
     """Velocity for fixed random inputs: 4 target tokens and 1 reference token with UnoPE ids."""
-    from unoflux.conditioning import sequence_position_ids
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return transformer(
-            hidden_states=torch.randn(1, 5, 64, generator=g), timestep=torch.tensor([0.5]),
-            guidance=torch.tensor([1.0]), pooled_projections=torch.randn(1, 32, generator=g),
-            encoder_hidden_states=torch.randn(1, 8, 32, generator=g), txt_ids=torch.zeros(8, 3),
-            img_ids=sequence_position_ids((2, 2), [(1, 1)]), return_dict=False,
-        )[0]  # fmt: skip
+    return shared_transformer_output(transformer, seed, reference_grids=((1, 1),))
 
 
 def paired_config(tiny_config, data, **changes):

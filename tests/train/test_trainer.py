@@ -9,26 +9,13 @@ import math
 import torch
 from PIL import Image
 
+from train_helpers import transformer_output
 from unoflux.train.trainer import Trainer, lora_state_dict, step_generator, train
 
 
 def read_log(run) -> list[dict]:
     with open(run / "log.csv", newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def transformer_output(transformer, seed: int = 0) -> torch.Tensor:
-    """The transformer's velocity for fixed random inputs (4 image tokens, 8 text tokens)."""
-    from unoflux.conditioning import grid_position_ids
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return transformer(
-            hidden_states=torch.randn(1, 4, 64, generator=g), timestep=torch.tensor([0.5]),
-            guidance=torch.tensor([1.0]), pooled_projections=torch.randn(1, 32, generator=g),
-            encoder_hidden_states=torch.randn(1, 8, 32, generator=g), txt_ids=torch.zeros(8, 3),
-            img_ids=grid_position_ids(2, 2), return_dict=False,
-        )[0]  # fmt: skip
 
 
 def test_full_training_writes_every_output(tiny_config):
