@@ -32,11 +32,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def default_image_size(args: argparse.Namespace) -> int:
     """The model folder's native size (``unoflux.json``) when the model is a folder, else FLUX's 512."""
-    from .checkpoints.specs import EMBEDDED_MODEL_DIR, model_defaults
+    from .checkpoints.loading import model_folder
+    from .checkpoints.specs import model_defaults
 
-    uses_embedded = not any((args.model, args.flux, args.ae, args.t5, args.clip, os.environ.get("FLUX_DEV")))
-    folder = args.model or (EMBEDDED_MODEL_DIR if uses_embedded else None)
-    return int(model_defaults(folder).get("image_size", 512))
+    return int(model_defaults(model_folder(model_paths(args).with_environment())).get("image_size", 512))
+
+
+def model_paths(args: argparse.Namespace):
+    from .checkpoints import ModelPaths
+
+    return ModelPaths(model=args.model, flux=args.flux, ae=args.ae, t5=args.t5, clip=args.clip, lora=args.lora)
 
 
 def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None):
@@ -44,11 +49,11 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
     import diffusers
     import transformers
 
-    from .checkpoints import ModelPaths, load_pipeline
+    from .checkpoints import load_pipeline
 
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars; our own bars stay
     diffusers.utils.logging.disable_progress_bar()
-    paths = ModelPaths(model=args.model, flux=args.flux, ae=args.ae, t5=args.t5, clip=args.clip, lora=args.lora)
+    paths = model_paths(args)
     pipe = load_pipeline(
         paths, device=device or args.device, dtype=args.dtype, offload=args.offload, weights_dtype=args.weights_dtype
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .evaluate.world import generate_and_check
 from .images import save_png
-from .world.checker import TwoPanelVerdict, check
+from .world.checker import TwoPanelVerdict
 from .world.heldout import heldout_prompts
-from .world.specs import TwoPanelSpec
 
 DEMO_PROMPTS = ("single-000", "single-007", "multi-000", "two-panel-000")
 
@@ -31,12 +31,8 @@ def run_demo(pipe, out_dir: Path, size: int, steps: int = 25) -> list[Path]:
     written = []
     for prompt_id in DEMO_PROMPTS:
         prompt = prompts[prompt_id]
-        wide = isinstance(prompt.spec, TwoPanelSpec)
-        output = pipe(prompt.caption, width=2 * size if wide else size, height=size, num_inference_steps=steps,
-                      seed=prompt.seed)  # fmt: skip
-        verdict = check(output.images[0], prompt.spec)
-        path = save_png(output.images[0], out_dir / f"{prompt_id}.png",
-                        {**output.settings, "verdict": verdict.to_dict()})  # fmt: skip
+        output, verdict = generate_and_check(pipe, prompt, size, steps)
+        path = save_png(output.images[0], out_dir / f"{prompt_id}.png", {**output.settings, "verdict": verdict.to_dict()})
         print(f"{path}\n  prompt: {prompt.caption}\n  checker: {verdict_line(verdict)}")
         written.append(path)
     return written

@@ -163,6 +163,14 @@ def load_clip(path, dtype):
 
 
 # ------------------------------------------------------------------------------------- pipeline
+def model_folder(paths: ModelPaths) -> str | None:
+    """The diffusers folder the pipeline comes from: ``paths.model``, or the embedded model when no
+    component is named at all (environment variables already applied); None for single files."""
+    if paths.model is None and not any((paths.flux, paths.ae, paths.t5, paths.clip)) and EMBEDDED_MODEL_DIR.is_dir():
+        return str(EMBEDDED_MODEL_DIR)
+    return paths.model
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -200,9 +208,7 @@ def load_pipeline(
     if weights_dtype not in (None, "fp8"):
         raise UnofluxError(f"weights dtype {weights_dtype!r} is not supported; use fp8 or leave it unset")
 
-    model = paths.model
-    if model is None and not any((paths.flux, paths.ae, paths.t5, paths.clip)) and EMBEDDED_MODEL_DIR.is_dir():
-        model = str(EMBEDDED_MODEL_DIR)
+    model = model_folder(paths)
     if model is not None and not Path(model, "model_index.json").is_file():
         raise UnofluxError(f"model folder {model!r} is not a diffusers pipeline folder (no model_index.json)")
 

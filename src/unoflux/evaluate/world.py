@@ -85,18 +85,23 @@ def contact_sheet(items: list[tuple[str, Image.Image]], columns: int = 6, cell: 
     return sheet
 
 
+def generate_and_check(pipe, prompt: HeldoutPrompt, size: int, steps: int = 25, guidance: float = 4.0):
+    """One held-out prompt with its fixed seed (two-panel images twice as wide) -> (pipeline output,
+    the checker's verdict on its image)."""
+    wide = isinstance(prompt.spec, TwoPanelSpec)
+    output = pipe(prompt.caption, width=2 * size if wide else size, height=size, num_inference_steps=steps,
+                  guidance_scale=guidance, seed=prompt.seed)  # fmt: skip
+    return output, check(output.images[0], prompt.spec)
+
+
 def evaluate_text_to_image(pipe, out_dir: Path, settings: T2IEvalSettings = T2IEvalSettings()) -> dict:
     """Generate and judge every held-out prompt; write ``report.json``, images and a contact sheet."""
     out_dir = Path(out_dir)
     prompts = list(heldout_prompts())[: settings.limit]
     verdicts, shown = [], []
     for prompt in tqdm(prompts, desc="held-out prompts"):
-        wide = isinstance(prompt.spec, TwoPanelSpec)
-        image = pipe(
-            prompt.caption, width=2 * settings.size if wide else settings.size, height=settings.size,
-            num_inference_steps=settings.steps, guidance_scale=settings.guidance, seed=prompt.seed,
-        ).images[0]  # fmt: skip
-        verdict = check(image, prompt.spec)
+        output, verdict = generate_and_check(pipe, prompt, settings.size, settings.steps, settings.guidance)
+        image = output.images[0]
         verdicts.append((prompt, verdict))
         save_png(image, out_dir / "images" / f"{prompt.id}.png",
                  {"prompt": prompt.caption, "seed": prompt.seed, "verdict": verdict.to_dict()})  # fmt: skip
