@@ -100,6 +100,35 @@ def test_diffusers_folder_and_component_folders(diffusers_folder, tiny_pipe, ref
     assert torch.equal(latents_of(parts, ref_images[:2]), expected)
 
 
+def test_a_model_folder_ships_its_lora_and_reference_sizes(tmp_path, diffusers_folder, official_layout, ref_images):
+    """As the embedded model does: unoflux.json names a LoRA in the folder (loaded unless replaced or left out)
+    and the reference long sides it was trained at."""
+    import shutil
+
+    from unoflux.testing import random_uno_lora
+
+    paths, components = official_layout
+    folder = tmp_path / "with-lora"
+    shutil.copytree(diffusers_folder, folder)
+    write_safetensors(random_uno_lora(components["transformer"], rank=4, seed=7), folder / "dit_lora.safetensors")
+    (folder / "unoflux.json").write_text(json.dumps(
+        {"image_size": 32, "lora": "dit_lora.safetensors", "reference_long_side": {"one": 32, "several": 16}}))
+
+    def load(**kw):
+        return load_pipeline(ModelPaths(model=str(folder), lora=kw.pop("lora", None)), device="cpu",
+                             use_environment=False, **kw)  # fmt: skip
+
+    shipped, base = load(), load(model_lora=False)
+    plain = load_pipeline(ModelPaths(model=str(diffusers_folder)), device="cpu", use_environment=False)
+    assert shipped.reference_long_sides == (32, 16) and plain.reference_long_sides is None
+    assert shipped.default_reference_long_side(1) == 32 and shipped.default_reference_long_side(2) == 16
+    assert plain.default_reference_long_side(1) == 512 and plain.default_reference_long_side(3) == 320
+    assert torch.equal(latents_of(base), latents_of(plain))
+    assert not torch.allclose(latents_of(shipped), latents_of(base), atol=1e-4)
+    replaced = load(lora=paths.lora)  # an explicit LoRA replaces the folder's
+    assert not torch.allclose(latents_of(replaced), latents_of(shipped), atol=1e-4)
+
+
 def test_diffusers_keyed_single_file_and_pickle(tmp_path, tiny_pipe):
     sd = tiny_pipe.transformer.state_dict()
     write_safetensors(sd, tmp_path / "t.safetensors", metadata={"axes_dims_rope": [4, 6, 6]})

@@ -21,7 +21,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ae", metavar="PATH", help="VAE: BFL ae.safetensors or a diffusers vae/ folder")
     g.add_argument("--t5", metavar="DIR", help="T5 encoder folder (transformers layout, tokenizer beside)")
     g.add_argument("--clip", metavar="DIR", help="CLIP-L text encoder folder (transformers layout, tokenizer beside)")
-    g.add_argument("--lora", metavar="PATH", help="UNO LoRA: dit_lora.safetensors (XLabs layout) or a diffusers LoRA")
+    g.add_argument("--lora", metavar="PATH", help="UNO LoRA: dit_lora.safetensors (XLabs layout) or a diffusers LoRA "
+                   "(replaces the LoRA a model folder ships, as the embedded model does)")
+    g.add_argument("--base-only", action="store_true", help="leave out the LoRA the model folder ships: its text-to-image base alone")
     g = p.add_argument_group("device and memory")
     g.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda if available)")
     g.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="compute dtype (default: bf16 on GPU, fp32 on CPU)")
@@ -55,9 +57,12 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
     diffusers.utils.logging.disable_progress_bar()
     paths = model_paths(args)
     pipe = load_pipeline(
-        paths, device=device or args.device, dtype=args.dtype, offload=args.offload, weights_dtype=args.weights_dtype
+        paths, device=device or args.device, dtype=args.dtype, offload=args.offload, weights_dtype=args.weights_dtype,
+        model_lora=not getattr(args, "base_only", False),
     )
     model = {k: str(Path(v).resolve()) for k, v in vars(paths.with_environment()).items() if v} or {"model": "embedded"}
+    if getattr(args, "base_only", False):
+        model["base_only"] = True
     model.update(dtype=str(pipe.transformer.dtype).removeprefix("torch."), weights_dtype=args.weights_dtype)
     return pipe, model
 

@@ -1,16 +1,25 @@
-"""``unoflux demo`` (what ``make run`` runs): held-out prompts through the embedded model, each image
-saved, and the world's exact checker's verdict printed beside it."""
+"""``unoflux demo`` (what ``make run`` runs): held-out prompts and held-out subjects through the embedded
+model, each image saved, and the world's exact checker's verdict printed beside it.
+
+The subject-driven examples use the reference shots bundled in ``unoflux/examples`` (also the web app's
+examples); ``write_examples()`` renders them again from the held-out identities, byte for byte.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from .evaluate.subject import judge_case, reference_shots
 from .evaluate.world import generate_and_check
-from .images import save_png
+from .images import load_image, save_png
 from .world.checker import TwoPanelVerdict
-from .world.heldout import heldout_prompts
+from .world.heldout import heldout_prompts, heldout_subject_pairs
 
+EXAMPLES_DIR = Path(__file__).with_name("examples")
 DEMO_PROMPTS = ("single-000", "single-007", "multi-000", "two-panel-000")
+# Held-out identities the model never saw: one case with one reference, one with two.
+DEMO_SUBJECT_CASES = ("pair-001", "multi-pair-002")
 
 
 def verdict_line(verdict) -> str:
@@ -26,13 +35,56 @@ def verdict_line(verdict) -> str:
     return "; ".join(parts)
 
 
+def reference_file_name(identity) -> str:
+    return f"{identity.colour}_{identity.pattern}_{identity.shape}.png"
+
+
+def write_examples(folder: Path = EXAMPLES_DIR, size: int = 64) -> list[Path]:
+    """Render the demo cases' reference shots and write ``examples.json`` (the app's examples too)."""
+    pairs = {p.id: p for p in heldout_subject_pairs()}
+    items, written = [], []
+    for case_id in DEMO_SUBJECT_CASES:
+        pair = pairs[case_id]
+        names = [reference_file_name(identity) for identity in pair.references]
+        for name, shot, identity in zip(names, reference_shots(pair, size), pair.references):
+            written.append(save_png(shot, Path(folder) / name, {"reference shot of": identity.to_dict()}))
+        items.append({"case": case_id, "prompt": pair.caption, "references": names})
+    text_only = {p.id: p for p in heldout_prompts()}[DEMO_PROMPTS[0]]
+    items.append({"case": text_only.id, "prompt": text_only.caption, "references": []})
+    (Path(folder) / "examples.json").write_text(json.dumps(items, indent=1) + "\n")
+    return written
+
+
 def run_demo(pipe, out_dir: Path, size: int, steps: int = 25) -> list[Path]:
-    prompts = {p.id: p for p in heldout_prompts()}
+    out_dir = Path(out_dir)
     written = []
+    print("text to image (held-out prompts):")
+    prompts = {p.id: p for p in heldout_prompts()}
     for prompt_id in DEMO_PROMPTS:
         prompt = prompts[prompt_id]
         output, verdict = generate_and_check(pipe, prompt, size, steps)
         path = save_png(output.images[0], out_dir / f"{prompt_id}.png", {**output.settings, "verdict": verdict.to_dict()})
         print(f"{path}\n  prompt: {prompt.caption}\n  checker: {verdict_line(verdict)}")
         written.append(path)
+
+    print("\nsubject-driven (bundled reference shots of held-out subjects):")
+    pairs = {p.id: p for p in heldout_subject_pairs()}
+    examples = [e for e in json.loads((EXAMPLES_DIR / "examples.json").read_text()) if e["references"]]
+    for example in examples:
+        pair = pairs[example["case"]]
+        references = [EXAMPLES_DIR / name for name in example["references"]]
+        output = pipe(example["prompt"], [load_image(r) for r in references], width=size, height=size,
+                      num_inference_steps=steps, seed=pair.seed)  # fmt: skip
+        result = judge_case(output.images[0], pair)
+        path = save_png(output.images[0], out_dir / f"{pair.id}.png",
+                        {**output.settings, "references": [str(r) for r in references], **result.to_dict()})  # fmt: skip
+        identity = ", ".join("ok" if won else "WRONG" for won in result.identity_wins)
+        print(f"{path}\n  references: {' '.join(str(r) for r in references)}\n  prompt: {example['prompt']}\n"
+              f"  checker: {verdict_line(result.verdict)}; identity (not just the look): {identity}")  # fmt: skip
+        written.append(path)
     return written
+
+
+if __name__ == "__main__":  # python -m unoflux.demo: re-render the bundled examples
+    for path in write_examples():
+        print(path)

@@ -159,6 +159,15 @@ class UnoFluxPipeline(FluxPipeline):
         latents = latents.float() / self.vae.config.scaling_factor + self.vae.config.shift_factor
         return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
 
+    # The reference long side when the caller gives none: (one reference, several). None = UNO's 512 / 320;
+    # a model folder trained at other sizes declares its own in unoflux.json (set by load_pipeline).
+    reference_long_sides: tuple[int, int] | None = None
+
+    def default_reference_long_side(self, num_references: int) -> int:
+        if self.reference_long_sides is None:
+            return default_reference_long_side(num_references)
+        return self.reference_long_sides[0 if num_references <= 1 else 1]
+
     # ------------------------------------------------------------------------------------------- call
     @torch.no_grad()
     def __call__(
@@ -212,7 +221,7 @@ class UnoFluxPipeline(FluxPipeline):
         if output_type not in ("pil", "pt", "latent"):
             raise UnofluxError(f"output type {output_type!r} is not one of: pil, pt, latent")
         width, height = output_size(width, height)
-        long_side = reference_long_side or default_reference_long_side(len(references))
+        long_side = reference_long_side or self.default_reference_long_side(len(references))
         if seed is None:
             seed = random.randrange(2**31)
         device = self._execution_device

@@ -21,10 +21,10 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def examples() -> Path:
-    """The bundled example references (package data)."""
-    import unoflux.app
+    """The bundled example references (package data, shared with `unoflux demo`)."""
+    from unoflux.demo import EXAMPLES_DIR
 
-    return Path(unoflux.app.__file__).with_name("examples")
+    return EXAMPLES_DIR
 
 
 def pytest_configure(config):

@@ -4,6 +4,7 @@ and check the image that comes back. Skipped, with the reason shown, only where 
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -67,7 +68,7 @@ def upload_reference(page, slot: int, path: Path) -> None:
 
 
 def test_generate_in_the_browser(page, app_server, examples, artifacts_dir):
-    upload_reference(page, 1, examples / "red_ball.png")
+    upload_reference(page, 1, examples / "orange_plain_square.png")
     page.locator("#reference-1 img").wait_for()  # the upload has landed
     page.locator("#prompt textarea").fill("a red ball on a wooden table")
     set_slider(page, "Width", 64)
@@ -97,6 +98,7 @@ def test_a_corrupt_upload_shows_an_error_in_the_page(page, tmp_path):
 
 
 def test_an_example_fills_the_form(page, examples):
-    page.get_by_text("a blue box and a gold star on a sandy beach").first.click()
-    expect(page.locator("#prompt textarea")).to_have_value("a blue box and a gold star on a sandy beach")
+    two_references = next(e for e in json.loads((examples / "examples.json").read_text()) if len(e["references"]) == 2)
+    page.get_by_text(two_references["prompt"]).first.click()
+    expect(page.locator("#prompt textarea")).to_have_value(two_references["prompt"])
     page.locator("#reference-2 img").wait_for()

@@ -165,6 +165,19 @@ def test_stage1_exports_uno_lora_and_stage2_starts_from_it(tiny_config, pairs_da
         assert not torch.allclose(loaded, base)
         torch.testing.assert_close(loaded, trained, rtol=0, atol=1e-5)
 
+    # Shipped inside a model folder (as the embedded model ships its LoRA): loaded by default, in fp16.
+    from unoflux import ModelPaths, load_pipeline
+    from unoflux.family.build import ship_lora
+
+    folder = tmp_path / "model"
+    tiny_pipeline(seed=0).save_pretrained(folder)
+    ship_lora(final, folder, {"summary": {"identity_match": 1.0}})
+    shipped = load_pipeline(ModelPaths(model=str(folder)), device="cpu", use_environment=False)
+    torch.testing.assert_close(transformer_output(shipped.transformer), trained, rtol=0, atol=2e-3)
+    config = stage1.config
+    assert shipped.reference_long_sides == (config.reference_long_side_single, config.reference_long_side_multi)
+    assert (folder / "lora_config.yaml").is_file() and (folder / "lora_training.json").is_file()
+
     stage2 = Trainer(paired_config(tiny_config, multi_pairs_data, output_dir=str(tmp_path / "s2"), max_steps=1,
                                    lora=lora, init_lora=str(final)), [])  # fmt: skip
     torch.testing.assert_close(transformer_output(stage2.transformer.eval()), trained, rtol=0, atol=1e-6)

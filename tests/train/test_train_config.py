@@ -94,8 +94,8 @@ def test_bad_files(tmp_path):
 
 def test_cli_overrides_win(tmp_path):
     path = minimal(max_steps=100).to_yaml(tmp_path / "c.yaml")
-    config = load_config(str(path), max_steps=7, output_dir="elsewhere", resume=True)
-    assert (config.max_steps, config.output_dir, config.resume) == (7, "elsewhere", "latest")
+    config = load_config(str(path), max_steps=7, output_dir="elsewhere", resume=True, position_mode="none")
+    assert (config.max_steps, config.output_dir, config.resume, config.position_mode) == (7, "elsewhere", "latest", "none")
     assert load_config(str(path)).max_steps == 100
     with pytest.raises(UnofluxError, match="max_steps -1"):
         load_config(str(path), max_steps=-1)
@@ -103,7 +103,7 @@ def test_cli_overrides_win(tmp_path):
 
 def test_train_help():
     out = subprocess.run([sys.executable, "-m", "unoflux", "train", "-h"], capture_output=True, text=True, check=True)
-    for flag in ("--config", "--resume", "--max-steps", "--output-dir"):
+    for flag in ("--config", "--resume", "--max-steps", "--output-dir", "--position-mode"):
         assert flag in out.stdout
 
 

@@ -18,13 +18,13 @@ import torch  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 
 from ..cli import POSITION_MODES  # noqa: E402
+from ..demo import EXAMPLES_DIR  # noqa: E402
 from ..errors import UnofluxError  # noqa: E402
 from ..generation import GenerationRequest  # noqa: E402
 from ..pipeline import MAX_SIDE, SCHEDULES  # noqa: E402
 from .runner import AppRunner  # noqa: E402
 
 MAX_REFERENCES = 4
-EXAMPLES_DIR = Path(__file__).with_name("examples")
 LONG_SIDE_CHOICES = ["auto", "256", "320", "384", "512", "640", "768", "1024"]
 DEFAULTS = GenerationRequest(prompt="", seed=3407)  # as `unoflux generate`
 API_NAME = "generate"  # gradio_client: client.predict(..., api_name="/generate")
@@ -123,7 +123,7 @@ def make_generate(runner: AppRunner):
 
 def _form_inputs(default_size: int) -> list[gr.Component]:
     """The form, laid out in the current column; returned in ``make_generate``'s parameter order."""
-    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball on a wooden table", elem_id="prompt")
+    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a little orange block at the left in a room", elem_id="prompt")
     with gr.Row():
         references = [
             gr.Image(label=f"Reference {k}", type="filepath", height=160, sources=["upload", "clipboard"],

@@ -26,7 +26,7 @@ from ..errors import UnofluxError
 from ..pipeline import UnoFluxPipeline
 from . import bfl
 from .files import read_tensors
-from .specs import EMBEDDED_MODEL_DIR, ENV_AE, ENV_CLIP, ENV_LORA, ENV_T5, SPECS, scheduler_config_for
+from .specs import EMBEDDED_MODEL_DIR, ENV_AE, ENV_CLIP, ENV_LORA, ENV_T5, SPECS, model_defaults, scheduler_config_for
 
 Offload = Literal["none", "model", "sequential"]
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.json")
@@ -184,6 +184,7 @@ def load_pipeline(
     offload: Offload = "none",
     weights_dtype: str | None = None,
     use_environment: bool = True,
+    model_lora: bool = True,
 ) -> UnoFluxPipeline:
     """Build the pipeline from local files (nothing is downloaded).
 
@@ -191,6 +192,10 @@ def load_pipeline(
     CPU); the VAE runs in ``vae_dtype`` (fp32, as UNO's reference does). ``weights_dtype="fp8"`` stores
     transformer weights as float8 and computes in ``dtype`` (UNO's low-memory mode). ``offload`` moves
     whole models (``model``) or single layers (``sequential``) to the GPU only while they run.
+
+    A model folder may ship its UNO LoRA and reference sizes (``unoflux.json``: ``lora``,
+    ``reference_long_side``), as the embedded model does; ``paths.lora`` replaces that LoRA and
+    ``model_lora=False`` leaves it out (the text-to-image base alone).
     """
     paths = paths or ModelPaths()
     if use_environment:
@@ -240,8 +245,13 @@ def load_pipeline(
         pipe = UnoFluxPipeline(scheduler=scheduler, **components)
     _cast(pipe.vae, vae_dtype)
 
-    if paths.lora:
-        pipe.load_uno_lora(paths.lora)
+    defaults = model_defaults(model)
+    if "reference_long_side" in defaults:
+        sides = defaults["reference_long_side"]
+        pipe.reference_long_sides = (int(sides["one"]), int(sides["several"]))
+    lora = paths.lora or (str(Path(model, defaults["lora"])) if model_lora and defaults.get("lora") else None)
+    if lora:
+        pipe.load_uno_lora(lora)
     if weights_dtype == "fp8":
         # Keep LoRA, norms and embeddings in the compute dtype; store the big Linear weights as float8.
         pipe.transformer.enable_layerwise_casting(

@@ -84,6 +84,8 @@ def load_lora_into_pipeline(pipe, path: str | Path, adapter_name: str = "uno") -
 # ------------------------------------------------------------------------------ export: PEFT -> XLabs
 # Per block kind: (XLabs processor part, the diffusers modules whose outputs it fuses, in row order). The same
 # mapping as diffusers' XLabs converter (1 = image stream, 2 = text stream; single proj = proj_out).
+UNO_LORA_FILE = "dit_lora.safetensors"  # UNO's name for its XLabs-layout LoRA
+
 _XLABS_PARTS = {
     "double_blocks": [("qkv_lora1", ["attn.to_q", "attn.to_k", "attn.to_v"]), ("proj_lora1", ["attn.to_out.0"]),
                       ("qkv_lora2", ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"]),

@@ -1,4 +1,4 @@
-"""``unoflux evaluate``: score a model on held-out prompts, writing a JSON report and a contact sheet."""
+"""``unoflux evaluate``: score a model on held-out prompts or subject cases, writing a JSON report and a contact sheet."""
 
 from __future__ import annotations
 
@@ -20,6 +20,18 @@ def register(subparsers) -> None:
     add_model_args(t2i)
     t2i.set_defaults(func=cmd_world_t2i)
 
+    subj = sub.add_parser("world-subject", help="subject-driven: held-out identities with 1 or 2 references")
+    subj.add_argument("--out", type=Path, required=True, help="folder for report.json, images/ and contact_sheet.png")
+    subj.add_argument("--size", type=int, default=64, help="output and reference-shot size in px")
+    subj.add_argument("--steps", type=int, default=25)
+    subj.add_argument("--guidance", type=float, default=4.0)
+    subj.add_argument("--position-mode", choices=("diagonal", "height", "width", "none"), default="diagonal",
+                      help="UnoPE at inference: the mode the LoRA was trained with")
+    subj.add_argument("--caption-only", action="store_true", help="give the model no references: the floor")
+    subj.add_argument("--limit", type=int, help="only the first N cases of each kind")
+    add_model_args(subj)
+    subj.set_defaults(func=cmd_world_subject)
+
 
 def cmd_world_t2i(args: argparse.Namespace) -> int:
     from ..cli import load_pipeline_from_args
@@ -29,5 +41,19 @@ def cmd_world_t2i(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     settings = T2IEvalSettings(size=args.size, steps=args.steps, guidance=args.guidance, limit=args.limit)
     print_summary(evaluate_text_to_image(pipe, args.out, settings))
+    print(f"report: {args.out / 'report.json'}")
+    return 0
+
+
+def cmd_world_subject(args: argparse.Namespace) -> int:
+    from ..cli import load_pipeline_from_args
+    from .subject import SubjectEvalSettings, evaluate_subject_driven, print_subject_summary
+
+    pipe, _ = load_pipeline_from_args(args)
+    pipe.set_progress_bar_config(disable=True)
+    settings = SubjectEvalSettings(size=args.size, steps=args.steps, guidance=args.guidance,
+                                   position_mode=args.position_mode, with_references=not args.caption_only,
+                                   limit=args.limit)  # fmt: skip
+    print_subject_summary(evaluate_subject_driven(pipe, args.out, settings))
     print(f"report: {args.out / 'report.json'}")
     return 0

@@ -62,20 +62,20 @@ def summarize(verdicts: list[tuple[HeldoutPrompt, SceneVerdict | TwoPanelVerdict
     return summary
 
 
-def contact_sheet(items: list[tuple[str, Image.Image]], columns: int = 6, cell: int = 128) -> Image.Image:
-    """Images with their prompts underneath, for people to look at."""
+def contact_sheet(items: list[tuple[str, Image.Image]], columns: int = 6, cell: int = 128, aspect: int = 2) -> Image.Image:
+    """Images (up to `aspect` times wider than high) with their prompts underneath, for people to look at."""
     rows = (len(items) + columns - 1) // columns
     text_h = 44
-    sheet = Image.new("RGB", (columns * cell * 2, rows * (cell + text_h)), "white")
+    sheet = Image.new("RGB", (columns * cell * aspect, rows * (cell + text_h)), "white")
     draw = ImageDraw.Draw(sheet)
     for k, (text, image) in enumerate(items):
-        x, y = (k % columns) * cell * 2, (k // columns) * (cell + text_h)
+        x, y = (k % columns) * cell * aspect, (k // columns) * (cell + text_h)
         scale = cell / image.height
         shown = image.resize((int(image.width * scale), cell), Image.NEAREST)
-        sheet.paste(shown, (x + (2 * cell - shown.width) // 2, y))
+        sheet.paste(shown, (x + (aspect * cell - shown.width) // 2, y))
         words, line, lines = text.split(), "", []
         for word in words:
-            if len(line) + len(word) > 44:
+            if len(line) + len(word) > 22 * aspect:
                 lines.append(line)
                 line = ""
             line += word + " "

@@ -20,7 +20,10 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from transformers import AutoTokenizer
 
+from ..checkpoints.files import write_safetensors
+from ..checkpoints.lora import UNO_LORA_FILE
 from ..checkpoints.specs import MODEL_DEFAULTS_FILE, scheduler_config_for
+from ..errors import UnofluxError
 from .text import sample_captions, tiny_text_encoders, train_clip_tokenizer, train_t5_tokenizer
 from .vae import VAETrainConfig, calibrate_and_measure, load_square_images, train_vae
 
@@ -125,3 +128,32 @@ def export_fp16(source: Path, target: Path, notes: dict | None = None) -> int:
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+
+
+def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None) -> int:
+    """Ship a reference-training run's LoRA inside a model folder, as UNO ships ``dit_lora.safetensors`` beside
+    FLUX.1-dev: the XLabs file in fp16, its run's config and command, and ``unoflux.json`` naming it with the
+    reference sizes it was trained at (``load_pipeline`` then applies both by default). Returns the LoRA's bytes."""
+    import shutil
+
+    import yaml
+    from safetensors.torch import load_file
+
+    run_final, model_dir = Path(run_final), Path(model_dir)
+    source = run_final / UNO_LORA_FILE
+    if not source.is_file():
+        raise UnofluxError(f"{str(run_final)!r} has no {UNO_LORA_FILE}; give a reference-training run's final/ folder")
+    lora = {k: v.to(torch.float16) for k, v in load_file(str(source)).items()}
+    path = write_safetensors(lora, model_dir / UNO_LORA_FILE)
+    config = yaml.safe_load((run_final / "config.yaml").read_text())
+    defaults_path = model_dir / MODEL_DEFAULTS_FILE
+    defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
+    defaults.update(lora=UNO_LORA_FILE, reference_long_side={"one": config["reference_long_side_single"],
+                                                                "several": config["reference_long_side_multi"]})
+    defaults_path.write_text(json.dumps(defaults) + "\n")
+    shutil.copy(run_final / "config.yaml", model_dir / "lora_config.yaml")
+    if (run_final / "command.txt").is_file():
+        shutil.copy(run_final / "command.txt", model_dir / "lora_command.txt")
+    if notes:
+        (model_dir / "lora_training.json").write_text(json.dumps(notes, indent=2) + "\n")
+    return path.stat().st_size

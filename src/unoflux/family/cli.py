@@ -1,4 +1,5 @@
-"""``unoflux family build``: tokenizers, text encoders and VAE of the small model family (resumable)."""
+"""``unoflux family build|export|ship-lora``: the small model family (resumable build), its fp16 export, and
+shipping a Stage I/II LoRA inside it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ def register(subparsers) -> None:
     e.add_argument("target", type=Path, help="where to write it (src/unoflux/embedded/uno-world ships)")
     e.add_argument("--notes", type=Path, help="a JSON file stored beside it as training.json (metrics, commands)")
     e.set_defaults(func=cmd_export)
+    a = sub.add_parser("ship-lora", help="ship a Stage I/II run's LoRA inside a model folder (loaded by default)")
+    a.add_argument("run", type=Path, help="a reference-training run's final/ folder (dit_lora.safetensors, config.yaml)")
+    a.add_argument("target", type=Path, help="the model folder (src/unoflux/embedded/uno-world ships)")
+    a.add_argument("--notes", type=Path, help="a JSON file stored beside it as lora_training.json (metrics, commands)")
+    a.set_defaults(func=cmd_ship_lora)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -34,12 +40,24 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_notes(path: Path | None) -> dict | None:
+    notes = json.loads(path.read_text()) if path else None
+    if notes and "summary" in notes:  # an evaluation report: keep its settings and scores, not every item
+        notes = {k: notes[k] for k in ("settings", "summary") if k in notes}
+    return notes
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .build import export_fp16
 
-    notes = json.loads(args.notes.read_text()) if args.notes else None
-    if notes and "summary" in notes:  # an evaluation report: keep its settings and scores, not every item
-        notes = {k: notes[k] for k in ("settings", "summary") if k in notes}
-    size = export_fp16(args.source, args.target, notes)
+    size = export_fp16(args.source, args.target, _read_notes(args.notes))
     print(f"{args.target}: {size / 2**20:.1f} MiB")
+    return 0
+
+
+def cmd_ship_lora(args: argparse.Namespace) -> int:
+    from .build import ship_lora
+
+    size = ship_lora(args.run, args.target, _read_notes(args.notes))
+    print(f"{args.target / 'dit_lora.safetensors'}: {size / 2**20:.2f} MiB")
     return 0

@@ -43,6 +43,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm import tqdm
 
 from .. import flow
+from ..checkpoints.lora import UNO_LORA_FILE
 from ..conditioning import grid_position_ids, pack_latents, sequence_position_ids
 from ..errors import UnofluxError
 from .config import TrainConfig
@@ -53,8 +54,18 @@ from .data import (
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "train_state.json"  # written last inside a checkpoint: its presence marks a complete one
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name, what load_lora_weights looks for
-UNO_LORA_FILE = "dit_lora.safetensors"  # UNO's name for its XLabs-layout LoRA
 QKV_GROUPS = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"))
+
+
+def _forget_shipped_lora(model_dir: Path) -> None:
+    from ..checkpoints.specs import MODEL_DEFAULTS_FILE
+
+    path = model_dir / MODEL_DEFAULTS_FILE
+    if path.is_file():
+        defaults = json.loads(path.read_text())
+        if defaults.pop("lora", None) is not None:
+            defaults.pop("reference_long_side", None)
+            path.write_text(json.dumps(defaults) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- LoRA
@@ -322,7 +333,9 @@ class Trainer:
         # Frozen weights (text encoders; the base under a LoRA) may live in bf16; trained ones stay fp32 (the
         # optimizer's master copy) and autocast runs the forward in bf16. The VAE is fp32 as in inference.
         frozen_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
-        pipe = load_pipeline(ModelPaths(model=cfg.model), device=device, dtype=frozen_dtype, use_environment=False)
+        # The base alone: a LoRA the model folder ships (the embedded model's) is not what we train from.
+        pipe = load_pipeline(ModelPaths(model=cfg.model), device=device, dtype=frozen_dtype, use_environment=False,
+                             model_lora=False)
         pipe.set_progress_bar_config(disable=True)
         for frozen in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
             frozen.requires_grad_(False).eval()
@@ -547,8 +560,10 @@ class Trainer:
                                                 safe_serialization=True)  # fmt: skip
                     self._save_uno_lora(lora, model, tmp / UNO_LORA_FILE)
                 else:  # the base folder with the new transformer; frozen components are copied as they were
+                    shipped_lora = ["transformer", UNO_LORA_FILE, "lora_config.yaml", "lora_command.txt", "lora_training.json"]
                     shutil.copytree(self._model_dir(), tmp, dirs_exist_ok=True,
-                                    ignore=lambda folder, names: ["transformer"] if Path(folder) == self._model_dir() else [])
+                                    ignore=lambda folder, names: shipped_lora if Path(folder) == self._model_dir() else [])
+                    _forget_shipped_lora(tmp)  # a LoRA the base folder shipped does not fit the new transformer
                     model.save_pretrained(str(tmp / "transformer"), safe_serialization=True)
             finally:
                 if self.ema is not None:

@@ -341,6 +341,19 @@ def subject_fidelity(image: np.ndarray, mask: np.ndarray, identity: Identity) ->
     return appearance_similarity(image.astype(np.float32), mask, ref_rgb, ref_mask)
 
 
+def identity_match(image: Image.Image | np.ndarray, background: str, box: tuple[int, int, int, int],
+                   identity: Identity, distractors: tuple[Identity, ...]) -> tuple[float, list[float]]:
+    """Fidelity of the subject found at `box` to `identity` and to each same-look distractor.
+
+    The subject shows *this* identity (not just its look) when the first beats all the others: a
+    caption-only model wins that by chance, 1 in len(distractors) + 1.
+    """
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)[..., :3]
+    mask = _mask_in_box(pixels, background, box)
+    return (subject_fidelity(pixels, mask, identity),
+            [subject_fidelity(pixels, mask, other) for other in distractors])
+
+
 # ----------------------------------------------------------------------------------------- checks
 @dataclass(frozen=True)
 class _Found:
@@ -433,4 +446,4 @@ def check(image: Image.Image, spec: SceneSpec | TwoPanelSpec, with_fidelity: boo
 
 __all__ = ["SubjectVerdict", "SceneVerdict", "TwoPanelVerdict", "check", "check_scene", "check_two_panel",
            "classify_background", "segment_subjects", "classify_colour", "classify_shape", "classify_pattern",
-           "subject_fidelity", "appearance_similarity", "BACKGROUND_DISTANCE"]
+           "subject_fidelity", "identity_match", "appearance_similarity", "BACKGROUND_DISTANCE"]

@@ -1,7 +1,7 @@
 """The fixed held-out evaluation set, built only from held-out identities with fixed seeds.
 
 - `heldout_prompts()`: 256 text-to-image prompts (160 single-subject, 48 multi-subject, 48 two-panel).
-- `heldout_subject_pairs()`: 80 subject-driven cases (64 single-reference, 16 two-reference):
+- `heldout_subject_pairs()`: 400 subject-driven cases (200 single-reference, 200 two-reference):
   reference identities, whose reference shots a model is given, plus a target scene and caption.
 Nothing here depends on anything but this file and the world's vocabulary, so the set never moves.
 """
@@ -20,7 +20,7 @@ from .subjects import Identity, heldout_identities
 
 _SEED = 20_240_601
 SINGLE_COUNT, MULTI_COUNT, TWO_PANEL_COUNT = 160, 48, 48
-PAIR_COUNT, MULTI_PAIR_COUNT = 64, 16
+PAIR_COUNT, MULTI_PAIR_COUNT = 200, 200
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ def heldout_subject_pairs() -> tuple[SubjectPair, ...]:
         target = sample_scene(rng, [identities[i % len(identities)]])
         pairs.append(SubjectPair(f"pair-{i:03d}", (target.subjects[0].identity,), target,
                                  caption(target, _SEED + 3000 + i), 3000 + i))
+    rng = np.random.default_rng(_SEED + 2)  # its own stream: either count can change without moving the other
     for i in range(MULTI_PAIR_COUNT):
         chosen = distinct_looks(rng, 2, _heldout_source(identities))
         target = sample_scene(rng, chosen)

@@ -229,6 +229,17 @@ def heldout_identities() -> tuple[Identity, ...]:
     return tuple(result)
 
 
+# Same-look stand-ins for subject-fidelity scoring live far above the evaluation identities (still held out).
+_DISTRACTOR_SEED_START = HELDOUT_SEED_START + 100_000_000
+
+
+def same_look_distractors(identity: Identity, count: int) -> tuple[Identity, ...]:
+    """`count` other identities with exactly `identity`'s look (shape, colour, pattern): what a model that
+    follows only the caption would draw. Fixed per identity, never trained on."""
+    base = _DISTRACTOR_SEED_START + (identity.seed % 1_000_000) * 64
+    return tuple(make_identity(base + k, *identity.look) for k in range(count))
+
+
 def heldout_seeds() -> frozenset[int]:
     return frozenset(range(HELDOUT_SEED_START, HELDOUT_SEED_START + HELDOUT_COUNT))
 

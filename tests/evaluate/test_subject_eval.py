@@ -1,0 +1,77 @@
+"""Subject-driven evaluation: the identity judgement is exact on renders, at chance for a look-alike, and
+copy-paste is caught; the whole loop writes its report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unoflux.evaluate.subject import SubjectEvalSettings, evaluate_subject_driven, judge_case, summarize_subject
+from unoflux.world.backgrounds import paint_background
+from unoflux.world.heldout import heldout_subject_pairs
+from unoflux.world.render import render_reference, render_scene
+from unoflux.world.specs import SceneSpec, SubjectSpec
+from unoflux.world.subjects import heldout_seeds, make_identity, same_look_distractors
+
+
+def _cases(one: int, two: int):
+    pairs = heldout_subject_pairs()
+    return [p for p in pairs if len(p.references) == 1][:one] + [p for p in pairs if len(p.references) == 2][:two]
+
+
+def test_heldout_subject_cases_are_fixed_and_held_out():
+    pairs = heldout_subject_pairs()
+    assert sum(len(p.references) == 1 for p in pairs) == 200 and sum(len(p.references) == 2 for p in pairs) == 200
+    assert all(r.seed in heldout_seeds() for p in pairs for r in p.references)
+    assert all(tuple(s.identity for s in p.target.subjects) == p.references for p in pairs)
+    assert len({p.id for p in pairs}) == 400 and len({p.seed for p in pairs}) == 400
+
+
+def test_distractors_share_the_look_but_not_the_identity():
+    identity = heldout_subject_pairs()[0].references[0]
+    distractors = same_look_distractors(identity, 7)
+    assert all(d.look == identity.look and d != identity for d in distractors)
+    assert len(set(distractors)) == 7 and all(d.is_heldout for d in distractors)
+    assert same_look_distractors(identity, 7) == distractors
+
+
+def test_identity_match_on_renders_and_on_look_alikes():
+    cases = _cases(16, 8)
+    true = summarize_subject([judge_case(render_scene(p.target, 64).image, p) for p in cases])
+    assert true["identity_match"] >= 95 and true["all_recognisable"] == 100 and true["copy_paste"] == 0
+
+    def look_alike(spec: SceneSpec) -> SceneSpec:  # same look, placement and size; another identity
+        subjects = tuple(SubjectSpec(make_identity(s.identity.seed + 777_000, *s.identity.look), s.placement, s.size)
+                         for s in spec.subjects)  # fmt: skip
+        return SceneSpec(spec.background, subjects, spec.seed)
+
+    other = summarize_subject([judge_case(render_scene(look_alike(p.target), 64).image, p) for p in cases])
+    assert other["all_recognisable"] >= 95  # the look is right...
+    assert other["identity_match"] <= 30  # ...the identity is not: about 1 in 8 by chance
+    assert other["fidelity_margin"] < true["fidelity_margin"] - 0.05
+
+
+def test_copy_paste_is_the_reference_shot_in_the_scene():
+    pair = _cases(1, 0)[0]
+    reference = render_reference(pair.references[0], 64)
+    background = paint_background(pair.target.background, 64, 64, np.random.default_rng(pair.target.seed))
+    pasted = Image.composite(reference.image, background.convert("RGB"),
+                             Image.fromarray(reference.subjects[0].mask.astype(np.uint8) * 255))  # fmt: skip
+    assert judge_case(pasted, pair).copy_paste
+    assert not judge_case(render_scene(pair.target, 64).image, pair).copy_paste
+
+
+@pytest.mark.parametrize("with_references", [True, False])
+def test_evaluation_writes_report_images_and_sheet(tmp_path, tiny_pipe, with_references):
+    tiny_pipe.set_progress_bar_config(disable=True)
+    settings = SubjectEvalSettings(size=32, steps=2, limit=1, with_references=with_references)
+    summary = evaluate_subject_driven(tiny_pipe, tmp_path, settings)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert summary["cases"] == 2 and summary["by_kind"]["one"]["cases"] == 1 and summary["by_kind"]["two"]["cases"] == 1
+    assert report["settings"]["with_references"] is with_references
+    assert [item["id"] for item in report["items"]] == ["pair-000", "multi-pair-000"]
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["multi-pair-000.png", "pair-000.png"]
+    assert Image.open(tmp_path / "contact_sheet.png").width == 4 * 128 * 3
