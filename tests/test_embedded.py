@@ -1,4 +1,5 @@
-"""The shipped embedded model: picked up with no model flags, FLUX-shaped, small, and it follows text."""
+"""The shipped embedded model: picked up with no model flags, FLUX-shaped, small, it follows text, and its UNO
+LoRA (shipped inside it, loaded by default) takes subjects from references."""
 
 from __future__ import annotations
 
@@ -48,3 +49,41 @@ def test_generate_cli_defaults_to_the_models_native_size(tmp_path, monkeypatch):
     settings = read_settings(out)
     assert (settings["width"], settings["height"]) == (64, 64) and settings["model"] == {
         "model": "embedded", "dtype": "float32", "weights_dtype": None}  # fmt: skip
+
+
+def test_embedded_model_ships_its_uno_lora_with_provenance(embedded):
+    defaults = model_defaults(EMBEDDED_MODEL_DIR)
+    assert defaults["lora"] == "dit_lora.safetensors" and (EMBEDDED_MODEL_DIR / "dit_lora.safetensors").is_file()
+    for name in ("lora_config.yaml", "lora_command.txt", "lora_training.json"):
+        assert (EMBEDDED_MODEL_DIR / name).is_file(), name
+    assert embedded.reference_long_sides == (64, 48)
+    assert json.loads((EMBEDDED_MODEL_DIR / "lora_training.json").read_text())["summary"]["cases"] == 400
+    base = load_pipeline(ModelPaths(), device="cpu", use_environment=False, model_lora=False)
+    prompt = dict(prompt="a large red star in the center on a sunny beach", width=64, height=64,
+                  num_inference_steps=2, seed=0, output_type="latent")  # fmt: skip
+    assert not torch.allclose(embedded(**prompt).images, base(**prompt).images, atol=1e-3)
+
+
+def test_bundled_examples_are_the_held_out_reference_shots(tmp_path):
+    from unoflux.demo import EXAMPLES_DIR, write_examples
+
+    written = write_examples(tmp_path)
+    assert len(written) == 3
+    for path in [*written, tmp_path / "examples.json"]:
+        assert path.read_bytes() == (EXAMPLES_DIR / path.name).read_bytes(), path.name
+
+
+def test_references_decide_the_colour_when_the_caption_does_not(embedded):
+    """Captions that name no looks: the subject's colour can only come from the reference (12 held-out cases)."""
+    from unoflux.evaluate.subject import judge_case, reference_shots
+    from unoflux.world.captions import caption_scene
+    from unoflux.world.heldout import heldout_subject_pairs
+
+    hits = {True: 0, False: 0}
+    for pair in [p for p in heldout_subject_pairs() if len(p.references) == 1][:12]:
+        prompt = caption_scene(pair.target, pair.seed, name_looks=False)
+        for with_reference in (True, False):
+            refs = reference_shots(pair, 64) if with_reference else None
+            image = embedded(prompt, refs, width=64, height=64, seed=pair.seed).images[0]
+            hits[with_reference] += judge_case(image, pair).verdict.subjects[0].colour_ok
+    assert hits[True] >= 4 and hits[True] >= hits[False] + 2, hits

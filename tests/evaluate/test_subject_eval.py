@@ -11,6 +11,7 @@ from PIL import Image
 
 from unoflux.evaluate.subject import SubjectEvalSettings, evaluate_subject_driven, judge_case, summarize_subject
 from unoflux.world.backgrounds import paint_background
+from unoflux.world.captions import caption_scene
 from unoflux.world.heldout import heldout_subject_pairs
 from unoflux.world.render import render_reference, render_scene
 from unoflux.world.specs import SceneSpec, SubjectSpec
@@ -75,3 +76,39 @@ def test_evaluation_writes_report_images_and_sheet(tmp_path, tiny_pipe, with_ref
     assert [item["id"] for item in report["items"]] == ["pair-000", "multi-pair-000"]
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["multi-pair-000.png", "pair-000.png"]
     assert Image.open(tmp_path / "contact_sheet.png").width == 4 * 128 * 3
+
+
+class _Output:
+    def __init__(self, image):
+        self.images = [image]
+
+
+class SubjectOracle:
+    """Stands in for a perfect subject-driven model: renders the case's own scene from its references."""
+
+    def __init__(self):
+        self.by_caption = {p.caption: p for p in heldout_subject_pairs()}
+        self.by_caption |= {caption_scene(p.target, p.seed, name_looks=False): p for p in heldout_subject_pairs()}
+        self.prompts = []
+
+    def __call__(self, prompt, references, width, height, position_mode, **_):
+        pair = self.by_caption[prompt]
+        self.prompts.append(prompt)
+        assert [r.size for r in references] == [(width, width)] * len(pair.references) and position_mode == "diagonal"
+        return _Output(render_scene(pair.target, width).image)
+
+
+def test_a_perfect_subject_model_scores_full_marks(tmp_path):
+    summary = evaluate_subject_driven(SubjectOracle(), tmp_path, SubjectEvalSettings(size=64, limit=4))
+    assert summary["cases"] == 8 and summary["identity_match"] >= 90
+    assert summary["background"] == summary["placement"] == summary["all_recognisable"] == 100.0
+    assert summary["by_kind"]["one"]["copy_paste"] == 0.0
+
+
+def test_look_free_captions_leave_the_look_to_the_references(tmp_path):
+    oracle = SubjectOracle()
+    settings = SubjectEvalSettings(size=64, limit=2, look_free_captions=True)
+    summary = evaluate_subject_driven(oracle, tmp_path, settings)
+    assert summary["all_recognisable"] == 100.0 and len(oracle.prompts) == 4
+    for prompt, pair in zip(oracle.prompts, _cases(2, 2)):
+        assert prompt != pair.caption and not any(r.colour in prompt for r in pair.references)

@@ -74,7 +74,7 @@ def test_world_multi_pairs_group_by_bucket_and_reference_sizes(multi_pairs_data,
     assert len(samples) == 8 and {len(s.references) for s in samples} <= {2, 3}
     dataset = PairedDataset(samples, [(32, 32)], long_side)
     assert set(dataset.group_of) <= {(0, ((16, 16),) * 2), (0, ((16, 16),) * 3)}
-    pixels, caption, refs = dataset[0]
+    pixels, caption, refs, _ = dataset[0]
     assert pixels.shape == (3, 32, 32) and all(r.size == (16, 16) for r in refs)
     expected = preprocess_reference(Image.open(samples[0].references[0]).convert("RGB"), 16)
     assert refs[0].tobytes() == expected.tobytes()  # the pipeline's resize, nothing else
@@ -84,7 +84,7 @@ def test_world_multi_pairs_group_by_bucket_and_reference_sizes(multi_pairs_data,
 def test_reference_loss_is_finite_sliced_to_the_target_and_depends_on_the_reference(tiny_config, pairs_data):
     trainer = Trainer(paired_config(tiny_config, pairs_data, batch_size=2), [])
     assert trainer.references
-    pixels, captions, refs = next(iter(trainer.data))
+    pixels, captions, refs, _ = next(iter(trainer.data))
     assert pixels.shape == (2, 3, 32, 32) and [len(r) for r in refs] == [1, 1]
 
     seen = {}
@@ -131,7 +131,7 @@ def test_position_mode_sets_the_reference_ids(tiny_config, multi_pairs_data):
 def test_batches_share_reference_sizes_and_a_run_trains(tiny_config, multi_pairs_data):
     config = paired_config(tiny_config, multi_pairs_data, batch_size=2, max_steps=2, position_mode="width")
     trainer = Trainer(config, [])
-    for _, _, refs in itertools.islice(iter(trainer.data), 6):
+    for _, _, refs, _ in itertools.islice(iter(trainer.data), 6):
         assert len({tuple(r.size for r in sample) for sample in refs}) == 1
     final = trainer.train()
     losses = [float(line.split(",")[1]) for line in (final.parent / "log.csv").read_text().splitlines()[1:]]
@@ -185,6 +185,19 @@ def test_stage1_exports_uno_lora_and_stage2_starts_from_it(tiny_config, pairs_da
     stage2.train()
     with pytest.raises(UnofluxError, match="use the same lora.rank"):
         Trainer(paired_config(tiny_config, pairs_data, lora={**lora, "rank": 2}, init_lora=str(xlabs_path)), [])
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_look_free_captions_replace_captions_at_their_rate(tiny_config, pairs_data, rate):
+    trainer = Trainer(paired_config(tiny_config, pairs_data, batch_size=2, text_dropout=0.0,
+                                    look_free_captions=rate), [])  # fmt: skip
+    pixels, captions, refs, without_looks = next(iter(trainer.data))
+    assert all(w and w != c for c, w in zip(captions, without_looks))
+    prompts = []
+    encode_prompt = trainer.pipe.encode_prompt
+    trainer.pipe.encode_prompt = lambda **kw: prompts.append(kw["prompt"]) or encode_prompt(**kw)
+    trainer.loss(pixels, captions, step_generator(1, 0, 0, 0), refs, without_looks)
+    assert prompts == [without_looks if rate == 1.0 else captions]
 
 
 def randomized_lora_transformer(tiny_config, **lora):

@@ -113,7 +113,7 @@ def test_shipped_stage_configs_are_valid():
     import yaml
 
     root = Path(__file__).resolve().parents[2] / "configs"
-    files = sorted(root.glob("stage*.yaml"))
+    files = sorted(root.glob("stage*.yaml")) + sorted(root.glob("experiments/stage*.yaml"))
     assert {f.name for f in files} >= {"stage1_world.yaml", "stage2_world.yaml", "stage1_flux_dev.yaml"}
     for path in files:
         values = yaml.safe_load(path.read_text())

@@ -28,6 +28,7 @@ def test_every_kind_builds_complete_records(tmp_path, kind):
         if kind.endswith("pairs"):
             assert len(record["references"]) == len(record["subjects"])
             assert all((tmp_path / r["image"]).is_file() for r in record["references"])
+            assert record["caption_without_looks"] and record["caption_without_looks"] != record["caption"]
 
 
 def test_build_is_byte_deterministic(tmp_path):

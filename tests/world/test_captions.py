@@ -38,3 +38,18 @@ def test_two_panel_caption_in_context_style():
     text = caption_two_panel(spec, 0)
     assert "same" in text and "blue" in text and "heart" in text
     assert ("on the left," in text and "on the right," in text) or ("left panel" in text and "right panel" in text)
+
+
+def test_captions_without_looks_keep_size_place_and_background_only():
+    from unoflux.world.captions import PATTERN_WORDS, SHAPE_WORDS
+    from unoflux.world.vocab import COLOURS
+
+    rng = np.random.default_rng(4)
+    look_words = set(COLOURS) | {w for ws in (*SHAPE_WORDS.values(), *PATTERN_WORDS.values()) for w in ws if w}
+    for seed in range(30):
+        spec = sample_scene(rng, distinct_looks(rng, 1 + seed % 3))
+        text = caption_scene(spec, seed, name_looks=False).lower()
+        assert not look_words & set(text.replace(",", " ").replace(".", " ").replace(":", " ").split()), text
+        for s in spec.subjects:
+            assert any(w in text for w in SIZE_WORDS[s.size]) and any(w in text for w in PLACEMENT_WORDS[s.placement])
+        assert any(w.lower() in text for w in BACKGROUND_WORDS[spec.background])

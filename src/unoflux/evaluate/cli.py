@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     subj.add_argument("--position-mode", choices=("diagonal", "height", "width", "none"), default="diagonal",
                       help="UnoPE at inference: the mode the LoRA was trained with")
     subj.add_argument("--caption-only", action="store_true", help="give the model no references: the floor")
+    subj.add_argument("--look-free-captions", action="store_true",
+                      help="captions without looks: colour and shape can only come from the references")
     subj.add_argument("--limit", type=int, help="only the first N cases of each kind")
     add_model_args(subj)
     subj.set_defaults(func=cmd_world_subject)
@@ -53,7 +55,7 @@ def cmd_world_subject(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     settings = SubjectEvalSettings(size=args.size, steps=args.steps, guidance=args.guidance,
                                    position_mode=args.position_mode, with_references=not args.caption_only,
-                                   limit=args.limit)  # fmt: skip
+                                   limit=args.limit, look_free_captions=args.look_free_captions)  # fmt: skip
     print_subject_summary(evaluate_subject_driven(pipe, args.out, settings))
     print(f"report: {args.out / 'report.json'}")
     return 0

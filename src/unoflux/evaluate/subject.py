@@ -2,7 +2,9 @@
 cases with fixed seeds, judged by the world's checker.
 
 Per case the model gets the reference shots (the identities alone, as in training) and the target
-caption, or only the caption (``with_references=False``: the caption-only floor). Scores:
+caption, or only the caption (``with_references=False``: the caption-only floor). With
+``look_free_captions`` the caption names sizes, places and background but no looks ("a small figure on the
+left in the snow"): colour and shape can then only come from the references (chance: 1 in 8). Scores:
 
 - text control, as in text-to-image: background, placement, size, colour, shape, pattern;
 - ``identity_match``: the subject is found and resembles its own identity more than each of
@@ -28,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..images import save_json, save_png
+from ..world.captions import caption_scene
 from ..world.checker import SceneVerdict, check_scene, identity_match
 from ..world.heldout import SubjectPair, heldout_subject_pairs
 from ..world.render import render_reference
@@ -48,6 +51,7 @@ class SubjectEvalSettings:
     with_references: bool = True  # False: the caption-only floor
     limit: int | None = None  # only the first N cases of each kind (quick looks)
     distractors: int = 7
+    look_free_captions: bool = False  # captions without looks: the look must come from the references
 
 
 @dataclass(frozen=True)
@@ -134,16 +138,17 @@ def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings =
     results, shown = [], []
     for pair in tqdm(pairs, desc="held-out subject cases"):
         references = reference_shots(pair, settings.size) if settings.with_references else None
-        output = pipe(pair.caption, references, width=settings.size, height=settings.size,
+        prompt = caption_scene(pair.target, pair.seed, name_looks=False) if settings.look_free_captions else pair.caption
+        output = pipe(prompt, references, width=settings.size, height=settings.size,
                       num_inference_steps=settings.steps, guidance_scale=settings.guidance, seed=pair.seed,
                       position_mode=settings.position_mode)  # fmt: skip
         image = output.images[0]
         result = judge_case(image, pair, settings.distractors)
         results.append(result)
         save_png(image, out_dir / "images" / f"{pair.id}.png",
-                 {"prompt": pair.caption, "seed": pair.seed, **result.to_dict()})  # fmt: skip
+                 {"prompt": prompt, "seed": pair.seed, **result.to_dict()})  # fmt: skip
         if len(shown) < 24 and (len(pair.references) > 1 or len(shown) < 12):
-            shown.append((pair.caption, _side_by_side(references or [], image)))
+            shown.append((prompt, _side_by_side(references or [], image)))
     summary = summarize_subject(results)
     save_json({"settings": asdict(settings), "summary": summary, "items": [r.to_dict() for r in results]},
               out_dir / "report.json")  # fmt: skip

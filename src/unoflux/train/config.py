@@ -171,6 +171,9 @@ class TrainConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     text_dropout: float = 0.1  # probability of training on the empty prompt (UNO: 0.1)
+    # With references: probability of training on a world record's caption without looks ("a small figure on
+    # the left in the snow"), so the subject's look must be read from its reference (0 = UNO's captions only).
+    look_free_captions: float = 0.0
     max_sequence_length: int | None = None  # T5 tokens; None = the model's own (as the pipeline pads)
     mode: str = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -235,6 +238,8 @@ class TrainConfig:
             raise UnofluxError(f"mode {self.mode!r} is not one of: {', '.join(MODES)}")
         if not 0 <= self.text_dropout <= 1:
             raise UnofluxError(f"text_dropout {self.text_dropout!r} must be a probability in [0, 1]")
+        if not 0 <= self.look_free_captions <= 1:
+            raise UnofluxError(f"look_free_captions {self.look_free_captions!r} must be a probability in [0, 1]")
         if self.resolution % 16:
             raise UnofluxError(f"resolution {self.resolution!r} must be a multiple of 16")
         if self.buckets is not None:

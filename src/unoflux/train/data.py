@@ -40,6 +40,7 @@ class Sample:
     height: int
     references: tuple[Path, ...] = ()  # paired data: the reference images, in order
     reference_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) of each reference after UNO's resize
+    caption_without_looks: str | None = None  # world pairs: the scene with its subjects' looks left unsaid
 
 
 class BadRecordWarning(UserWarning):
@@ -132,7 +133,8 @@ def image_size(path: Path) -> tuple[int, int]:
     return (size[1], size[0]) if rotated else size
 
 
-def _paired_sample(base: Path, target, caption, references, long_side: Callable[[int], int]) -> Sample:
+def _paired_sample(base: Path, target, caption, references, long_side: Callable[[int], int],
+                   caption_without_looks=None) -> Sample:
     """One validated paired sample (paths relative to ``base``); ``ValueError`` says what is wrong."""
     if not isinstance(target, str) or not target:
         raise ValueError(f"the target image path {target!r} is not a string")
@@ -151,11 +153,14 @@ def _paired_sample(base: Path, target, caption, references, long_side: Callable[
             sizes.append(reference_size(ref_w, ref_h, side))
         except ValueError as err:  # too elongated for the long side
             raise ValueError(f"reference {ref!r}: {err}") from None
-    return Sample(base / target, caption, width, height, tuple(base / r for r in references), tuple(sizes))
+    if caption_without_looks is not None and not isinstance(caption_without_looks, str):
+        raise ValueError(f"the caption without looks {caption_without_looks!r} is not a string")
+    return Sample(base / target, caption, width, height, tuple(base / r for r in references), tuple(sizes),
+                  caption_without_looks)
 
 
-def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, object, object]]:
-    """(source, index, base folder, target, caption, references) of every record; the index counts records
+def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, object, object, object]]:
+    """(source, index, base folder, target, caption, references, caption without looks) of every record; the index counts records
     from 0 (list position in a JSON, non-empty line in a manifest). Malformed records come as ``None``s."""
     if is_uno_json(entry):
         path = Path(entry)
@@ -169,10 +174,10 @@ def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, ob
             raise UnofluxError(f"UNO training JSON {entry!r} must hold a list of records")
         for index, record in enumerate(records):
             if not isinstance(record, dict):
-                yield str(path), index, path.parent, None, None, None
+                yield str(path), index, path.parent, None, None, None, None
                 continue
             refs = record.get("image_paths", [record["image_path"]] if "image_path" in record else None)
-            yield str(path), index, path.parent, record.get("image_tgt_path"), record.get("prompt"), refs
+            yield str(path), index, path.parent, record.get("image_tgt_path"), record.get("prompt"), refs, None
         return
     manifest = Path(entry) / "manifest.jsonl"
     if not manifest.is_file():
@@ -185,12 +190,13 @@ def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, ob
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict):
-            yield str(manifest), index, Path(entry), None, None, None
+            yield str(manifest), index, Path(entry), None, None, None, None
             continue
         refs = record.get("references")
         if isinstance(refs, list):  # world records: [{"image": path, "caption": ..., "box": ...}, ...]
             refs = [r.get("image") if isinstance(r, dict) else r for r in refs]
-        yield str(manifest), index, Path(entry), record.get("image"), record.get("caption"), refs
+        yield (str(manifest), index, Path(entry), record.get("image"), record.get("caption"), refs,
+               record.get("caption_without_looks"))
 
 
 def read_paired_samples(entries: list[str], long_side: Callable[[int], int]) -> list[Sample]:
@@ -203,11 +209,11 @@ def read_paired_samples(entries: list[str], long_side: Callable[[int], int]) -> 
     """
     samples, bad = [], 0
     for entry in entries:
-        for source, index, base, target, caption, refs in _raw_paired_records(entry):
+        for source, index, base, target, caption, refs, without_looks in _raw_paired_records(entry):
             try:
                 if target is None and caption is None and refs is None:
                     raise ValueError("it is not a JSON object")
-                samples.append(_paired_sample(base, target, caption, refs, long_side))
+                samples.append(_paired_sample(base, target, caption, refs, long_side, without_looks))
             except ValueError as err:
                 bad += 1
                 if bad <= MAX_REPORTED_BAD_RECORDS:
@@ -258,7 +264,8 @@ class BucketDataset(torch.utils.data.Dataset):
 
 
 class PairedDataset(BucketDataset):
-    """Paired samples; item ``i`` is ``(target pixels (3, H, W) in [-1, 1], caption, [reference PIL images])``.
+    """Paired samples; item ``i`` is ``(target pixels (3, H, W) in [-1, 1], caption, [reference PIL images],
+    caption without looks or None)``.
 
     References are opened as the pipeline opens them (``images.load_image``) and resized with
     ``conditioning.preprocess_reference`` at UNO's long side for their count; the trainer encodes them with
@@ -270,12 +277,12 @@ class PairedDataset(BucketDataset):
         self.long_side = long_side
         self.group_of = [(b, s.reference_sizes) for b, s in zip(self.bucket_of, samples)]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, list[Image.Image]]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, list[Image.Image], str | None]:
         pixels, caption = super().__getitem__(i)
         sample = self.samples[i]
         side = self.long_side(len(sample.references))
         references = [preprocess_reference(load_image(p, what="reference image"), side) for p in sample.references]
-        return pixels, caption, references
+        return pixels, caption, references, sample.caption_without_looks
 
 
 def epoch_batches(group_of: list, global_batch: int, seed: int, epoch: int) -> list[list[int]]:
@@ -290,12 +297,13 @@ def epoch_batches(group_of: list, global_batch: int, seed: int, epoch: int) -> l
 
 
 def collate(items: list[tuple]) -> tuple:
-    """(pixels (B, 3, H, W), captions) or, for paired items, (pixels, captions, per-sample reference lists)."""
+    """(pixels (B, 3, H, W), captions) or, for paired items, (pixels, captions, per-sample reference lists,
+    per-sample captions without looks)."""
     pixels = torch.stack([item[0] for item in items])
     captions = [item[1] for item in items]
     if len(items[0]) == 2:
         return pixels, captions
-    return pixels, captions, [item[2] for item in items]
+    return pixels, captions, [item[2] for item in items], [item[3] for item in items]
 
 
 class TrainData:

@@ -374,10 +374,15 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------- step
     @torch.no_grad()
-    def encode(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator):
-        """Packed clean latents (B, N, 64), their ids, and text embeddings with text dropout applied."""
+    def encode(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator,
+               captions_without_looks: list[str | None] | None = None):
+        """Packed clean latents (B, N, 64), their ids, and text embeddings with text dropout applied (and, with
+        ``look_free_captions``, some captions swapped for their look-free variants)."""
         pipe, device = self.pipe, self.accelerator.device
         drop = torch.rand(len(captions), generator=gen) < self.config.text_dropout
+        if self.config.look_free_captions > 0 and captions_without_looks:  # no extra draw otherwise: runs stay as they were
+            swap = (torch.rand(len(captions), generator=gen) < self.config.look_free_captions).tolist()
+            captions = [alt if s and alt else c for c, alt, s in zip(captions, captions_without_looks, swap)]
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         latents = pipe.vae.encode(pixels.to(device, pipe.vae.dtype)).latent_dist.mode()  # (B, 16, H/8, W/8)
         latents = (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
@@ -418,10 +423,11 @@ class Trainer:
         return prediction[:, :n]
 
     def loss(
-        self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator, references: list[list] | None = None
+        self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator, references: list[list] | None = None,
+        captions_without_looks: list[str | None] | None = None,
     ) -> torch.Tensor:
         """Flow-matching MSE on the target tokens; ``references``: per sample, its preprocessed references."""
-        x_data, img_ids, prompt_embeds, pooled, text_ids = self.encode(pixels, captions, gen)
+        x_data, img_ids, prompt_embeds, pooled, text_ids = self.encode(pixels, captions, gen, captions_without_looks)
         b, n, _ = x_data.shape  # (B, N, 64)
         t = flow.sample_training_t(b, n, generator=gen, config=self.shift)  # true token count, as UNO trains
         noise = torch.randn(x_data.shape, generator=gen)
@@ -441,12 +447,12 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         total = 0.0
         for micro in range(cfg.gradient_accumulation):
-            pixels, captions, *rest = next(batches)  # paired batches carry a third item: the references
-            references = rest[0] if rest else None
+            pixels, captions, *rest = next(batches)  # paired batches also carry references, look-free captions
+            references, without_looks = rest if rest else (None, None)
             gen = step_generator(cfg.seed, self.step, micro, acc.process_index)
             last = micro == cfg.gradient_accumulation - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                loss = self.loss(pixels, captions, gen, references) / cfg.gradient_accumulation
+                loss = self.loss(pixels, captions, gen, references, without_looks) / cfg.gradient_accumulation
                 acc.backward(loss)
             total += loss.detach()
         if cfg.max_grad_norm is not None:

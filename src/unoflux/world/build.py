@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from .captions import caption
+from .captions import caption, caption_scene
 from .render import Rendered, render_reference, render_scene, render_two_panel
 from .sampling import distinct_looks, sample_scene, sample_two_panel
 from .subjects import Identity, heldout_seeds, training_identity
@@ -90,6 +90,7 @@ def make_record(config: BuildConfig, index: int, shard_dir: Path) -> dict:
             references.append({"image": rel + name, "caption": caption(subject.identity, caption_seed + k + 1),
                                "box": list(ref.subjects[0].box)})
         record["references"] = references
+        record["caption_without_looks"] = caption_scene(spec, caption_seed, name_looks=False)
     return record
 
 

@@ -2,7 +2,11 @@
 
 Variety comes from synonyms, several templates and word orders; every caption still names the
 look (size, colour, pattern, shape), placement and background, so the text fully determines
-what a checker verifies."""
+what a checker verifies.
+
+Scene captions also come *without looks* (``name_looks=False``): subjects are named by size and place
+only ("a small figure on the left in the snow"). Reference training mixes these in so that a subject's
+look has to come from its reference image, not from the caption."""
 
 from __future__ import annotations
 
@@ -40,19 +44,23 @@ SIZE_WORDS: dict[str, list[str]] = {
     "large": ["large", "big", "huge"],
 }
 COUNT_WORDS = {2: "two", 3: "three"}
+GENERIC_NOUNS = ["subject", "figure", "object", "thing"]
 
 
 class _Writer:
     """Draws wording choices from one seeded generator."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, name_looks: bool = True) -> None:
         self.rng = np.random.default_rng([seed, 11])
+        self.name_looks = name_looks
 
     def pick(self, options: list[str]) -> str:
         return options[int(self.rng.integers(len(options)))]
 
     def look(self, identity: Identity, size: str | None = None) -> str:
         words = [self.pick(SIZE_WORDS[size])] if size else []
+        if not self.name_looks:
+            return " ".join(words + [self.pick(GENERIC_NOUNS)])
         pattern = self.pick(PATTERN_WORDS[identity.pattern])
         words += [identity.colour, pattern, self.pick(SHAPE_WORDS[identity.shape])]
         return " ".join(w for w in words if w)
@@ -101,6 +109,8 @@ def _multi(w: _Writer, spec: SceneSpec) -> str:
     bg = w.pick(BACKGROUND_WORDS[spec.background])
     parts = [f"{_article(w.look(s.identity, s.size))} {w.pick(PLACEMENT_WORDS[s.placement])}" for s in subjects]
     listing = ", ".join(parts[:-1]) + " and " + parts[-1]
+    if not w.name_looks:  # without looks, subjects (and references) are meant in left-to-right order
+        return w.pick([f"{COUNT_WORDS[len(subjects)]} figures {bg}: {listing}", f"{_capitalise(bg)}, {listing}."])
     # One relation sentence: subjects are listed left to right, so the first is left of the second.
     a, b = subjects[0].identity, subjects[1].identity
     relation = w.pick([f"the {w.short_look(a)} is left of the {w.short_look(b)}",
@@ -113,8 +123,8 @@ def _multi(w: _Writer, spec: SceneSpec) -> str:
     ])
 
 
-def caption_scene(spec: SceneSpec, seed: int = 0) -> str:
-    w = _Writer(seed)
+def caption_scene(spec: SceneSpec, seed: int = 0, name_looks: bool = True) -> str:
+    w = _Writer(seed, name_looks)
     if len(spec.subjects) == 1:
         return _single(w, spec.subjects[0], spec.background)
     return _multi(w, spec)
