@@ -128,6 +128,16 @@ def test_a_model_folder_ships_its_lora_and_reference_sizes(tmp_path, diffusers_f
     replaced = load(lora=paths.lora)  # an explicit LoRA replaces the folder's
     assert not torch.allclose(latents_of(replaced), latents_of(shipped), atol=1e-4)
 
+    # "lora_for": "references": the folder's LoRA only runs when references are given
+    defaults = json.loads((folder / "unoflux.json").read_text())
+    (folder / "unoflux.json").write_text(json.dumps({**defaults, "lora_for": "references"}))
+    for_references = load()
+    assert torch.equal(latents_of(for_references), latents_of(base))
+    # ... and is on again for the next call with references
+    torch.testing.assert_close(latents_of(for_references, ref_images[:1]), latents_of(shipped, ref_images[:1]))
+    assert not torch.allclose(latents_of(for_references, ref_images[:1]), latents_of(base, ref_images[:1]), atol=1e-4)
+    assert not load(lora=paths.lora).lora_only_with_references  # an explicit LoRA always applies, as in UNO
+
 
 def test_diffusers_keyed_single_file_and_pickle(tmp_path, tiny_pipe):
     sd = tiny_pipe.transformer.state_dict()

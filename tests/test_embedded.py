@@ -59,9 +59,15 @@ def test_embedded_model_ships_its_uno_lora_with_provenance(embedded):
     assert embedded.reference_long_sides == (64, 48)
     assert json.loads((EMBEDDED_MODEL_DIR / "lora_training.json").read_text())["summary"]["cases"] == 400
     base = load_pipeline(ModelPaths(), device="cpu", use_environment=False, model_lora=False)
-    prompt = dict(prompt="a large red star in the center on a sunny beach", width=64, height=64,
+    base.set_progress_bar_config(disable=True)
+    prompt = dict(prompt="a large figure in the center on a sunny beach", width=64, height=64,
                   num_inference_steps=2, seed=0, output_type="latent")  # fmt: skip
-    assert not torch.allclose(embedded(**prompt).images, base(**prompt).images, atol=1e-3)
+    reference = [EMBEDDED_MODEL_DIR.parent.parent / "examples" / "orange_plain_square.png"]
+    assert not torch.allclose(embedded(reference_images=reference, **prompt).images,
+                              base(reference_images=reference, **prompt).images, atol=1e-3)  # fmt: skip
+    # "lora_for": "references": a text-only prompt runs the base (the LoRA expects a reference), as before
+    assert model_defaults(EMBEDDED_MODEL_DIR)["lora_for"] == "references"
+    assert torch.equal(embedded(**prompt).images, base(**prompt).images)
 
 
 def test_bundled_examples_are_the_held_out_reference_shots(tmp_path):

@@ -159,9 +159,37 @@ class UnoFluxPipeline(FluxPipeline):
         latents = latents.float() / self.vae.config.scaling_factor + self.vae.config.shift_factor
         return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
 
+    def _denoise(self, latents, ref_tokens, sigmas, guidance, pooled_embeds, prompt_embeds, text_ids, img_ids,
+                 n_target, callback_on_step_end):
+        """Euler steps from sigmas[0] to sigmas[-1] on the target tokens (references ride along unchanged)."""
+        batch, device, dtype = latents.shape[0], latents.device, latents.dtype
+        num_inference_steps = len(sigmas) - 1
+        with self.progress_bar(total=num_inference_steps) as progress:
+            for i, (t, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+                hidden = latents if ref_tokens is None else torch.cat([latents, ref_tokens], dim=1)
+                velocity = self.transformer(
+                    hidden_states=hidden,
+                    timestep=torch.full((batch,), t, device=device, dtype=dtype),
+                    guidance=guidance,
+                    pooled_projections=pooled_embeds,
+                    encoder_hidden_states=prompt_embeds,
+                    txt_ids=text_ids,
+                    img_ids=img_ids,
+                    return_dict=False,
+                )[0][:, :n_target]
+                latents = flow.euler_step(latents, velocity, t, t_next)
+                if callback_on_step_end is not None:
+                    latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
+                progress.update()
+        return latents
+
     # The reference long side when the caller gives none: (one reference, several). None = UNO's 512 / 320;
     # a model folder trained at other sizes declares its own in unoflux.json (set by load_pipeline).
     reference_long_sides: tuple[int, int] | None = None
+
+    # A model folder's own LoRA may be meant for reference-driven generation only (unoflux.json
+    # "lora_for": "references", set by load_pipeline): text-only calls then run the base without it.
+    lora_only_with_references: bool = False
 
     def default_reference_long_side(self, num_references: int) -> int:
         if self.reference_long_sides is None:
@@ -264,23 +292,15 @@ class UnoFluxPipeline(FluxPipeline):
         )
 
         # 4. Euler on the flow ODE; the transformer sees [text | target | refs] and we keep the target part.
-        with self.progress_bar(total=num_inference_steps) as progress:
-            for i, (t, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-                hidden = latents if ref_tokens is None else torch.cat([latents, ref_tokens], dim=1)
-                velocity = self.transformer(
-                    hidden_states=hidden,
-                    timestep=torch.full((batch,), t, device=device, dtype=dtype),
-                    guidance=guidance,
-                    pooled_projections=pooled_embeds,
-                    encoder_hidden_states=prompt_embeds,
-                    txt_ids=text_ids,
-                    img_ids=img_ids,
-                    return_dict=False,
-                )[0][:, :n_target]
-                latents = flow.euler_step(latents, velocity, t, t_next)
-                if callback_on_step_end is not None:
-                    latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
-                progress.update()
+        base_only = self.lora_only_with_references and ref_tokens is None
+        if base_only:
+            self.disable_lora()
+        try:
+            latents = self._denoise(latents, ref_tokens, sigmas, guidance, pooled_embeds, prompt_embeds, text_ids,
+                                    img_ids, n_target, callback_on_step_end)  # fmt: skip
+        finally:
+            if base_only:
+                self.enable_lora()
 
         if not torch.isfinite(latents).all():
             raise UnofluxError(

@@ -99,6 +99,6 @@ def test_a_corrupt_upload_shows_an_error_in_the_page(page, tmp_path):
 
 def test_an_example_fills_the_form(page, examples):
     two_references = next(e for e in json.loads((examples / "examples.json").read_text()) if len(e["references"]) == 2)
-    page.get_by_text(two_references["prompt"]).first.click()
+    page.get_by_text(two_references["prompt"][:40]).first.click()  # the examples table may shorten long prompts
     expect(page.locator("#prompt textarea")).to_have_value(two_references["prompt"])
     page.locator("#reference-2 img").wait_for()

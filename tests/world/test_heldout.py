@@ -18,7 +18,7 @@ def test_heldout_prompts_are_fixed_and_use_only_heldout_identities():
 
 def test_subject_pairs_reference_the_target_identities():
     pairs = heldout_subject_pairs()
-    assert len(pairs) == 80
+    assert len(pairs) == 400
     for pair in pairs:
         assert pair.references == tuple(s.identity for s in pair.target.subjects)
         assert all(r.is_heldout for r in pair.references)

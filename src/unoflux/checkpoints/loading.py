@@ -195,7 +195,8 @@ def load_pipeline(
 
     A model folder may ship its UNO LoRA and reference sizes (``unoflux.json``: ``lora``,
     ``reference_long_side``), as the embedded model does; ``paths.lora`` replaces that LoRA and
-    ``model_lora=False`` leaves it out (the text-to-image base alone).
+    ``model_lora=False`` leaves it out (the text-to-image base alone). ``"lora_for": "references"`` applies
+    the folder's LoRA only to calls with references (text-only calls run the base).
     """
     paths = paths or ModelPaths()
     if use_environment:
@@ -252,6 +253,7 @@ def load_pipeline(
     lora = paths.lora or (str(Path(model, defaults["lora"])) if model_lora and defaults.get("lora") else None)
     if lora:
         pipe.load_uno_lora(lora)
+        pipe.lora_only_with_references = not paths.lora and defaults.get("lora_for") == "references"
     if weights_dtype == "fp8":
         # Keep LoRA, norms and embeddings in the compute dtype; store the big Linear weights as float8.
         pipe.transformer.enable_layerwise_casting(

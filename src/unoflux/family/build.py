@@ -130,10 +130,12 @@ def export_fp16(source: Path, target: Path, notes: dict | None = None) -> int:
     return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
 
 
-def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None) -> int:
+def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None, only_with_references: bool = True) -> int:
     """Ship a reference-training run's LoRA inside a model folder, as UNO ships ``dit_lora.safetensors`` beside
     FLUX.1-dev: the XLabs file in fp16, its run's config and command, and ``unoflux.json`` naming it with the
-    reference sizes it was trained at (``load_pipeline`` then applies both by default). Returns the LoRA's bytes."""
+    reference sizes it was trained at (``load_pipeline`` then applies both by default). With
+    ``only_with_references`` text-only prompts keep the base (UNO applies its LoRA always; ours, trained
+    with look-free captions, expects a reference). Returns the LoRA's bytes."""
     import shutil
 
     import yaml
@@ -150,6 +152,9 @@ def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None) -> in
     defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
     defaults.update(lora=UNO_LORA_FILE, reference_long_side={"one": config["reference_long_side_single"],
                                                                 "several": config["reference_long_side_multi"]})
+    defaults.pop("lora_for", None)
+    if only_with_references:
+        defaults["lora_for"] = "references"
     defaults_path.write_text(json.dumps(defaults) + "\n")
     shutil.copy(run_final / "config.yaml", model_dir / "lora_config.yaml")
     if (run_final / "command.txt").is_file():

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     a.add_argument("run", type=Path, help="a reference-training run's final/ folder (dit_lora.safetensors, config.yaml)")
     a.add_argument("target", type=Path, help="the model folder (src/unoflux/embedded/uno-world ships)")
     a.add_argument("--notes", type=Path, help="a JSON file stored beside it as lora_training.json (metrics, commands)")
+    a.add_argument("--always", action="store_true",
+                   help="apply it to text-only prompts too, as UNO does (default: only when references are given)")
     a.set_defaults(func=cmd_ship_lora)
 
 
@@ -58,6 +60,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_ship_lora(args: argparse.Namespace) -> int:
     from .build import ship_lora
 
-    size = ship_lora(args.run, args.target, _read_notes(args.notes))
+    size = ship_lora(args.run, args.target, _read_notes(args.notes), only_with_references=not args.always)
     print(f"{args.target / 'dit_lora.safetensors'}: {size / 2**20:.2f} MiB")
     return 0

@@ -65,6 +65,7 @@ def _forget_shipped_lora(model_dir: Path) -> None:
         defaults = json.loads(path.read_text())
         if defaults.pop("lora", None) is not None:
             defaults.pop("reference_long_side", None)
+            defaults.pop("lora_for", None)
             path.write_text(json.dumps(defaults) + "\n")
 
 
