@@ -56,12 +56,13 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars; our own bars stay
     diffusers.utils.logging.disable_progress_bar()
     paths = model_paths(args)
+    base_only = getattr(args, "base_only", False)  # only commands with model flags have it
     pipe = load_pipeline(
         paths, device=device or args.device, dtype=args.dtype, offload=args.offload, weights_dtype=args.weights_dtype,
-        model_lora=not getattr(args, "base_only", False),
+        model_lora=not base_only,
     )
     model = {k: str(Path(v).resolve()) for k, v in vars(paths.with_environment()).items() if v} or {"model": "embedded"}
-    if getattr(args, "base_only", False):
+    if base_only:
         model["base_only"] = True
     model.update(dtype=str(pipe.transformer.dtype).removeprefix("torch."), weights_dtype=args.weights_dtype)
     return pipe, model

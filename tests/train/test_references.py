@@ -167,7 +167,7 @@ def test_stage1_exports_uno_lora_and_stage2_starts_from_it(tiny_config, pairs_da
 
     # Shipped inside a model folder (as the embedded model ships its LoRA): loaded by default, in fp16.
     from unoflux import ModelPaths, load_pipeline
-    from unoflux.family.build import ship_lora
+    from unoflux.family.build import SHIPPED_LORA_FILES, ship_lora, unship_lora
 
     folder = tmp_path / "model"
     tiny_pipeline(seed=0).save_pretrained(folder)
@@ -177,6 +177,9 @@ def test_stage1_exports_uno_lora_and_stage2_starts_from_it(tiny_config, pairs_da
     config = stage1.config
     assert shipped.reference_long_sides == (config.reference_long_side_single, config.reference_long_side_multi)
     assert (folder / "lora_config.yaml").is_file() and (folder / "lora_training.json").is_file()
+    unship_lora(folder)  # what a full fine-tune does to its copy of such a folder
+    assert not any((folder / name).exists() for name in SHIPPED_LORA_FILES)
+    assert load_pipeline(ModelPaths(model=str(folder)), device="cpu", use_environment=False).reference_long_sides is None
 
     stage2 = Trainer(paired_config(tiny_config, multi_pairs_data, output_dir=str(tmp_path / "s2"), max_steps=1,
                                    lora=lora, init_lora=str(final)), [])  # fmt: skip

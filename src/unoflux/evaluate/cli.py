@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from ..cli import add_model_args
+    from ..cli import POSITION_MODES, add_model_args
 
     p = subparsers.add_parser("evaluate", help="score a model on the synthetic world's held-out set")
     sub = p.add_subparsers(dest="evaluate_command", required=True)
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     subj.add_argument("--size", type=int, default=64, help="output and reference-shot size in px")
     subj.add_argument("--steps", type=int, default=25)
     subj.add_argument("--guidance", type=float, default=4.0)
-    subj.add_argument("--position-mode", choices=("diagonal", "height", "width", "none"), default="diagonal",
+    subj.add_argument("--position-mode", choices=POSITION_MODES, default="diagonal",
                       help="UnoPE at inference: the mode the LoRA was trained with")
     subj.add_argument("--caption-only", action="store_true", help="give the model no references: the floor")
     subj.add_argument("--look-free-captions", action="store_true",

@@ -36,7 +36,7 @@ from ..world.heldout import SubjectPair, heldout_subject_pairs
 from ..world.render import render_reference
 from ..world.subjects import same_look_distractors
 from ..world.vocab import REFERENCE_FILL, SIZES
-from .world import SUBJECT_CRITERIA, contact_sheet
+from .world import SUBJECT_CRITERIA, contact_sheet, percent
 
 # Halfway between the largest prompted size and a reference shot's fill: only a copied subject is this big.
 COPY_PASTE_EXTENT = (max(SIZES.values()) + REFERENCE_FILL) / 2
@@ -104,7 +104,6 @@ def judge_case(image: Image.Image, pair: SubjectPair, distractors: int = 7) -> C
 
 def summarize_subject(results: list[CaseResult]) -> dict:
     """Scores in percent (margins as they are), overall and per kind ('one', 'two' references)."""
-    pct = lambda hits, n: round(100.0 * hits / n, 1) if n else None  # noqa: E731
 
     def scores(chosen: list[CaseResult]) -> dict:
         subjects = [s for r in chosen for s in r.verdict.subjects]
@@ -113,13 +112,13 @@ def summarize_subject(results: list[CaseResult]) -> dict:
         one = [r for r in chosen if r.kind == "one"]
         return {
             "cases": len(chosen),
-            "background": pct(sum(r.verdict.background_ok for r in chosen), len(chosen)),
-            **{c: pct(sum(getattr(s, f"{c}_ok") for s in subjects), len(subjects)) for c in SUBJECT_CRITERIA},
-            "subjects_found": pct(sum(s.found for s in subjects), len(subjects)),
-            "identity_match": pct(sum(wins), len(wins)),
+            "background": percent(sum(r.verdict.background_ok for r in chosen), len(chosen)),
+            **{c: percent(sum(getattr(s, f"{c}_ok") for s in subjects), len(subjects)) for c in SUBJECT_CRITERIA},
+            "subjects_found": percent(sum(s.found for s in subjects), len(subjects)),
+            "identity_match": percent(sum(wins), len(wins)),
             "fidelity_margin": round(float(np.mean(margins)), 4) if margins else None,
-            "all_recognisable": pct(sum(r.all_recognisable for r in chosen), len(chosen)),
-            "copy_paste": pct(sum(r.copy_paste for r in one), len(one)),
+            "all_recognisable": percent(sum(r.all_recognisable for r in chosen), len(chosen)),
+            "copy_paste": percent(sum(r.copy_paste for r in one), len(one)),
         }
 
     summary = scores(results)

@@ -31,6 +31,11 @@ class T2IEvalSettings:
     limit: int | None = None  # evaluate only the first N held-out prompts (quick looks)
 
 
+def percent(hits: int, n: int) -> float | None:
+    """hits / n in percent, one decimal; None when there is nothing to count."""
+    return round(100.0 * hits / n, 1) if n else None
+
+
 def _scenes_of(verdict: SceneVerdict | TwoPanelVerdict) -> list[SceneVerdict]:
     return [verdict.left, verdict.right] if isinstance(verdict, TwoPanelVerdict) else [verdict]
 
@@ -40,15 +45,14 @@ def summarize(verdicts: list[tuple[HeldoutPrompt, SceneVerdict | TwoPanelVerdict
     scenes = [s for _, v in verdicts for s in _scenes_of(v)]
     subjects = [subject for s in scenes for subject in s.subjects]
     two_panel = [v for _, v in verdicts if isinstance(v, TwoPanelVerdict)]
-    pct = lambda hits, n: round(100.0 * hits / n, 1) if n else None  # noqa: E731
     summary = {
         "prompts": len(verdicts),
-        "background": pct(sum(s.background_ok for s in scenes), len(scenes)),
-        **{c: pct(sum(getattr(s, f"{c}_ok") for s in subjects), len(subjects)) for c in SUBJECT_CRITERIA},
-        "subjects_found": pct(sum(s.found for s in subjects), len(subjects)),
-        "scene_all_correct": pct(sum(v.all_ok for _, v in verdicts), len(verdicts)),
-        "two_panel_same_look": pct(sum(v.same_look for v in two_panel), len(two_panel)),
-        "two_panel_same_look_as_prompted": pct(
+        "background": percent(sum(s.background_ok for s in scenes), len(scenes)),
+        **{c: percent(sum(getattr(s, f"{c}_ok") for s in subjects), len(subjects)) for c in SUBJECT_CRITERIA},
+        "subjects_found": percent(sum(s.found for s in subjects), len(subjects)),
+        "scene_all_correct": percent(sum(v.all_ok for _, v in verdicts), len(verdicts)),
+        "two_panel_same_look": percent(sum(v.same_look for v in two_panel), len(two_panel)),
+        "two_panel_same_look_as_prompted": percent(
             sum(v.same_look and v.left.subjects[0].look_ok for v in two_panel), len(two_panel)
         ),
     }
@@ -56,7 +60,7 @@ def summarize(verdicts: list[tuple[HeldoutPrompt, SceneVerdict | TwoPanelVerdict
     for kind in sorted({p.kind for p, _ in verdicts}):
         chosen = [(p, v) for p, v in verdicts if p.kind == kind]
         kind_subjects = [s for _, v in chosen for sc in _scenes_of(v) for s in sc.subjects]
-        by_kind[kind] = {"prompts": len(chosen), **{c: pct(sum(getattr(s, f"{c}_ok") for s in kind_subjects),
+        by_kind[kind] = {"prompts": len(chosen), **{c: percent(sum(getattr(s, f"{c}_ok") for s in kind_subjects),
                                                              len(kind_subjects)) for c in SUBJECT_CRITERIA}}  # fmt: skip
     summary["by_kind"] = by_kind
     return summary

@@ -130,6 +130,11 @@ def export_fp16(source: Path, target: Path, notes: dict | None = None) -> int:
     return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
 
 
+# What ship_lora adds to a model folder: these files, and these keys of unoflux.json.
+SHIPPED_LORA_FILES = (UNO_LORA_FILE, "lora_config.yaml", "lora_command.txt", "lora_training.json")
+_SHIPPED_LORA_KEYS = ("lora", "reference_long_side", "lora_for")
+
+
 def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None, only_with_references: bool = True) -> int:
     """Ship a reference-training run's LoRA inside a model folder, as UNO ships ``dit_lora.safetensors`` beside
     FLUX.1-dev: the XLabs file in fp16, its run's config and command, and ``unoflux.json`` naming it with the
@@ -156,9 +161,23 @@ def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None, only_
     if only_with_references:
         defaults["lora_for"] = "references"
     defaults_path.write_text(json.dumps(defaults) + "\n")
-    shutil.copy(run_final / "config.yaml", model_dir / "lora_config.yaml")
+    _, config_copy, command_copy, notes_file = SHIPPED_LORA_FILES
+    shutil.copy(run_final / "config.yaml", model_dir / config_copy)
     if (run_final / "command.txt").is_file():
-        shutil.copy(run_final / "command.txt", model_dir / "lora_command.txt")
+        shutil.copy(run_final / "command.txt", model_dir / command_copy)
     if notes:
-        (model_dir / "lora_training.json").write_text(json.dumps(notes, indent=2) + "\n")
+        (model_dir / notes_file).write_text(json.dumps(notes, indent=2) + "\n")
     return path.stat().st_size
+
+
+def unship_lora(model_dir: Path) -> None:
+    """Undo ``ship_lora`` in ``model_dir`` (a copy of a base folder whose transformer is being replaced: the
+    LoRA it shipped does not fit the new weights)."""
+    model_dir = Path(model_dir)
+    for name in SHIPPED_LORA_FILES:
+        (model_dir / name).unlink(missing_ok=True)
+    defaults_path = model_dir / MODEL_DEFAULTS_FILE
+    if defaults_path.is_file():
+        defaults = json.loads(defaults_path.read_text())
+        if "lora" in defaults:
+            defaults_path.write_text(json.dumps({k: v for k, v in defaults.items() if k not in _SHIPPED_LORA_KEYS}) + "\n")

@@ -58,8 +58,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_ship_lora(args: argparse.Namespace) -> int:
-    from .build import ship_lora
+    from .build import SHIPPED_LORA_FILES, ship_lora
 
     size = ship_lora(args.run, args.target, _read_notes(args.notes), only_with_references=not args.always)
-    print(f"{args.target / 'dit_lora.safetensors'}: {size / 2**20:.2f} MiB")
+    print(f"{args.target / SHIPPED_LORA_FILES[0]}: {size / 2**20:.2f} MiB")
     return 0

@@ -36,12 +36,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from ..cli import POSITION_MODES
+
     p = subparsers.add_parser("train", help="train a FLUX transformer (full or LoRA) on world datasets",
                               description=cmd_train.__doc__)  # fmt: skip
     p.add_argument("--config", required=True, metavar="CFG.yaml", help="training config (see docs/training.md)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the output dir")
     p.add_argument("--max-steps", type=int, metavar="N", help="override max_steps")
     p.add_argument("--output-dir", metavar="DIR", help="override output_dir")
-    p.add_argument("--position-mode", choices=("diagonal", "height", "width", "none"),
+    p.add_argument("--position-mode", choices=POSITION_MODES,
                    help="override position_mode (UnoPE; the paper's ablation)")
     p.set_defaults(func=cmd_train)

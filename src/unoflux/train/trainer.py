@@ -57,18 +57,6 @@ LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name, what load_lor
 QKV_GROUPS = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"))
 
 
-def _forget_shipped_lora(model_dir: Path) -> None:
-    from ..checkpoints.specs import MODEL_DEFAULTS_FILE
-
-    path = model_dir / MODEL_DEFAULTS_FILE
-    if path.is_file():
-        defaults = json.loads(path.read_text())
-        if defaults.pop("lora", None) is not None:
-            defaults.pop("reference_long_side", None)
-            defaults.pop("lora_for", None)
-            path.write_text(json.dumps(defaults) + "\n")
-
-
 # ---------------------------------------------------------------------------------------------- LoRA
 def add_lora(transformer: torch.nn.Module, config: TrainConfig) -> None:
     """Freeze ``transformer`` and add a PEFT LoRA adapter (the only trainable tensors)."""
@@ -567,10 +555,11 @@ class Trainer:
                                                 safe_serialization=True)  # fmt: skip
                     self._save_uno_lora(lora, model, tmp / UNO_LORA_FILE)
                 else:  # the base folder with the new transformer; frozen components are copied as they were
-                    shipped_lora = ["transformer", UNO_LORA_FILE, "lora_config.yaml", "lora_command.txt", "lora_training.json"]
+                    from ..family.build import unship_lora
+
                     shutil.copytree(self._model_dir(), tmp, dirs_exist_ok=True,
-                                    ignore=lambda folder, names: shipped_lora if Path(folder) == self._model_dir() else [])
-                    _forget_shipped_lora(tmp)  # a LoRA the base folder shipped does not fit the new transformer
+                                    ignore=lambda folder, names: ["transformer"] if Path(folder) == self._model_dir() else [])
+                    unship_lora(tmp)  # a LoRA the base folder shipped does not fit the new transformer
                     model.save_pretrained(str(tmp / "transformer"), safe_serialization=True)
             finally:
                 if self.ema is not None:
