@@ -1,15 +1,17 @@
 """Print the subject-driven evaluation table of docs/model.md from the reports that
-scripts/rebuild_uno_stages.sh writes (data/eval/*/report.json). Rows whose report is missing are skipped.
+scripts/rebuild_uno_stages.sh writes (data/eval/*/report.json; the v1 model's were moved to data/eval/v1).
+Rows whose report is missing are skipped.
 
-    .venv/bin/python scripts/subject_table.py
+    .venv/bin/python scripts/subject_table.py [EVAL_DIR]
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-EVAL = Path(__file__).resolve().parents[1] / "data" / "eval"
+EVAL = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "data" / "eval"
 ROWS = [  # (label, full-caption report, look-free-caption report)
     ("base, caption only (no reference): the floor", "subject-caption-only", "lookfree-caption-only"),
     ("Stage I, UNO's captions only (rank 32, lr 2e-4, 3000 steps)", "subject-stage1-uno-captions",

@@ -29,11 +29,12 @@ def test_tokenizers_split_captions_into_words_and_reload(tmp_path):
     assert clip_model(ids).pooler_output.shape == (1, 32)
 
 
-def test_vae_training_resumes_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_vae_training_resumes_exactly(device, tmp_path, monkeypatch):  # on a GPU: the CPU generator state reloads
     images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     config = VAETrainConfig(steps=4, batch_size=2, checkpoint_every=2, crop_size=16, block_out_channels=[8, 8, 8, 8],
                             norm_num_groups=4)  # fmt: skip
-    straight = train_vae(images, config, tmp_path / "straight")
+    straight = train_vae(images, config, tmp_path / "straight", torch.device(device))
 
     import unoflux.family.vae as vae_module
 
@@ -45,10 +46,25 @@ def test_vae_training_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(vae_module, "_save_atomic", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_vae(images, config, tmp_path / "resumed")
+        train_vae(images, config, tmp_path / "resumed", torch.device(device))
     monkeypatch.setattr(vae_module, "_save_atomic", real_save)
-    resumed = train_vae(images, config, tmp_path / "resumed")
+    resumed = train_vae(images, config, tmp_path / "resumed", torch.device(device))
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     report = calibrate_and_measure(resumed, images, count=8)
     assert report["psnr_db"] > 0 and resumed.config.scaling_factor == report["scaling_factor"]
+
+
+def test_family_build_options_set_the_vae_and_refuse_a_non_flux_downsampling():
+    from unoflux.cli import build_parser
+    from unoflux.family.cli import family_config
+
+    def config(*options: str):
+        args = build_parser().parse_args(["family", "build", "--data", "d", "--out", "o", *options])
+        return family_config(args).vae
+
+    vae = config("--vae-channels", "64,64,128,128", "--vae-layers", "2", "--vae-batch", "64", "--vae-steps", "10")
+    assert (vae.block_out_channels, vae.layers_per_block, vae.batch_size, vae.steps) == ([64, 64, 128, 128], 2, 64, 10)
+    assert config().block_out_channels == [16, 32, 64, 64]  # v1's VAE stays the default
+    with pytest.raises(SystemExit, match="4 levels"):
+        config("--vae-channels", "32,64,64")

@@ -102,3 +102,16 @@ def test_lora_keeps_base_weights_and_exports_a_loadable_lora(tiny_config):
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, trained, rtol=1e-5, atol=1e-6)  # the file is exactly what was trained
     assert (final / "config.yaml").is_file() and (final / "command.txt").is_file()
+
+
+def test_a_run_stopped_along_a_longer_schedule_is_the_prefix_of_that_schedule(tiny_config, tmp_path):
+    # lr_schedule_steps: the embedded base v2 stopped at 4000 of a 12000-step cosine; one config reproduces it.
+    common = dict(lr_schedule="cosine", warmup_steps=1, log_every=1)
+    short = train(tiny_config(output_dir=str(tmp_path / "short"), max_steps=3, lr_schedule_steps=6, **common), command=[])
+    full = train(tiny_config(output_dir=str(tmp_path / "full"), max_steps=6, **common), command=[])
+
+    def rows(final) -> list[tuple[str, str]]:
+        return [(row["lr"], row["loss"]) for row in read_log(final.parent)]
+
+    assert rows(short) == rows(full)[:3]
+    assert float(rows(short)[-1][0]) > 0  # not decayed to zero at its own last step

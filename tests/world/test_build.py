@@ -38,6 +38,13 @@ def test_build_is_byte_deterministic(tmp_path):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
 
 
+def test_parallel_build_writes_the_same_bytes(tmp_path):
+    config = BuildConfig("multi-pairs", count=5, size=32, seed=2, shard_size=2)
+    build_dataset(tmp_path / "serial", config, progress=False)
+    build_dataset(tmp_path / "parallel", config, progress=False, workers=2)
+    assert _digest(tmp_path / "serial") == _digest(tmp_path / "parallel")
+
+
 def test_resume_skips_done_shards_and_redoes_an_interrupted_one(tmp_path):
     config = BuildConfig("scenes", count=5, size=32, seed=3, shard_size=2)
     build_dataset(tmp_path / "ref", config, progress=False)

@@ -15,6 +15,10 @@ def register(subparsers) -> None:
     b.add_argument("--data", nargs="+", required=True, type=Path, help="world dataset folders (unoflux world build)")
     b.add_argument("--out", required=True, type=Path, help="the diffusers folder to write")
     b.add_argument("--vae-steps", type=int, help="VAE training steps (default from FamilyConfig)")
+    b.add_argument("--vae-batch", type=int, help="VAE batch size")
+    b.add_argument("--vae-channels", type=lambda s: [int(c) for c in s.split(",")],
+                   help="VAE widths per level, e.g. 32,64,128,128 (4 levels = FLUX's 8x downsampling)")
+    b.add_argument("--vae-layers", type=int, help="VAE resnet layers per level")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_build)
     e = sub.add_parser("export", help="copy a trained family folder in fp16 (what ships in the package)")
@@ -31,13 +35,24 @@ def register(subparsers) -> None:
     a.set_defaults(func=cmd_ship_lora)
 
 
-def cmd_build(args: argparse.Namespace) -> int:
-    from .build import FamilyConfig, build_family
+def family_config(args: argparse.Namespace):
+    """The FamilyConfig that ``family build`` runs with: defaults, changed by the --vae-* options."""
+    from .build import FamilyConfig
 
     config = FamilyConfig(seed=args.seed)
-    if args.vae_steps is not None:
-        config.vae.steps = args.vae_steps
-    report = build_family(args.data, args.out, config)
+    for option, field in (("vae_steps", "steps"), ("vae_batch", "batch_size"), ("vae_channels", "block_out_channels"),
+                          ("vae_layers", "layers_per_block")):
+        if getattr(args, option) is not None:
+            setattr(config.vae, field, getattr(args, option))
+    if len(config.vae.block_out_channels) != 4:
+        raise SystemExit("error: --vae-channels needs 4 levels (FLUX's 8x downsampling, which UNO's token grid assumes)")
+    return config
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build import build_family
+
+    report = build_family(args.data, args.out, family_config(args))
     print(json.dumps({"out": str(args.out), "vae": report["vae"], "parameters": report["parameters"]}, indent=2))
     return 0
 

@@ -67,12 +67,20 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train_vae(images: torch.Tensor, config: VAETrainConfig, work_dir: Path) -> AutoencoderKL:
-    """Train (or resume from ``work_dir/vae_state.pt``) and return the VAE in eval mode."""
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_vae(images: torch.Tensor, config: VAETrainConfig, work_dir: Path, device: torch.device | None = None) -> AutoencoderKL:
+    """Train (or resume from ``work_dir/vae_state.pt``) on ``device`` (a GPU when there is one) and return the
+    VAE in eval mode. Batches, crops and noise come from one CPU generator, so a run's data does not depend
+    on the device."""
+    device = device or default_device()
     work_dir.mkdir(parents=True, exist_ok=True)
     state_path = work_dir / "vae_state.pt"
     torch.manual_seed(config.seed)
-    vae = AutoencoderKL(**config.model_config())
+    vae = AutoencoderKL(**config.model_config()).to(device)
+    images = images.to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps))
@@ -80,7 +88,7 @@ def train_vae(images: torch.Tensor, config: VAETrainConfig, work_dir: Path) -> A
     generator = torch.Generator().manual_seed(config.seed)
     step = 0
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location="cpu")  # the generator state stays on the CPU
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -89,11 +97,11 @@ def train_vae(images: torch.Tensor, config: VAETrainConfig, work_dir: Path) -> A
     vae.train()
     bar = tqdm(total=config.steps, initial=step, desc="VAE")
     while step < config.steps:
-        index = torch.randint(len(images), (config.batch_size,), generator=generator)
+        index = torch.randint(len(images), (config.batch_size,), generator=generator).to(device)
         top, left = torch.randint(images.shape[-1] - config.crop_size + 1, (2,), generator=generator).tolist()
         x = to_unit_range(images[index, :, top : top + config.crop_size, left : left + config.crop_size])
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)
         recon = vae.decode(z).sample
         loss = (
             (recon - x).pow(2).mean() + 0.1 * (recon - x).abs().mean() + config.kl_weight * posterior.kl().mean()
@@ -105,7 +113,8 @@ def train_vae(images: torch.Tensor, config: VAETrainConfig, work_dir: Path) -> A
         schedule.step()
         step += 1
         bar.update()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 25 == 0:  # reading the loss waits for the GPU: not every step
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % config.checkpoint_every == 0 or step == config.steps:
             _save_atomic(
                 {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
@@ -113,17 +122,18 @@ def train_vae(images: torch.Tensor, config: VAETrainConfig, work_dir: Path) -> A
                 state_path,
             )  # fmt: skip
     bar.close()
-    return vae.eval().requires_grad_(False)
+    return vae.cpu().eval().requires_grad_(False)
 
 
 @torch.no_grad()
 def calibrate_and_measure(vae: AutoencoderKL, images: torch.Tensor, count: int = 512) -> dict:
     """Set shift/scale so latents are zero-mean unit-variance; return PSNR on ``count`` images."""
     x = to_unit_range(images[:count])
-    latents = torch.cat([vae.encode(chunk).latent_dist.mode() for chunk in x.split(64)])
+    device = next(vae.parameters()).device
+    latents = torch.cat([vae.encode(chunk.to(device)).latent_dist.mode().cpu() for chunk in x.split(64)])
     shift, scale = latents.mean().item(), 1.0 / latents.std().item()
     vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
-    recon = torch.cat([vae.decode(chunk).sample for chunk in latents.split(64)]).clamp(-1, 1)
+    recon = torch.cat([vae.decode(chunk.to(device)).sample.cpu() for chunk in latents.split(64)]).clamp(-1, 1)
     mse = ((recon - x) / 2).pow(2).mean(dim=(1, 2, 3))
     psnr = (10 * torch.log10(1 / mse)).mean().item()
     return {"psnr_db": round(psnr, 2), "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor}

@@ -167,6 +167,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     lr_schedule: str = "constant_with_warmup"
     warmup_steps: int = 0
+    # The schedule's horizon when it is not max_steps: a run stopped early along a longer decay (as the embedded
+    # base v2 was, when its GPU time ran out) is then one command that reproduces it.
+    lr_schedule_steps: int | None = None
     max_grad_norm: float | None = 1.0  # None = no clipping
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
@@ -217,6 +220,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise UnofluxError(f"{name} {value!r} must be a non-negative integer")
+        if self.lr_schedule_steps is not None and (not isinstance(self.lr_schedule_steps, int) or self.lr_schedule_steps < self.max_steps):
+            raise UnofluxError(f"lr_schedule_steps {self.lr_schedule_steps!r} must be an integer >= max_steps ({self.max_steps})")
         if self.keep_checkpoints is not None and (not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 1):
             raise UnofluxError(f"keep_checkpoints {self.keep_checkpoints!r} must be a positive integer or null")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):

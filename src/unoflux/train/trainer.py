@@ -302,7 +302,8 @@ class Trainer:
         from diffusers.optimization import get_scheduler
 
         scheduler = get_scheduler(
-            config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps
+            config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+            num_training_steps=config.lr_schedule_steps or config.max_steps,
         )
         self.model, self.optimizer, self.lr_scheduler = acc.prepare(self.transformer, optimizer, scheduler)
         if self.ema is not None:

@@ -95,8 +95,10 @@ def make_record(config: BuildConfig, index: int, shard_dir: Path) -> dict:
 
 
 def build_dataset(out: Path, config: BuildConfig, progress: bool = True,
-                  on_shard_done: Callable[[int], None] | None = None) -> Path:
-    """Build (or resume building) the dataset in `out`; returns the path of the full manifest."""
+                  on_shard_done: Callable[[int], None] | None = None, workers: int = 1) -> Path:
+    """Build (or resume building) the dataset in `out`; returns the path of the full manifest. With
+    ``workers`` > 1, shards are rendered by that many processes (the bytes are the same: every record has
+    its own generator)."""
     out.mkdir(parents=True, exist_ok=True)
     info_path = out / "info.json"
     info = {"format": "unoflux-world-v1", **asdict(config)}
@@ -110,24 +112,22 @@ def build_dataset(out: Path, config: BuildConfig, progress: bool = True,
         shutil.rmtree(stale)
 
     shard_count = -(-config.count // config.shard_size)
-    done = [s for s in range(shard_count) if (out / f"shard_{s:05d}").is_dir()]
-    bar = tqdm(total=config.count, initial=sum(_shard_len(config, s) for s in done), unit="img",
+    todo = [s for s in range(shard_count) if not (out / f"shard_{s:05d}").is_dir()]
+    bar = tqdm(total=config.count, initial=config.count - sum(_shard_len(config, s) for s in todo), unit="img",
                desc=f"world {config.kind}", disable=not progress)
-    for shard in range(shard_count):
-        final = out / f"shard_{shard:05d}"
-        if final.is_dir():
-            continue
-        tmp = out / f".tmp_shard_{shard:05d}"
-        tmp.mkdir()
-        lines = []
-        start = shard * config.shard_size
-        for index in range(start, start + _shard_len(config, shard)):
-            lines.append(json.dumps(make_record(config, index, tmp), sort_keys=True))
-            bar.update(1)
-        (tmp / "manifest.jsonl").write_text("".join(line + "\n" for line in lines))
-        tmp.rename(final)
-        if on_shard_done:
-            on_shard_done(shard)
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(todo))) as pool:
+            for shard in pool.imap_unordered(_build_shard, [(out, config, s) for s in todo]):
+                bar.update(_shard_len(config, shard))
+                if on_shard_done:
+                    on_shard_done(shard)
+    else:
+        for shard in todo:
+            _build_shard((out, config, shard), bar.update)
+            if on_shard_done:
+                on_shard_done(shard)
     bar.close()
 
     manifest = out / "manifest.jsonl"
@@ -135,6 +135,22 @@ def build_dataset(out: Path, config: BuildConfig, progress: bool = True,
         for shard in range(shard_count):
             fh.write((out / f"shard_{shard:05d}" / "manifest.jsonl").read_text())
     return manifest
+
+
+def _build_shard(job: tuple[Path, BuildConfig, int], on_record: Callable[[int], object] | None = None) -> int:
+    """Render one shard into a temporary folder, then rename it into place (a kill loses at most it)."""
+    out, config, shard = job
+    tmp = out / f".tmp_shard_{shard:05d}"
+    tmp.mkdir()
+    lines = []
+    start = shard * config.shard_size
+    for index in range(start, start + _shard_len(config, shard)):
+        lines.append(json.dumps(make_record(config, index, tmp), sort_keys=True))
+        if on_record:
+            on_record(1)
+    (tmp / "manifest.jsonl").write_text("".join(line + "\n" for line in lines))
+    tmp.rename(out / f"shard_{shard:05d}")
+    return shard
 
 
 def _shard_len(config: BuildConfig, shard: int) -> int:

@@ -20,8 +20,9 @@ from .selftest import checker_accuracy
 from .specs import spec_from_dict
 
 
-def run_build(out: Path, kind: str, count: int, size: int, seed: int, shard_size: int, progress: bool = True) -> Path:
-    return build_dataset(out, BuildConfig(kind, count, size, seed, shard_size), progress=progress)
+def run_build(out: Path, kind: str, count: int, size: int, seed: int, shard_size: int, progress: bool = True,
+              workers: int = 1) -> Path:
+    return build_dataset(out, BuildConfig(kind, count, size, seed, shard_size), progress=progress, workers=workers)
 
 
 def run_show(out: Path, size: int, seed: int, columns: int) -> Path:
@@ -43,7 +44,8 @@ def _selftest(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    manifest = run_build(args.out, args.kind, args.count, args.size, args.seed, args.shard_size, not args.quiet)
+    manifest = run_build(args.out, args.kind, args.count, args.size, args.seed, args.shard_size, not args.quiet,
+                         args.workers)
     print(f"wrote {manifest}")
     return 0
 
@@ -74,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--size", type=int, default=128, help="image height in pixels")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--shard-size", type=int, default=500, help="records per shard")
+    build.add_argument("--workers", type=int, default=1, help="processes rendering shards in parallel (same bytes)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
 

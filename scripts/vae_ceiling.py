@@ -1,0 +1,43 @@
+"""The VAE ceiling of the text-to-image scores (docs/model.md): every 4th held-out prompt's scene rendered
+exactly, passed through a model's VAE (encode, decode) and judged by the checker. No transformer can score
+above this through that VAE.
+
+    .venv/bin/python scripts/vae_ceiling.py [MODEL_DIR]     (default: the embedded model)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+
+from unoflux.checkpoints.specs import EMBEDDED_MODEL_DIR
+from unoflux.evaluate.world import summarize
+from unoflux.world.checker import check
+from unoflux.world.heldout import heldout_prompts
+from unoflux.world.render import render
+
+SIZE = 64
+
+
+@torch.no_grad()
+def through_vae(vae: AutoencoderKL, image: Image.Image) -> Image.Image:
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    return Image.fromarray(((y[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
+
+
+def main() -> None:
+    model = sys.argv[1] if len(sys.argv) > 1 else str(EMBEDDED_MODEL_DIR)
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32).eval()
+    prompts = heldout_prompts()[::4]
+    verdicts = [(p, check(through_vae(vae, render(p.spec, SIZE).image), p.spec)) for p in prompts]
+    print(json.dumps({"model": model, "prompts": len(prompts), **summarize(verdicts)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
