@@ -19,6 +19,7 @@ $U train --config configs/stage1_world.yaml --resume
 mkdir -p data/runs/unope-diagonal && cp -rn data/runs/stage1/checkpoint-750 data/runs/unope-diagonal/ 2>/dev/null || true
 $U train --config configs/stage1_world.yaml --position-mode diagonal --max-steps 750 --output-dir data/runs/unope-diagonal --resume
 $U train --config configs/stage2_world.yaml --resume
+$U train --config configs/experiments/stage2_world_mixed.yaml --resume   # Stage II with single pairs mixed in
 
 # 3. The UnoPE ablation: Stage I's recipe for 750 steps in each other mode; and the first Stage I recipe
 #    (UNO's captions only, rank 32, lr 2e-4), which learned to ignore references.
@@ -37,12 +38,13 @@ evaluate data/eval/subject-caption-only --caption-only
 evaluate data/eval/subject-stage1-uno-captions --lora data/runs/stage1-uno-captions/final/dit_lora.safetensors
 evaluate data/eval/subject-stage1 --lora data/runs/stage1/final/dit_lora.safetensors
 evaluate data/eval/subject-stage2 --lora data/runs/stage2/final/dit_lora.safetensors
+evaluate data/eval/subject-stage2-mixed --lora data/runs/stage2-mixed/final/dit_lora.safetensors
 for mode in none height width diagonal; do
   evaluate data/eval/unope-$mode --lora data/runs/unope-$mode/final/dit_lora.safetensors --position-mode $mode
 done
 # the same cases with captions that name no looks (first 100 of each kind): colour only from the references
 evaluate data/eval/lookfree-caption-only --look-free-captions --limit 100 --caption-only
-for run in stage1-uno-captions stage1 stage2; do
+for run in stage1-uno-captions stage1 stage2 stage2-mixed; do
   evaluate data/eval/lookfree-$run --look-free-captions --limit 100 --lora data/runs/$run/final/dit_lora.safetensors
 done
 for mode in none height width diagonal; do

@@ -18,6 +18,7 @@ ROWS = [  # (label, full-caption report, look-free-caption report)
      "lookfree-stage1-uno-captions"),
     ("Stage I (2500 steps)", "subject-stage1", "lookfree-stage1"),
     ("Stage II (Stage I + 1500 steps on 2-3 subjects): shipped", "subject-stage2", "lookfree-stage2"),
+    ("Stage II with single-subject pairs mixed in (2/3 of batches)", "subject-stage2-mixed", "lookfree-stage2-mixed"),
     ("UnoPE none (Stage I recipe, 750 steps)", "unope-none", "lookfree-unope-none"),
     ("UnoPE height (750 steps)", "unope-height", "lookfree-unope-height"),
     ("UnoPE width (750 steps)", "unope-width", "lookfree-unope-width"),

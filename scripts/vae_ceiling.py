@@ -1,6 +1,7 @@
-"""The VAE ceiling of the text-to-image scores (docs/model.md): every 4th held-out prompt's scene rendered
-exactly, passed through a model's VAE (encode, decode) and judged by the checker. No transformer can score
-above this through that VAE.
+"""The VAE ceiling of the held-out scores (docs/model.md, docs/world.md): held-out scenes rendered exactly,
+passed through a model's VAE (encode, decode) and judged as the evaluations judge generated images. No
+transformer can score above this through that VAE. Text-to-image: every 4th held-out prompt. Subject-driven:
+the first 50 cases of each kind (identity match against same-look distractors, both subjects recognisable).
 
     .venv/bin/python scripts/vae_ceiling.py [MODEL_DIR]     (default: the embedded model)
 """
@@ -16,9 +17,10 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from unoflux.checkpoints.specs import EMBEDDED_MODEL_DIR
+from unoflux.evaluate.subject import judge_case, summarize_subject
 from unoflux.evaluate.world import summarize
 from unoflux.world.checker import check
-from unoflux.world.heldout import heldout_prompts
+from unoflux.world.heldout import heldout_prompts, heldout_subject_pairs
 from unoflux.world.render import render
 
 SIZE = 64
@@ -36,7 +38,11 @@ def main() -> None:
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32).eval()
     prompts = heldout_prompts()[::4]
     verdicts = [(p, check(through_vae(vae, render(p.spec, SIZE).image), p.spec)) for p in prompts]
-    print(json.dumps({"model": model, "prompts": len(prompts), **summarize(verdicts)}, indent=2))
+    pairs = heldout_subject_pairs()
+    cases = [p for kind in (1, 2) for p in [p for p in pairs if len(p.references) == kind][:50]]
+    subject = summarize_subject([judge_case(through_vae(vae, render(p.target, SIZE).image), p) for p in cases])
+    print(json.dumps({"model": model, "text_to_image": {"prompts": len(prompts), **summarize(verdicts)},
+                      "subject_driven": subject}, indent=2))
 
 
 if __name__ == "__main__":
