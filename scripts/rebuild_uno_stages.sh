@@ -2,7 +2,9 @@
 # Rebuild the embedded model's subject-driven LoRA (UNO Stage I -> Stage II on the synthetic world) and every
 # row of the subject-driven table in docs/model.md, from the shipped text-to-image base. Every step resumes
 # when interrupted (world shards, training checkpoints); an evaluation is skipped when its report exists.
-# As run: two single-thread jobs side by side on 2 CPU cores, about 2 h 30 in all.
+# As run: two single-thread jobs side by side on 2 CPU cores, about 2 h 30 in all. On the v2 base (shipped), the
+# stages, the mixing experiment, the floor and their evaluations were run; the UnoPE ablation and the UNO-captions
+# Stage I were run on the v1 base only (their reports: data/eval/v1, docs/model.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 U=".venv/bin/unoflux"

@@ -62,7 +62,7 @@ def test_embedded_model_ships_its_uno_lora_with_provenance(embedded):
     base.set_progress_bar_config(disable=True)
     prompt = dict(prompt="a large figure in the center on a sunny beach", width=64, height=64,
                   num_inference_steps=2, seed=0, output_type="latent")  # fmt: skip
-    reference = [EMBEDDED_MODEL_DIR.parent.parent / "examples" / "pink_plain_cross.png"]
+    reference = [EMBEDDED_MODEL_DIR.parent.parent / "examples" / "red_striped_diamond.png"]
     assert not torch.allclose(embedded(reference_images=reference, **prompt).images,
                               base(reference_images=reference, **prompt).images, atol=1e-3)  # fmt: skip
     # "lora_for": "references": a text-only prompt runs the base (the LoRA expects a reference), as before

@@ -18,7 +18,7 @@ def test_api_generates_pngs_with_settings_and_a_cli_command(client, app_server, 
     from gradio_client import handle_file
 
     gallery, command, status = generate(
-        client, reference_1=handle_file(examples / "pink_plain_cross.png"), reference_2=handle_file(examples / "orange_dotted_diamond.png"),
+        client, reference_1=handle_file(examples / "red_striped_diamond.png"), reference_2=handle_file(examples / "orange_dotted_diamond.png"),
         seed=11, num_images=2,
     )  # fmt: skip
     assert len(gallery) == 2

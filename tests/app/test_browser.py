@@ -68,7 +68,7 @@ def upload_reference(page, slot: int, path: Path) -> None:
 
 
 def test_generate_in_the_browser(page, app_server, examples, artifacts_dir):
-    upload_reference(page, 1, examples / "pink_plain_cross.png")
+    upload_reference(page, 1, examples / "red_striped_diamond.png")
     page.locator("#reference-1 img").wait_for()  # the upload has landed
     page.locator("#prompt textarea").fill("a red ball on a wooden table")
     set_slider(page, "Width", 64)

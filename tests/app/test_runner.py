@@ -26,7 +26,7 @@ def tiny_request(examples):
     """``tiny_request(**changes)``: a fast request with one bundled reference."""
 
     def make(**changes) -> GenerationRequest:
-        settings = dict(prompt="a red ball", references=[str(examples / "pink_plain_cross.png")], width=48, height=32,
+        settings = dict(prompt="a red ball", references=[str(examples / "red_striped_diamond.png")], width=48, height=32,
                         steps=2, seed=7)  # fmt: skip
         return GenerationRequest(**{**settings, **changes})
 
@@ -59,7 +59,7 @@ def test_cli_command_reproduces_the_request(tiny_request, examples):
     argv = shlex.split(generate_command(request, ["--model", "/models/my flux"], "/out dir"))
     assert argv[:4] == ["unoflux", "generate", "--prompt", "it's a ball"]
     flags = dict(zip(argv[4::2], argv[5::2]))
-    assert flags["--ref"] == str(examples / "pink_plain_cross.png")
+    assert flags["--ref"] == str(examples / "red_striped_diamond.png")
     assert (flags["--seed"], flags["--ref-long-side"], flags["--position-mode"]) == ("42", "320", "width")
     assert (flags["--model"], flags["--out"]) == ("/models/my flux", "/out dir")
     from unoflux.cli import build_parser

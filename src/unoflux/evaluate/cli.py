@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -53,6 +54,9 @@ def cmd_world_subject(args: argparse.Namespace) -> int:
 
     pipe, _ = load_pipeline_from_args(args)
     pipe.set_progress_bar_config(disable=True)
+    if pipe.reference_long_sides is None and not args.caption_only:  # a trap met once: 64 px shots encoded at 512
+        print(f"warning: {args.model or 'the model'} declares no reference_long_side in unoflux.json, so references are "
+              "resized to UNO's 512 / 320; a world LoRA was trained at 64 / 48", file=sys.stderr)
     settings = SubjectEvalSettings(size=args.size, steps=args.steps, guidance=args.guidance,
                                    position_mode=args.position_mode, with_references=not args.caption_only,
                                    limit=args.limit, look_free_captions=args.look_free_captions)  # fmt: skip
