@@ -19,6 +19,7 @@ from PIL import Image
 from unoflux.checkpoints.specs import EMBEDDED_MODEL_DIR
 from unoflux.evaluate.subject import judge_case, summarize_subject
 from unoflux.evaluate.world import summarize
+from unoflux.family.vae import to_unit_range
 from unoflux.world.checker import check
 from unoflux.world.heldout import heldout_prompts, heldout_subject_pairs
 from unoflux.world.render import render
@@ -28,7 +29,7 @@ SIZE = 64
 
 @torch.no_grad()
 def through_vae(vae: AutoencoderKL, image: Image.Image) -> Image.Image:
-    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    x = to_unit_range(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None])
     y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
     return Image.fromarray(((y[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
 

@@ -106,11 +106,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     device, process_index, num_processes = args.device, 0, 1
     if items is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun
-        import torch
         from accelerate import PartialState
 
+        from .checkpoints.loading import default_device
+
         # without cpu=True accelerate only forms a process group on accelerators (gloo on CPU otherwise)
-        on_cpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+        on_cpu = (args.device or default_device()) == "cpu"
         state = PartialState(cpu=on_cpu)
         device, process_index, num_processes = device or str(state.device), state.process_index, state.num_processes
     pipe, model = load_pipeline_from_args(args, device=device)

@@ -19,6 +19,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..checkpoints.loading import default_device
 from ..conditioning import LATENT_CHANNELS
 
 
@@ -67,15 +68,11 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def train_vae(images: torch.Tensor, config: VAETrainConfig, work_dir: Path, device: torch.device | None = None) -> AutoencoderKL:
     """Train (or resume from ``work_dir/vae_state.pt``) on ``device`` (a GPU when there is one) and return the
     VAE in eval mode. Batches, crops and noise come from one CPU generator, so a run's data does not depend
     on the device."""
-    device = device or default_device()
+    device = torch.device(device or default_device())
     work_dir.mkdir(parents=True, exist_ok=True)
     state_path = work_dir / "vae_state.pt"
     torch.manual_seed(config.seed)
@@ -130,10 +127,10 @@ def calibrate_and_measure(vae: AutoencoderKL, images: torch.Tensor, count: int =
     """Set shift/scale so latents are zero-mean unit-variance; return PSNR on ``count`` images."""
     x = to_unit_range(images[:count])
     device = next(vae.parameters()).device
-    latents = torch.cat([vae.encode(chunk.to(device)).latent_dist.mode().cpu() for chunk in x.split(64)])
+    latents = torch.cat([vae.encode(chunk.to(device)).latent_dist.mode() for chunk in x.split(64)])
     shift, scale = latents.mean().item(), 1.0 / latents.std().item()
     vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
-    recon = torch.cat([vae.decode(chunk.to(device)).sample.cpu() for chunk in latents.split(64)]).clamp(-1, 1)
+    recon = torch.cat([vae.decode(chunk).sample.cpu() for chunk in latents.split(64)]).clamp(-1, 1)
     mse = ((recon - x) / 2).pow(2).mean(dim=(1, 2, 3))
     psnr = (10 * torch.log10(1 / mse)).mean().item()
     return {"psnr_db": round(psnr, 2), "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor}
