@@ -138,13 +138,14 @@ class UnoFluxPipeline(FluxPipeline):
 
     def encode_references(self, images: Sequence[Image.Image], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
         """Preprocessed references -> packed latent tokens (1, h*w/4, 64) each, with the target's scale/shift."""
-        tokens = []
-        for image in images:
-            pixels = image_to_tensor(image).to(device=device, dtype=self.vae.dtype)
-            latent = self.vae.encode(pixels).latent_dist.mode()
-            latent = (latent - self.vae.config.shift_factor) * self.vae.config.scaling_factor
-            tokens.append(pack_latents(latent.to(dtype)))
-        return tokens
+        return [self.encode_pixels(image_to_tensor(image).to(device), dtype) for image in images]
+
+    def encode_pixels(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> clean packed latent tokens (B, H*W/256, 64): the VAE's latent mode
+        (no sampling, so the same image always gives the same tokens), scaled and shifted as FLUX trains."""
+        latent = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
+        latent = (latent - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        return pack_latents(latent.to(dtype))
 
     def prepare_noise(
         self, seeds: list[int], height: int, width: int, device: torch.device, dtype: torch.dtype, noise_device: str

@@ -24,12 +24,15 @@ def unoflux(*args: str) -> list[str]:
     return [sys.executable, "-m", "unoflux", *args]
 
 
-@pytest.mark.parametrize("kind", ["text-to-image", "references"])
+@pytest.mark.parametrize("kind", ["text-to-image", "references", "references, cached encodings"])
 def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(kind, tiny_config, multi_pairs_data, tmp_path):
     # LoRA + EMA + accumulation + text dropout: every piece of state and every random draw is exercised; with
-    # references (UNO Stage II data: 2-3 references per sample, batches grouped by reference sizes) as well.
+    # references (UNO Stage II data: 2-3 references per sample, batches grouped by reference sizes) as well, and
+    # with the encoding cache (rebuilt on resume) and look-free captions.
     paired = {"data": [str(multi_pairs_data)], "batch_size": 1, "reference_long_side_multi": 16,
-              "position_mode": "height"} if kind == "references" else {}  # fmt: skip
+              "position_mode": "height"} if kind.startswith("references") else {}  # fmt: skip
+    if kind.endswith("cached encodings"):
+        paired.update(cache_encodings=True, look_free_captions=0.5)
     config = tiny_config(
         output_dir=str(tmp_path / "killed"), max_steps=30, checkpoint_every=4, gradient_accumulation=2,
         text_dropout=0.5, ema={"enabled": True, "decay": 0.9}, lr_schedule="cosine", warmup_steps=3,

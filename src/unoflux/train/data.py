@@ -285,6 +285,20 @@ class PairedDataset(BucketDataset):
         return pixels, caption, references, sample.caption_without_looks
 
 
+class SampleIndices(torch.utils.data.Dataset):
+    """The samples of ``dataset`` as bare indices, in the same groups: what a run with an encoding cache
+    (train/cache.py) loads, since it reads nothing from disk while training."""
+
+    def __init__(self, dataset: BucketDataset):
+        self.size, self.group_of = len(dataset), dataset.group_of
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
 def epoch_batches(group_of: list, global_batch: int, seed: int, epoch: int) -> list[list[int]]:
     """The global batches of ``epoch`` (sample indices), a function of (seed, epoch) only; each batch holds
     samples of one group (a bucket index, or a sortable key such as (bucket, reference sizes))."""
@@ -298,7 +312,9 @@ def epoch_batches(group_of: list, global_batch: int, seed: int, epoch: int) -> l
 
 def collate(items: list[tuple]) -> tuple:
     """(pixels (B, 3, H, W), captions) or, for paired items, (pixels, captions, per-sample reference lists,
-    per-sample captions without looks)."""
+    per-sample captions without looks); for :class:`SampleIndices`, the list of indices."""
+    if isinstance(items[0], int):
+        return items
     pixels = torch.stack([item[0] for item in items])
     captions = [item[1] for item in items]
     if len(items[0]) == 2:

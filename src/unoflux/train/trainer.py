@@ -48,8 +48,10 @@ from ..conditioning import grid_position_ids, pack_latents, sequence_position_id
 from ..errors import UnofluxError
 from .config import TrainConfig
 from .data import (
-    BucketDataset, DataPosition, PairedDataset, TrainData, data_has_references, read_paired_samples, read_samples,
+    BucketDataset, DataPosition, PairedDataset, SampleIndices, TrainData, data_has_references, read_paired_samples,
+    read_samples,
 )  # fmt: skip
+from .cache import EncodingCache
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "train_state.json"  # written last inside a checkpoint: its presence marks a complete one
@@ -286,8 +288,16 @@ class Trainer:
             )  # fmt: skip
         else:
             dataset = BucketDataset(read_samples(config.data), config.bucket_sizes)
-        self.data = TrainData(dataset, config.batch_size, config.seed, acc.process_index, acc.num_processes,
-                              config.num_workers)  # fmt: skip
+        self.samples = dataset.samples
+        self.cache, workers = None, config.num_workers
+        if config.cache_encodings:  # every process encodes the whole dataset once; batches then carry indices
+            self.cache = EncodingCache.build(
+                self.pipe, dataset, acc.device, self.max_sequence_length,
+                look_free=self.references and config.look_free_captions > 0, num_workers=config.num_workers,
+                progress=acc.is_main_process,
+            )  # fmt: skip
+            dataset, workers = SampleIndices(dataset), 0
+        self.data = TrainData(dataset, config.batch_size, config.seed, acc.process_index, acc.num_processes, workers)
 
         params = [p for p in self.transformer.parameters() if p.requires_grad]
         self.ema = None
@@ -344,6 +354,10 @@ class Trainer:
             transformer.to(torch.float32).requires_grad_(True)
         return pipe
 
+    @property
+    def max_sequence_length(self) -> int:
+        return self.config.max_sequence_length or self.pipe.text_sequence_length
+
     def _model_dir(self) -> Path:
         from ..checkpoints.specs import EMBEDDED_MODEL_DIR
 
@@ -363,26 +377,28 @@ class Trainer:
         load_lora_state_dict(model, load_file(str(Path(input_dir) / LORA_FILE)))
 
     # --------------------------------------------------------------------------------------- step
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator,
-               captions_without_looks: list[str | None] | None = None):
-        """Packed clean latents (B, N, 64), their ids, and text embeddings with text dropout applied (and, with
-        ``look_free_captions``, some captions swapped for their look-free variants)."""
-        pipe, device = self.pipe, self.accelerator.device
+    def pick_captions(self, captions: list[str], captions_without_looks: list[str | None] | None,
+                      gen: torch.Generator) -> list[str]:  # fmt: skip
+        """The captions trained on: text dropout applied (the empty prompt) and, with ``look_free_captions``, some
+        swapped for their look-free variants. The only random draws before the flow's own (t, noise)."""
         drop = torch.rand(len(captions), generator=gen) < self.config.text_dropout
         if self.config.look_free_captions > 0 and captions_without_looks:  # no extra draw otherwise: runs stay as they were
             swap = (torch.rand(len(captions), generator=gen) < self.config.look_free_captions).tolist()
             captions = [alt if s and alt else c for c, alt, s in zip(captions, captions_without_looks, swap)]
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        latents = pipe.vae.encode(pixels.to(device, pipe.vae.dtype)).latent_dist.mode()  # (B, 16, H/8, W/8)
-        latents = (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
-        _, _, h, w = latents.shape
+        return ["" if d else c for c, d in zip(captions, drop.tolist())]
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator,
+               captions_without_looks: list[str | None] | None = None):
+        """Packed clean latents (B, N, 64), their ids, and the text embeddings of :meth:`pick_captions`."""
+        pipe, device = self.pipe, self.accelerator.device
+        captions = self.pick_captions(captions, captions_without_looks, gen)
+        x_data = pipe.encode_pixels(pixels.to(device), torch.float32)
         prompt_embeds, pooled, text_ids = pipe.encode_prompt(
-            prompt=captions, prompt_2=None, device=device,
-            max_sequence_length=self.config.max_sequence_length or pipe.text_sequence_length,
+            prompt=captions, prompt_2=None, device=device, max_sequence_length=self.max_sequence_length
         )
-        img_ids = grid_position_ids(h // 2, w // 2).to(device)
-        return pack_latents(latents.float()), img_ids, prompt_embeds, pooled, text_ids
+        img_ids = grid_position_ids(pixels.shape[-2] // 16, pixels.shape[-1] // 16).to(device)
+        return x_data, img_ids, prompt_embeds, pooled, text_ids
 
     @torch.no_grad()
     def encode_references(self, references: list[list], target_grid: tuple[int, int]):
@@ -418,6 +434,27 @@ class Trainer:
     ) -> torch.Tensor:
         """Flow-matching MSE on the target tokens; ``references``: per sample, its preprocessed references."""
         x_data, img_ids, prompt_embeds, pooled, text_ids = self.encode(pixels, captions, gen, captions_without_looks)
+        ref_tokens = None
+        if references:
+            target_grid = (pixels.shape[-2] // 16, pixels.shape[-1] // 16)
+            ref_tokens, img_ids = self.encode_references(references, target_grid)
+        return self.flow_loss(x_data, img_ids, prompt_embeds, pooled, text_ids, gen, ref_tokens)
+
+    def cached_loss(self, indices: list[int], gen: torch.Generator) -> torch.Tensor:
+        """:meth:`loss` of the samples ``indices``, from the encoding cache (same random draws, same inputs)."""
+        samples = [self.samples[i] for i in indices]
+        without_looks = [s.caption_without_looks for s in samples] if self.references else None
+        captions = self.pick_captions([s.caption for s in samples], without_looks, gen)
+        x_data, ref_tokens, target_grid, ref_grids, prompt_embeds, pooled, text_ids = self.cache.batch(indices, captions)
+        if ref_tokens is None:
+            img_ids = grid_position_ids(*target_grid)
+        else:
+            img_ids = sequence_position_ids(target_grid, list(ref_grids), self.config.position_mode)
+        return self.flow_loss(x_data, img_ids.to(x_data.device), prompt_embeds, pooled, text_ids, gen, ref_tokens)
+
+    def flow_loss(self, x_data, img_ids, prompt_embeds, pooled, text_ids, gen: torch.Generator,
+                  ref_tokens=None) -> torch.Tensor:  # fmt: skip
+        """The MSE between the predicted and true velocity at a random point of the flow from ``x_data``."""
         b, n, _ = x_data.shape  # (B, N, 64)
         t = flow.sample_training_t(b, n, generator=gen, config=self.shift)  # true token count, as UNO trains
         noise = torch.randn(x_data.shape, generator=gen)
@@ -425,10 +462,6 @@ class Trainer:
         t, noise = t.to(device), noise.to(device)
         x_t = flow.interpolate(x_data, noise, t)
         target = flow.velocity_target(x_data, noise)
-        ref_tokens = None
-        if references:
-            target_grid = (pixels.shape[-2] // 16, pixels.shape[-1] // 16)
-            ref_tokens, img_ids = self.encode_references(references, target_grid)
         prediction = self.predict(x_t, t, prompt_embeds, pooled, text_ids, img_ids, ref_tokens)
         return F.mse_loss(prediction.float(), target.float())
 
@@ -437,12 +470,16 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         total = 0.0
         for micro in range(cfg.gradient_accumulation):
-            pixels, captions, *rest = next(batches)  # paired batches also carry references, look-free captions
-            references, without_looks = rest if rest else (None, None)
+            batch = next(batches)
             gen = step_generator(cfg.seed, self.step, micro, acc.process_index)
             last = micro == cfg.gradient_accumulation - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                loss = self.loss(pixels, captions, gen, references, without_looks) / cfg.gradient_accumulation
+                if self.cache is not None:  # batches are sample indices
+                    loss = self.cached_loss(batch, gen)
+                else:  # paired batches also carry references and look-free captions
+                    pixels, captions, *rest = batch
+                    loss = self.loss(pixels, captions, gen, *rest)
+                loss = loss / cfg.gradient_accumulation
                 acc.backward(loss)
             total += loss.detach()
         if cfg.max_grad_norm is not None:

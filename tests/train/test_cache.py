@@ -1,0 +1,41 @@
+"""The encoding cache (``cache_encodings``): a cached run trains on what an uncached run encodes every step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unoflux.train.trainer import Trainer, step_generator, train
+
+LONG_SIDES = {"reference_long_side_single": 32, "reference_long_side_multi": 16}
+
+
+@pytest.fixture(params=["text-to-image", "references"])
+def cache_case(request, tiny_config, world_data, wide_data, multi_pairs_data):
+    """A config factory: two aspect buckets of world scenes, or Stage II multi-pairs with look-free captions."""
+    if request.param == "text-to-image":
+        changes = {"data": [str(world_data), str(wide_data)], "buckets": [[32, 32], [32, 64]]}
+    else:
+        changes = {"data": [str(multi_pairs_data)], "batch_size": 1, "look_free_captions": 0.5, **LONG_SIDES}
+    return lambda **more: tiny_config(text_dropout=0.5, **changes, **more)
+
+
+def test_cached_batches_give_the_loss_of_encoded_batches(cache_case):
+    plain, cached = Trainer(cache_case(), []), Trainer(cache_case(cache_encodings=True), [])
+    assert plain.cache is None and cached.cache is not None
+    for batch, indices, step in zip(plain.data, cached.data, range(6)):  # same order: indices, not pixels
+        assert batch[1] == [plain.samples[i].caption for i in indices]
+        expected = plain.loss(*batch[:2], step_generator(3, step, 0, 0), *batch[2:])
+        got = cached.cached_loss(indices, step_generator(3, step, 0, 0))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cached_run_ends_with_the_weights_of_an_uncached_run(cache_case, tmp_path):
+    plain = train(cache_case(output_dir=str(tmp_path / "plain"), max_steps=3), command=[])
+    cached = train(cache_case(output_dir=str(tmp_path / "cached"), max_steps=3, cache_encodings=True), command=[])
+    expected = load_file(plain / "pytorch_lora_weights.safetensors")
+    got = load_file(cached / "pytorch_lora_weights.safetensors")
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
