@@ -65,15 +65,21 @@ def test_copy_paste_is_the_reference_shot_in_the_scene():
     assert not judge_case(render_scene(pair.target, 64).image, pair).copy_paste
 
 
-@pytest.mark.parametrize("with_references", [True, False])
-def test_evaluation_writes_report_images_and_sheet(tmp_path, tiny_pipe, with_references):
+@pytest.mark.parametrize("with_references, look_free", [(True, False), (False, False), (True, True)])
+def test_evaluation_writes_report_images_and_sheet(tmp_path, tiny_pipe, with_references, look_free):
     tiny_pipe.set_progress_bar_config(disable=True)
-    settings = SubjectEvalSettings(size=32, steps=2, limit=1, with_references=with_references)
+    settings = SubjectEvalSettings(size=32, steps=2, limit=1, with_references=with_references,
+                                   look_free_captions=look_free)  # fmt: skip
     summary = evaluate_subject_driven(tiny_pipe, tmp_path, settings)
     report = json.loads((tmp_path / "report.json").read_text())
     assert summary["cases"] == 2 and summary["by_kind"]["one"]["cases"] == 1 and summary["by_kind"]["two"]["cases"] == 1
     assert report["settings"]["with_references"] is with_references
     assert [item["id"] for item in report["items"]] == ["pair-000", "multi-pair-000"]
+    pairs = {p.id: p for p in heldout_subject_pairs()}
+    for item in report["items"]:  # the prompt given, beside the held-out caption
+        pair = pairs[item["id"]]
+        assert item["prompt"] == (caption_scene(pair.target, pair.seed, name_looks=False) if look_free else pair.caption)
+        assert item["caption"] == pair.caption and (item["prompt"] != item["caption"]) == look_free
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["multi-pair-000.png", "pair-000.png"]
     assert Image.open(tmp_path / "contact_sheet.png").width == 4 * 128 * 3
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from unoflux.errors import UnofluxError
 from unoflux.family.text import sample_captions, tiny_text_encoders, train_clip_tokenizer, train_t5_tokenizer
 from unoflux.family.vae import VAETrainConfig, calibrate_and_measure, train_vae
 
@@ -66,5 +67,7 @@ def test_family_build_options_set_the_vae_and_refuse_a_non_flux_downsampling():
     vae = config("--vae-channels", "64,64,128,128", "--vae-layers", "2", "--vae-batch", "64", "--vae-steps", "10")
     assert (vae.block_out_channels, vae.layers_per_block, vae.batch_size, vae.steps) == ([64, 64, 128, 128], 2, 64, 10)
     assert config().block_out_channels == [16, 32, 64, 64]  # v1's VAE stays the default
-    with pytest.raises(SystemExit, match="4 levels"):
+    with pytest.raises(UnofluxError, match="4 levels of widths .* got 3: \\[32, 64, 64\\]"):
         config("--vae-channels", "32,64,64")
+    with pytest.raises(UnofluxError, match="4 levels"):  # the library refuses it too, not only the CLI
+        VAETrainConfig(block_out_channels=[16, 32, 64, 64, 64]).model_config()

@@ -134,7 +134,7 @@ def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings =
     if settings.limit is not None:
         pairs = [p for p in pairs if len(p.references) == 1][: settings.limit] + \
                 [p for p in pairs if len(p.references) > 1][: settings.limit]  # fmt: skip
-    results, shown = [], []
+    results, items, shown = [], [], []
     for pair in tqdm(pairs, desc="held-out subject cases"):
         references = reference_shots(pair, settings.size) if settings.with_references else None
         prompt = caption_scene(pair.target, pair.seed, name_looks=False) if settings.look_free_captions else pair.caption
@@ -144,12 +144,12 @@ def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings =
         image = output.images[0]
         result = judge_case(image, pair, settings.distractors)
         results.append(result)
-        save_png(image, out_dir / "images" / f"{pair.id}.png",
-                 {"prompt": prompt, "seed": pair.seed, **result.to_dict()})  # fmt: skip
+        items.append({**result.to_dict(), "prompt": prompt})  # "caption" is the held-out one; "prompt" what was given
+        save_png(image, out_dir / "images" / f"{pair.id}.png", {"seed": pair.seed, **items[-1]})
         if len(shown) < 24 and (len(pair.references) > 1 or len(shown) < 12):
             shown.append((prompt, _side_by_side(references or [], image)))
     summary = summarize_subject(results)
-    save_json({"settings": asdict(settings), "summary": summary, "items": [r.to_dict() for r in results]},
+    save_json({"settings": asdict(settings), "summary": summary, "items": items},
               out_dir / "report.json")  # fmt: skip
     save_png(contact_sheet(shown, columns=4, aspect=3), out_dir / "contact_sheet.png",
              {"prompt": "held-out subject cases", **asdict(settings)})  # fmt: skip

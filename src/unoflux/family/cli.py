@@ -44,8 +44,7 @@ def family_config(args: argparse.Namespace):
                           ("vae_layers", "layers_per_block")):
         if getattr(args, option) is not None:
             setattr(config.vae, field, getattr(args, option))
-    if len(config.vae.block_out_channels) != 4:
-        raise SystemExit("error: --vae-channels needs 4 levels (FLUX's 8x downsampling, which UNO's token grid assumes)")
+    config.vae.model_config()  # refuses a VAE that is not 4 levels before any work starts
     return config
 
 

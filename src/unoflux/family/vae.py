@@ -19,6 +19,8 @@ from diffusers import AutoencoderKL
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..errors import UnofluxError
+
 from ..checkpoints.loading import default_device
 from ..conditioning import LATENT_CHANNELS
 
@@ -37,7 +39,12 @@ class VAETrainConfig:
     norm_num_groups: int = 16
 
     def model_config(self) -> dict:
+        """The ``AutoencoderKL`` config; refuses widths that are not 4 levels (FLUX's 8x downsampling, which the
+        pipeline's 2x2-packed token grid assumes)."""
         levels = len(self.block_out_channels)
+        if levels != 4:
+            raise UnofluxError(f"the VAE needs 4 levels of widths (FLUX's 8x downsampling), got {levels}: "
+                               f"{list(self.block_out_channels)}")  # fmt: skip
         return dict(
             in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
             down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,

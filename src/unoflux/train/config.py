@@ -186,8 +186,8 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes per training process
     # Encode every image, reference and caption once before training and keep the results in device memory
     # (train/cache.py). Exact (the VAE's latent mode and the text encoders are frozen) and much faster for small
-    # images; memory grows with the dataset (the world's 56k scenes at 64 px: ~0.5 GB), so FLUX.1-dev scale
-    # datasets leave it off.
+    # images; memory grows with the dataset (28000 world images at 64 px: 1 GB), so FLUX.1-dev scale datasets
+    # leave it off.
     cache_encodings: bool = False
     checkpoint_every: int = 500  # 0 = only the final save
     keep_checkpoints: int | None = None  # None = keep all

@@ -10,6 +10,9 @@ One optimizer step, per process (UNO recipe, DESIGN.md section 4)::
     v      = transformer([x_t | refs], t, text, ids = UnoPE, guidance=1)[:, :N]
     loss   = mse(v, flow.velocity_target(x_data, noise))    on the target tokens only
 
+With ``cache_encodings`` the VAE and text-encoder outputs come from :class:`~.cache.EncodingCache`, built once
+before step 1; batches then carry sample indices and the step is otherwise the same.
+
 Determinism: every random draw of a step (text dropout, t, noise) comes from a CPU generator seeded by
 (seed, step, micro-step, rank), the data order is a function of (seed, epoch) and the data position is
 checkpointed, so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
@@ -44,7 +47,7 @@ from tqdm import tqdm
 
 from .. import flow
 from ..checkpoints.lora import UNO_LORA_FILE
-from ..conditioning import grid_position_ids, pack_latents, sequence_position_ids
+from ..conditioning import grid_position_ids, sequence_position_ids
 from ..errors import UnofluxError
 from .config import TrainConfig
 from .data import (
