@@ -121,6 +121,7 @@ def test_a_model_folder_ships_its_lora_and_reference_sizes(tmp_path, diffusers_f
     shipped, base = load(), load(model_lora=False)
     plain = load_pipeline(ModelPaths(model=str(diffusers_folder)), device="cpu", use_environment=False)
     assert shipped.reference_long_sides == (32, 16) and plain.reference_long_sides is None
+    assert (plain.default_guidance_scale, plain.default_true_cfg_scale) == (4.0, 1.0)  # FLUX.1-dev's
     assert shipped.default_reference_long_side(1) == 32 and shipped.default_reference_long_side(2) == 16
     assert plain.default_reference_long_side(1) == 512 and plain.default_reference_long_side(3) == 320
     assert torch.equal(latents_of(base), latents_of(plain))
@@ -231,3 +232,16 @@ def test_model_index_is_required_for_model_folders(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({}))
     with pytest.raises(UnofluxError, match="model_index.json"):
         load_pipeline(ModelPaths(model=str(tmp_path)), device="cpu", use_environment=False)
+
+
+def test_a_model_folder_declares_its_guidance(tmp_path, diffusers_folder):
+    """A model trained with guidance 1 only (the embedded one) declares it, and classifier-free guidance."""
+    import shutil
+
+    folder = tmp_path / "cfg"
+    shutil.copytree(diffusers_folder, folder)
+    (folder / "unoflux.json").write_text(json.dumps({"guidance": 1, "true_cfg": 2.5}))
+    pipe = load_pipeline(ModelPaths(model=str(folder)), device="cpu", use_environment=False)
+    assert (pipe.default_guidance_scale, pipe.default_true_cfg_scale) == (1.0, 2.5)
+    out = pipe("a cat", width=32, height=32, num_inference_steps=2, seed=0, output_type="latent")
+    assert (out.settings["guidance"], out.settings["true_cfg"]) == (1.0, 2.5)

@@ -52,6 +52,7 @@ def test_generate_writes_a_png_with_its_settings(official_layout, tmp_path, caps
     assert settings["prompt"] == "a cat on the beach" and settings["seed"] == 11
     assert settings["references"] == [str(ref)] and settings["model"]["lora"] == paths.lora
     assert settings["position_mode"] == "diagonal" and settings["steps"] == 2
+    assert (settings["guidance"], settings["true_cfg"]) == (4.0, 1.0)  # FLUX.1-dev's defaults, resolved
     assert [p.name for p in out.parent.iterdir()] == ["cat.png"]  # no temporary leftovers
     assert out.stat().st_mode & 0o644 == 0o644  # readable like any file the user writes
 

@@ -97,6 +97,45 @@ def test_schedule_option_changes_the_result(tiny_pipe):
     assert not torch.allclose(latents(tiny_pipe, schedule="uno"), latents(tiny_pipe, schedule="flux"), atol=1e-6)
 
 
+@pytest.mark.parametrize("num_refs", [0, 1])
+def test_true_cfg_is_classifier_free_guidance_against_the_negative_prompt(tiny_pipe, ref_images, num_refs):
+    """Parity with the textbook formulation: two separate forwards per step, v = v_neg + s (v - v_neg), run
+    through the plain (no-CFG) sampler by wrapping the transformer."""
+    prompt, negative, scale, refs = "a red cup on the beach", "a blue cat", 3.0, ref_images[:num_refs]
+    got = latents(tiny_pipe, prompt, refs, true_cfg_scale=scale, negative_prompt=negative, num_inference_steps=3)
+    neg_embeds, neg_pooled, _ = tiny_pipe.encode_prompt(prompt=[negative], prompt_2=None, device="cpu",
+                                                        max_sequence_length=tiny_pipe.text_sequence_length)  # fmt: skip
+    forward = tiny_pipe.transformer.forward
+
+    def textbook_cfg(*, encoder_hidden_states, pooled_projections, **kwargs):
+        v = forward(encoder_hidden_states=encoder_hidden_states, pooled_projections=pooled_projections, **kwargs)[0]
+        v_neg = forward(encoder_hidden_states=neg_embeds, pooled_projections=neg_pooled, **kwargs)[0]
+        return (v_neg + scale * (v - v_neg),)
+
+    tiny_pipe.transformer.forward = textbook_cfg
+    try:
+        expected = latents(tiny_pipe, prompt, refs, true_cfg_scale=1.0, num_inference_steps=3)
+    finally:
+        del tiny_pipe.transformer.forward
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, latents(tiny_pipe, prompt, refs, num_inference_steps=3), atol=1e-4)
+    assert not torch.allclose(got, latents(tiny_pipe, prompt, refs, true_cfg_scale=scale, num_inference_steps=3),
+                              atol=1e-4)  # the negative prompt matters (default: empty)  # fmt: skip
+
+
+def test_guidance_defaults_come_from_the_pipeline_and_are_reported(tiny_pipe):
+    plain = tiny_pipe("a cat", output_type="latent", seed=1, **ARGS)
+    assert (plain.settings["guidance"], plain.settings["true_cfg"]) == (4.0, 1.0)  # FLUX.1-dev's: UNO's images
+    assert torch.equal(plain.images, latents(tiny_pipe, "a cat", seed=1, guidance_scale=4.0, true_cfg_scale=1.0))
+    tiny_pipe.default_guidance_scale, tiny_pipe.default_true_cfg_scale = 1.0, 2.0  # as a model folder declares
+    try:
+        declared = tiny_pipe("a cat", output_type="latent", seed=1, **ARGS)
+    finally:
+        del tiny_pipe.default_guidance_scale, tiny_pipe.default_true_cfg_scale
+    assert (declared.settings["guidance"], declared.settings["true_cfg"]) == (1.0, 2.0)
+    assert torch.equal(declared.images, latents(tiny_pipe, "a cat", seed=1, guidance_scale=1.0, true_cfg_scale=2.0))
+
+
 def test_schnell_like_model_without_guidance_embedding():
     from unoflux.testing import tiny_pipeline
 
@@ -116,6 +155,9 @@ def test_schnell_like_model_without_guidance_embedding():
         (dict(schedule="karras"), "schedule 'karras'"),
         (dict(reference_long_side=8), "reference long side 8"),
         (dict(output_type="np"), "output type"),
+        (dict(true_cfg_scale=0.5), "true CFG scale 0.5 must be"),
+        (dict(guidance_scale=float("nan")), "guidance nan"),
+        (dict(true_cfg_scale=2.0, negative_prompt=["a", "b"]), "2 negative prompts for 1 prompts"),
     ],
 )
 def test_bad_settings_fail_with_one_sentence(tiny_pipe, kwargs, message):

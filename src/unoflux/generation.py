@@ -27,7 +27,9 @@ class GenerationRequest:
     width: int = 512
     height: int = 512
     steps: int = 25
-    guidance: float = 4.0
+    guidance: float | None = None  # None: the model's (4 for FLUX.1-dev, as UNO)
+    true_cfg: float | None = None  # classifier-free guidance scale; None: the model's (off for FLUX.1-dev)
+    negative_prompt: str = ""  # the unconditional prompt when true_cfg > 1
     seed: int = 0
     num_images: int = 1
     position_mode: PositionMode = "diagonal"
@@ -52,6 +54,8 @@ def generate(pipe: UnoFluxPipeline, request: GenerationRequest, **call_kwargs) -
         height=request.height,
         num_inference_steps=request.steps,
         guidance_scale=request.guidance,
+        true_cfg_scale=request.true_cfg,
+        negative_prompt=request.negative_prompt,
         seed=request.seed,
         position_mode=request.position_mode,
         reference_long_side=request.reference_long_side,

@@ -15,6 +15,7 @@ seed gives the same image for the same weights. Known, deliberate differences:
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from dataclasses import dataclass, field
@@ -161,16 +162,23 @@ class UnoFluxPipeline(FluxPipeline):
         return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
 
     def _denoise(self, latents, ref_tokens, sigmas, guidance, pooled_embeds, prompt_embeds, text_ids, img_ids,
-                 n_target, callback_on_step_end):
-        """Euler steps from sigmas[0] to sigmas[-1] on the target tokens (references ride along unchanged)."""
+                 n_target, callback_on_step_end, negative=None, true_cfg_scale=1.0):
+        """Euler steps from sigmas[0] to sigmas[-1] on the target tokens (references ride along unchanged).
+        With ``negative`` (its prompt and pooled embeddings), classifier-free guidance: each step's velocity is
+        ``v_neg + true_cfg_scale * (v - v_neg)``, both from one forward over the doubled batch."""
         batch, device, dtype = latents.shape[0], latents.device, latents.dtype
         num_inference_steps = len(sigmas) - 1
+        if negative is not None:  # [conditional | unconditional] halves; images, references and ids are shared
+            prompt_embeds, pooled_embeds = torch.cat([prompt_embeds, negative[0]]), torch.cat([pooled_embeds, negative[1]])
+            guidance = None if guidance is None else torch.cat([guidance, guidance])
+            ref_tokens = None if ref_tokens is None else torch.cat([ref_tokens, ref_tokens])
         with self.progress_bar(total=num_inference_steps) as progress:
             for i, (t, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-                hidden = latents if ref_tokens is None else torch.cat([latents, ref_tokens], dim=1)
+                hidden = latents if negative is None else torch.cat([latents, latents])
+                hidden = hidden if ref_tokens is None else torch.cat([hidden, ref_tokens], dim=1)
                 velocity = self.transformer(
                     hidden_states=hidden,
-                    timestep=torch.full((batch,), t, device=device, dtype=dtype),
+                    timestep=torch.full((hidden.shape[0],), t, device=device, dtype=dtype),
                     guidance=guidance,
                     pooled_projections=pooled_embeds,
                     encoder_hidden_states=prompt_embeds,
@@ -178,6 +186,9 @@ class UnoFluxPipeline(FluxPipeline):
                     img_ids=img_ids,
                     return_dict=False,
                 )[0][:, :n_target]
+                if negative is not None:
+                    conditional, unconditional = velocity[:batch], velocity[batch:]
+                    velocity = unconditional + true_cfg_scale * (conditional - unconditional)
                 latents = flow.euler_step(latents, velocity, t, t_next)
                 if callback_on_step_end is not None:
                     latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
@@ -191,6 +202,14 @@ class UnoFluxPipeline(FluxPipeline):
     # A model folder's own LoRA may be meant for reference-driven generation only (unoflux.json
     # "lora_for": "references", set by load_pipeline): text-only calls then run the base without it.
     lora_only_with_references: bool = False
+
+    # Sampling defaults when the caller gives none. FLUX.1-dev is guidance-distilled: its guidance input is the
+    # knob (4 is UNO's default) and one forward per step suffices. A model trained with guidance 1 only (the
+    # embedded world model) declares {"guidance": 1, "true_cfg": s} in unoflux.json (set by load_pipeline): its
+    # guidance input stays where it was trained, and classifier-free guidance against the empty prompt, which
+    # text dropout trained, does the steering.
+    default_guidance_scale: float = 4.0
+    default_true_cfg_scale: float = 1.0
 
     def default_reference_long_side(self, num_references: int) -> int:
         if self.reference_long_sides is None:
@@ -207,7 +226,9 @@ class UnoFluxPipeline(FluxPipeline):
         width: int = 512,
         height: int = 512,
         num_inference_steps: int = 25,
-        guidance_scale: float = 4.0,
+        guidance_scale: float | None = None,
+        true_cfg_scale: float | None = None,
+        negative_prompt: str | list[str] = "",
         seed: int | None = None,
         position_mode: PositionMode = "diagonal",
         reference_long_side: int | None = None,
@@ -225,8 +246,12 @@ class UnoFluxPipeline(FluxPipeline):
             reference_images: PIL images or paths; empty or None = plain text-to-image.
             width, height: output size in pixels, floored to multiples of 16.
             num_inference_steps: Euler steps (UNO default 25).
-            guidance_scale: FLUX.1-dev's distilled guidance (one forward per step, no CFG); ignored by
-                models without a guidance embedding (schnell).
+            guidance_scale: the guidance input of guidance-distilled models (FLUX.1-dev: one forward per step);
+                ignored by models without a guidance embedding (schnell). None = :attr:`default_guidance_scale`
+                (4, UNO's; a model folder may declare its own).
+            true_cfg_scale: classifier-free guidance against ``negative_prompt``, two forwards per step (one
+                batch); 1 = off. None = :attr:`default_true_cfg_scale` (off, unless the model folder declares it).
+            negative_prompt: the unconditional prompt of ``true_cfg_scale`` (one, or one per prompt).
             seed: image ``j`` of every prompt uses ``seed + j`` (as UNO's batch script does); None picks one.
             position_mode: UnoPE offsets, ``diagonal`` (UNO), ``height``, ``width`` or ``none``.
             reference_long_side: references are resized to this long side; default 512 for one
@@ -249,6 +274,14 @@ class UnoFluxPipeline(FluxPipeline):
             raise UnofluxError(f"the VAE downsamples by {self.vae_scale_factor}; UNO needs a FLUX-style VAE (8x)")
         if output_type not in ("pil", "pt", "latent"):
             raise UnofluxError(f"output type {output_type!r} is not one of: pil, pt, latent")
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+        true_cfg_scale = self.default_true_cfg_scale if true_cfg_scale is None else float(true_cfg_scale)
+        if not (math.isfinite(guidance_scale) and math.isfinite(true_cfg_scale) and true_cfg_scale >= 1):
+            raise UnofluxError(f"guidance {guidance_scale} and true CFG scale {true_cfg_scale} must be finite, and the "
+                               "true CFG scale at least 1 (1 = off)")  # fmt: skip
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) != len(prompts):
+            raise UnofluxError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one, or one per prompt")
         width, height = output_size(width, height)
         long_side = reference_long_side or self.default_reference_long_side(len(references))
         if seed is None:
@@ -276,6 +309,12 @@ class UnoFluxPipeline(FluxPipeline):
             max_sequence_length=max_sequence_length,
         )  # fmt: skip
         batch = prompt_embeds.shape[0]
+        negative = None
+        if true_cfg_scale > 1:
+            negative = self.encode_prompt(
+                prompt=negatives, prompt_2=None, device=device, num_images_per_prompt=num_images_per_prompt,
+                max_sequence_length=max_sequence_length,
+            )[:2]  # fmt: skip
         img_ids = sequence_position_ids(target_grid, ref_grids, position_mode).to(device)
         ref_tokens = self.encode_references(ref_images, device, dtype)
         ref_tokens = torch.cat(ref_tokens, dim=1).expand(batch, -1, -1) if ref_tokens else None
@@ -298,7 +337,7 @@ class UnoFluxPipeline(FluxPipeline):
             self.disable_lora()
         try:
             latents = self._denoise(latents, ref_tokens, sigmas, guidance, pooled_embeds, prompt_embeds, text_ids,
-                                    img_ids, n_target, callback_on_step_end)  # fmt: skip
+                                    img_ids, n_target, callback_on_step_end, negative, true_cfg_scale)  # fmt: skip
         finally:
             if base_only:
                 self.enable_lora()
@@ -313,6 +352,8 @@ class UnoFluxPipeline(FluxPipeline):
             "height": height,
             "steps": num_inference_steps,
             "guidance": guidance_scale,
+            "true_cfg": true_cfg_scale,
+            **({"negative_prompt": negative_prompt} if true_cfg_scale > 1 and negative_prompt else {}),
             "seed": seed,
             "position_mode": position_mode,
             "reference_long_side": long_side,

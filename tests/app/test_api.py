@@ -38,6 +38,13 @@ def test_random_seed_is_reported(client):
     assert f"--seed {seed} " in command and f"seed {seed}" in status
 
 
+def test_true_cfg_and_negative_prompt_reach_the_pngs_and_the_command(client):
+    gallery, command, _ = generate(client, true_cfg=2.5, negative_prompt="a blue cube")
+    settings = read_settings(gallery[0]["image"])
+    assert (settings["true_cfg"], settings["negative_prompt"]) == (2.5, "a blue cube")
+    assert "--true-cfg 2.5 --negative-prompt 'a blue cube'" in command
+
+
 def bomb(path):
     """A few kilobytes on disk, 81 megapixels once decoded."""
     Image.new("1", (9000, 9000)).save(path)

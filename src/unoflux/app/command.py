@@ -38,9 +38,15 @@ def generate_command(request: GenerationRequest, model_flags: Sequence[str], out
         argv += ["--ref", str(reference)]
     argv += [
         "--width", str(request.width), "--height", str(request.height), "--steps", str(request.steps),
-        "--guidance", f"{request.guidance:g}", "--seed", str(request.seed), "--num-images", str(request.num_images),
+        "--seed", str(request.seed), "--num-images", str(request.num_images),
         "--position-mode", request.position_mode, "--schedule", request.schedule,
     ]  # fmt: skip
+    if request.guidance is not None:
+        argv += ["--guidance", f"{request.guidance:g}"]
+    if request.true_cfg is not None:
+        argv += ["--true-cfg", f"{request.true_cfg:g}"]
+    if request.negative_prompt:
+        argv += ["--negative-prompt", request.negative_prompt]
     if request.reference_long_side is not None:
         argv += ["--ref-long-side", str(request.reference_long_side)]
     argv += [*model_flags, "--out", str(out)]

@@ -85,13 +85,15 @@ def make_generate(runner: AppRunner):
         width: float = DEFAULTS.width,
         height: float = DEFAULTS.height,
         steps: float = DEFAULTS.steps,
-        guidance: float = DEFAULTS.guidance,
+        guidance: float | None = DEFAULTS.guidance,
+        true_cfg: float | None = DEFAULTS.true_cfg,
         seed: float | None = DEFAULTS.seed,
         random_seed: bool = False,
         num_images: float = DEFAULTS.num_images,
         position_mode: str = DEFAULTS.position_mode,
         reference_long_side: str = "auto",
         schedule: str = DEFAULTS.schedule,
+        negative_prompt: str = DEFAULTS.negative_prompt,
         progress=gr.Progress(),
     ) -> tuple[list[str], str, str]:
         """Generate images from a prompt and up to four reference images; returns the saved PNGs, the
@@ -101,7 +103,8 @@ def make_generate(runner: AppRunner):
                 prompt=prompt or "",
                 references=[upload_path(r) for r in (reference_1, reference_2, reference_3, reference_4) if r],
                 width=_as_int(width, "width"), height=_as_int(height, "height"), steps=_as_int(steps, "steps"),
-                guidance=float(guidance),
+                guidance=None if guidance is None else float(guidance),
+                true_cfg=None if true_cfg is None else float(true_cfg), negative_prompt=negative_prompt or "",
                 seed=secrets.randbelow(2**31) if random_seed else _as_int(seed, "seed"),
                 num_images=_as_int(num_images, "number of images"), position_mode=position_mode,
                 reference_long_side=parse_long_side(reference_long_side), schedule=schedule,
@@ -121,7 +124,7 @@ def make_generate(runner: AppRunner):
     return generate
 
 
-def _form_inputs(default_size: int) -> list[gr.Component]:
+def _form_inputs(default_size: int, default_guidance: float, default_true_cfg: float) -> list[gr.Component]:
     """The form, laid out in the current column; returned in ``make_generate``'s parameter order."""
     prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a little orange block at the left in a room", elem_id="prompt")
     with gr.Row():
@@ -135,7 +138,8 @@ def _form_inputs(default_size: int) -> list[gr.Component]:
         height = gr.Slider(16, MAX_SIDE, value=default_size, step=16, label="Height")
     with gr.Row():
         steps = gr.Slider(1, 100, value=DEFAULTS.steps, step=1, label="Steps")
-        guidance = gr.Slider(0, 10, value=DEFAULTS.guidance, step=0.1, label="Guidance")
+        guidance = gr.Slider(0, 10, value=default_guidance, step=0.1, label="Guidance")
+        true_cfg = gr.Slider(1, 10, value=default_true_cfg, step=0.1, label="True CFG (1 = off)")
     with gr.Row():
         seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
         random_seed = gr.Checkbox(value=False, label="Random seed")
@@ -145,8 +149,9 @@ def _form_inputs(default_size: int) -> list[gr.Component]:
         long_side = gr.Dropdown(LONG_SIDE_CHOICES, value="auto", allow_custom_value=True,
                                 label="Reference long side (auto: 512 for one reference, 320 for several)")  # fmt: skip
         schedule = gr.Radio(list(SCHEDULES), value=DEFAULTS.schedule, label="Schedule")
-    return [prompt, *references, width, height, steps, guidance, seed, random_seed, num_images, position_mode,
-            long_side, schedule]  # fmt: skip
+        negative_prompt = gr.Textbox(value="", label="Negative prompt (used when True CFG > 1)", elem_id="negative-prompt")
+    return [prompt, *references, width, height, steps, guidance, true_cfg, seed, random_seed, num_images,
+            position_mode, long_side, schedule, negative_prompt]  # fmt: skip
 
 
 def _result_outputs() -> list[gr.Component]:
@@ -170,7 +175,8 @@ def build_app(
     """The web app for a loaded pipeline. ``model`` is the record stored in each PNG, ``model_flags`` the
     flags that reload the same model in ``unoflux generate``; at most ``concurrency`` generations run at
     once and ``max_queue`` more wait; beyond that a request is refused with "queue is full". The size
-    sliders start at ``default_size`` (the model's native size)."""
+    sliders start at ``default_size`` (the model's native size), the guidance sliders at the pipeline's
+    defaults (the model's own, from its unoflux.json)."""
     if concurrency < 1 or max_queue < 1:
         raise UnofluxError(f"concurrency ({concurrency}) and queue size ({max_queue}) must be at least 1")
     with gr.Blocks(title="unoflux", analytics_enabled=False) as demo:
@@ -178,7 +184,8 @@ def build_app(
                     "reference images of the subjects to keep (upload, drag and drop, or paste).")  # fmt: skip
         with gr.Row():
             with gr.Column(scale=3):
-                inputs = _form_inputs(default_size)
+                inputs = _form_inputs(default_size, getattr(pipe, "default_guidance_scale", 4.0),
+                                      getattr(pipe, "default_true_cfg_scale", 1.0))  # fmt: skip
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 outputs = _result_outputs()

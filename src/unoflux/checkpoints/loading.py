@@ -247,6 +247,10 @@ def load_pipeline(
     _cast(pipe.vae, vae_dtype)
 
     defaults = model_defaults(model)
+    if "guidance" in defaults:  # a model not guidance-distilled declares the value it was trained at
+        pipe.default_guidance_scale = float(defaults["guidance"])
+    if "true_cfg" in defaults:
+        pipe.default_true_cfg_scale = float(defaults["true_cfg"])
     if "reference_long_side" in defaults:
         sides = defaults["reference_long_side"]
         pipe.reference_long_sides = (int(sides["one"]), int(sides["several"]))

@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     t2i.add_argument("--out", type=Path, required=True, help="folder for report.json, images/ and contact_sheet.png")
     t2i.add_argument("--size", type=int, default=64, help="image height in px (two-panel images are twice as wide)")
     t2i.add_argument("--steps", type=int, default=25)
-    t2i.add_argument("--guidance", type=float, default=4.0)
+    t2i.add_argument("--guidance", type=float, help="guidance input (default: the model's)")
+    t2i.add_argument("--true-cfg", type=float, help="classifier-free guidance scale, 1 = off (default: the model's)")
     t2i.add_argument("--limit", type=int, help="only the first N held-out prompts")
     add_model_args(t2i)
     t2i.set_defaults(func=cmd_world_t2i)
@@ -25,7 +26,8 @@ def register(subparsers) -> None:
     subj.add_argument("--out", type=Path, required=True, help="folder for report.json, images/ and contact_sheet.png")
     subj.add_argument("--size", type=int, default=64, help="output and reference-shot size in px")
     subj.add_argument("--steps", type=int, default=25)
-    subj.add_argument("--guidance", type=float, default=4.0)
+    subj.add_argument("--guidance", type=float, help="guidance input (default: the model's)")
+    subj.add_argument("--true-cfg", type=float, help="classifier-free guidance scale, 1 = off (default: the model's)")
     subj.add_argument("--position-mode", choices=POSITION_MODES, default="diagonal",
                       help="UnoPE at inference: the mode the LoRA was trained with")
     subj.add_argument("--caption-only", action="store_true", help="give the model no references: the floor")
@@ -42,7 +44,8 @@ def cmd_world_t2i(args: argparse.Namespace) -> int:
 
     pipe, _ = load_pipeline_from_args(args)
     pipe.set_progress_bar_config(disable=True)
-    settings = T2IEvalSettings(size=args.size, steps=args.steps, guidance=args.guidance, limit=args.limit)
+    settings = T2IEvalSettings(size=args.size, steps=args.steps, guidance=args.guidance, true_cfg=args.true_cfg,
+                               limit=args.limit)  # fmt: skip
     print_summary(evaluate_text_to_image(pipe, args.out, settings))
     print(f"report: {args.out / 'report.json'}")
     return 0
@@ -57,7 +60,7 @@ def cmd_world_subject(args: argparse.Namespace) -> int:
     if pipe.reference_long_sides is None and not args.caption_only:  # a trap met once: 64 px shots encoded at 512
         print(f"warning: {args.model or 'the model'} declares no reference_long_side in unoflux.json, so references are "
               "resized to UNO's 512 / 320; a world LoRA was trained at 64 / 48", file=sys.stderr)
-    settings = SubjectEvalSettings(size=args.size, steps=args.steps, guidance=args.guidance,
+    settings = SubjectEvalSettings(size=args.size, steps=args.steps, guidance=args.guidance, true_cfg=args.true_cfg,
                                    position_mode=args.position_mode, with_references=not args.caption_only,
                                    limit=args.limit, look_free_captions=args.look_free_captions)  # fmt: skip
     print_subject_summary(evaluate_subject_driven(pipe, args.out, settings))

@@ -36,7 +36,7 @@ from ..world.heldout import SubjectPair, heldout_subject_pairs
 from ..world.render import render_reference
 from ..world.subjects import same_look_distractors
 from ..world.vocab import REFERENCE_FILL, SIZES
-from .world import SUBJECT_CRITERIA, contact_sheet, percent
+from .world import SUBJECT_CRITERIA, contact_sheet, percent, with_model_defaults
 
 # Halfway between the largest prompted size and a reference shot's fill: only a copied subject is this big.
 COPY_PASTE_EXTENT = (max(SIZES.values()) + REFERENCE_FILL) / 2
@@ -46,7 +46,8 @@ COPY_PASTE_EXTENT = (max(SIZES.values()) + REFERENCE_FILL) / 2
 class SubjectEvalSettings:
     size: int = 64  # output and reference-shot size in px
     steps: int = 25
-    guidance: float = 4.0
+    guidance: float | None = None  # None: the model's default (the embedded model's: 1, as trained)
+    true_cfg: float | None = None  # None: the model's default (the embedded model's: 2)
     position_mode: str = "diagonal"  # UnoPE at inference (the ablation trains each mode; use the one trained)
     with_references: bool = True  # False: the caption-only floor
     limit: int | None = None  # only the first N cases of each kind (quick looks)
@@ -130,6 +131,7 @@ def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings =
     """Generate and judge the held-out subject-driven cases; write ``report.json``, images and a contact
     sheet (references | output per case)."""
     out_dir = Path(out_dir)
+    settings = with_model_defaults(settings, pipe)
     pairs = list(heldout_subject_pairs())
     if settings.limit is not None:
         pairs = [p for p in pairs if len(p.references) == 1][: settings.limit] + \
@@ -139,7 +141,8 @@ def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings =
         references = reference_shots(pair, settings.size) if settings.with_references else None
         prompt = caption_scene(pair.target, pair.seed, name_looks=False) if settings.look_free_captions else pair.caption
         output = pipe(prompt, references, width=settings.size, height=settings.size,
-                      num_inference_steps=settings.steps, guidance_scale=settings.guidance, seed=pair.seed,
+                      num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                      true_cfg_scale=settings.true_cfg, seed=pair.seed,
                       position_mode=settings.position_mode)  # fmt: skip
         image = output.images[0]
         result = judge_case(image, pair, settings.distractors)

@@ -9,7 +9,7 @@ same look (and whether that look is the prompt's).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -27,8 +27,18 @@ SUBJECT_CRITERIA = ("placement", "size", "colour", "shape", "pattern")
 class T2IEvalSettings:
     size: int = 64  # square scenes are size x size; two-panel images 2*size x size
     steps: int = 25
-    guidance: float = 4.0
+    guidance: float | None = None  # None: the model's default (the embedded model's: 1, as trained)
+    true_cfg: float | None = None  # None: the model's default (the embedded model's: 2)
     limit: int | None = None  # evaluate only the first N held-out prompts (quick looks)
+
+
+def with_model_defaults(settings, pipe):
+    """``settings`` with its guidance values resolved to what ``pipe`` uses for None, so reports say them."""
+    return replace(
+        settings,
+        guidance=getattr(pipe, "default_guidance_scale", 4.0) if settings.guidance is None else settings.guidance,
+        true_cfg=getattr(pipe, "default_true_cfg_scale", 1.0) if settings.true_cfg is None else settings.true_cfg,
+    )
 
 
 def percent(hits: int, n: int) -> float | None:
@@ -89,22 +99,25 @@ def contact_sheet(items: list[tuple[str, Image.Image]], columns: int = 6, cell: 
     return sheet
 
 
-def generate_and_check(pipe, prompt: HeldoutPrompt, size: int, steps: int = 25, guidance: float = 4.0):
+def generate_and_check(pipe, prompt: HeldoutPrompt, size: int, steps: int = 25, guidance: float | None = None,
+                       true_cfg: float | None = None):  # fmt: skip
     """One held-out prompt with its fixed seed (two-panel images twice as wide) -> (pipeline output,
     the checker's verdict on its image)."""
     wide = isinstance(prompt.spec, TwoPanelSpec)
     output = pipe(prompt.caption, width=2 * size if wide else size, height=size, num_inference_steps=steps,
-                  guidance_scale=guidance, seed=prompt.seed)  # fmt: skip
+                  guidance_scale=guidance, true_cfg_scale=true_cfg, seed=prompt.seed)  # fmt: skip
     return output, check(output.images[0], prompt.spec)
 
 
 def evaluate_text_to_image(pipe, out_dir: Path, settings: T2IEvalSettings = T2IEvalSettings()) -> dict:
     """Generate and judge every held-out prompt; write ``report.json``, images and a contact sheet."""
     out_dir = Path(out_dir)
+    settings = with_model_defaults(settings, pipe)
     prompts = list(heldout_prompts())[: settings.limit]
     verdicts, shown = [], []
     for prompt in tqdm(prompts, desc="held-out prompts"):
-        output, verdict = generate_and_check(pipe, prompt, settings.size, settings.steps, settings.guidance)
+        output, verdict = generate_and_check(pipe, prompt, settings.size, settings.steps, settings.guidance,
+                                             settings.true_cfg)  # fmt: skip
         image = output.images[0]
         verdicts.append((prompt, verdict))
         save_png(image, out_dir / "images" / f"{prompt.id}.png",

@@ -32,6 +32,11 @@ from .vae import VAETrainConfig, calibrate_and_measure, load_square_images, trai
 class FamilyConfig:
     seed: int = 0
     image_size: int = 64
+    # Sampling defaults written to unoflux.json. Our transformers train with guidance input 1 only (not
+    # guidance-distilled), so they sample at 1 and steer with classifier-free guidance against the empty prompt,
+    # which text dropout trains (scale chosen with scripts/guidance_sweep.py: docs/model.md).
+    guidance: float = 1.0
+    true_cfg: float = 2.0
     num_captions: int = 6000  # captions sampled to fit the tokenizers
     text_length: int = 64  # T5 tokens per prompt (captions use <= 48)
     clip_vocab_size: int = 600
@@ -96,7 +101,8 @@ def build_family(data_dirs: list[Path], out: Path, config: FamilyConfig, work: P
         "command": shlex.join(["unoflux", *sys.argv[1:]]) if sys.argv and "unoflux" in sys.argv[0] else None,
     }
     (out / "family.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / MODEL_DEFAULTS_FILE).write_text(json.dumps({"image_size": config.image_size}) + "\n")
+    defaults = {"image_size": config.image_size, "guidance": config.guidance, "true_cfg": config.true_cfg}
+    (out / MODEL_DEFAULTS_FILE).write_text(json.dumps(defaults) + "\n")
     return report
 
 

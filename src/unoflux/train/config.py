@@ -115,7 +115,8 @@ class ValidationSettings:
     height: int = 256
     steps: int = 20
     seed: int = 0
-    guidance: float = 4.0
+    guidance: float | None = None  # None: the model's default (unoflux.json; 4 for FLUX.1-dev)
+    true_cfg: float | None = None  # None: the model's default (off for FLUX.1-dev)
 
     def __post_init__(self) -> None:
         if not all(isinstance(p, str) and p.strip() for p in self.prompts):

@@ -561,7 +561,7 @@ class Trainer:
                 refs = v.references[i] if v.references else []
                 images.append(self.pipe(
                     prompt, reference_images=refs, width=v.width, height=v.height, num_inference_steps=v.steps,
-                    guidance_scale=v.guidance, seed=v.seed, position_mode=cfg.position_mode,
+                    guidance_scale=v.guidance, true_cfg_scale=v.true_cfg, seed=v.seed, position_mode=cfg.position_mode,
                     reference_long_side=cfg.reference_long_side(len(refs)) if refs else None,
                 ).images[0])  # fmt: skip
         finally:
