@@ -43,7 +43,7 @@ def main() -> None:
         base = TrainConfig.from_yaml(args.config).replace(
             data=[str(data)], output_dir=str(Path(tmp) / "run"), validate_every=0, checkpoint_every=0, num_workers=0
         )  # fmt: skip
-        plain = ms_per_step(Trainer(base, []), args.steps)
+        plain = ms_per_step(Trainer(base.replace(cache_encodings=False), []), args.steps)
         start = time.perf_counter()
         cached_trainer = Trainer(base.replace(cache_encodings=True), [])
         build_s = time.perf_counter() - start

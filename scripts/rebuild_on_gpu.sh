@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the embedded text-to-image base v2 on one CUDA GPU, as it was built: world data, the family with its
-# wider VAE, the transformer, held-out scores, fp16 export into src/unoflux/embedded/uno-world. Every step
+# wider VAE, the transformer, its fp16 export (data/gpu/base-v2, which v3 cools down: step 4). Every step
 # resumes when interrupted. As run on an H100 with 16 CPU cores: world 8 min, VAE 2.5 min, base 10 min. (v1,
 # sized for 2 CPU cores: rebuild_embedded.sh.) UNOFLUX overrides the command (default .venv/bin/unoflux).
 set -euo pipefail
@@ -26,14 +26,18 @@ stamp family
 "${U[@]}" family build --data data/world64/scenes --out data/family-v2 \
   --vae-channels 64,64,128,128 --vae-steps 4000 --vae-batch 64
 
-# 3. The text-to-image base, its fp16 export, the export's held-out scores (fp32 compute, as on a CPU), and the
-#    export again with those scores beside it as training.json.
+# 3. The v2 text-to-image base and its fp16 export, the starting point of v3.
 stamp base
 "${U[@]}" train --config configs/gpu/base_t2i.yaml --resume
-"${U[@]}" family export data/runs/base-v2/final $BASE
-"${U[@]}" evaluate world-t2i --out data/eval/base-v2 --model $BASE --dtype fp32
-"${U[@]}" family export data/runs/base-v2/final $BASE --notes data/eval/base-v2/report.json
+"${U[@]}" family export data/runs/base-v2/final data/gpu/base-v2
 stamp done
 
-# 4. UNO Stage I -> Stage II from this base and the subject-driven table: scripts/rebuild_uno_stages.sh (its CPU
-#    recipe is what shipped with v2; run there, it takes about 1 h 45 on 2 cores).
+# 4. v3, the shipped base: v2 cooled down on 2 CPU cores (47 min) on the world of scripts/rebuild_embedded.sh
+#    (16000 / 6000 / 6000 images; this script builds a larger world under the same names, so build that one in
+#    a checkout of its own, or point the config's data: at it), then exported with its held-out scores:
+#      OMP_NUM_THREADS=2 unoflux train --config configs/base_t2i_v3.yaml
+#      unoflux family export data/runs/base-v3/final src/unoflux/embedded/uno-world
+#      unoflux evaluate world-t2i --out data/eval/base-v3 --model src/unoflux/embedded/uno-world --dtype fp32
+#      unoflux family export data/runs/base-v3/final src/unoflux/embedded/uno-world --notes data/eval/base-v3/report.json
+#    Its sampling defaults (unoflux.json: guidance 1, true_cfg 3) come from scripts/guidance_sweep.py.
+# 5. UNO Stage I -> Stage II from this base and the subject-driven table: scripts/rebuild_uno_stages.sh (2 cores).

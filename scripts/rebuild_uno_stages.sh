@@ -2,9 +2,10 @@
 # Rebuild the embedded model's subject-driven LoRA (UNO Stage I -> Stage II on the synthetic world) and every
 # row of the subject-driven table in docs/model.md, from the shipped text-to-image base. Every step resumes
 # when interrupted (world shards, training checkpoints); an evaluation is skipped when its report exists.
-# As run: two single-thread jobs side by side on 2 CPU cores, about 2 h 30 in all. On the v2 base (shipped), the
-# stages, the mixing experiment, the floor and their evaluations were run; the UnoPE ablation and the UNO-captions
-# Stage I were run on the v1 base only (their reports: data/eval/v1, docs/model.md).
+# As run: two single-thread jobs side by side on 2 CPU cores. On the v3 base (shipped) the stages, the floor and
+# their evaluations were run (about 1 h 10, at the model's sampling defaults: guidance 1, CFG 3); the mixing
+# experiment on v2, the UnoPE ablation and the UNO-captions Stage I on v1 only, at guidance 4 (their reports:
+# data/eval/v2, data/eval/v1; docs/model.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 U=".venv/bin/unoflux"
@@ -34,7 +35,7 @@ $U train --config configs/experiments/stage1_world_uno_captions.yaml --resume
 #    (.venv/bin/python scripts/subject_table.py prints the table of docs/model.md from these reports).
 evaluate() {  # out-dir, then flags
   local out=$1; shift
-  [ -f "$out/report.json" ] || $U evaluate world-subject --out "$out" --model $BASE --base-only "$@"
+  [ -f "$out/report.json" ] || $U evaluate world-subject --out "$out" --model $BASE --base-only --ref-long-side 64,48 "$@"
 }
 evaluate data/eval/subject-caption-only --caption-only
 evaluate data/eval/subject-stage1-uno-captions --lora data/runs/stage1-uno-captions/final/dit_lora.safetensors

@@ -118,3 +118,16 @@ def test_look_free_captions_leave_the_look_to_the_references(tmp_path):
     assert summary["all_recognisable"] == 100.0 and len(oracle.prompts) == 4
     for prompt, pair in zip(oracle.prompts, _cases(2, 2)):
         assert prompt != pair.caption and not any(r.colour in prompt for r in pair.references)
+
+
+def test_cli_refuses_a_model_without_reference_sizes_unless_given(diffusers_folder, tmp_path, capsys):
+    """64 px world shots resized to UNO's 512 made evaluations slow and meaningless (twice): refused up front."""
+    from unoflux.cli import main
+
+    common = ["evaluate", "world-subject", "--model", str(diffusers_folder), "--size", "32", "--steps", "1",
+              "--limit", "1"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "refused")]) == 2
+    assert "declares no reference_long_side" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert main([*common, "--out", str(tmp_path / "given"), "--ref-long-side", "32,16"]) == 0
+    assert json.loads((tmp_path / "given" / "report.json").read_text())["summary"]["cases"] == 2
+    assert main([*common, "--out", str(tmp_path / "floor"), "--caption-only"]) == 0  # no references: no sizes needed

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from ..errors import UnofluxError
 
 
 def register(subparsers) -> None:
@@ -34,6 +35,9 @@ def register(subparsers) -> None:
     subj.add_argument("--look-free-captions", action="store_true",
                       help="captions without looks: colour and shape can only come from the references")
     subj.add_argument("--limit", type=int, help="only the first N cases of each kind")
+    subj.add_argument("--ref-long-side", type=_long_sides, metavar="ONE,SEVERAL",
+                      help="reference long sides in px with one and with several references (default: the model "
+                           "folder's, from unoflux.json)")  # fmt: skip
     add_model_args(subj)
     subj.set_defaults(func=cmd_world_subject)
 
@@ -51,15 +55,26 @@ def cmd_world_t2i(args: argparse.Namespace) -> int:
     return 0
 
 
+def _long_sides(text: str) -> tuple[int, int]:
+    try:
+        one, several = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not two whole numbers ONE,SEVERAL (e.g. 64,48)") from None
+    return one, several
+
+
 def cmd_world_subject(args: argparse.Namespace) -> int:
     from ..cli import load_pipeline_from_args
     from .subject import SubjectEvalSettings, evaluate_subject_driven, print_subject_summary
 
     pipe, _ = load_pipeline_from_args(args)
     pipe.set_progress_bar_config(disable=True)
-    if pipe.reference_long_sides is None and not args.caption_only:  # a trap met once: 64 px shots encoded at 512
-        print(f"warning: {args.model or 'the model'} declares no reference_long_side in unoflux.json, so references are "
-              "resized to UNO's 512 / 320; a world LoRA was trained at 64 / 48", file=sys.stderr)
+    if args.ref_long_side:
+        pipe.reference_long_sides = args.ref_long_side
+    elif pipe.reference_long_sides is None and not args.caption_only:  # a trap met twice: 64 px shots encoded at 512
+        raise UnofluxError(f"{args.model or 'the model'} declares no reference_long_side in unoflux.json, so references "
+                           "would be resized to UNO's 512 / 320 px; give the sizes the LoRA was trained at, e.g. "
+                           "--ref-long-side 64,48 for the world LoRAs")  # fmt: skip
     settings = SubjectEvalSettings(size=args.size, steps=args.steps, guidance=args.guidance, true_cfg=args.true_cfg,
                                    position_mode=args.position_mode, with_references=not args.caption_only,
                                    limit=args.limit, look_free_captions=args.look_free_captions)  # fmt: skip

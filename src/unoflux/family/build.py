@@ -36,7 +36,7 @@ class FamilyConfig:
     # guidance-distilled), so they sample at 1 and steer with classifier-free guidance against the empty prompt,
     # which text dropout trains (scale chosen with scripts/guidance_sweep.py: docs/model.md).
     guidance: float = 1.0
-    true_cfg: float = 2.0
+    true_cfg: float = 3.0
     num_captions: int = 6000  # captions sampled to fit the tokenizers
     text_length: int = 64  # T5 tokens per prompt (captions use <= 48)
     clip_vocab_size: int = 600
