@@ -1,5 +1,5 @@
 """Print the subject-driven evaluation table of docs/model.md from the reports that
-scripts/rebuild_uno_stages.sh writes (data/eval/*/report.json; the v1 model's were moved to data/eval/v1).
+scripts/rebuild_uno_stages.sh writes (data/eval/*/report.json; the v1 and v2 models' were moved to data/eval/v1, data/eval/v2).
 Rows whose report is missing are skipped.
 
     .venv/bin/python scripts/subject_table.py [EVAL_DIR]
