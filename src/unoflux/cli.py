@@ -79,7 +79,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
                    help="guidance input of a guidance-distilled model (default: the model's; 4 for FLUX.1-dev, as UNO)")
     g.add_argument("--true-cfg", type=float, metavar="SCALE",
                    help="classifier-free guidance against --negative-prompt, 2 forwards per step; 1 = off "
-                        "(default: the model's; off for FLUX.1-dev, 2 for the embedded model)")
+                        "(default: the model's; off for FLUX.1-dev, 3 for the embedded model)")
     g.add_argument("--negative-prompt", default="", help="the unconditional prompt of --true-cfg (default empty)")
     g.add_argument("--seed", type=int, default=3407, help="image j uses seed + j (default 3407, as UNO)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
@@ -103,7 +103,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         references=[str(Path(r).resolve()) for r in args.ref],
         width=size if args.width is None else args.width, height=size if args.height is None else args.height,
         steps=args.steps,
-        guidance=args.guidance, true_cfg=args.true_cfg, negative_prompt=args.negative_prompt, seed=args.seed, num_images=args.num_images, position_mode=args.position_mode,
+        guidance=args.guidance, true_cfg=args.true_cfg, negative_prompt=args.negative_prompt, seed=args.seed,
+        num_images=args.num_images, position_mode=args.position_mode,
         reference_long_side=args.ref_long_side, schedule=args.schedule,
     )  # fmt: skip
     request.validate()  # bad input fails here, before minutes of model loading

@@ -47,7 +47,7 @@ class SubjectEvalSettings:
     size: int = 64  # output and reference-shot size in px
     steps: int = 25
     guidance: float | None = None  # None: the model's default (the embedded model's: 1, as trained)
-    true_cfg: float | None = None  # None: the model's default (the embedded model's: 2)
+    true_cfg: float | None = None  # None: the model's default (the embedded model's: 3)
     position_mode: str = "diagonal"  # UnoPE at inference (the ablation trains each mode; use the one trained)
     with_references: bool = True  # False: the caption-only floor
     limit: int | None = None  # only the first N cases of each kind (quick looks)

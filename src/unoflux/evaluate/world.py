@@ -28,16 +28,21 @@ class T2IEvalSettings:
     size: int = 64  # square scenes are size x size; two-panel images 2*size x size
     steps: int = 25
     guidance: float | None = None  # None: the model's default (the embedded model's: 1, as trained)
-    true_cfg: float | None = None  # None: the model's default (the embedded model's: 2)
+    true_cfg: float | None = None  # None: the model's default (the embedded model's: 3)
     limit: int | None = None  # evaluate only the first N held-out prompts (quick looks)
 
 
 def with_model_defaults(settings, pipe):
-    """``settings`` with its guidance values resolved to what ``pipe`` uses for None, so reports say them."""
+    """``settings`` with its guidance values resolved to what ``pipe`` uses for None, so reports say them
+    (a stand-in without the pipeline's defaults gets the class's, FLUX.1-dev's)."""
+    from ..pipeline import UnoFluxPipeline
+
+    guidance = getattr(pipe, "default_guidance_scale", UnoFluxPipeline.default_guidance_scale)
+    true_cfg = getattr(pipe, "default_true_cfg_scale", UnoFluxPipeline.default_true_cfg_scale)
     return replace(
         settings,
-        guidance=getattr(pipe, "default_guidance_scale", 4.0) if settings.guidance is None else settings.guidance,
-        true_cfg=getattr(pipe, "default_true_cfg_scale", 1.0) if settings.true_cfg is None else settings.true_cfg,
+        guidance=guidance if settings.guidance is None else settings.guidance,
+        true_cfg=true_cfg if settings.true_cfg is None else settings.true_cfg,
     )
 
 

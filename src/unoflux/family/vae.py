@@ -19,10 +19,9 @@ from diffusers import AutoencoderKL
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import UnofluxError
-
 from ..checkpoints.loading import default_device
 from ..conditioning import LATENT_CHANNELS
+from ..errors import UnofluxError
 
 
 @dataclass
