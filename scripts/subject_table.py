@@ -1,6 +1,6 @@
 """Print the subject-driven evaluation table of docs/model.md from the reports that
-scripts/rebuild_uno_stages.sh writes (data/eval/*/report.json; the v1 and v2 models' were moved to data/eval/v1, data/eval/v2).
-Rows whose report is missing are skipped.
+scripts/evaluate_embedded.sh (v4: data/eval/v4) or scripts/rebuild_uno_stages.sh (v3: data/eval; v1, v2: data/eval/v1,
+data/eval/v2) write. Rows whose report is missing are skipped.
 
     .venv/bin/python scripts/subject_table.py [EVAL_DIR]
 """
@@ -16,8 +16,8 @@ ROWS = [  # (label, full-caption report, look-free-caption report)
     ("base, caption only (no reference): the floor", "subject-caption-only", "lookfree-caption-only"),
     ("Stage I, UNO's captions only (rank 32, lr 2e-4, 3000 steps)", "subject-stage1-uno-captions",
      "lookfree-stage1-uno-captions"),
-    ("Stage I (2500 steps)", "subject-stage1", "lookfree-stage1"),
-    ("Stage II (Stage I + 1500 steps on 2-3 subjects): shipped", "subject-stage2", "lookfree-stage2"),
+    ("Stage I", "subject-stage1", "lookfree-stage1"),
+    ("Stage II (from Stage I, on 2-3 subjects)", "subject-stage2", "lookfree-stage2"),
     ("Stage II with single-subject pairs mixed in (2/3 of batches)", "subject-stage2-mixed", "lookfree-stage2-mixed"),
     ("UnoPE none (Stage I recipe, 750 steps)", "unope-none", "lookfree-unope-none"),
     ("UnoPE height (750 steps)", "unope-height", "lookfree-unope-height"),

@@ -19,9 +19,10 @@ from .world.heldout import heldout_prompts, heldout_subject_pairs
 EXAMPLES_DIR = Path(__file__).with_name("examples")
 DEMO_PROMPTS = ("single-000", "single-007", "multi-000", "two-panel-000")
 # Held-out identities the model never saw: one case with one reference, one with two, chosen on v2 (its best
-# one-reference case; a typical two-reference one). With v3 the one-reference case gets the whole look right and
-# the identity details wrong (identity match 16.5% in the evaluation); the two-reference one stays typical (both
-# subjects recognisable in 3.5% of cases). The whole picture is the table in docs/model.md.
+# one-reference case; a typical two-reference one). With v4 the one-reference case gets the whole look right and
+# the identity details wrong (identity match 12.5% in the evaluation); the two-reference one stays typical: both
+# subjects placed right, one shape or size wrong (both recognisable in 18.5% of cases). The whole picture is the
+# table in docs/model.md.
 DEMO_SUBJECT_CASES = ("pair-029", "multi-pair-027")
 
 

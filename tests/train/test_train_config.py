@@ -56,6 +56,7 @@ def test_uno_lora_targets_are_exactly_the_xlabs_layers():
         ({"lora": {"rnak": 3}}, "unknown setting 'lora.rnak'"),
         ({"mode": "qlora"}, "mode 'qlora'"),
         ({"max_steps": 0}, "max_steps 0"),
+        ({"max_minutes": 0}, "max_minutes 0"),
         ({"mixed_precision": "fp16"}, "mixed_precision 'fp16'"),
         ({"buckets": [[30, 64]]}, "bucket [30, 64]"),
         ({"text_dropout": 1.5}, "text_dropout 1.5"),
@@ -104,7 +105,7 @@ def test_cli_overrides_win(tmp_path):
 
 def test_train_help():
     out = subprocess.run([sys.executable, "-m", "unoflux", "train", "-h"], capture_output=True, text=True, check=True)
-    for flag in ("--config", "--resume", "--max-steps", "--output-dir", "--position-mode"):
+    for flag in ("--config", "--resume", "--max-steps", "--max-minutes", "--output-dir", "--position-mode"):
         assert flag in out.stdout
 
 
@@ -117,7 +118,7 @@ def test_shipped_configs_are_valid():
     files = sorted(root.rglob("*.yaml"))
     stages = [f for f in files if f.name.startswith("stage")]
     assert {f.name for f in stages} >= {"stage1_world.yaml", "stage2_world.yaml", "stage1_flux_dev.yaml"}
-    assert {f.name for f in files} >= {"base_t2i.yaml", "base_t2i_v3.yaml"}
+    assert {f.name for f in files} >= {"base_t2i.yaml", "base_t2i_v3.yaml", "base_t2i_v4.yaml"}
     for path in files:
         values = yaml.safe_load(path.read_text())
         values.pop("init_lora", None)  # names the Stage I output, which exists only once Stage I has run

@@ -115,3 +115,21 @@ def test_a_run_stopped_along_a_longer_schedule_is_the_prefix_of_that_schedule(ti
 
     assert rows(short) == rows(full)[:3]
     assert float(rows(short)[-1][0]) > 0  # not decayed to zero at its own last step
+
+
+def test_a_time_budget_ends_the_run_and_its_final_config_reproduces_it(tiny_config, tmp_path):
+    from safetensors.torch import load_file
+
+    from unoflux.train import TrainConfig
+
+    common = dict(lr_schedule="cosine", warmup_steps=1, log_every=1)
+    timed = train(tiny_config(output_dir=str(tmp_path / "timed"), max_steps=50, max_minutes=1e-9, **common), command=[])
+    saved = TrainConfig.from_yaml(timed / "config.yaml")
+    assert (saved.max_steps, saved.lr_schedule_steps, saved.max_minutes) == (1, 50, None)  # one step, then out of time
+    assert len(read_log(timed.parent)) == 1
+    again = train(saved.replace(output_dir=str(tmp_path / "again")), command=[])
+    weights = "pytorch_lora_weights.safetensors"
+    first, second = load_file(timed / weights), load_file(again / weights)
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=0, atol=0)

@@ -171,6 +171,10 @@ class TrainConfig:
     # The schedule's horizon when it is not max_steps: a run stopped early along a longer decay (as the embedded
     # base v2 was, when its GPU time ran out) is then one command that reproduces it.
     lr_schedule_steps: int | None = None
+    # A wall-clock budget (minutes, counted from the trainer's start: loading and caching included). When it
+    # runs out, the run ends there and final/config.yaml says max_steps = the step reached (and
+    # lr_schedule_steps = the horizon it was on), so that file reproduces the run. None = no budget.
+    max_minutes: float | None = None
     max_grad_norm: float | None = 1.0  # None = no clipping
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
@@ -228,6 +232,8 @@ class TrainConfig:
                 raise UnofluxError(f"{name} {value!r} must be a non-negative integer")
         if self.lr_schedule_steps is not None and (not isinstance(self.lr_schedule_steps, int) or self.lr_schedule_steps < self.max_steps):
             raise UnofluxError(f"lr_schedule_steps {self.lr_schedule_steps!r} must be an integer >= max_steps ({self.max_steps})")
+        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not isinstance(self.max_minutes, (int, float)) or self.max_minutes <= 0):
+            raise UnofluxError(f"max_minutes {self.max_minutes!r} must be a positive number of minutes or null")
         if self.keep_checkpoints is not None and (not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 1):
             raise UnofluxError(f"keep_checkpoints {self.keep_checkpoints!r} must be a positive integer or null")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):

@@ -27,6 +27,7 @@ the XLabs layout; with the config and command).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import importlib.util
 import json
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from tqdm import tqdm
 
 from .. import flow
@@ -268,6 +269,7 @@ class Trainer:
     """Builds everything from a :class:`TrainConfig`; :meth:`train` runs (or resumes) it."""
 
     def __init__(self, config: TrainConfig, command: list[str] | None = None):
+        self.started = time.monotonic()  # max_minutes counts from here
         self.config = config
         self.command = command if command is not None else [sys.executable, *sys.argv]
         self.output_dir = Path(config.output_dir)
@@ -630,6 +632,23 @@ class Trainer:
         (folder / "command.txt").write_text(shlex.join(self.command) + "\n")
 
     # ----------------------------------------------------------------------------------- loop
+    def out_of_time(self) -> bool:
+        """Whether ``max_minutes`` has run out (decided on the main process, so every process stops together)."""
+        if self.config.max_minutes is None:
+            return False
+        acc = self.accelerator
+        late = torch.tensor(float(time.monotonic() - self.started > 60 * self.config.max_minutes), device=acc.device)
+        if acc.num_processes > 1:
+            late = broadcast(late, from_process=0)
+        return bool(late.item())
+
+    def end_early(self) -> None:
+        """Make the config say what ran: ``max_steps`` = the step reached, on the schedule it followed."""
+        cfg = self.config
+        self.accelerator.print(f"max_minutes ({cfg.max_minutes:g}) ran out: the run ends at step {self.step} of {cfg.max_steps}")
+        self.config = dataclasses.replace(cfg, max_steps=self.step, max_minutes=None,
+                                          lr_schedule_steps=cfg.lr_schedule_steps or cfg.max_steps)  # fmt: skip
+
     def train(self, resume: str | None = None) -> Path:
         """Run to ``max_steps`` (continuing from a checkpoint if ``resume``) and return the final folder."""
         acc, cfg = self.accelerator, self.config
@@ -668,6 +687,9 @@ class Trainer:
                 self.validate()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
                 self.save_checkpoint()
+            if self.step < cfg.max_steps and self.out_of_time():
+                self.end_early()
+                break
         bar.close()
         if board is not None:
             board.close()
