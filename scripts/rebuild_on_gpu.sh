@@ -15,12 +15,9 @@ BASE=src/unoflux/embedded/uno-world
 stamp() { echo "[$(date +%T)] $*"; }
 build() { "${U[@]}" world build --size 64 --shard-size 1000 --workers "$WORKERS" --quiet "$@"; }
 
-# 1. The world at 64 px. Records are seeded by index, so v3's world (data/world64, that of rebuild_embedded.sh)
-#    is the first half of v2's larger one (data/world64-v2).
+# 1. The world at 64 px of v3, v4 and the stages (that of rebuild_embedded.sh). Records are seeded by index, so
+#    it is the first half of v2's larger one (data/world64-v2, step 2).
 stamp world
-build --out data/world64-v2/scenes   --kind scenes      --count 32000 --seed 1
-build --out data/world64-v2/multi    --kind multi       --count 12000 --seed 2
-build --out data/world64-v2/two-panel --kind two-panel  --count 12000 --seed 3
 build --out data/world64/scenes      --kind scenes      --count 16000 --seed 1
 build --out data/world64/multi       --kind multi       --count 6000  --seed 2
 build --out data/world64/two-panel   --kind two-panel   --count 6000  --seed 3
@@ -31,6 +28,9 @@ build --out data/world64/multi-pairs --kind multi-pairs --count 6000  --seed 5
 #    channels, 0.97M) trained 4000 steps at batch 64 (v1: 3000 at 8): PSNR 32.8 dB (v1 26.5); then the
 #    transformer from scratch, 4000 steps of 128 along a 12000-step cosine (the session's GPU time ran out).
 if [ ! -f data/gpu/base-v2/model_index.json ]; then
+  build --out data/world64-v2/scenes    --kind scenes    --count 32000 --seed 1
+  build --out data/world64-v2/multi     --kind multi     --count 12000 --seed 2
+  build --out data/world64-v2/two-panel --kind two-panel --count 12000 --seed 3
   stamp family
   "${U[@]}" family build --data data/world64-v2/scenes --out data/family-v2 \
     --vae-channels 64,64,128,128 --vae-steps 4000 --vae-batch 64

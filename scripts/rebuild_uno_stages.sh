@@ -2,10 +2,11 @@
 # Rebuild the embedded model's subject-driven LoRA (UNO Stage I -> Stage II on the synthetic world) and every
 # row of the subject-driven table in docs/model.md, from the shipped text-to-image base. Every step resumes
 # when interrupted (world shards, training checkpoints); an evaluation is skipped when its report exists.
-# As run: two single-thread jobs side by side on 2 CPU cores. On the v3 base (shipped) the stages, the floor and
-# their evaluations were run (about 1 h 10, at the model's sampling defaults: guidance 1, CFG 3); the mixing
-# experiment on v2, the UnoPE ablation and the UNO-captions Stage I on v1 only, at guidance 4 (their reports:
-# data/eval/v2, data/eval/v1; docs/model.md).
+# As run: two single-thread jobs side by side on 2 CPU cores. This is how v3's stages were made (about 1 h 10 with
+# their evaluations, at the model's sampling defaults: guidance 1, CFG 3); the mixing experiment ran on v2, the
+# UnoPE ablation and the UNO-captions Stage I on v1 (reports: data/eval/v2, data/eval/v1; docs/model.md). The
+# shipped v4's stages ran on a GPU (scripts/rebuild_on_gpu.sh); run on the shipped base, this script's step 5
+# replaces its LoRA with the CPU recipe's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 U=".venv/bin/unoflux"

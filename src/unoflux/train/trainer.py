@@ -27,8 +27,8 @@ the XLabs layout; with the config and command).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import csv
+import dataclasses
 import importlib.util
 import json
 import math
