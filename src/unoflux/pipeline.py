@@ -368,3 +368,10 @@ class UnoFluxPipeline(FluxPipeline):
             images = tensor_to_images(decoded) if output_type == "pil" else (decoded.float().clamp(-1, 1) + 1) / 2
         self.maybe_free_model_hooks()
         return UnoOutput(images=images, seeds=seeds, settings=settings)
+
+
+def sampling_defaults(pipe) -> tuple[float, float]:
+    """(guidance, true CFG) that ``pipe`` samples with when given None. A stand-in without them (tests wrap
+    pipelines) gets the class's, FLUX.1-dev's."""
+    return (getattr(pipe, "default_guidance_scale", UnoFluxPipeline.default_guidance_scale),
+            getattr(pipe, "default_true_cfg_scale", UnoFluxPipeline.default_true_cfg_scale))  # fmt: skip

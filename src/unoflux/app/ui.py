@@ -21,7 +21,7 @@ from ..cli import POSITION_MODES  # noqa: E402
 from ..demo import EXAMPLES_DIR  # noqa: E402
 from ..errors import UnofluxError  # noqa: E402
 from ..generation import GenerationRequest  # noqa: E402
-from ..pipeline import MAX_SIDE, SCHEDULES, UnoFluxPipeline  # noqa: E402
+from ..pipeline import MAX_SIDE, SCHEDULES, sampling_defaults  # noqa: E402
 from .runner import AppRunner  # noqa: E402
 
 MAX_REFERENCES = 4
@@ -184,10 +184,7 @@ def build_app(
                     "reference images of the subjects to keep (upload, drag and drop, or paste).")  # fmt: skip
         with gr.Row():
             with gr.Column(scale=3):
-                inputs = _form_inputs(  # a wrapped pipeline (tests) may lack the defaults: FLUX.1-dev's then
-                    default_size, getattr(pipe, "default_guidance_scale", UnoFluxPipeline.default_guidance_scale),
-                    getattr(pipe, "default_true_cfg_scale", UnoFluxPipeline.default_true_cfg_scale),
-                )
+                inputs = _form_inputs(default_size, *sampling_defaults(pipe))
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 outputs = _result_outputs()

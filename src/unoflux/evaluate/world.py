@@ -33,12 +33,10 @@ class T2IEvalSettings:
 
 
 def with_model_defaults(settings, pipe):
-    """``settings`` with its guidance values resolved to what ``pipe`` uses for None, so reports say them
-    (a stand-in without the pipeline's defaults gets the class's, FLUX.1-dev's)."""
-    from ..pipeline import UnoFluxPipeline
+    """``settings`` with its guidance values resolved to what ``pipe`` uses for None, so reports say them."""
+    from ..pipeline import sampling_defaults
 
-    guidance = getattr(pipe, "default_guidance_scale", UnoFluxPipeline.default_guidance_scale)
-    true_cfg = getattr(pipe, "default_true_cfg_scale", UnoFluxPipeline.default_true_cfg_scale)
+    guidance, true_cfg = sampling_defaults(pipe)
     return replace(
         settings,
         guidance=guidance if settings.guidance is None else settings.guidance,

@@ -636,11 +636,11 @@ class Trainer:
         """Whether ``max_minutes`` has run out (decided on the main process, so every process stops together)."""
         if self.config.max_minutes is None:
             return False
+        late = time.monotonic() - self.started > 60 * self.config.max_minutes
         acc = self.accelerator
-        late = torch.tensor(float(time.monotonic() - self.started > 60 * self.config.max_minutes), device=acc.device)
-        if acc.num_processes > 1:
-            late = broadcast(late, from_process=0)
-        return bool(late.item())
+        if acc.num_processes > 1:  # one process's clock decides; a tensor only when there is someone to tell
+            late = bool(broadcast(torch.tensor(float(late), device=acc.device), from_process=0).item())
+        return late
 
     def end_early(self) -> None:
         """Make the config say what ran: ``max_steps`` = the step reached, on the schedule it followed."""
