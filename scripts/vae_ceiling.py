@@ -2,6 +2,7 @@
 passed through a model's VAE (encode, decode) and judged as the evaluations judge generated images. No
 transformer can score above this through that VAE. Text-to-image: every 4th held-out prompt. Subject-driven:
 the first 50 cases of each kind (identity match against same-look distractors, both subjects recognisable).
+Images are rendered at the model's native size (unoflux.json).
 
     .venv/bin/python scripts/vae_ceiling.py [MODEL_DIR]     (default: the embedded model)
 """
@@ -16,16 +17,13 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from unoflux.checkpoints.specs import EMBEDDED_MODEL_DIR
+from unoflux.checkpoints.specs import EMBEDDED_MODEL_DIR, model_defaults
 from unoflux.evaluate.subject import judge_case, summarize_subject
 from unoflux.evaluate.world import summarize
 from unoflux.family.vae import to_unit_range
 from unoflux.world.checker import check
 from unoflux.world.heldout import heldout_prompts, heldout_subject_pairs
 from unoflux.world.render import render
-
-SIZE = 64
-
 
 @torch.no_grad()
 def through_vae(vae: AutoencoderKL, image: Image.Image) -> Image.Image:
@@ -36,13 +34,14 @@ def through_vae(vae: AutoencoderKL, image: Image.Image) -> Image.Image:
 
 def main() -> None:
     model = sys.argv[1] if len(sys.argv) > 1 else str(EMBEDDED_MODEL_DIR)
+    size = int(model_defaults(model).get("image_size", 64))
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32).eval()
     prompts = heldout_prompts()[::4]
-    verdicts = [(p, check(through_vae(vae, render(p.spec, SIZE).image), p.spec)) for p in prompts]
+    verdicts = [(p, check(through_vae(vae, render(p.spec, size).image), p.spec)) for p in prompts]
     pairs = heldout_subject_pairs()
     cases = [p for kind in (1, 2) for p in [p for p in pairs if len(p.references) == kind][:50]]
-    subject = summarize_subject([judge_case(through_vae(vae, render(p.target, SIZE).image), p) for p in cases])
-    print(json.dumps({"model": model, "text_to_image": {"prompts": len(prompts), **summarize(verdicts)},
+    subject = summarize_subject([judge_case(through_vae(vae, render(p.target, size).image), p) for p in cases])
+    print(json.dumps({"model": model, "size": size, "text_to_image": {"prompts": len(prompts), **summarize(verdicts)},
                       "subject_driven": subject}, indent=2))
 
 

@@ -71,3 +71,38 @@ def test_family_build_options_set_the_vae_and_refuse_a_non_flux_downsampling():
         config("--vae-channels", "32,64,64")
     with pytest.raises(UnofluxError, match="4 levels"):  # the library refuses it too, not only the CLI
         VAETrainConfig(block_out_channels=[16, 32, 64, 64, 64]).model_config()
+
+
+def test_tune_vae_moves_a_family_to_a_new_size_keeping_its_latent_space(diffusers_folder, tmp_path):
+    """``family tune-vae`` (v5: v4 moved to 128 px): the decoder learns, the encoder and the latent normalisation
+    stay bit-equal (the transformer's inputs do not change), the folder says its new size and still loads."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from unoflux.family.build import tune_vae
+    from unoflux.pipeline import UnoFluxPipeline
+
+    shard = tmp_path / "world" / "shard_00000"
+    shard.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):  # flat colour blocks, like world scenes, 48 px high: the new size; two-panels stay whole
+        panels = 2 if i % 2 else 1
+        pixels = np.repeat(np.repeat(rng.integers(0, 256, (6, 6 * panels, 3), dtype=np.uint8), 8, 0), 8, 1)
+        Image.fromarray(pixels).save(shard / f"{i:03d}.png")
+    config = VAETrainConfig(steps=6, batch_size=2, learning_rate=1e-3, crop_size=48, decoder_only=True)
+    record = tune_vae(diffusers_folder, [tmp_path / "world"], tmp_path / "tuned", config, image_size=48)
+
+    source, tuned = UnoFluxPipeline.from_pretrained(diffusers_folder), UnoFluxPipeline.from_pretrained(tmp_path / "tuned")
+    before, after = source.vae.state_dict(), tuned.vae.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("decoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    normalisation = [(vae.config.shift_factor, vae.config.scaling_factor) for vae in (source.vae, tuned.vae)]
+    assert normalisation[0] == normalisation[1]
+    transformer = source.transformer.state_dict()
+    assert all(torch.equal(v, tuned.transformer.state_dict()[k]) for k, v in transformer.items())
+    assert json.loads((tmp_path / "tuned" / "unoflux.json").read_text())["image_size"] == 48
+    tuning = json.loads((tmp_path / "tuned" / "family.json").read_text())["vae_tuning"]
+    assert tuning == record and tuning["image_size"] == 48 and record["psnr_db_before"] > 0 and record["psnr_db"] > 0
+    assert list(record["psnr_db_by_size"]) == ["48x48", "48x96"] and record["num_images"] == 8

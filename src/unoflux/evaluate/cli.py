@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="evaluate_command", required=True)
     t2i = sub.add_parser("world-t2i", help="text-to-image: background, placement, size, colour, shape, two-panel looks")
     t2i.add_argument("--out", type=Path, required=True, help="folder for report.json, images/ and contact_sheet.png")
-    t2i.add_argument("--size", type=int, default=64, help="image height in px (two-panel images are twice as wide)")
+    t2i.add_argument("--size", type=int, help="image height in px (two-panel images are twice as wide; default: the model's)")
     t2i.add_argument("--steps", type=int, default=25)
     t2i.add_argument("--guidance", type=float, help="guidance input (default: the model's)")
     t2i.add_argument("--true-cfg", type=float, help="classifier-free guidance scale, 1 = off (default: the model's)")
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
     subj = sub.add_parser("world-subject", help="subject-driven: held-out identities with 1 or 2 references")
     subj.add_argument("--out", type=Path, required=True, help="folder for report.json, images/ and contact_sheet.png")
-    subj.add_argument("--size", type=int, default=64, help="output and reference-shot size in px")
+    subj.add_argument("--size", type=int, help="output and reference-shot size in px (default: the model's)")
     subj.add_argument("--steps", type=int, default=25)
     subj.add_argument("--guidance", type=float, help="guidance input (default: the model's)")
     subj.add_argument("--true-cfg", type=float, help="classifier-free guidance scale, 1 = off (default: the model's)")
@@ -43,13 +43,13 @@ def register(subparsers) -> None:
 
 
 def cmd_world_t2i(args: argparse.Namespace) -> int:
-    from ..cli import load_pipeline_from_args
+    from ..cli import default_image_size, load_pipeline_from_args
     from .world import T2IEvalSettings, evaluate_text_to_image, print_summary
 
     pipe, _ = load_pipeline_from_args(args)
     pipe.set_progress_bar_config(disable=True)
-    settings = T2IEvalSettings(size=args.size, steps=args.steps, guidance=args.guidance, true_cfg=args.true_cfg,
-                               limit=args.limit)  # fmt: skip
+    settings = T2IEvalSettings(size=args.size or default_image_size(args), steps=args.steps, guidance=args.guidance,
+                               true_cfg=args.true_cfg, limit=args.limit)  # fmt: skip
     print_summary(evaluate_text_to_image(pipe, args.out, settings))
     print(f"report: {args.out / 'report.json'}")
     return 0
@@ -64,7 +64,7 @@ def _long_sides(text: str) -> tuple[int, int]:
 
 
 def cmd_world_subject(args: argparse.Namespace) -> int:
-    from ..cli import load_pipeline_from_args
+    from ..cli import default_image_size, load_pipeline_from_args
     from .subject import SubjectEvalSettings, evaluate_subject_driven, print_subject_summary
 
     pipe, _ = load_pipeline_from_args(args)
@@ -75,8 +75,8 @@ def cmd_world_subject(args: argparse.Namespace) -> int:
         raise UnofluxError(f"{args.model or 'the model'} declares no reference_long_side in unoflux.json, so references "
                            "would be resized to UNO's 512 / 320 px; give the sizes the LoRA was trained at, e.g. "
                            "--ref-long-side 64,48 for the world LoRAs")  # fmt: skip
-    settings = SubjectEvalSettings(size=args.size, steps=args.steps, guidance=args.guidance, true_cfg=args.true_cfg,
-                                   position_mode=args.position_mode, with_references=not args.caption_only,
+    settings = SubjectEvalSettings(size=args.size or default_image_size(args), steps=args.steps,
+                                   guidance=args.guidance, true_cfg=args.true_cfg, position_mode=args.position_mode, with_references=not args.caption_only,
                                    limit=args.limit, look_free_captions=args.look_free_captions)  # fmt: skip
     print_subject_summary(evaluate_subject_driven(pipe, args.out, settings))
     print(f"report: {args.out / 'report.json'}")

@@ -21,6 +21,17 @@ def register(subparsers) -> None:
     b.add_argument("--vae-layers", type=int, help="VAE resnet layers per level")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_build)
+    t = sub.add_parser("tune-vae", help="fine-tune a family's VAE at a new image size (decoder only: the transformer stays valid)")
+    t.add_argument("source", type=Path, help="a family folder (e.g. src/unoflux/embedded/uno-world)")
+    t.add_argument("out", type=Path, help="the folder to write: the same family with the tuned VAE")
+    t.add_argument("--data", nargs="+", required=True, type=Path, help="world dataset folders at the new size")
+    t.add_argument("--size", type=int, required=True, help="image size the VAE is tuned at (the family's new native size)")
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--whole", action="store_true", help="tune the encoder too (changes the latent space: retrain the transformer)")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_tune_vae)
     e = sub.add_parser("export", help="copy a trained family folder in fp16 (what ships in the package)")
     e.add_argument("source", type=Path, help="a trained diffusers folder (e.g. a training run's final/)")
     e.add_argument("target", type=Path, help="where to write it (src/unoflux/embedded/uno-world ships)")
@@ -53,6 +64,19 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     report = build_family(args.data, args.out, family_config(args))
     print(json.dumps({"out": str(args.out), "vae": report["vae"], "parameters": report["parameters"]}, indent=2))
+    return 0
+
+
+def cmd_tune_vae(args: argparse.Namespace) -> int:
+    from .build import tune_vae
+    from .vae import VAETrainConfig
+
+    if args.size % 16:
+        raise SystemExit(f"--size {args.size} must be a multiple of 16 (the pipeline's token grid)")
+    config = VAETrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
+                            crop_size=args.size, decoder_only=not args.whole)
+    record = tune_vae(args.source, args.data, args.out, config, args.size)
+    print(json.dumps({"out": str(args.out), **{k: record[k] for k in ("psnr_db_before", "psnr_db")}}, indent=2))
     return 0
 
 
