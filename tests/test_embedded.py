@@ -26,7 +26,7 @@ def test_embedded_model_ships_small_in_fp16_with_its_provenance():
     assert sum(f.stat().st_size for f in files) < 30 * 2**20
     for name in ("family.json", "config.yaml", "command.txt", "training.json", "unoflux.json"):
         assert (EMBEDDED_MODEL_DIR / name).is_file(), name
-    assert model_defaults(EMBEDDED_MODEL_DIR)["image_size"] == 64
+    assert model_defaults(EMBEDDED_MODEL_DIR)["image_size"] == 128
     summary = json.loads((EMBEDDED_MODEL_DIR / "training.json").read_text())["summary"]
     assert summary["prompts"] >= 200
 
@@ -50,7 +50,7 @@ def test_generate_cli_defaults_to_the_models_native_size(tmp_path, monkeypatch):
     assert main(["generate", "--prompt", "a large red star on a sunny beach", "--steps", "3", "--out", str(out)]) == 0
     settings = read_settings(out)
     assert (settings["guidance"], settings["true_cfg"]) == (1.0, 3.0)
-    assert (settings["width"], settings["height"]) == (64, 64) and settings["model"] == {
+    assert (settings["width"], settings["height"]) == (128, 128) and settings["model"] == {
         "model": "embedded", "dtype": "float32", "weights_dtype": None}  # fmt: skip
 
 
@@ -59,7 +59,7 @@ def test_embedded_model_ships_its_uno_lora_with_provenance(embedded):
     assert defaults["lora"] == "dit_lora.safetensors" and (EMBEDDED_MODEL_DIR / "dit_lora.safetensors").is_file()
     for name in ("lora_config.yaml", "lora_command.txt", "lora_training.json"):
         assert (EMBEDDED_MODEL_DIR / name).is_file(), name
-    assert embedded.reference_long_sides == (64, 48)
+    assert embedded.reference_long_sides == (128, 80)
     assert json.loads((EMBEDDED_MODEL_DIR / "lora_training.json").read_text())["summary"]["cases"] == 400
     base = load_pipeline(ModelPaths(), device="cpu", use_environment=False, model_lora=False)
     base.set_progress_bar_config(disable=True)
@@ -92,7 +92,7 @@ def test_references_decide_the_colour_when_the_caption_does_not(embedded):
     for pair in [p for p in heldout_subject_pairs() if len(p.references) == 1][:12]:
         prompt = caption_scene(pair.target, pair.seed, name_looks=False)
         for with_reference in (True, False):
-            refs = reference_shots(pair, 64) if with_reference else None
-            image = embedded(prompt, refs, width=64, height=64, seed=pair.seed).images[0]
+            refs = reference_shots(pair, 128) if with_reference else None
+            image = embedded(prompt, refs, width=128, height=128, seed=pair.seed).images[0]
             hits[with_reference] += judge_case(image, pair).verdict.subjects[0].colour_ok
     assert hits[True] >= 4 and hits[True] >= hits[False] + 2, hits

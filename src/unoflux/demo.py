@@ -2,7 +2,8 @@
 model, each image saved, and the world's exact checker's verdict printed beside it.
 
 The subject-driven examples use the reference shots bundled in ``unoflux/examples`` (also the web app's
-examples); ``write_examples()`` renders them again from the held-out identities, byte for byte.
+examples), rendered at the model's 128 px; ``write_examples()`` renders them again from the held-out
+identities, byte for byte.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from .world.heldout import heldout_prompts, heldout_subject_pairs
 EXAMPLES_DIR = Path(__file__).with_name("examples")
 DEMO_PROMPTS = ("single-000", "single-007", "multi-000", "two-panel-000")
 # Held-out identities the model never saw: one case with one reference, one with two, chosen on v2 (its best
-# one-reference case; a typical two-reference one). With v4 the one-reference case gets the whole look right and
-# the identity details wrong (identity match 12.5% in the evaluation); the two-reference one stays typical: both
-# subjects placed right, one shape or size wrong (both recognisable in 18.5% of cases). The whole picture is the
-# table in docs/model.md.
+# one-reference case; a typical two-reference one). With v5 the one-reference case gets the whole look right and
+# the identity details wrong (identity match 10% in the evaluation); the two-reference one stays typical: both
+# subjects placed and coloured right, their shapes wrong (both recognisable in 13% of cases). The whole picture
+# is the table in docs/model.md.
 DEMO_SUBJECT_CASES = ("pair-029", "multi-pair-027")
 
 
@@ -43,7 +44,7 @@ def reference_file_name(identity) -> str:
     return f"{identity.colour}_{identity.pattern}_{identity.shape}.png"
 
 
-def write_examples(folder: Path = EXAMPLES_DIR, size: int = 64) -> list[Path]:
+def write_examples(folder: Path = EXAMPLES_DIR, size: int = 128) -> list[Path]:
     """Render the demo cases' reference shots and write ``examples.json`` (the app's examples too)."""
     pairs = {p.id: p for p in heldout_subject_pairs()}
     items, written = [], []

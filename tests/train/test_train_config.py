@@ -118,7 +118,8 @@ def test_shipped_configs_are_valid():
     files = sorted(root.rglob("*.yaml"))
     stages = [f for f in files if f.name.startswith("stage")]
     assert {f.name for f in stages} >= {"stage1_world.yaml", "stage2_world.yaml", "stage1_flux_dev.yaml"}
-    assert {f.name for f in files} >= {"base_t2i.yaml", "base_t2i_v3.yaml", "base_t2i_v4.yaml"}
+    assert {f.name for f in files} >= {"base_t2i.yaml", "base_t2i_v3.yaml", "base_t2i_v4.yaml", "base_t2i_v5a.yaml",
+                                       "base_t2i_v5.yaml", "stage1_world128.yaml", "stage2_world128.yaml"}
     for path in files:
         values = yaml.safe_load(path.read_text())
         values.pop("init_lora", None)  # names the Stage I output, which exists only once Stage I has run

@@ -108,12 +108,13 @@ def build_family(data_dirs: list[Path], out: Path, config: FamilyConfig, work: P
 
 
 def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainConfig, image_size: int,
-             work: Path | None = None) -> dict:
+             work: Path | None = None, measure_images: int = 512) -> dict:
     """Copy the family folder ``source`` to ``out`` with its VAE fine-tuned on ``data_dirs`` at ``image_size``
     (the decoder only with ``config.decoder_only``: the latent space, its normalisation and the transformer
     stay valid, so the transformer can go on training at the new size). ``unoflux.json`` gets the new
     native size, ``family.json`` a ``vae_tuning`` record; a LoRA shipped in ``source`` is left out (it
-    was trained at the old size). Resumable like ``build_family``; returns the tuning record."""
+    was trained at the old size). PSNR before and after on ``measure_images`` of each size. Resumable like
+    ``build_family``; returns the tuning record."""
     import shutil
 
     from ..pipeline import UnoFluxPipeline
@@ -132,7 +133,7 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
 
     def psnr_by_size(vae: AutoencoderKL, calibrate: bool = False) -> dict:
         # squares first: calibrating (a whole tuning changes the latent space) uses them, as build_family does
-        return {f"{g.shape[-2]}x{g.shape[-1]}": calibrate_and_measure(vae, g, calibrate=calibrate and k == 0)["psnr_db"]
+        return {f"{g.shape[-2]}x{g.shape[-1]}": calibrate_and_measure(vae, g, measure_images, calibrate and k == 0)["psnr_db"]
                 for k, g in enumerate(shuffled)}
 
     before = psnr_by_size(pipe.vae.to(device))

@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--whole", action="store_true", help="tune the encoder too (changes the latent space: retrain the transformer)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--measure-images", type=int, default=512, help="images of each size the PSNR is measured on")
     t.set_defaults(func=cmd_tune_vae)
     e = sub.add_parser("export", help="copy a trained family folder in fp16 (what ships in the package)")
     e.add_argument("source", type=Path, help="a trained diffusers folder (e.g. a training run's final/)")
@@ -75,7 +76,7 @@ def cmd_tune_vae(args: argparse.Namespace) -> int:
         raise SystemExit(f"--size {args.size} must be a multiple of 16 (the pipeline's token grid)")
     config = VAETrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
                             crop_size=args.size, decoder_only=not args.whole)
-    record = tune_vae(args.source, args.data, args.out, config, args.size)
+    record = tune_vae(args.source, args.data, args.out, config, args.size, measure_images=args.measure_images)
     print(json.dumps({"out": str(args.out), **{k: record[k] for k in ("psnr_db_before", "psnr_db")}}, indent=2))
     return 0
 
