@@ -2,7 +2,8 @@
 # Rebuild the shipped embedded model (v5) on one CUDA GPU, as it was built: world data, the family with its wider
 # VAE, the v2 transformer, its v3 cool-down, the v4 continuation at batch 512 and v4's UNO stages (64 px); then v5:
 # the 128 px world, v4's VAE decoder tuned at 128 px, the transformer moved to 128 px and cooled down, UNO Stage
-# I -> II at 128 px, the held-out scores and the fp16 export with the LoRA shipped in src/unoflux/embedded/uno-world.
+# I -> II at 128 px, the decoder tuned again on whole two-panel images, the held-out scores and the fp16 export
+# with the LoRA shipped in src/unoflux/embedded/uno-world.
 # Every step resumes when interrupted (world shards, training checkpoints) and a finished export is not redone.
 # As run on an H100 with 16 CPU cores: v2's world 8 min, VAE 2.5 min, base v2 10 min; v3 ran on 2 CPU cores (47
 # min); v3's world 2.8 min, base v4 5 min, pairs 1.5 min, Stage I and II 2.5 min each; v5's world 2.5 min with its
@@ -17,7 +18,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 BASE=src/unoflux/embedded/uno-world
 stamp() { echo "[$(date +%T)] $*"; }
 build() { "${U[@]}" world build --size 64 --shard-size 1000 --workers "$WORKERS" --quiet "$@"; }
-build128() { "${U[@]}" world build --size 128 --shard-size 1000 --workers "$WORKERS" --quiet "$@"; }
+build128() { "${U[@]}" world build --size 128 --shard-size 1000 --workers "$WORKERS" --quiet "$@"; }  # a later --shard-size wins
 export TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1  # v5 ran with TF32 matmuls
 
 # 1. The world at 64 px of v3, v4 and the stages (that of rebuild_embedded.sh). Records are seeded by index, so
@@ -94,9 +95,18 @@ stamp stages-v5
 "${U[@]}" train --config configs/gpu/stage2_world128.yaml --resume
 stamp trained
 
-# 9. Held-out scores (fp32; they ran on 2 CPU cores, 50 min) and the ship: the base exported with its
-#    text-to-image scores, Stage II's LoRA shipped with its subject-driven scores.
-scripts/evaluate_embedded.sh data/gpu/base-v5 data/runs/gpu128-stage1 data/runs/gpu128-stage2 data/eval/v5
-"${U[@]}" family export data/gpu/base-v5 $BASE --notes data/eval/v5/t2i/report.json
-"${U[@]}" family ship-lora data/runs/gpu128-stage2/final $BASE --notes data/eval/v5/subject-stage2/report.json
+# 9. The decoder tuned again with whole two-panel images beside scenes (it ran on 2 CPU cores, 20 min, on a
+#    small 128 px world of its own): a VAE that never saw a two-panel image whole decodes them badly.
+build128 --out data/world128-local/scenes      --kind scenes    --count 3000 --seed 11 --shard-size 500
+build128 --out data/world128-local/two-panel   --kind two-panel --count 300  --seed 3  --shard-size 300
+build128 --out data/world128-local/two-panel-b --kind two-panel --count 1500 --seed 13 --shard-size 500
+[ -f data/gpu/base-v5b/model_index.json ] || "${U[@]}" family tune-vae data/gpu/base-v5 data/gpu/base-v5b --size 128 \
+  --steps 400 --batch 4 --lr 1e-4 --measure-images 96 \
+  --data data/world128-local/scenes data/world128-local/two-panel data/world128-local/two-panel-b
+
+# 10. Held-out scores (fp32; they ran on 2 CPU cores, 50 min) and the ship: the base exported with its
+#     text-to-image scores, Stage II's LoRA shipped with its subject-driven scores.
+scripts/evaluate_embedded.sh data/gpu/base-v5b data/runs/gpu128-stage1 data/runs/gpu128-stage2 data/eval/v5b
+"${U[@]}" family export data/gpu/base-v5b $BASE --notes data/eval/v5b/t2i/report.json
+"${U[@]}" family ship-lora data/runs/gpu128-stage2/final $BASE --notes data/eval/v5b/subject-stage2/report.json
 stamp done

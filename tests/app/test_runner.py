@@ -33,7 +33,7 @@ def tiny_request(examples):
     return make
 
 
-def test_run_saves_unique_pngs_with_settings_and_kept_references(runner, tiny_request):
+def test_run_saves_unique_pngs_with_settings_and_kept_references(runner, tiny_request, examples):
     steps_seen = []
     first = runner.run(tiny_request(num_images=2), on_step=lambda done, total: steps_seen.append((done, total)))
     second = runner.run(tiny_request(num_images=2))  # same prompt and seed: must not overwrite
@@ -44,7 +44,8 @@ def test_run_saves_unique_pngs_with_settings_and_kept_references(runner, tiny_re
         settings = read_settings(path)
         assert (settings["seed"], settings["model"], settings["width"]) == (7 + j, {"model": "tiny"}, 48)
         (reference,) = settings["references"]
-        assert reference.startswith(str(runner.out_dir / "references")) and Image.open(reference).size == (64, 64)
+        bundled = Image.open(examples / "red_striped_diamond.png")
+        assert reference.startswith(str(runner.out_dir / "references")) and Image.open(reference).size == bundled.size
 
 
 def test_run_refuses_a_bad_reference_before_any_work(runner, tiny_request, tmp_path):

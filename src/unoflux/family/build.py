@@ -10,6 +10,7 @@ then ``UnoFluxPipeline(...).save_pretrained(out)`` plus ``family.json`` (configs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -112,7 +113,7 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
     """Copy the family folder ``source`` to ``out`` with its VAE fine-tuned on ``data_dirs`` at ``image_size``
     (the decoder only with ``config.decoder_only``: the latent space, its normalisation and the transformer
     stay valid, so the transformer can go on training at the new size). ``unoflux.json`` gets the new
-    native size, ``family.json`` a ``vae_tuning`` record; a LoRA shipped in ``source`` is left out (it
+    native size, ``family.json``'s ``vae_tuning`` list one more record; a LoRA shipped in ``source`` is left out (it
     was trained at the old size). PSNR before and after on ``measure_images`` of each size. Resumable like
     ``build_family``; returns the tuning record."""
     import shutil
@@ -129,6 +130,8 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
         raise UnofluxError(f"the images under {', '.join(map(str, data_dirs))} are not all {image_size} px high")
     shuffled = [g[torch.randperm(len(g), generator=torch.Generator().manual_seed(1))] for g in groups]
     pipe = UnoFluxPipeline.from_pretrained(source, dtype=torch.float32)
+    vae_shape = {k: pipe.vae.config[k] for k in ("layers_per_block", "norm_num_groups")}  # the record says what was tuned
+    config = dataclasses.replace(config, block_out_channels=list(pipe.vae.config.block_out_channels), **vae_shape)
     device = default_device()  # measuring 512 images at 128 px on a CPU took minutes of a GPU session
 
     def psnr_by_size(vae: AutoencoderKL, calibrate: bool = False) -> dict:
@@ -154,7 +157,8 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
               "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor,
               "command": shlex.join(["unoflux", *sys.argv[1:]]) if sys.argv and "unoflux" in sys.argv[0] else None}
     report = json.loads((tmp / "family.json").read_text()) if (tmp / "family.json").is_file() else {}
-    report["vae_tuning"] = record
+    earlier = report.get("vae_tuning", [])
+    report["vae_tuning"] = [*(earlier if isinstance(earlier, list) else [earlier]), record]  # every tuning, in order
     (tmp / "family.json").write_text(json.dumps(report, indent=2) + "\n")
     defaults_path = tmp / MODEL_DEFAULTS_FILE
     defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
