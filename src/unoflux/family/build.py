@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,11 @@ from ..checkpoints.specs import MODEL_DEFAULTS_FILE, scheduler_config_for
 from ..errors import UnofluxError
 from .text import sample_captions, tiny_text_encoders, train_clip_tokenizer, train_t5_tokenizer
 from .vae import VAETrainConfig, calibrate_and_measure, load_images_by_size, load_square_images, train_vae
+
+
+# What a family folder carries beside its weights: its configs and metrics, sampling defaults, and the run
+# (config and command) that trained it.
+_PROVENANCE = ("family.json", MODEL_DEFAULTS_FILE, "config.yaml", "command.txt")
 
 
 @dataclass
@@ -70,6 +77,34 @@ def _text_components(config: FamilyConfig, work: Path):
     return t5, t5_tokenizer, clip, clip_tokenizer
 
 
+def _world_images(data_dirs: list[Path]) -> list[Path]:
+    """Every image of the world datasets in ``data_dirs``, in a fixed order; refuses folders without any."""
+    paths = sorted(p for d in data_dirs for p in Path(d).glob("shard_*/*.png"))
+    if not paths:
+        raise FileNotFoundError(f"no shard_*/*.png images under {', '.join(map(str, data_dirs))}")
+    return paths
+
+
+def _invoking_command() -> str | None:
+    """The ``unoflux ...`` command line this process runs, for the records (None from Python)."""
+    return shlex.join(["unoflux", *sys.argv[1:]]) if sys.argv and "unoflux" in sys.argv[0] else None
+
+
+@contextmanager
+def _replacing_folder(target: Path, source: Path, provenance: tuple[str, ...]):
+    """Yield a scratch folder beside ``target`` holding ``source``'s ``provenance`` files; once the block has
+    written the rest, it takes ``target``'s place (a crash leaves ``target`` as it was)."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in provenance:
+        if (source / name).is_file():
+            shutil.copy(source / name, tmp / name)
+    yield tmp
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
 def build_family(data_dirs: list[Path], out: Path, config: FamilyConfig, work: Path | None = None) -> dict:
     """Write the untrained-transformer family to ``out`` (a diffusers folder); return its report."""
     from ..pipeline import UnoFluxPipeline
@@ -78,10 +113,7 @@ def build_family(data_dirs: list[Path], out: Path, config: FamilyConfig, work: P
     work.mkdir(parents=True, exist_ok=True)
     t5, t5_tokenizer, clip, clip_tokenizer = _text_components(config, work)
 
-    paths = sorted(p for d in data_dirs for p in Path(d).glob("shard_*/*.png"))
-    if not paths:
-        raise FileNotFoundError(f"no shard_*/*.png images under {', '.join(map(str, data_dirs))}")
-    images = load_square_images(paths, config.image_size)
+    images = load_square_images(_world_images(data_dirs), config.image_size)
     vae: AutoencoderKL = train_vae(images, config.vae, work)
     vae_report = calibrate_and_measure(vae, images[torch.randperm(len(images), generator=torch.Generator().manual_seed(1))])
 
@@ -100,7 +132,7 @@ def build_family(data_dirs: list[Path], out: Path, config: FamilyConfig, work: P
         "vae": vae_report,
         "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
                        for name in ("transformer", "vae", "text_encoder", "text_encoder_2")},  # fmt: skip
-        "command": shlex.join(["unoflux", *sys.argv[1:]]) if sys.argv and "unoflux" in sys.argv[0] else None,
+        "command": _invoking_command(),
     }
     (out / "family.json").write_text(json.dumps(report, indent=2) + "\n")
     defaults = {"image_size": config.image_size, "guidance": config.guidance, "true_cfg": config.true_cfg}
@@ -116,16 +148,11 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
     native size, ``family.json``'s ``vae_tuning`` list one more record; a LoRA shipped in ``source`` is left out (it
     was trained at the old size). PSNR before and after on ``measure_images`` of each size. Resumable like
     ``build_family``; returns the tuning record."""
-    import shutil
-
     from ..pipeline import UnoFluxPipeline
 
     source, out = Path(source), Path(out)
     work = work or out.with_name(out.name + ".work")
-    paths = sorted(p for d in data_dirs for p in Path(d).glob("shard_*/*.png"))
-    if not paths:
-        raise FileNotFoundError(f"no shard_*/*.png images under {', '.join(map(str, data_dirs))}")
-    groups = load_images_by_size(paths)
+    groups = load_images_by_size(_world_images(data_dirs))
     if any(g.shape[-2] != image_size for g in groups):
         raise UnofluxError(f"the images under {', '.join(map(str, data_dirs))} are not all {image_size} px high")
     shuffled = [g[torch.randperm(len(g), generator=torch.Generator().manual_seed(1))] for g in groups]
@@ -143,29 +170,23 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
     vae = train_vae(groups, config, work, device=device, init=pipe.vae).to(device)
     after = psnr_by_size(vae, calibrate=not config.decoder_only)
     pipe.register_modules(vae=vae.cpu())
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    for extra in ("family.json", MODEL_DEFAULTS_FILE, "config.yaml", "command.txt", "training.json"):
-        if (source / extra).is_file():
-            shutil.copy(source / extra, tmp / extra)
-    unship_lora(tmp)
     record = {"source": str(source), "data": [str(d) for d in data_dirs], "image_size": image_size,
               "num_images": sum(len(g) for g in groups), "config": asdict(config),
               "psnr_db_before": next(iter(before.values())), "psnr_db": next(iter(after.values())),
               "psnr_db_by_size_before": before, "psnr_db_by_size": after,
               "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor,
-              "command": shlex.join(["unoflux", *sys.argv[1:]]) if sys.argv and "unoflux" in sys.argv[0] else None}
-    report = json.loads((tmp / "family.json").read_text()) if (tmp / "family.json").is_file() else {}
-    earlier = report.get("vae_tuning", [])
-    report["vae_tuning"] = [*(earlier if isinstance(earlier, list) else [earlier]), record]  # every tuning, in order
-    (tmp / "family.json").write_text(json.dumps(report, indent=2) + "\n")
-    defaults_path = tmp / MODEL_DEFAULTS_FILE
-    defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
-    defaults["image_size"] = image_size
-    defaults_path.write_text(json.dumps(defaults) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+              "command": _invoking_command()}
+    with _replacing_folder(out, source, (*_PROVENANCE, "training.json")) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        unship_lora(tmp)
+        report = json.loads((tmp / "family.json").read_text()) if (tmp / "family.json").is_file() else {}
+        earlier = report.get("vae_tuning", [])
+        report["vae_tuning"] = [*(earlier if isinstance(earlier, list) else [earlier]), record]  # every tuning, in order
+        (tmp / "family.json").write_text(json.dumps(report, indent=2) + "\n")
+        defaults_path = tmp / MODEL_DEFAULTS_FILE
+        defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
+        defaults["image_size"] = image_size
+        defaults_path.write_text(json.dumps(defaults) + "\n")
     return record
 
 
@@ -179,23 +200,15 @@ __all__ = ["FamilyConfig", "build_family", "load_family_report", "tune_vae"]
 def export_fp16(source: Path, target: Path, notes: dict | None = None) -> int:
     """Copy a trained family folder to ``target`` with every model in fp16 safetensors (what ships inside
     the package; ``load_pipeline`` upcasts on load). Returns the bytes written."""
-    import shutil
-
     from ..pipeline import UnoFluxPipeline
 
     pipe = UnoFluxPipeline.from_pretrained(source, dtype=torch.float32)
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
         getattr(pipe, name).to(torch.float16)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    for extra in ("family.json", MODEL_DEFAULTS_FILE, "config.yaml", "command.txt"):
-        if (source / extra).is_file():
-            shutil.copy(source / extra, tmp / extra)
-    if notes:
-        (tmp / "training.json").write_text(json.dumps(notes, indent=2) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    with _replacing_folder(target, source, _PROVENANCE) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if notes:
+            (tmp / "training.json").write_text(json.dumps(notes, indent=2) + "\n")
     return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
 
 
@@ -210,8 +223,6 @@ def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None, only_
     reference sizes it was trained at (``load_pipeline`` then applies both by default). With
     ``only_with_references`` text-only prompts keep the base (UNO applies its LoRA always; ours, trained
     with look-free captions, expects a reference). Returns the LoRA's bytes."""
-    import shutil
-
     import yaml
     from safetensors.torch import load_file
 
