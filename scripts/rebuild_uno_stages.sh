@@ -5,13 +5,13 @@
 # As run: two single-thread jobs side by side on 2 CPU cores. This is how v3's stages were made (about 1 h 10 with
 # their evaluations, at the model's sampling defaults: guidance 1, CFG 3); the mixing experiment ran on v2, the
 # UnoPE ablation and the UNO-captions Stage I on v1 (reports: data/eval/v2, data/eval/v1; docs/model.md). The
-# shipped v4's stages ran on a GPU (scripts/rebuild_on_gpu.sh); run on the shipped base, this script's step 5
-# replaces its LoRA with the CPU recipe's.
+# v4's stages ran on a GPU (scripts/rebuild_on_gpu.sh), v5's at 128 px too; this script's base is the configs'
+# model, the 64 px v4 (data/gpu/base-v4), and its step 5 ships the CPU recipe's LoRA into that folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 U=".venv/bin/unoflux"
 export OMP_NUM_THREADS=1   # one thread per process: oversubscribing 2 cores is 10x slower
-BASE=src/unoflux/embedded/uno-world
+BASE=$(sed -n 's/^model: *\([^ ]*\).*/\1/p' configs/stage1_world.yaml)   # the 64 px base v4 (data/gpu/base-v4)
 
 # 1. World pairs: a reference shot of one subject + a scene with it; 2-3 reference shots + a scene with all.
 $U world build --out data/world64/pairs       --kind pairs       --count 12000 --size 64 --seed 4 --shard-size 1000 --quiet

@@ -4,14 +4,17 @@
 # 100 two-reference held-out cases with look-free captions (colour can only come from the references). Two
 # single-thread queues side by side on 2 CPU cores: about 45 min. Resumes; a finished report is not redone.
 #
-#   scripts/unope_ablation.sh [BASE_DIR] [RUNS_DIR] [EVAL_DIR]     (defaults: the embedded model, data/runs/unope, data/eval/unope)
+#   scripts/unope_ablation.sh [RUNS_DIR] [EVAL_DIR]     (defaults: data/runs/unope, data/eval/unope)
+#
+# The base is the config's model: the 64 px base v4 (data/gpu/base-v4), which the ablation in docs/model.md ran on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BASE=${1:-src/unoflux/embedded/uno-world}; RUNS=${2:-data/runs/unope}; EVAL=${3:-data/eval/unope}
+RUNS=${1:-data/runs/unope}; EVAL=${2:-data/eval/unope}
+BASE=$(sed -n 's/^model: *\([^ ]*\).*/\1/p' configs/stage1_world.yaml)   # evaluate on what was trained on
 read -r -a U <<< "${UNOFLUX:-.venv/bin/unoflux}"
 export OMP_NUM_THREADS=1
 mkdir -p "$RUNS" "$EVAL"
-one() {  # mode: train (the config's model: the embedded base, its LoRA left out), then score
+one() {  # mode: train on the config's model, then score
   local mode=$1
   [ -f "$RUNS/$mode/final/dit_lora.safetensors" ] || "${U[@]}" train --config configs/stage1_world.yaml \
     --position-mode "$mode" --max-steps 750 --output-dir "$RUNS/$mode" --resume > "$RUNS/$mode.log" 2>&1

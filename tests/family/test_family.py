@@ -73,6 +73,15 @@ def test_family_build_options_set_the_vae_and_refuse_a_non_flux_downsampling():
         VAETrainConfig(block_out_channels=[16, 32, 64, 64, 64]).model_config()
 
 
+def test_tune_vae_refuses_a_size_off_the_token_grid_before_any_work(tmp_path, capsys):
+    from unoflux.cli import main
+
+    code = main(["family", "tune-vae", str(tmp_path / "missing"), str(tmp_path / "out"), "--data", str(tmp_path),
+                 "--size", "100"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "positive multiple of 16" in err and "got 100" in err  # the usual bad-input exit status
+    assert not (tmp_path / "out").exists()
+
 def test_tune_vae_moves_a_family_to_a_new_size_keeping_its_latent_space(diffusers_folder, tmp_path):
     """``family tune-vae`` (v5: v4 moved to 128 px): the decoder learns, the encoder and the latent normalisation
     stay bit-equal (the transformer's inputs do not change), the folder says its new size and still loads."""

@@ -11,13 +11,16 @@ from unoflux.train.trainer import Trainer, step_generator, train
 LONG_SIDES = {"reference_long_side_single": 32, "reference_long_side_multi": 16}
 
 
-@pytest.fixture(params=["text-to-image", "references"])
+@pytest.fixture(params=["text-to-image", "references", "references, subject-weighted loss"])
 def cache_case(request, tiny_config, world_data, wide_data, multi_pairs_data):
-    """A config factory: two aspect buckets of world scenes, or Stage II multi-pairs with look-free captions."""
+    """A config factory: two aspect buckets of world scenes, or Stage II multi-pairs with look-free captions
+    (and subject tokens weighted up in the loss)."""
     if request.param == "text-to-image":
         changes = {"data": [str(world_data), str(wide_data)], "buckets": [[32, 32], [32, 64]]}
     else:
         changes = {"data": [str(multi_pairs_data)], "batch_size": 1, "look_free_captions": 0.5, **LONG_SIDES}
+        if request.param.endswith("weighted loss"):
+            changes["subject_loss_weight"] = 4.0
     return lambda **more: tiny_config(text_dropout=0.5, **changes, **more)
 
 

@@ -17,7 +17,10 @@ from train_helpers import transformer_output as shared_transformer_output
 from unoflux.checkpoints.lora import to_xlabs_lora
 from unoflux.conditioning import grid_position_ids, preprocess_reference
 from unoflux.errors import UnofluxError
-from unoflux.train.data import BadRecordWarning, PairedDataset, data_has_references, read_paired_samples
+from unoflux import flow
+from unoflux.train.data import (
+    BadRecordWarning, PairedDataset, data_has_references, read_paired_samples, subject_token_weights,
+)  # fmt: skip
 from unoflux.train.trainer import Trainer, add_lora, export_lora_state_dict, lora_state_dict, step_generator
 
 LONG_SIDES = {"reference_long_side_single": 32, "reference_long_side_multi": 16}  # UNO's 512/320, scaled to 32 px
@@ -74,7 +77,7 @@ def test_world_multi_pairs_group_by_bucket_and_reference_sizes(multi_pairs_data,
     assert len(samples) == 8 and {len(s.references) for s in samples} <= {2, 3}
     dataset = PairedDataset(samples, [(32, 32)], long_side)
     assert set(dataset.group_of) <= {(0, ((16, 16),) * 2), (0, ((16, 16),) * 3)}
-    pixels, caption, refs, _ = dataset[0]
+    pixels, caption, refs, _, _ = dataset[0]
     assert pixels.shape == (3, 32, 32) and all(r.size == (16, 16) for r in refs)
     expected = preprocess_reference(Image.open(samples[0].references[0]).convert("RGB"), 16)
     assert refs[0].tobytes() == expected.tobytes()  # the pipeline's resize, nothing else
@@ -84,7 +87,7 @@ def test_world_multi_pairs_group_by_bucket_and_reference_sizes(multi_pairs_data,
 def test_reference_loss_is_finite_sliced_to_the_target_and_depends_on_the_reference(tiny_config, pairs_data):
     trainer = Trainer(paired_config(tiny_config, pairs_data, batch_size=2), [])
     assert trainer.references
-    pixels, captions, refs, _ = next(iter(trainer.data))
+    pixels, captions, refs, _, _ = next(iter(trainer.data))
     assert pixels.shape == (2, 3, 32, 32) and [len(r) for r in refs] == [1, 1]
 
     seen = {}
@@ -131,7 +134,7 @@ def test_position_mode_sets_the_reference_ids(tiny_config, multi_pairs_data):
 def test_batches_share_reference_sizes_and_a_run_trains(tiny_config, multi_pairs_data):
     config = paired_config(tiny_config, multi_pairs_data, batch_size=2, max_steps=2, position_mode="width")
     trainer = Trainer(config, [])
-    for _, _, refs, _ in itertools.islice(iter(trainer.data), 6):
+    for _, _, refs, _, _ in itertools.islice(iter(trainer.data), 6):
         assert len({tuple(r.size for r in sample) for sample in refs}) == 1
     final = trainer.train()
     losses = [float(line.split(",")[1]) for line in (final.parent / "log.csv").read_text().splitlines()[1:]]
@@ -190,11 +193,54 @@ def test_stage1_exports_uno_lora_and_stage2_starts_from_it(tiny_config, pairs_da
         Trainer(paired_config(tiny_config, pairs_data, lora={**lora, "rank": 2}, init_lora=str(xlabs_path)), [])
 
 
+# ---------------------------------------------------------------------------------- subject-weighted loss
+def test_world_pairs_carry_their_subject_boxes_and_uno_json_none(pairs_data, multi_pairs_data, tmp_path):
+    records = [json.loads(line) for line in (multi_pairs_data / "manifest.jsonl").read_text().splitlines()]
+    samples = read_paired_samples([str(multi_pairs_data)], long_side)
+    for record, sample in zip(records, samples):
+        w, h = record["width"], record["height"]
+        expected = [(x0 / w, y0 / h, x1 / w, y1 / h) for x0, y0, x1, y1 in (s["box"] for s in record["subjects"])]
+        assert list(sample.subject_boxes) == expected and len(expected) == len(sample.references)
+    uno = tmp_path / "uno.json"
+    first = json.loads((pairs_data / "manifest.jsonl").read_text().splitlines()[0])
+    uno.write_text(json.dumps([{"prompt": "a cat", "image_paths": [str(pairs_data / first["references"][0]["image"])],
+                                "image_tgt_path": str(pairs_data / first["image"])}]))  # fmt: skip
+    assert read_paired_samples([str(uno)], long_side)[0].subject_boxes == ()
+
+
+def test_subject_token_weights_follow_the_covered_share_and_average_one():
+    # a 2 x 4 token grid; the box covers columns 0-1 fully and half of column 2; a second sample has no box
+    weights = subject_token_weights([((0.0, 0.0, 0.625, 1.0),), ()], (2, 4), weight=3.0)
+    row = torch.tensor([3.0, 3.0, 2.0, 1.0])
+    torch.testing.assert_close(weights[0], torch.cat([row, row]) / row.mean())
+    torch.testing.assert_close(weights[1], torch.ones(8))
+    assert weights.shape == (2, 8) and torch.allclose(weights.mean(dim=1), torch.ones(2))
+
+
+def test_subject_weighted_loss_scales_each_token_error(tiny_config, pairs_data):
+    trainer = Trainer(paired_config(tiny_config, pairs_data, batch_size=2, subject_loss_weight=3.0), [])
+    x_data, prediction = torch.randn(2, 8, 64), torch.randn(2, 8, 64)
+    trainer.predict = lambda *args, **kwargs: prediction
+    weights = subject_token_weights([((0.0, 0.0, 0.5, 1.0),), ((0.5, 0.5, 1.0, 1.0),)], (2, 4), weight=3.0)
+    got = trainer.flow_loss(x_data, None, None, None, None, torch.Generator().manual_seed(5), None, weights)
+    gen = torch.Generator().manual_seed(5)  # the same draws as flow_loss: t, then the noise
+    flow.sample_training_t(2, 8, generator=gen, config=trainer.shift)
+    noise = torch.randn(x_data.shape, generator=gen)
+    expected = ((prediction - (noise - x_data)).square().mean(dim=-1) * weights).mean()
+    torch.testing.assert_close(got, expected)
+    plain = trainer.flow_loss(x_data, None, None, None, None, torch.Generator().manual_seed(5))
+    assert plain.item() != got.item()
+    pixels, captions, refs, _, boxes = next(iter(trainer.data))
+    assert all(boxes) and trainer.token_weights(boxes, (2, 2)).shape == (2, 4)
+    with pytest.raises(UnofluxError, match="subject_loss_weight 0.5 must be a number >= 1"):
+        paired_config(tiny_config, pairs_data, subject_loss_weight=0.5)
+
+
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_look_free_captions_replace_captions_at_their_rate(tiny_config, pairs_data, rate):
     trainer = Trainer(paired_config(tiny_config, pairs_data, batch_size=2, text_dropout=0.0,
                                     look_free_captions=rate), [])  # fmt: skip
-    pixels, captions, refs, without_looks = next(iter(trainer.data))
+    pixels, captions, refs, without_looks, _ = next(iter(trainer.data))
     assert all(w and w != c for c, w in zip(captions, without_looks))
     prompts = []
     encode_prompt = trainer.pipe.encode_prompt

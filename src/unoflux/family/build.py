@@ -150,6 +150,8 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
     ``build_family``; returns the tuning record."""
     from ..pipeline import UnoFluxPipeline
 
+    if image_size <= 0 or image_size % 16:
+        raise UnofluxError(f"the image size must be a positive multiple of 16 (the pipeline's token grid), got {image_size}")
     source, out = Path(source), Path(out)
     work = work or out.with_name(out.name + ".work")
     groups = load_images_by_size(_world_images(data_dirs))

@@ -72,8 +72,6 @@ def cmd_tune_vae(args: argparse.Namespace) -> int:
     from .build import tune_vae
     from .vae import VAETrainConfig
 
-    if args.size % 16:
-        raise SystemExit(f"--size {args.size} must be a multiple of 16 (the pipeline's token grid)")
     config = VAETrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
                             crop_size=args.size, decoder_only=not args.whole)
     record = tune_vae(args.source, args.data, args.out, config, args.size, measure_images=args.measure_images)

@@ -182,6 +182,11 @@ class TrainConfig:
     # With references: probability of training on a world record's caption without looks ("a small figure on
     # the left in the snow"), so the subject's look must be read from its reference (0 = UNO's captions only).
     look_free_captions: float = 0.0
+    # With references: how much more a target token inside a world record's subject box weighs in the loss than
+    # a background token (the weights are scaled to average 1 per sample), so that the subjects' details, a small
+    # part of a scene, get more of the gradient. 1 = the plain MSE of UNO; records without boxes (UNO's JSON)
+    # always train unweighted.
+    subject_loss_weight: float = 1.0
     max_sequence_length: int | None = None  # T5 tokens; None = the model's own (as the pipeline pads)
     mode: str = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -257,6 +262,8 @@ class TrainConfig:
             raise UnofluxError(f"text_dropout {self.text_dropout!r} must be a probability in [0, 1]")
         if not 0 <= self.look_free_captions <= 1:
             raise UnofluxError(f"look_free_captions {self.look_free_captions!r} must be a probability in [0, 1]")
+        if not (isinstance(self.subject_loss_weight, (int, float)) and self.subject_loss_weight >= 1):
+            raise UnofluxError(f"subject_loss_weight {self.subject_loss_weight!r} must be a number >= 1 (1 = unweighted)")
         if self.resolution % 16:
             raise UnofluxError(f"resolution {self.resolution!r} must be a multiple of 16")
         if self.buckets is not None:

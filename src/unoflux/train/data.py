@@ -41,6 +41,8 @@ class Sample:
     references: tuple[Path, ...] = ()  # paired data: the reference images, in order
     reference_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) of each reference after UNO's resize
     caption_without_looks: str | None = None  # world pairs: the scene with its subjects' looks left unsaid
+    # world pairs: each subject's box in the target, (x0, y0, x1, y1) as fractions of its width and height
+    subject_boxes: tuple[tuple[float, float, float, float], ...] = ()
 
 
 class BadRecordWarning(UserWarning):
@@ -134,7 +136,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def _paired_sample(base: Path, target, caption, references, long_side: Callable[[int], int],
-                   caption_without_looks=None) -> Sample:
+                   caption_without_looks=None, subjects=None) -> Sample:
     """One validated paired sample (paths relative to ``base``); ``ValueError`` says what is wrong."""
     if not isinstance(target, str) or not target:
         raise ValueError(f"the target image path {target!r} is not a string")
@@ -156,12 +158,26 @@ def _paired_sample(base: Path, target, caption, references, long_side: Callable[
     if caption_without_looks is not None and not isinstance(caption_without_looks, str):
         raise ValueError(f"the caption without looks {caption_without_looks!r} is not a string")
     return Sample(base / target, caption, width, height, tuple(base / r for r in references), tuple(sizes),
-                  caption_without_looks)
+                  caption_without_looks, _subject_boxes(subjects, width, height))
 
 
-def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, object, object, object]]:
-    """(source, index, base folder, target, caption, references, caption without looks) of every record; the index counts records
-    from 0 (list position in a JSON, non-empty line in a manifest). Malformed records come as ``None``s."""
+def _subject_boxes(subjects, width: int, height: int) -> tuple[tuple[float, float, float, float], ...]:
+    """A world record's subject boxes (pixels) as fractions of the target's size; none for other records."""
+    if subjects is None:
+        return ()
+    try:
+        boxes = [tuple(float(v) for v in subject["box"]) for subject in subjects]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"the subjects {subjects!r} do not all have a box [x0, y0, x1, y1]") from None
+    if not all(len(b) == 4 and 0 <= b[0] <= b[2] <= width and 0 <= b[1] <= b[3] <= height for b in boxes):
+        raise ValueError(f"the subject boxes {boxes} do not lie inside the {width}x{height} target")
+    return tuple((x0 / width, y0 / height, x1 / width, y1 / height) for x0, y0, x1, y1 in boxes)
+
+
+def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, object, object, object, object]]:
+    """(source, index, base folder, target, caption, references, caption without looks, subjects) of every record;
+    the index counts records from 0 (list position in a JSON, non-empty line in a manifest). Malformed records
+    come as ``None``s; only world records have subjects (with their boxes)."""
     if is_uno_json(entry):
         path = Path(entry)
         if not path.is_file():
@@ -174,10 +190,10 @@ def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, ob
             raise UnofluxError(f"UNO training JSON {entry!r} must hold a list of records")
         for index, record in enumerate(records):
             if not isinstance(record, dict):
-                yield str(path), index, path.parent, None, None, None, None
+                yield str(path), index, path.parent, None, None, None, None, None
                 continue
             refs = record.get("image_paths", [record["image_path"]] if "image_path" in record else None)
-            yield str(path), index, path.parent, record.get("image_tgt_path"), record.get("prompt"), refs, None
+            yield str(path), index, path.parent, record.get("image_tgt_path"), record.get("prompt"), refs, None, None
         return
     manifest = Path(entry) / "manifest.jsonl"
     if not manifest.is_file():
@@ -190,13 +206,13 @@ def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, ob
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict):
-            yield str(manifest), index, Path(entry), None, None, None, None
+            yield str(manifest), index, Path(entry), None, None, None, None, None
             continue
         refs = record.get("references")
         if isinstance(refs, list):  # world records: [{"image": path, "caption": ..., "box": ...}, ...]
             refs = [r.get("image") if isinstance(r, dict) else r for r in refs]
         yield (str(manifest), index, Path(entry), record.get("image"), record.get("caption"), refs,
-               record.get("caption_without_looks"))
+               record.get("caption_without_looks"), record.get("subjects"))
 
 
 def read_paired_samples(entries: list[str], long_side: Callable[[int], int]) -> list[Sample]:
@@ -209,11 +225,11 @@ def read_paired_samples(entries: list[str], long_side: Callable[[int], int]) -> 
     """
     samples, bad = [], 0
     for entry in entries:
-        for source, index, base, target, caption, refs, without_looks in _raw_paired_records(entry):
+        for source, index, base, target, caption, refs, without_looks, subjects in _raw_paired_records(entry):
             try:
                 if target is None and caption is None and refs is None:
                     raise ValueError("it is not a JSON object")
-                samples.append(_paired_sample(base, target, caption, refs, long_side, without_looks))
+                samples.append(_paired_sample(base, target, caption, refs, long_side, without_looks, subjects))
             except ValueError as err:
                 bad += 1
                 if bad <= MAX_REPORTED_BAD_RECORDS:
@@ -265,7 +281,7 @@ class BucketDataset(torch.utils.data.Dataset):
 
 class PairedDataset(BucketDataset):
     """Paired samples; item ``i`` is ``(target pixels (3, H, W) in [-1, 1], caption, [reference PIL images],
-    caption without looks or None)``.
+    caption without looks or None, subject boxes)``.
 
     References are opened as the pipeline opens them (``images.load_image``) and resized with
     ``conditioning.preprocess_reference`` at UNO's long side for their count; the trainer encodes them with
@@ -277,12 +293,12 @@ class PairedDataset(BucketDataset):
         self.long_side = long_side
         self.group_of = [(b, s.reference_sizes) for b, s in zip(self.bucket_of, samples)]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, list[Image.Image], str | None]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, list[Image.Image], str | None, tuple]:
         pixels, caption = super().__getitem__(i)
         sample = self.samples[i]
         side = self.long_side(len(sample.references))
         references = [preprocess_reference(load_image(p, what="reference image"), side) for p in sample.references]
-        return pixels, caption, references, sample.caption_without_looks
+        return pixels, caption, references, sample.caption_without_looks, sample.subject_boxes
 
 
 class SampleIndices(torch.utils.data.Dataset):
@@ -312,14 +328,34 @@ def epoch_batches(group_of: list, global_batch: int, seed: int, epoch: int) -> l
 
 def collate(items: list[tuple]) -> tuple:
     """(pixels (B, 3, H, W), captions) or, for paired items, (pixels, captions, per-sample reference lists,
-    per-sample captions without looks); for :class:`SampleIndices`, the list of indices."""
+    per-sample captions without looks, per-sample subject boxes); for :class:`SampleIndices`, the list of indices."""
     if isinstance(items[0], int):
         return items
     pixels = torch.stack([item[0] for item in items])
     captions = [item[1] for item in items]
     if len(items[0]) == 2:
         return pixels, captions
-    return pixels, captions, [item[2] for item in items], [item[3] for item in items]
+    return pixels, captions, *([item[k] for item in items] for k in range(2, len(items[0])))
+
+
+def subject_token_weights(boxes: list[tuple[tuple[float, float, float, float], ...]], grid: tuple[int, int],
+                          weight: float) -> torch.Tensor:  # fmt: skip
+    """Per-token loss weights (B, rows * cols), in the packed latents' row-major order: a token weighs
+    ``1 + (weight - 1) * (the share of its area inside a subject box)``, scaled so that each sample's weights
+    average 1 (the loss keeps its scale; a sample without boxes is unweighted)."""
+    rows, cols = grid
+    sub = 4  # 4 x 4 points per token measure its covered share
+    ys = (torch.arange(rows * sub, dtype=torch.float32) + 0.5) / (rows * sub)
+    xs = (torch.arange(cols * sub, dtype=torch.float32) + 0.5) / (cols * sub)
+    weights = []
+    for sample_boxes in boxes:
+        inside = torch.zeros(rows * sub, cols * sub, dtype=torch.bool)
+        for x0, y0, x1, y1 in sample_boxes:
+            inside |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+        share = inside.float().reshape(rows, sub, cols, sub).mean(dim=(1, 3)).flatten()
+        token = 1 + (weight - 1) * share
+        weights.append(token / token.mean())
+    return torch.stack(weights)
 
 
 class TrainData:

@@ -53,7 +53,7 @@ from ..errors import UnofluxError
 from .config import TrainConfig
 from .data import (
     BucketDataset, DataPosition, PairedDataset, SampleIndices, TrainData, data_has_references, read_paired_samples,
-    read_samples,
+    read_samples, subject_token_weights,
 )  # fmt: skip
 from .cache import EncodingCache
 
@@ -435,15 +435,24 @@ class Trainer:
 
     def loss(
         self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator, references: list[list] | None = None,
-        captions_without_looks: list[str | None] | None = None,
+        captions_without_looks: list[str | None] | None = None, subject_boxes: list[tuple] | None = None,
     ) -> torch.Tensor:
-        """Flow-matching MSE on the target tokens; ``references``: per sample, its preprocessed references."""
+        """Flow-matching MSE on the target tokens; ``references``: per sample, its preprocessed references;
+        ``subject_boxes``: per sample, its subjects' boxes (weighted by ``subject_loss_weight``)."""
         x_data, img_ids, prompt_embeds, pooled, text_ids = self.encode(pixels, captions, gen, captions_without_looks)
+        target_grid = (pixels.shape[-2] // 16, pixels.shape[-1] // 16)
         ref_tokens = None
         if references:
-            target_grid = (pixels.shape[-2] // 16, pixels.shape[-1] // 16)
             ref_tokens, img_ids = self.encode_references(references, target_grid)
-        return self.flow_loss(x_data, img_ids, prompt_embeds, pooled, text_ids, gen, ref_tokens)
+        weights = self.token_weights(subject_boxes, target_grid)
+        return self.flow_loss(x_data, img_ids, prompt_embeds, pooled, text_ids, gen, ref_tokens, weights)
+
+    def token_weights(self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int]) -> torch.Tensor | None:
+        """The per-token loss weights of ``subject_loss_weight``, or None for the plain MSE."""
+        if self.config.subject_loss_weight == 1 or not subject_boxes or not any(subject_boxes):
+            return None
+        weights = subject_token_weights(subject_boxes, target_grid, self.config.subject_loss_weight)
+        return weights.to(self.accelerator.device)
 
     def cached_loss(self, indices: list[int], gen: torch.Generator) -> torch.Tensor:
         """:meth:`loss` of the samples ``indices``, from the encoding cache (same random draws, same inputs)."""
@@ -455,11 +464,14 @@ class Trainer:
             img_ids = grid_position_ids(*target_grid)
         else:
             img_ids = sequence_position_ids(target_grid, list(ref_grids), self.config.position_mode)
-        return self.flow_loss(x_data, img_ids.to(x_data.device), prompt_embeds, pooled, text_ids, gen, ref_tokens)
+        weights = self.token_weights([s.subject_boxes for s in samples], target_grid)
+        return self.flow_loss(x_data, img_ids.to(x_data.device), prompt_embeds, pooled, text_ids, gen, ref_tokens,
+                              weights)  # fmt: skip
 
     def flow_loss(self, x_data, img_ids, prompt_embeds, pooled, text_ids, gen: torch.Generator,
-                  ref_tokens=None) -> torch.Tensor:  # fmt: skip
-        """The MSE between the predicted and true velocity at a random point of the flow from ``x_data``."""
+                  ref_tokens=None, token_weights=None) -> torch.Tensor:  # fmt: skip
+        """The MSE between the predicted and true velocity at a random point of the flow from ``x_data``,
+        each token's squared error scaled by ``token_weights`` (B, N) when given."""
         b, n, _ = x_data.shape  # (B, N, 64)
         t = flow.sample_training_t(b, n, generator=gen, config=self.shift)  # true token count, as UNO trains
         noise = torch.randn(x_data.shape, generator=gen)
@@ -468,7 +480,9 @@ class Trainer:
         x_t = flow.interpolate(x_data, noise, t)
         target = flow.velocity_target(x_data, noise)
         prediction = self.predict(x_t, t, prompt_embeds, pooled, text_ids, img_ids, ref_tokens)
-        return F.mse_loss(prediction.float(), target.float())
+        if token_weights is None:
+            return F.mse_loss(prediction.float(), target.float())
+        return ((prediction.float() - target.float()).square().mean(dim=-1) * token_weights).mean()
 
     def train_step(self, batches) -> float:
         """One optimizer update over ``gradient_accumulation`` micro-batches; returns the mean loss."""
