@@ -82,6 +82,7 @@ def test_tune_vae_refuses_a_size_off_the_token_grid_before_any_work(tmp_path, ca
     assert code == 2 and "positive multiple of 16" in err and "got 100" in err  # the usual bad-input exit status
     assert not (tmp_path / "out").exists()
 
+
 def test_tune_vae_moves_a_family_to_a_new_size_keeping_its_latent_space(diffusers_folder, tmp_path):
     """``family tune-vae`` (v5: v4 moved to 128 px): the decoder learns, the encoder and the latent normalisation
     stay bit-equal (the transformer's inputs do not change), the folder says its new size and still loads."""

@@ -76,8 +76,9 @@ def cmd_world_subject(args: argparse.Namespace) -> int:
                            "would be resized to UNO's 512 / 320 px; give the sizes the LoRA was trained at, e.g. "
                            "--ref-long-side 64,48 for the world LoRAs")  # fmt: skip
     settings = SubjectEvalSettings(size=args.size or default_image_size(args), steps=args.steps,
-                                   guidance=args.guidance, true_cfg=args.true_cfg, position_mode=args.position_mode, with_references=not args.caption_only,
-                                   limit=args.limit, look_free_captions=args.look_free_captions)  # fmt: skip
+                                   guidance=args.guidance, true_cfg=args.true_cfg, position_mode=args.position_mode,
+                                   with_references=not args.caption_only, limit=args.limit,
+                                   look_free_captions=args.look_free_captions)  # fmt: skip
     print_subject_summary(evaluate_subject_driven(pipe, args.out, settings))
     print(f"report: {args.out / 'report.json'}")
     return 0

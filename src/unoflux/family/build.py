@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 from ..checkpoints.files import write_safetensors
 from ..checkpoints.loading import default_device
 from ..checkpoints.lora import UNO_LORA_FILE
-from ..checkpoints.specs import MODEL_DEFAULTS_FILE, scheduler_config_for
+from ..checkpoints.specs import MODEL_DEFAULTS_FILE, model_defaults, scheduler_config_for
 from ..errors import UnofluxError
 from .text import sample_captions, tiny_text_encoders, train_clip_tokenizer, train_t5_tokenizer
 from .vae import VAETrainConfig, calibrate_and_measure, load_images_by_size, load_square_images, train_vae
@@ -185,10 +185,8 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
         earlier = report.get("vae_tuning", [])
         report["vae_tuning"] = [*(earlier if isinstance(earlier, list) else [earlier]), record]  # every tuning, in order
         (tmp / "family.json").write_text(json.dumps(report, indent=2) + "\n")
-        defaults_path = tmp / MODEL_DEFAULTS_FILE
-        defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
-        defaults["image_size"] = image_size
-        defaults_path.write_text(json.dumps(defaults) + "\n")
+        defaults = {**model_defaults(tmp), "image_size": image_size}
+        (tmp / MODEL_DEFAULTS_FILE).write_text(json.dumps(defaults) + "\n")
     return record
 
 
@@ -235,14 +233,13 @@ def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None, only_
     lora = {k: v.to(torch.float16) for k, v in load_file(str(source)).items()}
     path = write_safetensors(lora, model_dir / UNO_LORA_FILE)
     config = yaml.safe_load((run_final / "config.yaml").read_text())
-    defaults_path = model_dir / MODEL_DEFAULTS_FILE
-    defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
+    defaults = model_defaults(model_dir)
     defaults.update(lora=UNO_LORA_FILE, reference_long_side={"one": config["reference_long_side_single"],
                                                                 "several": config["reference_long_side_multi"]})
     defaults.pop("lora_for", None)
     if only_with_references:
         defaults["lora_for"] = "references"
-    defaults_path.write_text(json.dumps(defaults) + "\n")
+    (model_dir / MODEL_DEFAULTS_FILE).write_text(json.dumps(defaults) + "\n")
     _, config_copy, command_copy, notes_file = SHIPPED_LORA_FILES
     shutil.copy(run_final / "config.yaml", model_dir / config_copy)
     if (run_final / "command.txt").is_file():
