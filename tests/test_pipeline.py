@@ -97,6 +97,32 @@ def test_schedule_option_changes_the_result(tiny_pipe):
     assert not torch.allclose(latents(tiny_pipe, schedule="uno"), latents(tiny_pipe, schedule="flux"), atol=1e-6)
 
 
+def test_a_fixed_time_shift_spaces_the_steps_as_diffusers_shift_does(tiny_pipe):
+    """time_shift=s samples at s t / (1 + (s - 1) t) on the uniform grid (diffusers' static ``shift``), whatever
+    the resolution; it wins over a schedule, and the settings say which shift ran."""
+    seen = []
+    out = tiny_pipe("a cat", output_type="latent", seed=1, time_shift=20.0, schedule="flux",
+                    callback_on_step_end=lambda pipe, i, t, tensors: seen.append(t) or {}, **ARGS)  # fmt: skip
+    grid = torch.linspace(1, 0, ARGS["num_inference_steps"] + 1)[:-1]
+    torch.testing.assert_close(torch.tensor(seen), 20 * grid / (1 + 19 * grid))
+    assert (out.settings["time_shift"], out.settings["schedule"]) == (20.0, None)
+    assert not torch.allclose(out.images, latents(tiny_pipe, "a cat", seed=1), atol=1e-6)
+    rule = tiny_pipe("a cat", output_type="latent", seed=1, **ARGS)
+    assert rule.settings["schedule"] == "uno" and "time_shift" not in rule.settings
+
+
+def test_a_models_time_shift_is_the_default_and_a_named_schedule_overrides_it(tiny_pipe):
+    fixed = latents(tiny_pipe, "a cat", time_shift=5.0)
+    tiny_pipe.default_time_shift = 5.0  # as a model folder declares (unoflux.json "time_shift")
+    try:
+        declared = tiny_pipe("a cat", output_type="latent", seed=7, **ARGS)
+        by_rule = latents(tiny_pipe, "a cat", schedule="uno")
+    finally:
+        del tiny_pipe.default_time_shift
+    assert torch.equal(declared.images, fixed) and declared.settings["time_shift"] == 5.0
+    assert torch.equal(by_rule, latents(tiny_pipe, "a cat"))
+
+
 @pytest.mark.parametrize("num_refs", [0, 1])
 def test_true_cfg_is_classifier_free_guidance_against_the_negative_prompt(tiny_pipe, ref_images, num_refs):
     """Parity with the textbook formulation: two separate forwards per step, v = v_neg + s (v - v_neg), run
@@ -153,6 +179,8 @@ def test_schnell_like_model_without_guidance_embedding():
         (dict(num_inference_steps=0), "steps 0"),
         (dict(position_mode="d"), "position mode 'd'"),
         (dict(schedule="karras"), "schedule 'karras'"),
+        (dict(time_shift=0.0), "time shift 0.0 must be a positive number"),
+        (dict(time_shift=float("inf")), "time shift inf"),
         (dict(reference_long_side=8), "reference long side 8"),
         (dict(output_type="np"), "output type"),
         (dict(true_cfg_scale=0.5), "true CFG scale 0.5 must be"),

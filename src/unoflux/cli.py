@@ -85,8 +85,12 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     g.add_argument("--position-mode", choices=POSITION_MODES, default="diagonal", help="UnoPE offsets (default diagonal)")
     g.add_argument("--ref-long-side", type=int, help="reference long side in px (default 512 for one reference, 320 for several)")
-    g.add_argument("--schedule", choices=("uno", "flux"), default="uno",
-                   help="time shift: 'uno' reproduces UNO's inference, 'flux' uses the true token count")
+    g.add_argument("--schedule", choices=("uno", "flux"),
+                   help="time shift by resolution: 'uno' reproduces UNO's inference, 'flux' uses the true token count "
+                        "(default: the model's fixed --time-shift if it declares one, else uno)")
+    g.add_argument("--time-shift", type=float, metavar="S",
+                   help="a fixed time shift instead (diffusers' shift; 1 = none), wins over --schedule "
+                        "(default: the model's, from its unoflux.json; none for FLUX.1-dev)")
     g.add_argument("--out", help="a .png file, or a folder (default outputs/; batch: outputs/batch)")
     g.add_argument("--batch", metavar="FILE.json", help="UNO eval JSON: [{prompt, image_paths}, ...]; resumable, shards under accelerate launch")
 
@@ -105,7 +109,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         steps=args.steps,
         guidance=args.guidance, true_cfg=args.true_cfg, negative_prompt=args.negative_prompt, seed=args.seed,
         num_images=args.num_images, position_mode=args.position_mode,
-        reference_long_side=args.ref_long_side, schedule=args.schedule,
+        reference_long_side=args.ref_long_side, schedule=args.schedule, time_shift=args.time_shift,
     )  # fmt: skip
     request.validate()  # bad input fails here, before minutes of model loading
     items = read_batch(args.batch) if args.batch else None

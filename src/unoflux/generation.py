@@ -34,13 +34,14 @@ class GenerationRequest:
     num_images: int = 1
     position_mode: PositionMode = "diagonal"
     reference_long_side: int | None = None  # None: 512 for one reference, 320 for several
-    schedule: str = "uno"
+    schedule: str | None = None  # the time shift's resolution rule, "uno" or "flux"; None: the model's
+    time_shift: float | None = None  # a fixed time shift instead (wins over schedule); None: the model's
 
     def validate(self) -> None:
         """Check settings and that every reference opens, before any model work."""
         check_generation_args(
             [self.prompt], self.width, self.height, self.steps, self.position_mode,
-            self.reference_long_side, self.num_images, self.schedule,
+            self.reference_long_side, self.num_images, self.schedule, self.time_shift,
         )  # fmt: skip
         for i, path in enumerate(self.references):
             load_image(path, what=f"reference image {i + 1}")
@@ -61,6 +62,7 @@ def generate(pipe: UnoFluxPipeline, request: GenerationRequest, **call_kwargs) -
         reference_long_side=request.reference_long_side,
         num_images_per_prompt=request.num_images,
         schedule=request.schedule,
+        time_shift=request.time_shift,
         **call_kwargs,
     )
 

@@ -63,7 +63,8 @@ def check_generation_args(
     position_mode: str,
     reference_long_side: int | None,
     num_images_per_prompt: int,
-    schedule: str,
+    schedule: str | None,
+    time_shift: float | None = None,
 ) -> None:
     """Raise one clear :class:`UnofluxError` for a bad setting (callable before any model is loaded)."""
     if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -77,8 +78,10 @@ def check_generation_args(
         raise UnofluxError(f"number of images {num_images_per_prompt!r} must be a positive integer")
     if position_mode not in POSITION_MODES:
         raise UnofluxError(f"position mode {position_mode!r} is not one of: {', '.join(POSITION_MODES)}")
-    if schedule not in SCHEDULES:
+    if schedule is not None and schedule not in SCHEDULES:
         raise UnofluxError(f"schedule {schedule!r} is not one of: {', '.join(SCHEDULES)}")
+    if time_shift is not None and not (isinstance(time_shift, (int, float)) and 0 < time_shift < math.inf):
+        raise UnofluxError(f"time shift {time_shift!r} must be a positive number (1 = no shift)")
     if reference_long_side is not None and not (
         isinstance(reference_long_side, int) and 16 <= reference_long_side <= MAX_SIDE
     ):
@@ -210,6 +213,9 @@ class UnoFluxPipeline(FluxPipeline):
     # text dropout trained, does the steering.
     default_guidance_scale: float = 4.0
     default_true_cfg_scale: float = 1.0
+    # A fixed time shift the model samples with when the caller names neither a schedule nor a shift
+    # (unoflux.json "time_shift", set by load_pipeline); None: the "uno" resolution rule, as UNO and FLUX.
+    default_time_shift: float | None = None
 
     def default_reference_long_side(self, num_references: int) -> int:
         if self.reference_long_sides is None:
@@ -233,7 +239,8 @@ class UnoFluxPipeline(FluxPipeline):
         position_mode: PositionMode = "diagonal",
         reference_long_side: int | None = None,
         num_images_per_prompt: int = 1,
-        schedule: str = "uno",
+        schedule: str | None = None,
+        time_shift: float | None = None,
         noise_device: str = "cpu",
         max_sequence_length: int | None = None,
         output_type: str = "pil",
@@ -256,8 +263,12 @@ class UnoFluxPipeline(FluxPipeline):
             position_mode: UnoPE offsets, ``diagonal`` (UNO), ``height``, ``width`` or ``none``.
             reference_long_side: references are resized to this long side; default 512 for one
                 reference and 320 for several.
-            schedule: ``uno`` reproduces UNO's inference shift (see :func:`unoflux.flow.image_seq_len`);
-                ``flux`` uses the true token count, as FLUX and UNO training do.
+            schedule: the resolution rule for the time shift: ``uno`` reproduces UNO's inference shift (see
+                :func:`unoflux.flow.image_seq_len`); ``flux`` uses the true token count, as FLUX and UNO training
+                do. None: :attr:`default_time_shift` if the model folder declares one, else ``uno``.
+            time_shift: a fixed shift factor instead of the rule (diffusers' ``shift``: ``t -> s t / (1 + (s -
+                1) t)``, ``mu = ln s``; 1 = none); larger spends more steps at high noise, where layout forms.
+                Wins over ``schedule``.
             noise_device: where the noise generator runs; ``cpu`` makes seeds device-independent.
             max_sequence_length: T5 tokens per prompt (default :attr:`text_sequence_length`).
             output_type: ``pil``, ``pt`` ((B, 3, H, W) in [0, 1]) or ``latent`` (packed latents).
@@ -268,8 +279,11 @@ class UnoFluxPipeline(FluxPipeline):
         references = list(reference_images or [])
         check_generation_args(
             prompts, width, height, num_inference_steps, position_mode,
-            reference_long_side, num_images_per_prompt, schedule,
+            reference_long_side, num_images_per_prompt, schedule, time_shift,
         )  # fmt: skip
+        if time_shift is None and schedule is None:
+            time_shift = self.default_time_shift
+        schedule = schedule or "uno"
         if self.vae_scale_factor != 8:
             raise UnofluxError(f"the VAE downsamples by {self.vae_scale_factor}; UNO needs a FLUX-style VAE (8x)")
         if output_type not in ("pil", "pt", "latent"):
@@ -322,8 +336,11 @@ class UnoFluxPipeline(FluxPipeline):
         # 3. Noise and schedule.
         seeds = [seed + j for _ in prompts for j in range(num_images_per_prompt)]
         latents = self.prepare_noise(seeds, height, width, device, dtype, noise_device)
-        shift = flow.ShiftConfig.from_scheduler_config(self.scheduler.config)
-        mu = flow.schedule_mu(flow.image_seq_len(height, width, schedule), shift)
+        if time_shift is not None:
+            mu = math.log(time_shift)
+        else:
+            shift = flow.ShiftConfig.from_scheduler_config(self.scheduler.config)
+            mu = flow.schedule_mu(flow.image_seq_len(height, width, schedule), shift)
         sigmas = flow.sigmas(num_inference_steps, mu).tolist()
         guidance = (
             torch.full((batch,), guidance_scale, device=device, dtype=dtype)
@@ -358,7 +375,8 @@ class UnoFluxPipeline(FluxPipeline):
             "position_mode": position_mode,
             "reference_long_side": long_side,
             "num_references": len(references),
-            "schedule": schedule,
+            # the shift that ran: a fixed factor, or the schedule's resolution rule
+            **({"time_shift": time_shift, "schedule": None} if time_shift is not None else {"schedule": schedule}),
             "noise_device": noise_device,
         }
         if output_type == "latent":

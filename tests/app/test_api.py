@@ -45,6 +45,18 @@ def test_true_cfg_and_negative_prompt_reach_the_pngs_and_the_command(client):
     assert "--true-cfg 2.5 --negative-prompt 'a blue cube'" in command
 
 
+def test_a_time_shift_reaches_the_pngs_and_the_command_and_a_bad_one_is_refused(client):
+    from gradio_client.exceptions import AppError
+
+    gallery, command, _ = generate(client, time_shift=7.5)
+    settings = read_settings(gallery[0]["image"])
+    assert (settings["time_shift"], settings["schedule"]) == (7.5, None) and "--time-shift 7.5" in command
+    gallery, command, _ = generate(client, schedule="flux")  # no shift given: the schedule's rule
+    assert read_settings(gallery[0]["image"])["schedule"] == "flux" and "--time-shift" not in command
+    with pytest.raises(AppError, match="time shift -2.0 must be a positive number"):
+        generate(client, time_shift=-2)
+
+
 def bomb(path):
     """A few kilobytes on disk, 81 megapixels once decoded."""
     Image.new("1", (9000, 9000)).save(path)

@@ -1,4 +1,5 @@
 from unoflux.world import heldout_identities, heldout_prompts, heldout_subject_pairs
+from unoflux.world.heldout import tuning_prompts
 from unoflux.world.specs import TwoPanelSpec
 
 
@@ -23,3 +24,14 @@ def test_subject_pairs_reference_the_target_identities():
         assert pair.references == tuple(s.identity for s in pair.target.subjects)
         assert all(r.is_heldout for r in pair.references)
     assert any(len(p.references) == 2 for p in pairs)
+
+
+def test_tuning_prompts_are_fixed_and_share_no_identity_or_caption_with_the_heldout_set():
+    prompts = tuning_prompts(single=4, multi=6, two_panel=6)
+    assert [p.kind for p in prompts] == ["single"] * 4 + ["multi"] * 6 + ["two_panel"] * 6
+    for p in prompts:
+        scenes = (p.spec.left, p.spec.right) if isinstance(p.spec, TwoPanelSpec) else (p.spec,)
+        assert not any(s.identity.is_heldout for scene in scenes for s in scene.subjects)
+    assert not {p.caption for p in prompts} & {p.caption for p in heldout_prompts()}
+    tuning_prompts.cache_clear()
+    assert [p.to_dict() for p in tuning_prompts(single=4, multi=6, two_panel=6)] == [p.to_dict() for p in prompts]

@@ -39,8 +39,12 @@ def generate_command(request: GenerationRequest, model_flags: Sequence[str], out
     argv += [
         "--width", str(request.width), "--height", str(request.height), "--steps", str(request.steps),
         "--seed", str(request.seed), "--num-images", str(request.num_images),
-        "--position-mode", request.position_mode, "--schedule", request.schedule,
+        "--position-mode", request.position_mode,
     ]  # fmt: skip
+    if request.schedule is not None:
+        argv += ["--schedule", request.schedule]
+    if request.time_shift is not None:
+        argv += ["--time-shift", f"{request.time_shift:g}"]
     if request.guidance is not None:
         argv += ["--guidance", f"{request.guidance:g}"]
     if request.true_cfg is not None:

@@ -72,6 +72,16 @@ def _as_int(value: Any, name: str) -> int:
     raise UnofluxError(f"{name} {value!r} must be a whole number")
 
 
+def _optional_number(value: Any, name: str) -> float | None:
+    """A blank number box (None or "") -> None, the model's default; otherwise a number."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UnofluxError(f"{name} {value!r} must be a number, or blank for the default") from None
+
+
 def make_generate(runner: AppRunner):
     """The endpoint behind the Generate button and ``/generate``: raw form values in (see ``build_app``),
     (saved PNGs, CLI command, status line) out. Its parameter names are the API's keyword arguments."""
@@ -92,8 +102,9 @@ def make_generate(runner: AppRunner):
         num_images: float = DEFAULTS.num_images,
         position_mode: str = DEFAULTS.position_mode,
         reference_long_side: str = "auto",
-        schedule: str = DEFAULTS.schedule,
+        schedule: str | None = DEFAULTS.schedule,
         negative_prompt: str = DEFAULTS.negative_prompt,
+        time_shift: float | None = DEFAULTS.time_shift,
         progress=gr.Progress(),
     ) -> tuple[list[str], str, str]:
         """Generate images from a prompt and up to four reference images; returns the saved PNGs, the
@@ -107,7 +118,8 @@ def make_generate(runner: AppRunner):
                 true_cfg=None if true_cfg is None else float(true_cfg), negative_prompt=negative_prompt or "",
                 seed=secrets.randbelow(2**31) if random_seed else _as_int(seed, "seed"),
                 num_images=_as_int(num_images, "number of images"), position_mode=position_mode,
-                reference_long_side=parse_long_side(reference_long_side), schedule=schedule,
+                reference_long_side=parse_long_side(reference_long_side), schedule=schedule or None,
+                time_shift=_optional_number(time_shift, "time shift"),
             )  # fmt: skip
             progress(0, desc="starting")
             result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
@@ -124,7 +136,8 @@ def make_generate(runner: AppRunner):
     return generate
 
 
-def _form_inputs(default_size: int, default_guidance: float, default_true_cfg: float) -> list[gr.Component]:
+def _form_inputs(default_size: int, default_guidance: float, default_true_cfg: float,
+                 default_time_shift: float | None) -> list[gr.Component]:
     """The form, laid out in the current column; returned in ``make_generate``'s parameter order."""
     prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a little orange block at the left in a room", elem_id="prompt")
     with gr.Row():
@@ -148,10 +161,12 @@ def _form_inputs(default_size: int, default_guidance: float, default_true_cfg: f
         position_mode = gr.Radio(list(POSITION_MODES), value=DEFAULTS.position_mode, label="Position mode (UnoPE)")
         long_side = gr.Dropdown(LONG_SIDE_CHOICES, value="auto", allow_custom_value=True,
                                 label="Reference long side (auto: 512 for one reference, 320 for several)")  # fmt: skip
-        schedule = gr.Radio(list(SCHEDULES), value=DEFAULTS.schedule, label="Schedule")
+        schedule = gr.Radio(list(SCHEDULES), value="uno", label="Schedule (time shift by resolution)")
+        time_shift = gr.Number(value=default_time_shift, minimum=0.01, label="Time shift (blank: by the schedule)",
+                               elem_id="time-shift")  # fmt: skip
         negative_prompt = gr.Textbox(value="", label="Negative prompt (used when True CFG > 1)", elem_id="negative-prompt")
     return [prompt, *references, width, height, steps, guidance, true_cfg, seed, random_seed, num_images,
-            position_mode, long_side, schedule, negative_prompt]  # fmt: skip
+            position_mode, long_side, schedule, negative_prompt, time_shift]  # fmt: skip
 
 
 def _result_outputs() -> list[gr.Component]:
@@ -175,8 +190,8 @@ def build_app(
     """The web app for a loaded pipeline. ``model`` is the record stored in each PNG, ``model_flags`` the
     flags that reload the same model in ``unoflux generate``; at most ``concurrency`` generations run at
     once and ``max_queue`` more wait; beyond that a request is refused with "queue is full". The size
-    sliders start at ``default_size`` (the model's native size), the guidance sliders at the pipeline's
-    defaults (the model's own, from its unoflux.json)."""
+    sliders start at ``default_size`` (the model's native size), the guidance sliders and the time shift at the
+    pipeline's defaults (the model's own, from its unoflux.json)."""
     if concurrency < 1 or max_queue < 1:
         raise UnofluxError(f"concurrency ({concurrency}) and queue size ({max_queue}) must be at least 1")
     with gr.Blocks(title="unoflux", analytics_enabled=False) as demo:
@@ -184,7 +199,7 @@ def build_app(
                     "reference images of the subjects to keep (upload, drag and drop, or paste).")  # fmt: skip
         with gr.Row():
             with gr.Column(scale=3):
-                inputs = _form_inputs(default_size, *sampling_defaults(pipe))
+                inputs = _form_inputs(default_size, *sampling_defaults(pipe), getattr(pipe, "default_time_shift", None))
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 outputs = _result_outputs()

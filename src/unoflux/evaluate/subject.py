@@ -48,6 +48,8 @@ class SubjectEvalSettings:
     steps: int = 25
     guidance: float | None = None  # None: the model's default (the embedded model's: 1, as trained)
     true_cfg: float | None = None  # None: the model's default (the embedded model's: 3)
+    schedule: str | None = None  # the time shift by resolution ("uno" or "flux"); None: the model's
+    time_shift: float | None = None  # a fixed time shift (wins over schedule); None: the model's
     position_mode: str = "diagonal"  # UnoPE at inference (the ablation trains each mode; use the one trained)
     with_references: bool = True  # False: the caption-only floor
     limit: int | None = None  # only the first N cases of each kind (quick looks)
@@ -142,8 +144,8 @@ def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings =
         prompt = caption_scene(pair.target, pair.seed, name_looks=False) if settings.look_free_captions else pair.caption
         output = pipe(prompt, references, width=settings.size, height=settings.size,
                       num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                      true_cfg_scale=settings.true_cfg, seed=pair.seed,
-                      position_mode=settings.position_mode)  # fmt: skip
+                      true_cfg_scale=settings.true_cfg, seed=pair.seed, position_mode=settings.position_mode,
+                      schedule=settings.schedule, time_shift=settings.time_shift)  # fmt: skip
         image = output.images[0]
         result = judge_case(image, pair, settings.distractors)
         results.append(result)

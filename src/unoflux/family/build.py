@@ -249,6 +249,29 @@ def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None, only_
     return path.stat().st_size
 
 
+def set_sampling_defaults(model_dir: Path, **values: float | None) -> dict:
+    """Write sampling defaults (``guidance``, ``true_cfg``, ``time_shift``) into ``model_dir``'s unoflux.json,
+    keeping its other keys; a value of None removes its key (back to FLUX.1-dev's behaviour). Returns the file's
+    new contents."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "model_index.json").is_file():
+        raise UnofluxError(f"{model_dir} is not a diffusers model folder (no model_index.json)")
+    unknown = set(values) - {"guidance", "true_cfg", "time_shift"}
+    if unknown:
+        raise UnofluxError(f"unknown sampling defaults: {', '.join(sorted(unknown))}")
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise UnofluxError(f"{name} {value!r} must be a positive number")
+    defaults = model_defaults(model_dir)
+    for name, value in values.items():
+        if value is None:
+            defaults.pop(name, None)
+        else:
+            defaults[name] = float(value)
+    (model_dir / MODEL_DEFAULTS_FILE).write_text(json.dumps(defaults) + "\n")
+    return defaults
+
+
 def unship_lora(model_dir: Path) -> None:
     """Undo ``ship_lora`` in ``model_dir`` (a copy of a base folder whose transformer is being replaced: the
     LoRA it shipped does not fit the new weights)."""

@@ -1,5 +1,5 @@
-"""``unoflux family build|export|ship-lora``: the small model family (resumable build), its fp16 export, and
-shipping a Stage I/II LoRA inside it."""
+"""``unoflux family build|tune-vae|export|ship-lora|set-sampling``: the small model family (resumable build), its
+fp16 export, shipping a Stage I/II LoRA inside it, and the sampling defaults it declares."""
 
 from __future__ import annotations
 
@@ -45,6 +45,27 @@ def register(subparsers) -> None:
     a.add_argument("--always", action="store_true",
                    help="apply it to text-only prompts too, as UNO does (default: only when references are given)")
     a.set_defaults(func=cmd_ship_lora)
+    s = sub.add_parser("set-sampling", help="set the sampling defaults a model folder declares (unoflux.json)")
+    s.add_argument("target", type=Path, help="the model folder (src/unoflux/embedded/uno-world ships)")
+    s.add_argument("--guidance", type=_number_or_none, default=_UNSET,
+                   help="guidance input ('none': remove, FLUX.1-dev's 4)")
+    s.add_argument("--true-cfg", type=_number_or_none, default=_UNSET,
+                   help="classifier-free guidance scale ('none': remove, off)")
+    s.add_argument("--time-shift", type=_number_or_none, default=_UNSET,
+                   help="a fixed time shift ('none': remove, UNO's resolution rule; see scripts/guidance_sweep.py)")
+    s.set_defaults(func=cmd_set_sampling)
+
+
+_UNSET = object()  # an option not given: leave its key as it is
+
+
+def _number_or_none(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
 
 
 def family_config(args: argparse.Namespace):
@@ -99,4 +120,12 @@ def cmd_ship_lora(args: argparse.Namespace) -> int:
 
     size = ship_lora(args.run, args.target, _read_notes(args.notes), only_with_references=not args.always)
     print(f"{args.target / SHIPPED_LORA_FILES[0]}: {size / 2**20:.2f} MiB")
+    return 0
+
+
+def cmd_set_sampling(args: argparse.Namespace) -> int:
+    from .build import set_sampling_defaults
+
+    given = {k: getattr(args, k) for k in ("guidance", "true_cfg", "time_shift") if getattr(args, k) is not _UNSET}
+    print(json.dumps(set_sampling_defaults(args.target, **given)))
     return 0

@@ -3,6 +3,8 @@
 - `heldout_prompts()`: 256 text-to-image prompts (160 single-subject, 48 multi-subject, 48 two-panel).
 - `heldout_subject_pairs()`: 400 subject-driven cases (200 single-reference, 200 two-reference):
   reference identities, whose reference shots a model is given, plus a target scene and caption.
+- `tuning_prompts()`: prompts drawn the same way from *training* identities with their own seeds, for
+  choosing sampler settings (guidance, CFG, time shift) without looking at the held-out set.
 Nothing here depends on anything but this file and the world's vocabulary, so the set never moves.
 """
 
@@ -16,7 +18,7 @@ import numpy as np
 from .captions import caption
 from .sampling import distinct_looks, sample_scene, sample_two_panel
 from .specs import SceneSpec, TwoPanelSpec
-from .subjects import Identity, heldout_identities
+from .subjects import Identity, heldout_identities, training_identity
 
 _SEED = 20_240_601
 SINGLE_COUNT, MULTI_COUNT, TWO_PANEL_COUNT = 160, 48, 48
@@ -85,3 +87,27 @@ def heldout_subject_pairs() -> tuple[SubjectPair, ...]:
         pairs.append(SubjectPair(f"multi-pair-{i:03d}", tuple(s.identity for s in target.subjects), target,
                                  caption(target, _SEED + 4000 + i), 4000 + i))
     return tuple(pairs)
+
+
+_TUNING_SEED = 20_251_123
+
+
+@lru_cache(maxsize=4)
+def tuning_prompts(single: int = 64, multi: int = 112, two_panel: int = 112) -> tuple[HeldoutPrompt, ...]:
+    """Prompts of the held-out kinds from training identities (weighted to the weak kinds by default):
+    what sampler settings are tuned on, so the held-out scores stay an unbiased test of the choice."""
+    rng = np.random.default_rng(_TUNING_SEED)
+    prompts = []
+    for i in range(single):
+        spec = sample_scene(rng, [training_identity(rng)])
+        prompts.append(HeldoutPrompt(f"tune-single-{i:03d}", "single", spec, caption(spec, _TUNING_SEED + i),
+                                     10_000 + i))  # fmt: skip
+    for i in range(multi):
+        spec = sample_scene(rng, distinct_looks(rng, 2 + i % 2, training_identity))
+        prompts.append(HeldoutPrompt(f"tune-multi-{i:03d}", "multi", spec, caption(spec, _TUNING_SEED + 1000 + i),
+                                     11_000 + i))  # fmt: skip
+    for i in range(two_panel):
+        spec = sample_two_panel(rng, training_identity(rng))
+        prompts.append(HeldoutPrompt(f"tune-two-panel-{i:03d}", "two_panel", spec,
+                                     caption(spec, _TUNING_SEED + 2000 + i), 12_000 + i))  # fmt: skip
+    return tuple(prompts)
