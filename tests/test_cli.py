@@ -39,6 +39,15 @@ def test_help_of_every_command():
     assert "--position-mode" in result.stdout and "--weights-dtype" in result.stdout
 
 
+def test_the_clis_choice_lists_mirror_the_library():
+    """The CLI keeps its own copies (parsing stays free of torch imports); they must not drift."""
+    from unoflux import cli
+    from unoflux.conditioning import POSITION_MODES
+    from unoflux.pipeline import SCHEDULES
+
+    assert (cli.POSITION_MODES, cli.SCHEDULES) == (tuple(POSITION_MODES), SCHEDULES)
+
+
 def test_generate_writes_a_png_with_its_settings(official_layout, tmp_path, capsys):
     paths, _ = official_layout
     ref = tmp_path / "ref.png"

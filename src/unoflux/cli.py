@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import UnofluxError
 
 POSITION_MODES = ("diagonal", "height", "width", "none")  # mirrors conditioning.POSITION_MODES (no torch import)
+SCHEDULES = ("uno", "flux")  # mirrors pipeline.SCHEDULES
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -85,7 +86,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     g.add_argument("--position-mode", choices=POSITION_MODES, default="diagonal", help="UnoPE offsets (default diagonal)")
     g.add_argument("--ref-long-side", type=int, help="reference long side in px (default 512 for one reference, 320 for several)")
-    g.add_argument("--schedule", choices=("uno", "flux"),
+    g.add_argument("--schedule", choices=SCHEDULES,
                    help="time shift by resolution: 'uno' reproduces UNO's inference, 'flux' uses the true token count "
                         "(default: the model's fixed --time-shift if it declares one, else uno)")
     g.add_argument("--time-shift", type=float, metavar="S",

@@ -281,9 +281,7 @@ class UnoFluxPipeline(FluxPipeline):
             prompts, width, height, num_inference_steps, position_mode,
             reference_long_side, num_images_per_prompt, schedule, time_shift,
         )  # fmt: skip
-        if time_shift is None and schedule is None:
-            time_shift = self.default_time_shift
-        schedule = schedule or "uno"
+        schedule, time_shift = resolve_time_shift(schedule, time_shift, self.default_time_shift)
         if self.vae_scale_factor != 8:
             raise UnofluxError(f"the VAE downsamples by {self.vae_scale_factor}; UNO needs a FLUX-style VAE (8x)")
         if output_type not in ("pil", "pt", "latent"):
@@ -375,8 +373,8 @@ class UnoFluxPipeline(FluxPipeline):
             "position_mode": position_mode,
             "reference_long_side": long_side,
             "num_references": len(references),
-            # the shift that ran: a fixed factor, or the schedule's resolution rule
-            **({"time_shift": time_shift, "schedule": None} if time_shift is not None else {"schedule": schedule}),
+            "schedule": schedule,  # the shift that ran: the schedule's resolution rule, or a fixed factor
+            **({"time_shift": time_shift} if time_shift is not None else {}),
             "noise_device": noise_device,
         }
         if output_type == "latent":
@@ -388,8 +386,18 @@ class UnoFluxPipeline(FluxPipeline):
         return UnoOutput(images=images, seeds=seeds, settings=settings)
 
 
-def sampling_defaults(pipe) -> tuple[float, float]:
-    """(guidance, true CFG) that ``pipe`` samples with when given None. A stand-in without them (tests wrap
-    pipelines) gets the class's, FLUX.1-dev's."""
+def sampling_defaults(pipe) -> tuple[float, float, float | None]:
+    """(guidance, true CFG, time shift) that ``pipe`` samples with when given None. A stand-in without them
+    (tests wrap pipelines) gets the class's, FLUX.1-dev's."""
     return (getattr(pipe, "default_guidance_scale", UnoFluxPipeline.default_guidance_scale),
-            getattr(pipe, "default_true_cfg_scale", UnoFluxPipeline.default_true_cfg_scale))  # fmt: skip
+            getattr(pipe, "default_true_cfg_scale", UnoFluxPipeline.default_true_cfg_scale),
+            getattr(pipe, "default_time_shift", UnoFluxPipeline.default_time_shift))  # fmt: skip
+
+
+def resolve_time_shift(schedule: str | None, time_shift: float | None,
+                       default_time_shift: float | None) -> tuple[str | None, float | None]:  # fmt: skip
+    """(schedule, time shift) a call samples with: an explicit shift, else an explicit schedule's resolution
+    rule, else the model's shift, else UNO's rule. Exactly one of the two is None."""
+    if time_shift is None and schedule is None:
+        time_shift = default_time_shift
+    return (None, time_shift) if time_shift is not None else (schedule or "uno", None)

@@ -199,7 +199,7 @@ def build_app(
                     "reference images of the subjects to keep (upload, drag and drop, or paste).")  # fmt: skip
         with gr.Row():
             with gr.Column(scale=3):
-                inputs = _form_inputs(default_size, *sampling_defaults(pipe), getattr(pipe, "default_time_shift", None))
+                inputs = _form_inputs(default_size, *sampling_defaults(pipe))
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 outputs = _result_outputs()

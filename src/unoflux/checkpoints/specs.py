@@ -96,6 +96,11 @@ def model_defaults(model_dir: str | Path | None) -> dict[str, Any]:
     return json.loads(path.read_text()) if path and path.is_file() else {}
 
 
+def write_model_defaults(model_dir: str | Path, defaults: dict[str, Any]) -> None:
+    """Replace ``model_dir``'s ``unoflux.json`` with ``defaults`` (what :func:`model_defaults` reads back)."""
+    (Path(model_dir) / MODEL_DEFAULTS_FILE).write_text(json.dumps(defaults) + "\n")
+
+
 def spec_for_transformer_config(config: dict[str, Any]) -> ModelSpec | None:
     """The known model whose transformer has exactly this config, if any."""
     keys = ("num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads", "guidance_embeds")

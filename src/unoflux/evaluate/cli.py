@@ -45,7 +45,9 @@ def register(subparsers) -> None:
 
 
 def _add_shift_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--schedule", choices=("uno", "flux"), help="time shift by resolution (default: the model's)")
+    from ..cli import SCHEDULES
+
+    p.add_argument("--schedule", choices=SCHEDULES, help="time shift by resolution (default: the model's)")
     p.add_argument("--time-shift", type=float, metavar="S", help="a fixed time shift, wins over --schedule "
                    "(default: the model's)")  # fmt: skip
 

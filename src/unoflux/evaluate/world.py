@@ -37,18 +37,16 @@ class T2IEvalSettings:
 def with_model_defaults(settings, pipe):
     """``settings`` with its guidance values and time shift resolved to what ``pipe`` uses for None, so
     reports say them."""
-    from ..pipeline import sampling_defaults
+    from ..pipeline import resolve_time_shift, sampling_defaults
 
-    guidance, true_cfg = sampling_defaults(pipe)
-    time_shift = settings.time_shift
-    if time_shift is None and settings.schedule is None:
-        time_shift = getattr(pipe, "default_time_shift", None)
+    guidance, true_cfg, default_time_shift = sampling_defaults(pipe)
+    schedule, time_shift = resolve_time_shift(settings.schedule, settings.time_shift, default_time_shift)
     return replace(
         settings,
         guidance=guidance if settings.guidance is None else settings.guidance,
         true_cfg=true_cfg if settings.true_cfg is None else settings.true_cfg,
+        schedule=schedule,
         time_shift=time_shift,
-        schedule=None if time_shift is not None else settings.schedule or "uno",
     )
 
 

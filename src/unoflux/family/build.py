@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 from ..checkpoints.files import write_safetensors
 from ..checkpoints.loading import default_device
 from ..checkpoints.lora import UNO_LORA_FILE
-from ..checkpoints.specs import MODEL_DEFAULTS_FILE, model_defaults, scheduler_config_for
+from ..checkpoints.specs import MODEL_DEFAULTS_FILE, model_defaults, scheduler_config_for, write_model_defaults
 from ..errors import UnofluxError
 from .text import sample_captions, tiny_text_encoders, train_clip_tokenizer, train_t5_tokenizer
 from .vae import VAETrainConfig, calibrate_and_measure, load_images_by_size, load_square_images, train_vae
@@ -135,8 +135,7 @@ def build_family(data_dirs: list[Path], out: Path, config: FamilyConfig, work: P
         "command": _invoking_command(),
     }
     (out / "family.json").write_text(json.dumps(report, indent=2) + "\n")
-    defaults = {"image_size": config.image_size, "guidance": config.guidance, "true_cfg": config.true_cfg}
-    (out / MODEL_DEFAULTS_FILE).write_text(json.dumps(defaults) + "\n")
+    write_model_defaults(out, {"image_size": config.image_size, "guidance": config.guidance, "true_cfg": config.true_cfg})
     return report
 
 
@@ -185,8 +184,7 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
         earlier = report.get("vae_tuning", [])
         report["vae_tuning"] = [*(earlier if isinstance(earlier, list) else [earlier]), record]  # every tuning, in order
         (tmp / "family.json").write_text(json.dumps(report, indent=2) + "\n")
-        defaults = {**model_defaults(tmp), "image_size": image_size}
-        (tmp / MODEL_DEFAULTS_FILE).write_text(json.dumps(defaults) + "\n")
+        write_model_defaults(tmp, {**model_defaults(tmp), "image_size": image_size})
     return record
 
 
@@ -239,7 +237,7 @@ def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None, only_
     defaults.pop("lora_for", None)
     if only_with_references:
         defaults["lora_for"] = "references"
-    (model_dir / MODEL_DEFAULTS_FILE).write_text(json.dumps(defaults) + "\n")
+    write_model_defaults(model_dir, defaults)
     _, config_copy, command_copy, notes_file = SHIPPED_LORA_FILES
     shutil.copy(run_final / "config.yaml", model_dir / config_copy)
     if (run_final / "command.txt").is_file():
@@ -268,7 +266,7 @@ def set_sampling_defaults(model_dir: Path, **values: float | None) -> dict:
             defaults.pop(name, None)
         else:
             defaults[name] = float(value)
-    (model_dir / MODEL_DEFAULTS_FILE).write_text(json.dumps(defaults) + "\n")
+    write_model_defaults(model_dir, defaults)
     return defaults
 
 
@@ -278,8 +276,6 @@ def unship_lora(model_dir: Path) -> None:
     model_dir = Path(model_dir)
     for name in SHIPPED_LORA_FILES:
         (model_dir / name).unlink(missing_ok=True)
-    defaults_path = model_dir / MODEL_DEFAULTS_FILE
-    if defaults_path.is_file():
-        defaults = json.loads(defaults_path.read_text())
-        if "lora" in defaults:
-            defaults_path.write_text(json.dumps({k: v for k, v in defaults.items() if k not in _SHIPPED_LORA_KEYS}) + "\n")
+    defaults = model_defaults(model_dir)
+    if "lora" in defaults:
+        write_model_defaults(model_dir, {k: v for k, v in defaults.items() if k not in _SHIPPED_LORA_KEYS})
