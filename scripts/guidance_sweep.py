@@ -1,12 +1,13 @@
 """Text-to-image scores of a model at several sampling settings, side by side: how the embedded model's
-sampling defaults (unoflux.json "guidance", "true_cfg", "time_shift") were chosen. Judged as `unoflux evaluate
-world-t2i` judges, at the model's native size (unoflux.json "image_size"); one thread.
+sampling defaults (unoflux.json "guidance", "true_cfg", "time_shift", "stochasticity") were chosen. Judged as
+`unoflux evaluate world-t2i` judges, at the model's native size (unoflux.json "image_size"); one thread.
 
     .venv/bin/python scripts/guidance_sweep.py [--model DIR] [--tuning | --every 4] [--steps 25] SETTING...
 
-A SETTING is GUIDANCE:TRUE_CFG[:TIME_SHIFT], e.g. 4:1 (FLUX.1-dev's default: guidance input 4, no CFG), 1:3
-(guidance input 1, as the world model was trained, and classifier-free guidance at scale 3), or 1:3:20 (the
-same with a fixed time shift of 20; without one, UNO's resolution rule). Default: 4:1 1:1 1:2 1:3.
+A SETTING is GUIDANCE:TRUE_CFG[:TIME_SHIFT[:STOCHASTICITY]], e.g. 4:1 (FLUX.1-dev's default: guidance input 4,
+no CFG), 1:3 (guidance input 1, as the world model was trained, and classifier-free guidance at scale 3), 1:3:20
+(the same with a fixed time shift of 20; without one, or with '-', UNO's resolution rule) or 1:3:-:0.5 (UNO's
+rule, each step half re-noised; without it, the deterministic ODE). Default: 4:1 1:1 1:2 1:3.
 
 Prompts: every N-th held-out prompt (--every, default 4: 64 of 256, all kinds), or with --tuning the tuning set
 (`unoflux.world.heldout.tuning_prompts`: training identities, weighted to multi-subject and two-panel scenes),
@@ -62,11 +63,12 @@ def main() -> None:
     print(f"{'setting':>12} " + " ".join(f"{c[:10]:>10}" for c in COLUMNS) + "  vs first: shape, two-panel", flush=True)
     first = None
     for setting in args.settings:
-        values = [float(v) for v in setting.split(":")]
-        guidance, true_cfg = values[:2]
-        # no shift given: the resolution rule UNO uses, whatever the model folder declares
-        schedule, time_shift = ("uno", None) if len(values) == 2 else (None, values[2])
-        verdicts = [(p, generate_and_check(pipe, p, size, args.steps, guidance, true_cfg, schedule, time_shift)[1])
+        parts = setting.split(":")
+        guidance, true_cfg, shift, stochasticity = parts + ["-", "0"][len(parts) - 2:]
+        # no shift given: the resolution rule UNO uses, whatever the model folder declares (and likewise the ODE)
+        schedule, time_shift = ("uno", None) if shift == "-" else (None, float(shift))
+        verdicts = [(p, generate_and_check(pipe, p, size, args.steps, float(guidance), float(true_cfg), schedule,
+                                           time_shift, float(stochasticity))[1])
                     for p in tqdm(prompts, desc=setting, leave=False)]  # fmt: skip
         summary, results = summarize(verdicts), [outcomes(v) for _, v in verdicts]
         comparison = "" if first is None else (

@@ -240,8 +240,10 @@ def test_a_model_folder_declares_its_guidance(tmp_path, diffusers_folder):
 
     folder = tmp_path / "cfg"
     shutil.copytree(diffusers_folder, folder)
-    (folder / "unoflux.json").write_text(json.dumps({"guidance": 1, "true_cfg": 2.5, "time_shift": 20}))
+    (folder / "unoflux.json").write_text(json.dumps({"guidance": 1, "true_cfg": 2.5, "time_shift": 20,
+                                                                 "stochasticity": 0.5}))
     pipe = load_pipeline(ModelPaths(model=str(folder)), device="cpu", use_environment=False)
     assert (pipe.default_guidance_scale, pipe.default_true_cfg_scale, pipe.default_time_shift) == (1.0, 2.5, 20.0)
     out = pipe("a cat", width=32, height=32, num_inference_steps=2, seed=0, output_type="latent")
     assert (out.settings["guidance"], out.settings["true_cfg"], out.settings["time_shift"]) == (1.0, 2.5, 20.0)
+    assert pipe.default_stochasticity == out.settings["stochasticity"] == 0.5

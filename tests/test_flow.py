@@ -65,3 +65,30 @@ def test_training_times_follow_the_shifted_schedule():
     assert 0 < t.min() and t.max() < 1
     # shift with mu = 1.15 maps the uniform median 0.5 to e^mu / (e^mu + 1)
     assert t.median().item() == pytest.approx(math.exp(1.15) / (math.exp(1.15) + 1), abs=0.01)
+
+
+def test_stochastic_step_spans_the_ode_and_diffusers_stochastic_sampling():
+    """Stochasticity 0 is the Euler step; 1 is diffusers' FlowMatchEulerDiscreteScheduler(stochastic_sampling=True),
+    step for step with the same fresh noise; in between, the re-noised part keeps the noise estimate's variance."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    x, velocity, fresh = torch.randn(2, 6, 4), torch.randn(2, 6, 4), torch.randn(2, 6, 4)
+    ode = flow.stochastic_step(x, velocity, 0.7, 0.4, fresh, 0.0)
+    torch.testing.assert_close(ode, flow.euler_step(x, velocity, 0.7, 0.4))
+
+    scheduler = FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)
+    scheduler.set_timesteps(sigmas=[0.7, 0.4], device="cpu")
+    generator = torch.Generator().manual_seed(3)
+    expected = scheduler.step(velocity, scheduler.timesteps[0], x, generator=generator).prev_sample
+    fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(flow.stochastic_step(x, velocity, 0.7, 0.4, fresh, 1.0), expected)
+
+    # the true velocity of x = (1 - t) x_data + t n: any stochasticity lands on (1 - t') x_data + t' n' with the
+    # unit-variance mix n' of n and the fresh noise, and on x_data itself at t' = 0
+    x_data, noise = torch.randn(4096), torch.randn(4096)
+    x_t = flow.interpolate(x_data, noise, torch.tensor([0.6]))
+    fresh = torch.randn(4096)
+    step = flow.stochastic_step(x_t, flow.velocity_target(x_data, noise), 0.6, 0.3, fresh, 0.5)
+    torch.testing.assert_close(step, 0.7 * x_data + 0.3 * (math.sqrt(0.75) * noise + 0.5 * fresh))
+    last = flow.stochastic_step(x_t, flow.velocity_target(x_data, noise), 0.6, 0.0, fresh, 0.5)
+    torch.testing.assert_close(last, x_data, atol=1e-6, rtol=0)

@@ -111,6 +111,18 @@ def test_a_fixed_time_shift_spaces_the_steps_as_diffusers_shift_does(tiny_pipe):
     assert rule.settings["schedule"] == "uno" and "time_shift" not in rule.settings
 
 
+def test_a_models_stochasticity_is_the_default(tiny_pipe):
+    explicit = latents(tiny_pipe, "a cat", stochasticity=0.5)
+    tiny_pipe.default_stochasticity = 0.5  # as a model folder declares (unoflux.json "stochasticity")
+    try:
+        declared = tiny_pipe("a cat", output_type="latent", seed=7, **ARGS)
+        ode = latents(tiny_pipe, "a cat", stochasticity=0.0)
+    finally:
+        del tiny_pipe.default_stochasticity
+    assert torch.equal(declared.images, explicit) and declared.settings["stochasticity"] == 0.5
+    assert torch.equal(ode, latents(tiny_pipe, "a cat"))
+
+
 def test_a_models_time_shift_is_the_default_and_a_named_schedule_overrides_it(tiny_pipe):
     fixed = latents(tiny_pipe, "a cat", time_shift=5.0)
     tiny_pipe.default_time_shift = 5.0  # as a model folder declares (unoflux.json "time_shift")
@@ -121,6 +133,57 @@ def test_a_models_time_shift_is_the_default_and_a_named_schedule_overrides_it(ti
         del tiny_pipe.default_time_shift
     assert torch.equal(declared.images, fixed) and declared.settings["time_shift"] == 5.0
     assert torch.equal(by_rule, latents(tiny_pipe, "a cat"))
+
+
+
+@pytest.mark.parametrize("num_refs", [0, 1])
+def test_stochastic_sampling_is_fixed_by_each_images_seed_and_zero_is_the_ode(tiny_pipe, ref_images, num_refs):
+    refs = ref_images[:num_refs]
+    ode = tiny_pipe("a cat", refs, output_type="latent", seed=1, **ARGS)
+    assert ode.settings["stochasticity"] == 0.0
+    assert torch.equal(latents(tiny_pipe, "a cat", refs, seed=1, stochasticity=0.0), ode.images)  # UNO's sampler
+    both = tiny_pipe("a cat", refs, output_type="latent", seed=1, stochasticity=0.5, num_images_per_prompt=2,
+                     num_inference_steps=3, **{k: v for k, v in ARGS.items() if k != "num_inference_steps"})
+    assert both.settings["stochasticity"] == 0.5
+    for j in range(2):  # image j uses seed + j, for its initial noise and for every step's fresh noise
+        alone = latents(tiny_pipe, "a cat", refs, seed=1 + j, stochasticity=0.5, num_inference_steps=3)
+        torch.testing.assert_close(both.images[j:j + 1], alone, rtol=1e-5, atol=1e-5)
+    ode3 = latents(tiny_pipe, "a cat", refs, seed=1, num_inference_steps=3)
+    assert not torch.allclose(both.images[:1], ode3, atol=1e-4)
+    assert not torch.allclose(both.images[:1], latents(tiny_pipe, "a cat", refs, seed=1, stochasticity=1.0,
+                                                       num_inference_steps=3), atol=1e-4)  # fmt: skip
+
+
+def test_stochastic_sampling_draws_fresh_noise_from_the_seeds_own_stream(tiny_pipe):
+    """The first step re-noises with the first draw of ``step_noise_generator(seed)`` (a stream apart from the
+    initial noise's): checked against the step computed by hand from the same transformer call."""
+    from unoflux import flow
+    from unoflux.pipeline import step_noise_generator
+
+    start = pack_latents(reference_noise(4, 32, 48).float())
+    seen = {}
+    forward = tiny_pipe.transformer.forward
+
+    def recording(**kwargs):
+        out = forward(**kwargs)
+        seen.setdefault("velocity", out[0][:, : start.shape[1]])
+        return out
+
+    def after_step(pipe, i, t, tensors):
+        seen.setdefault("t", t)
+        seen.setdefault("latents", tensors["latents"].clone())
+        return {}
+
+    tiny_pipe.transformer.forward = recording
+    try:
+        latents(tiny_pipe, "a cat", seed=4, stochasticity=0.7, callback_on_step_end=after_step)
+    finally:
+        del tiny_pipe.transformer.forward
+    t_next = flow.sigmas(ARGS["num_inference_steps"], flow.schedule_mu(flow.image_seq_len(32, 48))).tolist()[1]
+    fresh = torch.randn(start.shape[1:], generator=step_noise_generator(4))[None]
+    expected = flow.stochastic_step(start, seen["velocity"], seen["t"], t_next, fresh, 0.7)
+    torch.testing.assert_close(seen["latents"], expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fresh, torch.randn(start.shape[1:], generator=torch.Generator().manual_seed(4)))
 
 
 @pytest.mark.parametrize("num_refs", [0, 1])
@@ -180,6 +243,8 @@ def test_schnell_like_model_without_guidance_embedding():
         (dict(position_mode="d"), "position mode 'd'"),
         (dict(schedule="karras"), "schedule 'karras'"),
         (dict(time_shift=0.0), "time shift 0.0 must be a positive number"),
+        (dict(stochasticity=1.5), "stochasticity 1.5 must be a number from 0"),
+        (dict(stochasticity=-0.1), "stochasticity -0.1 must be a number from 0"),
         (dict(time_shift=float("inf")), "time shift inf"),
         (dict(reference_long_side=8), "reference long side 8"),
         (dict(output_type="np"), "output type"),

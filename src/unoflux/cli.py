@@ -92,6 +92,10 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-shift", type=float, metavar="S",
                    help="a fixed time shift instead (diffusers' shift; 1 = none), wins over --schedule "
                         "(default: the model's, from its unoflux.json; none for FLUX.1-dev)")
+    g.add_argument("--stochasticity", type=float, metavar="S",
+                   help="how much of each step is re-noised with fresh noise, 0 (the deterministic ODE, UNO's) to 1 "
+                        "(diffusers' stochastic sampling); the seed still fixes the image (default: the model's, 0 "
+                        "for FLUX.1-dev)")
     g.add_argument("--out", help="a .png file, or a folder (default outputs/; batch: outputs/batch)")
     g.add_argument("--batch", metavar="FILE.json", help="UNO eval JSON: [{prompt, image_paths}, ...]; resumable, shards under accelerate launch")
 
@@ -111,6 +115,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         guidance=args.guidance, true_cfg=args.true_cfg, negative_prompt=args.negative_prompt, seed=args.seed,
         num_images=args.num_images, position_mode=args.position_mode,
         reference_long_side=args.ref_long_side, schedule=args.schedule, time_shift=args.time_shift,
+        stochasticity=args.stochasticity,
     )  # fmt: skip
     request.validate()  # bad input fails here, before minutes of model loading
     items = read_batch(args.batch) if args.batch else None

@@ -27,6 +27,7 @@ __all__ = [
     "interpolate",
     "velocity_target",
     "euler_step",
+    "stochastic_step",
     "sample_training_t",
 ]
 
@@ -99,6 +100,22 @@ def velocity_target(x_data: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
     """One Euler step of the flow ODE (in ``x``'s dtype, as the reference does)."""
     return x + (t_next - t) * velocity
+
+
+def stochastic_step(x: torch.Tensor, velocity: torch.Tensor, t: float, t_next: float, fresh_noise: torch.Tensor,
+                    stochasticity: float) -> torch.Tensor:  # fmt: skip
+    """One step that re-noises part of the way (DDIM's eta, Song et al. 2021, written for rectified flow).
+
+    The velocity splits ``x`` into its clean estimate ``x0 = x - t v`` and its noise estimate ``n = x + (1 - t) v``;
+    the step lands on ``(1 - t_next) x0 + t_next (sqrt(1 - s^2) n + s fresh_noise)`` with ``s = stochasticity``.
+    ``s = 0`` is :func:`euler_step` (the ODE); ``s = 1`` re-noises the clean estimate with fresh noise alone, which
+    is diffusers' ``FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)``. Fresh noise lets a later step
+    correct what an earlier one got wrong, at the price of following the ODE less exactly.
+    """
+    clean = x - t * velocity
+    noise = x + (1 - t) * velocity
+    mixed = math.sqrt(1 - stochasticity**2) * noise + stochasticity * fresh_noise.to(x.dtype)
+    return (1 - t_next) * clean + t_next * mixed
 
 
 def sample_training_t(

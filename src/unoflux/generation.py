@@ -36,12 +36,13 @@ class GenerationRequest:
     reference_long_side: int | None = None  # None: 512 for one reference, 320 for several
     schedule: str | None = None  # the time shift's resolution rule, "uno" or "flux"; None: the model's
     time_shift: float | None = None  # a fixed time shift instead (wins over schedule); None: the model's
+    stochasticity: float | None = None  # how much of each step is re-noised (0 = the ODE); None: the model's
 
     def validate(self) -> None:
         """Check settings and that every reference opens, before any model work."""
         check_generation_args(
             [self.prompt], self.width, self.height, self.steps, self.position_mode,
-            self.reference_long_side, self.num_images, self.schedule, self.time_shift,
+            self.reference_long_side, self.num_images, self.schedule, self.time_shift, self.stochasticity,
         )  # fmt: skip
         for i, path in enumerate(self.references):
             load_image(path, what=f"reference image {i + 1}")
@@ -63,6 +64,7 @@ def generate(pipe: UnoFluxPipeline, request: GenerationRequest, **call_kwargs) -
         num_images_per_prompt=request.num_images,
         schedule=request.schedule,
         time_shift=request.time_shift,
+        stochasticity=request.stochasticity,
         **call_kwargs,
     )
 

@@ -19,8 +19,9 @@ import math
 import random
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 import transformers
 from PIL import Image
@@ -65,6 +66,7 @@ def check_generation_args(
     num_images_per_prompt: int,
     schedule: str | None,
     time_shift: float | None = None,
+    stochasticity: float | None = None,
 ) -> None:
     """Raise one clear :class:`UnofluxError` for a bad setting (callable before any model is loaded)."""
     if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -82,6 +84,8 @@ def check_generation_args(
         raise UnofluxError(f"schedule {schedule!r} is not one of: {', '.join(SCHEDULES)}")
     if time_shift is not None and not (isinstance(time_shift, (int, float)) and 0 < time_shift < math.inf):
         raise UnofluxError(f"time shift {time_shift!r} must be a positive number (1 = no shift)")
+    if stochasticity is not None and not (isinstance(stochasticity, (int, float)) and 0 <= stochasticity <= 1):
+        raise UnofluxError(f"stochasticity {stochasticity!r} must be a number from 0 (the ODE) to 1")
     if reference_long_side is not None and not (
         isinstance(reference_long_side, int) and 16 <= reference_long_side <= MAX_SIDE
     ):
@@ -165,10 +169,13 @@ class UnoFluxPipeline(FluxPipeline):
         return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
 
     def _denoise(self, latents, ref_tokens, sigmas, guidance, pooled_embeds, prompt_embeds, text_ids, img_ids,
-                 n_target, callback_on_step_end, negative=None, true_cfg_scale=1.0):
+                 n_target, callback_on_step_end, negative=None, true_cfg_scale=1.0, stochasticity=0.0,
+                 step_noise_generators=None):  # fmt: skip
         """Euler steps from sigmas[0] to sigmas[-1] on the target tokens (references ride along unchanged).
         With ``negative`` (its prompt and pooled embeddings), classifier-free guidance: each step's velocity is
-        ``v_neg + true_cfg_scale * (v - v_neg)``, both from one forward over the doubled batch."""
+        ``v_neg + true_cfg_scale * (v - v_neg)``, both from one forward over the doubled batch. With
+        ``stochasticity`` > 0, every step but the last re-noises that part of the way (:func:`flow.stochastic_step`)
+        with fresh noise from one generator per image."""
         batch, device, dtype = latents.shape[0], latents.device, latents.dtype
         num_inference_steps = len(sigmas) - 1
         if negative is not None:  # [conditional | unconditional] halves; images, references and ids are shared
@@ -192,7 +199,12 @@ class UnoFluxPipeline(FluxPipeline):
                 if negative is not None:
                     conditional, unconditional = velocity[:batch], velocity[batch:]
                     velocity = unconditional + true_cfg_scale * (conditional - unconditional)
-                latents = flow.euler_step(latents, velocity, t, t_next)
+                if stochasticity > 0 and t_next > 0:
+                    fresh = torch.cat([torch.randn(latents.shape[1:], generator=g, device=g.device)[None]
+                                       for g in step_noise_generators]).to(device)  # fmt: skip
+                    latents = flow.stochastic_step(latents, velocity, t, t_next, fresh, stochasticity)
+                else:
+                    latents = flow.euler_step(latents, velocity, t, t_next)
                 if callback_on_step_end is not None:
                     latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
                 progress.update()
@@ -216,6 +228,9 @@ class UnoFluxPipeline(FluxPipeline):
     # A fixed time shift the model samples with when the caller names neither a schedule nor a shift
     # (unoflux.json "time_shift", set by load_pipeline); None: the "uno" resolution rule, as UNO and FLUX.
     default_time_shift: float | None = None
+    # How much of each step is re-noised when the caller gives none (unoflux.json "stochasticity", set by
+    # load_pipeline); 0: the deterministic ODE, as UNO and FLUX sample.
+    default_stochasticity: float = 0.0
 
     def default_reference_long_side(self, num_references: int) -> int:
         if self.reference_long_sides is None:
@@ -241,6 +256,7 @@ class UnoFluxPipeline(FluxPipeline):
         num_images_per_prompt: int = 1,
         schedule: str | None = None,
         time_shift: float | None = None,
+        stochasticity: float | None = None,
         noise_device: str = "cpu",
         max_sequence_length: int | None = None,
         output_type: str = "pil",
@@ -269,6 +285,9 @@ class UnoFluxPipeline(FluxPipeline):
             time_shift: a fixed shift factor instead of the rule (diffusers' ``shift``: ``t -> s t / (1 + (s -
                 1) t)``, ``mu = ln s``; 1 = none); larger spends more steps at high noise, where layout forms.
                 Wins over ``schedule``.
+            stochasticity: how much of each step is re-noised with fresh noise (:func:`unoflux.flow.stochastic_step`):
+                0 = the deterministic ODE (UNO), 1 = diffusers' ``stochastic_sampling``. The fresh noise of image
+                ``j`` comes from its own seed, so a seed still gives one image. None = :attr:`default_stochasticity`.
             noise_device: where the noise generator runs; ``cpu`` makes seeds device-independent.
             max_sequence_length: T5 tokens per prompt (default :attr:`text_sequence_length`).
             output_type: ``pil``, ``pt`` ((B, 3, H, W) in [0, 1]) or ``latent`` (packed latents).
@@ -279,9 +298,10 @@ class UnoFluxPipeline(FluxPipeline):
         references = list(reference_images or [])
         check_generation_args(
             prompts, width, height, num_inference_steps, position_mode,
-            reference_long_side, num_images_per_prompt, schedule, time_shift,
+            reference_long_side, num_images_per_prompt, schedule, time_shift, stochasticity,
         )  # fmt: skip
         schedule, time_shift = resolve_time_shift(schedule, time_shift, self.default_time_shift)
+        stochasticity = self.default_stochasticity if stochasticity is None else float(stochasticity)
         if self.vae_scale_factor != 8:
             raise UnofluxError(f"the VAE downsamples by {self.vae_scale_factor}; UNO needs a FLUX-style VAE (8x)")
         if output_type not in ("pil", "pt", "latent"):
@@ -334,6 +354,7 @@ class UnoFluxPipeline(FluxPipeline):
         # 3. Noise and schedule.
         seeds = [seed + j for _ in prompts for j in range(num_images_per_prompt)]
         latents = self.prepare_noise(seeds, height, width, device, dtype, noise_device)
+        step_noise_generators = [step_noise_generator(s, noise_device) for s in seeds] if stochasticity > 0 else None
         if time_shift is not None:
             mu = math.log(time_shift)
         else:
@@ -352,7 +373,8 @@ class UnoFluxPipeline(FluxPipeline):
             self.disable_lora()
         try:
             latents = self._denoise(latents, ref_tokens, sigmas, guidance, pooled_embeds, prompt_embeds, text_ids,
-                                    img_ids, n_target, callback_on_step_end, negative, true_cfg_scale)  # fmt: skip
+                                    img_ids, n_target, callback_on_step_end, negative, true_cfg_scale,
+                                    stochasticity, step_noise_generators)  # fmt: skip
         finally:
             if base_only:
                 self.enable_lora()
@@ -375,6 +397,7 @@ class UnoFluxPipeline(FluxPipeline):
             "num_references": len(references),
             "schedule": schedule,  # the shift that ran: the schedule's resolution rule, or a fixed factor
             **({"time_shift": time_shift} if time_shift is not None else {}),
+            "stochasticity": stochasticity,
             "noise_device": noise_device,
         }
         if output_type == "latent":
@@ -386,12 +409,25 @@ class UnoFluxPipeline(FluxPipeline):
         return UnoOutput(images=images, seeds=seeds, settings=settings)
 
 
-def sampling_defaults(pipe) -> tuple[float, float, float | None]:
-    """(guidance, true CFG, time shift) that ``pipe`` samples with when given None. A stand-in without them
-    (tests wrap pipelines) gets the class's, FLUX.1-dev's."""
-    return (getattr(pipe, "default_guidance_scale", UnoFluxPipeline.default_guidance_scale),
-            getattr(pipe, "default_true_cfg_scale", UnoFluxPipeline.default_true_cfg_scale),
-            getattr(pipe, "default_time_shift", UnoFluxPipeline.default_time_shift))  # fmt: skip
+class SamplingDefaults(NamedTuple):
+    guidance: float
+    true_cfg: float
+    time_shift: float | None
+    stochasticity: float
+
+
+def sampling_defaults(pipe) -> SamplingDefaults:
+    """What ``pipe`` samples with when given None. A stand-in without them (tests wrap pipelines) gets the
+    class's, FLUX.1-dev's."""
+    return SamplingDefaults(*(getattr(pipe, name, getattr(UnoFluxPipeline, name)) for name in (
+        "default_guidance_scale", "default_true_cfg_scale", "default_time_shift", "default_stochasticity")))  # fmt: skip
+
+
+def step_noise_generator(seed: int, device: str = "cpu") -> torch.Generator:
+    """The generator of one image's per-step fresh noise (stochastic sampling): a stream of its own, derived
+    from the image's seed as the world derives its streams, so it never repeats the initial noise."""
+    derived = int(np.random.SeedSequence([seed, 1]).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+    return torch.Generator(device).manual_seed(derived)
 
 
 def resolve_time_shift(schedule: str | None, time_shift: float | None,

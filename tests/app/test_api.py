@@ -57,6 +57,11 @@ def test_a_time_shift_reaches_the_pngs_and_the_command_and_a_bad_one_is_refused(
         generate(client, time_shift=-2)
 
 
+def test_stochasticity_reaches_the_pngs_and_the_command(client):
+    gallery, command, _ = generate(client, stochasticity=0.5)
+    assert read_settings(gallery[0]["image"])["stochasticity"] == 0.5 and "--stochasticity 0.5" in command
+
+
 def bomb(path):
     """A few kilobytes on disk, 81 megapixels once decoded."""
     Image.new("1", (9000, 9000)).save(path)

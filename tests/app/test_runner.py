@@ -57,7 +57,8 @@ def test_run_refuses_a_bad_reference_before_any_work(runner, tiny_request, tmp_p
 
 def test_cli_command_reproduces_the_request(tiny_request, examples):
     request = tiny_request(prompt="it's a ball", seed=42, reference_long_side=320, position_mode="width", guidance=4.0,
-                           true_cfg=2.5, negative_prompt="a blurry picture", time_shift=20.0)  # fmt: skip
+                           true_cfg=2.5, negative_prompt="a blurry picture", time_shift=20.0,
+                           stochasticity=0.25)  # fmt: skip
     argv = shlex.split(generate_command(request, ["--model", "/models/my flux"], "/out dir"))
     assert argv[:4] == ["unoflux", "generate", "--prompt", "it's a ball"]
     flags = dict(zip(argv[4::2], argv[5::2]))
@@ -69,9 +70,10 @@ def test_cli_command_reproduces_the_request(tiny_request, examples):
     parsed = build_parser().parse_args(argv[1:])  # the CLI accepts every flag
     assert (parsed.width, parsed.height, parsed.steps, parsed.guidance) == (48, 32, 2, 4.0)
     assert (parsed.true_cfg, parsed.negative_prompt, parsed.time_shift) == (2.5, "a blurry picture", 20.0)
+    assert parsed.stochasticity == 0.25
     unset = build_parser().parse_args(shlex.split(generate_command(tiny_request(), [], "o"))[1:])
     assert (unset.guidance, unset.true_cfg, unset.negative_prompt) == (None, None, "")  # the model's defaults
-    assert (unset.schedule, unset.time_shift) == (None, None)
+    assert (unset.schedule, unset.time_shift, unset.stochasticity) == (None, None, None)
 
 
 def test_model_flags_spell_out_environment_paths(monkeypatch, tmp_path):

@@ -58,6 +58,7 @@ def test_evaluation_writes_report_images_and_contact_sheet(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert [item["all_ok"] for item in report["items"]] == [True, True, True]
     assert (report["settings"]["schedule"], report["settings"]["time_shift"]) == ("uno", None)  # resolved, said
+    assert report["settings"]["stochasticity"] == 0.0
     assert len(list((tmp_path / "images").glob("*.png"))) == 3
     assert Image.open(tmp_path / "contact_sheet.png").width > 0
 

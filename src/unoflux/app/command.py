@@ -45,6 +45,8 @@ def generate_command(request: GenerationRequest, model_flags: Sequence[str], out
         argv += ["--schedule", request.schedule]
     if request.time_shift is not None:
         argv += ["--time-shift", f"{request.time_shift:g}"]
+    if request.stochasticity is not None:
+        argv += ["--stochasticity", f"{request.stochasticity:g}"]
     if request.guidance is not None:
         argv += ["--guidance", f"{request.guidance:g}"]
     if request.true_cfg is not None:

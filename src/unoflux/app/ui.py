@@ -105,6 +105,7 @@ def make_generate(runner: AppRunner):
         schedule: str | None = DEFAULTS.schedule,
         negative_prompt: str = DEFAULTS.negative_prompt,
         time_shift: float | None = DEFAULTS.time_shift,
+        stochasticity: float | None = DEFAULTS.stochasticity,
         progress=gr.Progress(),
     ) -> tuple[list[str], str, str]:
         """Generate images from a prompt and up to four reference images; returns the saved PNGs, the
@@ -120,6 +121,7 @@ def make_generate(runner: AppRunner):
                 num_images=_as_int(num_images, "number of images"), position_mode=position_mode,
                 reference_long_side=parse_long_side(reference_long_side), schedule=schedule or None,
                 time_shift=_optional_number(time_shift, "time shift"),
+                stochasticity=None if stochasticity is None else float(stochasticity),
             )  # fmt: skip
             progress(0, desc="starting")
             result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
@@ -137,7 +139,7 @@ def make_generate(runner: AppRunner):
 
 
 def _form_inputs(default_size: int, default_guidance: float, default_true_cfg: float,
-                 default_time_shift: float | None) -> list[gr.Component]:
+                 default_time_shift: float | None, default_stochasticity: float) -> list[gr.Component]:
     """The form, laid out in the current column; returned in ``make_generate``'s parameter order."""
     prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a little orange block at the left in a room", elem_id="prompt")
     with gr.Row():
@@ -164,9 +166,11 @@ def _form_inputs(default_size: int, default_guidance: float, default_true_cfg: f
         schedule = gr.Radio(list(SCHEDULES), value="uno", label="Schedule (time shift by resolution)")
         time_shift = gr.Number(value=default_time_shift, minimum=0.01, label="Time shift (blank: by the schedule)",
                                elem_id="time-shift")  # fmt: skip
+        stochasticity = gr.Slider(0, 1, value=default_stochasticity, step=0.05, elem_id="stochasticity",
+                                  label="Stochasticity (0: the deterministic ODE; fresh noise each step up to 1)")
         negative_prompt = gr.Textbox(value="", label="Negative prompt (used when True CFG > 1)", elem_id="negative-prompt")
     return [prompt, *references, width, height, steps, guidance, true_cfg, seed, random_seed, num_images,
-            position_mode, long_side, schedule, negative_prompt, time_shift]  # fmt: skip
+            position_mode, long_side, schedule, negative_prompt, time_shift, stochasticity]  # fmt: skip
 
 
 def _result_outputs() -> list[gr.Component]:
@@ -190,8 +194,8 @@ def build_app(
     """The web app for a loaded pipeline. ``model`` is the record stored in each PNG, ``model_flags`` the
     flags that reload the same model in ``unoflux generate``; at most ``concurrency`` generations run at
     once and ``max_queue`` more wait; beyond that a request is refused with "queue is full". The size
-    sliders start at ``default_size`` (the model's native size), the guidance sliders and the time shift at the
-    pipeline's defaults (the model's own, from its unoflux.json)."""
+    sliders start at ``default_size`` (the model's native size), the guidance sliders, the time shift and the
+    stochasticity at the pipeline's defaults (the model's own, from its unoflux.json)."""
     if concurrency < 1 or max_queue < 1:
         raise UnofluxError(f"concurrency ({concurrency}) and queue size ({max_queue}) must be at least 1")
     with gr.Blocks(title="unoflux", analytics_enabled=False) as demo:

@@ -253,6 +253,8 @@ def load_pipeline(
         pipe.default_true_cfg_scale = float(defaults["true_cfg"])
     if defaults.get("time_shift") is not None:
         pipe.default_time_shift = float(defaults["time_shift"])
+    if "stochasticity" in defaults:
+        pipe.default_stochasticity = float(defaults["stochasticity"])
     if "reference_long_side" in defaults:
         sides = defaults["reference_long_side"]
         pipe.reference_long_sides = (int(sides["one"]), int(sides["several"]))

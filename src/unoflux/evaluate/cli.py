@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     t2i.add_argument("--steps", type=int, default=25)
     t2i.add_argument("--guidance", type=float, help="guidance input (default: the model's)")
     t2i.add_argument("--true-cfg", type=float, help="classifier-free guidance scale, 1 = off (default: the model's)")
-    _add_shift_args(t2i)
+    _add_sampler_args(t2i)
     t2i.add_argument("--limit", type=int, help="only the first N held-out prompts")
     add_model_args(t2i)
     t2i.set_defaults(func=cmd_world_t2i)
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     subj.add_argument("--steps", type=int, default=25)
     subj.add_argument("--guidance", type=float, help="guidance input (default: the model's)")
     subj.add_argument("--true-cfg", type=float, help="classifier-free guidance scale, 1 = off (default: the model's)")
-    _add_shift_args(subj)
+    _add_sampler_args(subj)
     subj.add_argument("--position-mode", choices=POSITION_MODES, default="diagonal",
                       help="UnoPE at inference: the mode the LoRA was trained with")
     subj.add_argument("--caption-only", action="store_true", help="give the model no references: the floor")
@@ -44,12 +44,14 @@ def register(subparsers) -> None:
     subj.set_defaults(func=cmd_world_subject)
 
 
-def _add_shift_args(p: argparse.ArgumentParser) -> None:
+def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     from ..cli import SCHEDULES
 
     p.add_argument("--schedule", choices=SCHEDULES, help="time shift by resolution (default: the model's)")
     p.add_argument("--time-shift", type=float, metavar="S", help="a fixed time shift, wins over --schedule "
                    "(default: the model's)")  # fmt: skip
+    p.add_argument("--stochasticity", type=float, metavar="S", help="how much of each step is re-noised, 0 (the ODE) "
+                   "to 1 (default: the model's)")  # fmt: skip
 
 
 def cmd_world_t2i(args: argparse.Namespace) -> int:
@@ -60,7 +62,7 @@ def cmd_world_t2i(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     settings = T2IEvalSettings(size=args.size or default_image_size(args), steps=args.steps, guidance=args.guidance,
                                true_cfg=args.true_cfg, schedule=args.schedule, time_shift=args.time_shift,
-                               limit=args.limit)  # fmt: skip
+                               stochasticity=args.stochasticity, limit=args.limit)  # fmt: skip
     print_summary(evaluate_text_to_image(pipe, args.out, settings))
     print(f"report: {args.out / 'report.json'}")
     return 0
@@ -88,7 +90,8 @@ def cmd_world_subject(args: argparse.Namespace) -> int:
                            "--ref-long-side 64,48 for the world LoRAs")  # fmt: skip
     settings = SubjectEvalSettings(size=args.size or default_image_size(args), steps=args.steps,
                                    guidance=args.guidance, true_cfg=args.true_cfg, schedule=args.schedule,
-                                   time_shift=args.time_shift, position_mode=args.position_mode,
+                                   time_shift=args.time_shift, stochasticity=args.stochasticity,
+                                   position_mode=args.position_mode,
                                    with_references=not args.caption_only, limit=args.limit,
                                    look_free_captions=args.look_free_captions)  # fmt: skip
     print_subject_summary(evaluate_subject_driven(pipe, args.out, settings))

@@ -50,6 +50,7 @@ class SubjectEvalSettings:
     true_cfg: float | None = None  # None: the model's default (the embedded model's: 3)
     schedule: str | None = None  # the time shift by resolution ("uno" or "flux"); None: the model's
     time_shift: float | None = None  # a fixed time shift (wins over schedule); None: the model's
+    stochasticity: float | None = None  # how much of each step is re-noised (0 = the ODE); None: the model's
     position_mode: str = "diagonal"  # UnoPE at inference (the ablation trains each mode; use the one trained)
     with_references: bool = True  # False: the caption-only floor
     limit: int | None = None  # only the first N cases of each kind (quick looks)
@@ -145,7 +146,8 @@ def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings =
         output = pipe(prompt, references, width=settings.size, height=settings.size,
                       num_inference_steps=settings.steps, guidance_scale=settings.guidance,
                       true_cfg_scale=settings.true_cfg, seed=pair.seed, position_mode=settings.position_mode,
-                      schedule=settings.schedule, time_shift=settings.time_shift)  # fmt: skip
+                      schedule=settings.schedule, time_shift=settings.time_shift,
+                      stochasticity=settings.stochasticity)  # fmt: skip
         image = output.images[0]
         result = judge_case(image, pair, settings.distractors)
         results.append(result)

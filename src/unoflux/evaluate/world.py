@@ -31,22 +31,24 @@ class T2IEvalSettings:
     true_cfg: float | None = None  # None: the model's default (the embedded model's: 3)
     schedule: str | None = None  # the time shift by resolution ("uno" or "flux"); None: the model's
     time_shift: float | None = None  # a fixed time shift (wins over schedule); None: the model's
+    stochasticity: float | None = None  # how much of each step is re-noised (0 = the ODE); None: the model's
     limit: int | None = None  # evaluate only the first N held-out prompts (quick looks)
 
 
 def with_model_defaults(settings, pipe):
-    """``settings`` with its guidance values and time shift resolved to what ``pipe`` uses for None, so
-    reports say them."""
+    """``settings`` with its guidance values, time shift and stochasticity resolved to what ``pipe`` uses for
+    None, so reports say them."""
     from ..pipeline import resolve_time_shift, sampling_defaults
 
-    guidance, true_cfg, default_time_shift = sampling_defaults(pipe)
-    schedule, time_shift = resolve_time_shift(settings.schedule, settings.time_shift, default_time_shift)
+    defaults = sampling_defaults(pipe)
+    schedule, time_shift = resolve_time_shift(settings.schedule, settings.time_shift, defaults.time_shift)
     return replace(
         settings,
-        guidance=guidance if settings.guidance is None else settings.guidance,
-        true_cfg=true_cfg if settings.true_cfg is None else settings.true_cfg,
+        guidance=defaults.guidance if settings.guidance is None else settings.guidance,
+        true_cfg=defaults.true_cfg if settings.true_cfg is None else settings.true_cfg,
         schedule=schedule,
         time_shift=time_shift,
+        stochasticity=defaults.stochasticity if settings.stochasticity is None else settings.stochasticity,
     )
 
 
@@ -110,13 +112,13 @@ def contact_sheet(items: list[tuple[str, Image.Image]], columns: int = 6, cell: 
 
 def generate_and_check(pipe, prompt: HeldoutPrompt, size: int, steps: int = 25, guidance: float | None = None,
                        true_cfg: float | None = None, schedule: str | None = None,
-                       time_shift: float | None = None):  # fmt: skip
+                       time_shift: float | None = None, stochasticity: float | None = None):  # fmt: skip
     """One held-out prompt with its fixed seed (two-panel images twice as wide) -> (pipeline output,
     the checker's verdict on its image)."""
     wide = isinstance(prompt.spec, TwoPanelSpec)
     output = pipe(prompt.caption, width=2 * size if wide else size, height=size, num_inference_steps=steps,
                   guidance_scale=guidance, true_cfg_scale=true_cfg, seed=prompt.seed, schedule=schedule,
-                  time_shift=time_shift)  # fmt: skip
+                  time_shift=time_shift, stochasticity=stochasticity)  # fmt: skip
     return output, check(output.images[0], prompt.spec)
 
 
@@ -128,7 +130,8 @@ def evaluate_text_to_image(pipe, out_dir: Path, settings: T2IEvalSettings = T2IE
     verdicts, shown = [], []
     for prompt in tqdm(prompts, desc="held-out prompts"):
         output, verdict = generate_and_check(pipe, prompt, settings.size, settings.steps, settings.guidance,
-                                             settings.true_cfg, settings.schedule, settings.time_shift)  # fmt: skip
+                                             settings.true_cfg, settings.schedule, settings.time_shift,
+                                             settings.stochasticity)  # fmt: skip
         image = output.images[0]
         verdicts.append((prompt, verdict))
         save_png(image, out_dir / "images" / f"{prompt.id}.png",

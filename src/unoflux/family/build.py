@@ -247,18 +247,24 @@ def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None, only_
     return path.stat().st_size
 
 
+# The sampling defaults a model folder may declare in unoflux.json (read by checkpoints.loading.load_pipeline).
+SAMPLING_DEFAULTS = ("guidance", "true_cfg", "time_shift", "stochasticity")
+
+
 def set_sampling_defaults(model_dir: Path, **values: float | None) -> dict:
-    """Write sampling defaults (``guidance``, ``true_cfg``, ``time_shift``) into ``model_dir``'s unoflux.json,
+    """Write sampling defaults (``SAMPLING_DEFAULTS``) into ``model_dir``'s unoflux.json,
     keeping its other keys; a value of None removes its key (back to FLUX.1-dev's behaviour). Returns the file's
     new contents."""
     model_dir = Path(model_dir)
     if not (model_dir / "model_index.json").is_file():
         raise UnofluxError(f"{model_dir} is not a diffusers model folder (no model_index.json)")
-    unknown = set(values) - {"guidance", "true_cfg", "time_shift"}
+    unknown = set(values) - set(SAMPLING_DEFAULTS)
     if unknown:
         raise UnofluxError(f"unknown sampling defaults: {', '.join(sorted(unknown))}")
     for name, value in values.items():
-        if value is not None and not value > 0:
+        if name == "stochasticity" and value is not None and not 0 <= value <= 1:
+            raise UnofluxError(f"stochasticity {value!r} must be a number from 0 to 1")
+        elif name != "stochasticity" and value is not None and not value > 0:
             raise UnofluxError(f"{name} {value!r} must be a positive number")
     defaults = model_defaults(model_dir)
     for name, value in values.items():

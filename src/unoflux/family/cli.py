@@ -53,6 +53,8 @@ def register(subparsers) -> None:
                    help="classifier-free guidance scale ('none': remove, off)")
     s.add_argument("--time-shift", type=_number_or_none, default=_UNSET,
                    help="a fixed time shift ('none': remove, UNO's resolution rule; see scripts/guidance_sweep.py)")
+    s.add_argument("--stochasticity", type=_number_or_none, default=_UNSET,
+                   help="how much of each step is re-noised, 0 to 1 ('none': remove, the deterministic ODE)")
     s.set_defaults(func=cmd_set_sampling)
 
 
@@ -124,8 +126,8 @@ def cmd_ship_lora(args: argparse.Namespace) -> int:
 
 
 def cmd_set_sampling(args: argparse.Namespace) -> int:
-    from .build import set_sampling_defaults
+    from .build import SAMPLING_DEFAULTS, set_sampling_defaults
 
-    given = {k: getattr(args, k) for k in ("guidance", "true_cfg", "time_shift") if getattr(args, k) is not _UNSET}
+    given = {k: getattr(args, k) for k in SAMPLING_DEFAULTS if getattr(args, k) is not _UNSET}
     print(json.dumps(set_sampling_defaults(args.target, **given)))
     return 0
