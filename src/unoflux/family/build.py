@@ -262,9 +262,12 @@ def set_sampling_defaults(model_dir: Path, **values: float | None) -> dict:
     if unknown:
         raise UnofluxError(f"unknown sampling defaults: {', '.join(sorted(unknown))}")
     for name, value in values.items():
-        if name == "stochasticity" and value is not None and not 0 <= value <= 1:
-            raise UnofluxError(f"stochasticity {value!r} must be a number from 0 to 1")
-        elif name != "stochasticity" and value is not None and not value > 0:
+        if value is None:
+            continue
+        if name == "stochasticity":
+            if not 0 <= value <= 1:
+                raise UnofluxError(f"stochasticity {value!r} must be a number from 0 to 1")
+        elif not value > 0:
             raise UnofluxError(f"{name} {value!r} must be a positive number")
     defaults = model_defaults(model_dir)
     for name, value in values.items():
