@@ -1,9 +1,11 @@
 """Encodings computed once before training (``cache_encodings: true``): every sample's clean latent tokens and
 reference tokens, and the text embeddings of every caption a run can draw (its captions, their look-free
-variants, and the empty prompt of text dropout).
+variants, and the empty prompt of text dropout); when the T5 encoder trains (``train_text_encoder``), its token
+ids instead of its embeddings.
 
-Exact: the VAE gives its latent mode (no sampling) and the text encoders are frozen, so a cached run feeds the
-transformer what an uncached one encodes at every step (up to float rounding that depends on batch make-up).
+Exact: the VAE gives its latent mode (no sampling) and the frozen text encoders' outputs do not change, so a cached
+run feeds the transformer what an uncached one encodes at every step (up to float rounding that depends on batch
+make-up).
 What it saves is the per-step image decoding, VAE and text-encoder passes: on small images they cost more
 than the transformer itself (the embedded model's Stage I on the CPU: 474 of 1240 ms per step).
 """
@@ -19,23 +21,30 @@ from .data import BucketDataset, PairedDataset, collate
 TEXT_BATCH = 256  # captions per text-encoder pass while building
 
 
+def t5_input_ids(pipe, captions: list[str], max_sequence_length: int) -> torch.Tensor:
+    """(B, L) T5 token ids of ``captions``, tokenized exactly as diffusers' FLUX pipeline does before its T5."""
+    return pipe.tokenizer_2(captions, padding="max_length", max_length=max_sequence_length, truncation=True,
+                            return_tensors="pt").input_ids  # fmt: skip
+
+
 class EncodingCache:
     """Tensors on the training device, looked up by sample index and caption."""
 
     def __init__(self, latents: list[torch.Tensor], references: list[torch.Tensor | None],
                  grids: list[tuple[tuple[int, int], tuple[tuple[int, int], ...]]], captions: list[str],
-                 prompt_embeds: torch.Tensor, pooled: torch.Tensor, text_ids: torch.Tensor):  # fmt: skip
+                 text: torch.Tensor, pooled: torch.Tensor, text_ids: torch.Tensor):  # fmt: skip
         self.latents, self.references, self.grids = latents, references, grids
         self.row = {caption: k for k, caption in enumerate(captions)}
-        self.prompt_embeds, self.pooled, self.text_ids = prompt_embeds, pooled, text_ids
+        self.text, self.pooled, self.text_ids = text, pooled, text_ids  # text: T5 embeddings, or T5 token ids
 
     @classmethod
     @torch.no_grad()
     def build(cls, pipe, dataset: BucketDataset, device: torch.device, max_sequence_length: int,
               look_free: bool = False, batch_size: int = 64, num_workers: int = 0, progress: bool = True,
-              ) -> "EncodingCache":  # fmt: skip
+              t5_ids: bool = False) -> "EncodingCache":  # fmt: skip
         """Encode ``dataset`` with ``pipe``'s own VAE and text encoders (``look_free``: also every record's
-        caption without looks), in batches of one group so that images and references stack."""
+        caption without looks; ``t5_ids``: keep T5 token ids, not embeddings, for a T5 that trains), in batches
+        of one group so that images and references stack."""
         order = sorted(range(len(dataset)), key=lambda i: (dataset.group_of[i], i))
         batches, current = [], []
         for i in order:
@@ -76,19 +85,20 @@ class EncodingCache:
         captions = sorted(captions)
         embeds, pooled, text_ids = [], [], None
         for k in tqdm(range(0, len(captions), TEXT_BATCH), desc="caching captions", disable=not progress):
-            e, p, text_ids = pipe.encode_prompt(prompt=captions[k : k + TEXT_BATCH], prompt_2=None, device=device,
+            chunk = captions[k : k + TEXT_BATCH]
+            e, p, text_ids = pipe.encode_prompt(prompt=chunk, prompt_2=None, device=device,
                                                 max_sequence_length=max_sequence_length)  # fmt: skip
-            embeds.append(e)
+            embeds.append(t5_input_ids(pipe, chunk, max_sequence_length).to(device) if t5_ids else e)
             pooled.append(p)
         return cls(latents, references, grids, captions, torch.cat(embeds), torch.cat(pooled), text_ids)
 
     def batch(self, indices: list[int], captions: list[str]):
         """(clean packed latents (B, N, 64), reference tokens (B, N_ref, 64) or None, target grid, reference
-        grids, prompt embeddings, pooled embeddings, text ids) of one batch (one group: everything stacks)."""
-        rows = torch.tensor([self.row[c] for c in captions], device=self.prompt_embeds.device)
+        grids, T5 embeddings (or token ids), pooled embeddings, text ids) of one batch (one group: all stacks)."""
+        rows = torch.tensor([self.row[c] for c in captions], device=self.text.device)
         references = None
         if self.references[indices[0]] is not None:
             references = torch.stack([self.references[i] for i in indices])
         target_grid, reference_grids = self.grids[indices[0]]
         return (torch.stack([self.latents[i] for i in indices]), references, target_grid, reference_grids,
-                self.prompt_embeds[rows], self.pooled[rows], self.text_ids)  # fmt: skip
+                self.text[rows], self.pooled[rows], self.text_ids)  # fmt: skip

@@ -189,6 +189,10 @@ class TrainConfig:
     subject_loss_weight: float = 1.0
     max_sequence_length: int | None = None  # T5 tokens; None = the model's own (as the pipeline pads)
     mode: str = "lora"
+    # Full mode: train the T5 encoder (text_encoder_2, the sequence the joint attention reads) with the transformer.
+    # The world's frozen random encoders bind shape words to the wrong subject (scripts/binding_probe.py,
+    # docs/model.md); CLIP's pooled vector stays frozen. Run without dropout, so resume stays exact.
+    train_text_encoder: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
     ema: EmaSettings = field(default_factory=EmaSettings)
     resolution: int = 512
@@ -258,6 +262,10 @@ class TrainConfig:
             raise UnofluxError(f"mixed_precision {self.mixed_precision!r} is not one of: {', '.join(MIXED_PRECISION)}")
         if self.mode not in MODES:
             raise UnofluxError(f"mode {self.mode!r} is not one of: {', '.join(MODES)}")
+        if self.train_text_encoder not in (True, False):
+            raise UnofluxError(f"train_text_encoder {self.train_text_encoder!r} must be true or false")
+        if self.train_text_encoder and self.mode != "full":
+            raise UnofluxError("train_text_encoder needs mode: full (a LoRA trains the transformer only)")
         if not 0 <= self.text_dropout <= 1:
             raise UnofluxError(f"text_dropout {self.text_dropout!r} must be a probability in [0, 1]")
         if not 0 <= self.look_free_captions <= 1:

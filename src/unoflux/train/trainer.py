@@ -11,7 +11,9 @@ One optimizer step, per process (UNO recipe, DESIGN.md section 4)::
     loss   = mse(v, flow.velocity_target(x_data, noise))    on the target tokens only
 
 With ``cache_encodings`` the VAE and text-encoder outputs come from :class:`~.cache.EncodingCache`, built once
-before step 1; batches then carry sample indices and the step is otherwise the same.
+before step 1; batches then carry sample indices and the step is otherwise the same. With ``train_text_encoder``
+(full mode) the T5 encoder trains with the transformer: ``text`` is then T5 token ids, encoded inside the trained
+module's forward (:class:`TransformerWithTextEncoder`).
 
 Determinism: every random draw of a step (text dropout, t, noise) comes from a CPU generator seeded by
 (seed, step, micro-step, rank), the data order is a function of (seed, epoch) and the data position is
@@ -55,7 +57,7 @@ from .data import (
     BucketDataset, DataPosition, PairedDataset, SampleIndices, TrainData, data_has_references, read_paired_samples,
     read_samples, subject_token_weights,
 )  # fmt: skip
-from .cache import EncodingCache
+from .cache import EncodingCache, t5_input_ids
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "train_state.json"  # written last inside a checkpoint: its presence marks a complete one
@@ -264,6 +266,20 @@ class CsvLog:
             csv.DictWriter(fh, self.FIELDS).writerow(row)
 
 
+class TransformerWithTextEncoder(torch.nn.Module):
+    """The transformer and the T5 encoder trained together (``train_text_encoder``), as one module, so that
+    accelerate prepares, checkpoints and clips both and the EMA averages both. Its forward takes T5 token ids
+    (B, L) where the transformer takes ``encoder_hidden_states`` (B, L, D)."""
+
+    def __init__(self, transformer: torch.nn.Module, text_encoder: torch.nn.Module):
+        super().__init__()
+        self.transformer, self.text_encoder = transformer, text_encoder
+
+    def forward(self, t5_input_ids: torch.Tensor, **transformer_inputs):
+        prompt_embeds = self.text_encoder(t5_input_ids, output_hidden_states=False)[0]  # as diffusers' FLUX encodes
+        return self.transformer(encoder_hidden_states=prompt_embeds, **transformer_inputs)
+
+
 # ------------------------------------------------------------------------------------------ trainer
 class Trainer:
     """Builds everything from a :class:`TrainConfig`; :meth:`train` runs (or resumes) it."""
@@ -282,6 +298,9 @@ class Trainer:
         set_seed(config.seed)  # model init (LoRA weights) is the same on every process
         self.pipe = self._load_pipeline()
         self.transformer = self.pipe.transformer
+        # what the optimizer trains: the transformer (or its LoRA), with the T5 encoder when train_text_encoder
+        trained = TransformerWithTextEncoder(self.transformer, self.pipe.text_encoder_2) if config.train_text_encoder \
+            else self.transformer  # fmt: skip
         self.shift = flow.ShiftConfig.from_scheduler_config(self.pipe.scheduler.config)
 
         acc = self.accelerator
@@ -299,12 +318,12 @@ class Trainer:
             self.cache = EncodingCache.build(
                 self.pipe, dataset, acc.device, self.max_sequence_length,
                 look_free=self.references and config.look_free_captions > 0, num_workers=config.num_workers,
-                progress=acc.is_main_process,
+                progress=acc.is_main_process, t5_ids=config.train_text_encoder,
             )  # fmt: skip
             dataset, workers = SampleIndices(dataset), 0
         self.data = TrainData(dataset, config.batch_size, config.seed, acc.process_index, acc.num_processes, workers)
 
-        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        params = [p for p in trained.parameters() if p.requires_grad]
         self.ema = None
         if config.ema.enabled:
             from diffusers.training_utils import EMAModel
@@ -320,7 +339,7 @@ class Trainer:
             config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
             num_training_steps=config.lr_schedule_steps or config.max_steps,
         )
-        self.model, self.optimizer, self.lr_scheduler = acc.prepare(self.transformer, optimizer, scheduler)
+        self.model, self.optimizer, self.lr_scheduler = acc.prepare(trained, optimizer, scheduler)
         if self.ema is not None:
             self.ema.to(acc.device)
             acc.register_for_checkpointing(self.ema)
@@ -344,6 +363,8 @@ class Trainer:
         pipe.set_progress_bar_config(disable=True)
         for frozen in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
             frozen.requires_grad_(False).eval()
+        if cfg.train_text_encoder:  # kept in eval mode: T5's dropout would draw from the global RNG
+            pipe.text_encoder_2.to(torch.float32).requires_grad_(True)
         transformer = pipe.transformer
         transformer.train()
         if cfg.gradient_checkpointing:
@@ -395,15 +416,24 @@ class Trainer:
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator,
                captions_without_looks: list[str | None] | None = None):
-        """Packed clean latents (B, N, 64), their ids, and the text embeddings of :meth:`pick_captions`."""
-        pipe, device = self.pipe, self.accelerator.device
+        """Packed clean latents (B, N, 64), their ids, and the text inputs (:meth:`encode_text`) of
+        :meth:`pick_captions`."""
+        device = self.accelerator.device
         captions = self.pick_captions(captions, captions_without_looks, gen)
-        x_data = pipe.encode_pixels(pixels.to(device), torch.float32)
-        prompt_embeds, pooled, text_ids = pipe.encode_prompt(
-            prompt=captions, prompt_2=None, device=device, max_sequence_length=self.max_sequence_length
-        )
+        x_data = self.pipe.encode_pixels(pixels.to(device), torch.float32)
         img_ids = grid_position_ids(pixels.shape[-2] // 16, pixels.shape[-1] // 16).to(device)
-        return x_data, img_ids, prompt_embeds, pooled, text_ids
+        return x_data, img_ids, *self.encode_text(captions)
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]):
+        """(text, pooled, text ids): ``text`` is the T5 embeddings (B, L, D), or with ``train_text_encoder`` the
+        T5 token ids (B, L) that the trained module encodes itself."""
+        pipe, device, length = self.pipe, self.accelerator.device, self.max_sequence_length
+        prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=captions, prompt_2=None, device=device,
+                                                             max_sequence_length=length)  # fmt: skip
+        if self.config.train_text_encoder:
+            return t5_input_ids(pipe, captions, length).to(device), pooled, text_ids
+        return prompt_embeds, pooled, text_ids
 
     @torch.no_grad()
     def encode_references(self, references: list[list], target_grid: tuple[int, int]):
@@ -418,18 +448,20 @@ class Trainer:
         )
         return tokens, sequence_position_ids(target_grid, grids, self.config.position_mode).to(device)
 
-    def predict(self, x_t, t, prompt_embeds, pooled, text_ids, img_ids, ref_tokens=None) -> torch.Tensor:
+    def predict(self, x_t, t, text, pooled, text_ids, img_ids, ref_tokens=None) -> torch.Tensor:
         """The velocity of the noisy target tokens: reference tokens (same timestep) follow them in the
-        sequence, and the output is sliced back to the target tokens, as in the pipeline."""
+        sequence, and the output is sliced back to the target tokens, as in the pipeline. ``text``: see
+        :meth:`encode_text`."""
         n = x_t.shape[1]
         hidden = x_t if ref_tokens is None else torch.cat([x_t, ref_tokens.to(x_t.dtype)], dim=1)
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.ones(len(x_t), device=x_t.device)  # UNO trains with guidance 1
+        text_input = {"t5_input_ids" if self.config.train_text_encoder else "encoder_hidden_states": text}
         with self.accelerator.autocast():
             prediction = self.model(
                 hidden_states=hidden, timestep=t, guidance=guidance, pooled_projections=pooled,
-                encoder_hidden_states=prompt_embeds, txt_ids=text_ids, img_ids=img_ids, return_dict=False,
+                txt_ids=text_ids, img_ids=img_ids, return_dict=False, **text_input,
             )[0]  # fmt: skip
         return prediction[:, :n]
 
@@ -439,13 +471,13 @@ class Trainer:
     ) -> torch.Tensor:
         """Flow-matching MSE on the target tokens; ``references``: per sample, its preprocessed references;
         ``subject_boxes``: per sample, its subjects' boxes (weighted by ``subject_loss_weight``)."""
-        x_data, img_ids, prompt_embeds, pooled, text_ids = self.encode(pixels, captions, gen, captions_without_looks)
+        x_data, img_ids, text, pooled, text_ids = self.encode(pixels, captions, gen, captions_without_looks)
         target_grid = (pixels.shape[-2] // 16, pixels.shape[-1] // 16)
         ref_tokens = None
         if references:
             ref_tokens, img_ids = self.encode_references(references, target_grid)
         weights = self.token_weights(subject_boxes, target_grid)
-        return self.flow_loss(x_data, img_ids, prompt_embeds, pooled, text_ids, gen, ref_tokens, weights)
+        return self.flow_loss(x_data, img_ids, text, pooled, text_ids, gen, ref_tokens, weights)
 
     def token_weights(self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int]) -> torch.Tensor | None:
         """The per-token loss weights of ``subject_loss_weight``, or None for the plain MSE."""
@@ -459,16 +491,16 @@ class Trainer:
         samples = [self.samples[i] for i in indices]
         without_looks = [s.caption_without_looks for s in samples] if self.references else None
         captions = self.pick_captions([s.caption for s in samples], without_looks, gen)
-        x_data, ref_tokens, target_grid, ref_grids, prompt_embeds, pooled, text_ids = self.cache.batch(indices, captions)
+        x_data, ref_tokens, target_grid, ref_grids, text, pooled, text_ids = self.cache.batch(indices, captions)
         if ref_tokens is None:
             img_ids = grid_position_ids(*target_grid)
         else:
             img_ids = sequence_position_ids(target_grid, list(ref_grids), self.config.position_mode)
         weights = self.token_weights([s.subject_boxes for s in samples], target_grid)
-        return self.flow_loss(x_data, img_ids.to(x_data.device), prompt_embeds, pooled, text_ids, gen, ref_tokens,
+        return self.flow_loss(x_data, img_ids.to(x_data.device), text, pooled, text_ids, gen, ref_tokens,
                               weights)  # fmt: skip
 
-    def flow_loss(self, x_data, img_ids, prompt_embeds, pooled, text_ids, gen: torch.Generator,
+    def flow_loss(self, x_data, img_ids, text, pooled, text_ids, gen: torch.Generator,
                   ref_tokens=None, token_weights=None) -> torch.Tensor:  # fmt: skip
         """The MSE between the predicted and true velocity at a random point of the flow from ``x_data``,
         each token's squared error scaled by ``token_weights`` (B, N) when given."""
@@ -479,7 +511,7 @@ class Trainer:
         t, noise = t.to(device), noise.to(device)
         x_t = flow.interpolate(x_data, noise, t)
         target = flow.velocity_target(x_data, noise)
-        prediction = self.predict(x_t, t, prompt_embeds, pooled, text_ids, img_ids, ref_tokens)
+        prediction = self.predict(x_t, t, text, pooled, text_ids, img_ids, ref_tokens)
         if token_weights is None:
             return F.mse_loss(prediction.float(), target.float())
         return ((prediction.float() - target.float()).square().mean(dim=-1) * token_weights).mean()
@@ -565,7 +597,7 @@ class Trainer:
         acc, v = self.accelerator, self.config.validation
         if not acc.is_main_process:
             return None
-        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        params = [p for p in self.accelerator.unwrap_model(self.model).parameters() if p.requires_grad]
         if self.ema is not None:
             self.ema.store(params)
             self.ema.copy_to(params)
@@ -611,13 +643,17 @@ class Trainer:
                     self.pipe.save_lora_weights(str(tmp), transformer_lora_layers=lora, weight_name=LORA_FILE,
                                                 safe_serialization=True)  # fmt: skip
                     self._save_uno_lora(lora, model, tmp / UNO_LORA_FILE)
-                else:  # the base folder with the new transformer; frozen components are copied as they were
+                else:  # the base folder with the new transformer (and T5); frozen components are copied as they were
                     from ..family.build import unship_lora
 
+                    trained = {"transformer": model}
+                    if self.config.train_text_encoder:
+                        trained = {"transformer": model.transformer, "text_encoder_2": model.text_encoder}
                     shutil.copytree(self._model_dir(), tmp, dirs_exist_ok=True,
-                                    ignore=lambda folder, names: ["transformer"] if Path(folder) == self._model_dir() else [])
+                                    ignore=lambda folder, names: list(trained) if Path(folder) == self._model_dir() else [])
                     unship_lora(tmp)  # a LoRA the base folder shipped does not fit the new transformer
-                    model.save_pretrained(str(tmp / "transformer"), safe_serialization=True)
+                    for name, module in trained.items():
+                        module.save_pretrained(str(tmp / name), safe_serialization=True)
             finally:
                 if self.ema is not None:
                     self.ema.restore(params)
