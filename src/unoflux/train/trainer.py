@@ -431,7 +431,7 @@ class Trainer:
         pipe, device, length = self.pipe, self.accelerator.device, self.max_sequence_length
         prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=captions, prompt_2=None, device=device,
                                                              max_sequence_length=length)  # fmt: skip
-        if self.config.train_text_encoder:
+        if self.config.train_text_encoder:  # (the frozen T5 pass above is then unused: cheap for the world's T5)
             return t5_input_ids(pipe, captions, length).to(device), pooled, text_ids
         return prompt_embeds, pooled, text_ids
 
