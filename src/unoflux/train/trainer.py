@@ -248,7 +248,7 @@ def image_grid(images: list, columns: int):
 class CsvLog:
     """``log.csv``: one row per logged step; on resume rows after the resumed step are dropped."""
 
-    FIELDS = ("step", "loss", "lr", "it_per_s")
+    FIELDS = ("step", "loss", "grad_norm", "lr", "it_per_s")
 
     def __init__(self, path: Path, resume_step: int):
         self.path = path
@@ -347,6 +347,7 @@ class Trainer:
             acc.register_save_state_pre_hook(self._save_lora_hook)
             acc.register_load_state_pre_hook(self._load_lora_hook)
         self.step = 0
+        self.grad_norm = math.nan  # of the last update, before clipping
 
     # ----------------------------------------------------------------------------------- building
     def _load_pipeline(self):
@@ -533,8 +534,11 @@ class Trainer:
                 loss = loss / cfg.gradient_accumulation
                 acc.backward(loss)
             total += loss.detach()
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        # the norm before clipping (the gradients are already reduced across processes)
+        self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trained if p.grad is not None]).item()
         if cfg.max_grad_norm is not None:
-            acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            acc.clip_grad_norm_(trained, cfg.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -729,10 +733,12 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}")
             if self.step % cfg.log_every == 0 and acc.is_main_process:
                 lr = self.lr_scheduler.get_last_lr()[0]
-                log.write(step=self.step, loss=f"{loss:.6g}", lr=f"{lr:.6g}", it_per_s=f"{rate:.3f}")
+                log.write(step=self.step, loss=f"{loss:.6g}", grad_norm=f"{self.grad_norm:.6g}", lr=f"{lr:.6g}",
+                          it_per_s=f"{rate:.3f}")  # fmt: skip
                 if board is not None:
                     board.add_scalar("train/loss", loss, self.step)
                     board.add_scalar("train/lr", lr, self.step)
+                    board.add_scalar("train/grad_norm", self.grad_norm, self.step)
             if cfg.validate_every and self.step % cfg.validate_every == 0:
                 self.validate()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
