@@ -158,7 +158,7 @@ def test_stochastic_sampling_draws_fresh_noise_from_the_seeds_own_stream(tiny_pi
     """The first step re-noises with the first draw of ``step_noise_generator(seed)`` (a stream apart from the
     initial noise's): checked against the step computed by hand from the same transformer call."""
     from unoflux import flow
-    from unoflux.pipeline import step_noise_generator
+    from unoflux.sampling import step_noise_generator
 
     start = pack_latents(reference_noise(4, 32, 48).float())
     seen = {}

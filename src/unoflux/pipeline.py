@@ -15,16 +15,15 @@ seed gives the same image for the same weights. Known, deliberate differences:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
-import numpy as np
 import torch
 import transformers
-from PIL import Image
 
 # diffusers' FLUX module imports CLIP/SigLIP image processors, which warn that torchvision (never needed
 # here) is missing; silence transformers only for that import.
@@ -34,22 +33,20 @@ from diffusers import FluxPipeline  # noqa: E402
 
 transformers.logging.set_verbosity(_verbosity)
 
-from . import flow
+from . import engine, flow, sampling
 from .conditioning import (
     POSITION_MODES,
     PositionMode,
     default_reference_long_side,
-    image_to_tensor,
     output_size,
     pack_latents,
-    preprocess_reference,
     reference_noise,
-    sequence_position_ids,
     tensor_to_images,
     unpack_latents,
 )
 from .errors import UnofluxError
-from .images import ImageInput, load_image
+from .images import ImageInput
+from .methods import DEFAULT_METHOD, Conditioning, Method, get_method, open_references
 
 MAX_SIDE = 2048  # FLUX.1 is trained up to ~2 MP
 MAX_IMAGE_TOKENS = 2 * (MAX_SIDE // 16) ** 2  # target + references; beyond this attention memory explodes
@@ -132,22 +129,7 @@ class UnoFluxPipeline(FluxPipeline):
                     f"the prompt has {n} T5 tokens; only the first {max_sequence_length} are used", stacklevel=3
                 )
 
-    # ----------------------------------------------------------------------------------- conditioning
-    def prepare_references(self, references: Sequence[ImageInput], long_side: int) -> list[Image.Image]:
-        """Open and resize every reference as UNO does (cheap; no model runs)."""
-        prepared = []
-        for i, ref in enumerate(references):
-            image = load_image(ref, what=f"reference image {i + 1}")
-            try:
-                prepared.append(preprocess_reference(image, long_side))
-            except ValueError as err:
-                raise UnofluxError(f"reference image {i + 1}: {err}") from None
-        return prepared
-
-    def encode_references(self, images: Sequence[Image.Image], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
-        """Preprocessed references -> packed latent tokens (1, h*w/4, 64) each, with the target's scale/shift."""
-        return [self.encode_pixels(image_to_tensor(image).to(device), dtype) for image in images]
-
+    # ----------------------------------------------------------------------------------- components
     def encode_pixels(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> clean packed latent tokens (B, H*W/256, 64): the VAE's latent mode
         (no sampling, so the same image always gives the same tokens), scaled and shifted as FLUX trains."""
@@ -168,51 +150,48 @@ class UnoFluxPipeline(FluxPipeline):
         latents = latents.float() / self.vae.config.scaling_factor + self.vae.config.shift_factor
         return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
 
-    def _denoise(self, latents, ref_tokens, sigmas, guidance, pooled_embeds, prompt_embeds, text_ids, img_ids,
-                 n_target, callback_on_step_end, negative=None, true_cfg_scale=1.0, stochasticity=0.0,
-                 step_noise_generators=None):  # fmt: skip
-        """Euler steps from sigmas[0] to sigmas[-1] on the target tokens (references ride along unchanged).
-        With ``negative`` (its prompt and pooled embeddings), classifier-free guidance: each step's velocity is
-        ``v_neg + true_cfg_scale * (v - v_neg)``, both from one forward over the doubled batch. With
-        ``stochasticity`` > 0, every step but the last re-noises that part of the way (:func:`flow.stochastic_step`)
-        with fresh noise from one generator per image."""
-        batch, device, dtype = latents.shape[0], latents.device, latents.dtype
-        num_inference_steps = len(sigmas) - 1
-        if negative is not None:  # [conditional | unconditional] halves; images, references and ids are shared
-            prompt_embeds, pooled_embeds = torch.cat([prompt_embeds, negative[0]]), torch.cat([pooled_embeds, negative[1]])
-            guidance = None if guidance is None else torch.cat([guidance, guidance])
-            ref_tokens = None if ref_tokens is None else torch.cat([ref_tokens, ref_tokens])
-        with self.progress_bar(total=num_inference_steps) as progress:
-            for i, (t, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-                hidden = latents if negative is None else torch.cat([latents, latents])
-                hidden = hidden if ref_tokens is None else torch.cat([hidden, ref_tokens], dim=1)
-                velocity = self.transformer(
-                    hidden_states=hidden,
-                    timestep=torch.full((hidden.shape[0],), t, device=device, dtype=dtype),
-                    guidance=guidance,
-                    pooled_projections=pooled_embeds,
-                    encoder_hidden_states=prompt_embeds,
-                    txt_ids=text_ids,
-                    img_ids=img_ids,
-                    return_dict=False,
-                )[0][:, :n_target]
-                if negative is not None:
-                    conditional, unconditional = velocity[:batch], velocity[batch:]
-                    velocity = unconditional + true_cfg_scale * (conditional - unconditional)
-                if stochasticity > 0 and t_next > 0:
-                    fresh = torch.cat([torch.randn(latents.shape[1:], generator=g, device=g.device)[None]
-                                       for g in step_noise_generators]).to(device)  # fmt: skip
-                    latents = flow.stochastic_step(latents, velocity, t, t_next, fresh, stochasticity)
-                else:
-                    latents = flow.euler_step(latents, velocity, t, t_next)
-                if callback_on_step_end is not None:
-                    latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
-                progress.update()
-        return latents
+    def velocity(self, conditioning: Conditioning, text: torch.Tensor, pooled: torch.Tensor, text_ids: torch.Tensor,
+                 guidance_scale: float, cache_name: str = "cond") -> sampling.Velocity:  # fmt: skip
+        """The transformer as a velocity ``v(x, t, step)`` for one text and conditioning (:mod:`unoflux.sampling`).
+        Each call runs inside diffusers' ``cache_context(cache_name)``, so its cache hooks (FirstBlockCache, ...)
+        tell the branches of classifier-free guidance apart."""
+        transformer = self.transformer
+        guidance_embeds = transformer.config.guidance_embeds
+
+        def velocity(x: torch.Tensor, t: float, step: int) -> torch.Tensor:
+            timestep = torch.full((len(x),), t, device=x.device, dtype=x.dtype)
+            guidance = torch.full((len(x),), guidance_scale, device=x.device, dtype=x.dtype) if guidance_embeds else None
+            with transformer.cache_context(cache_name):
+                return engine.predict_velocity(transformer, transformer, conditioning, x, timestep, guidance, text,
+                                               pooled, text_ids)  # fmt: skip
+
+        return velocity
+
+    @contextlib.contextmanager
+    def active_adapters(self, adapters: tuple[str, ...] | None):
+        """While inside, only the LoRA adapters named are active (None: as loaded; (): none)."""
+        if adapters is None:
+            yield
+            return
+        previous = self.get_active_adapters()
+        if adapters:
+            self.set_adapters(list(adapters))
+        else:
+            self.disable_lora()
+        try:
+            yield
+        finally:
+            if adapters:
+                self.set_adapters(previous)
+            else:
+                self.enable_lora()
 
     # The reference long side when the caller gives none: (one reference, several). None = UNO's 512 / 320;
     # a model folder trained at other sizes declares its own in unoflux.json (set by load_pipeline).
     reference_long_sides: tuple[int, int] | None = None
+
+    # The method a call uses when it names none (unoflux.json "method", set by load_pipeline).
+    default_method: str = DEFAULT_METHOD
 
     # A model folder's own LoRA may be meant for reference-driven generation only (unoflux.json
     # "lora_for": "references", set by load_pipeline): text-only calls then run the base without it.
@@ -257,6 +236,7 @@ class UnoFluxPipeline(FluxPipeline):
         schedule: str | None = None,
         time_shift: float | None = None,
         stochasticity: float | None = None,
+        method: str | Method | None = None,
         noise_device: str = "cpu",
         max_sequence_length: int | None = None,
         output_type: str = "pil",
@@ -288,6 +268,8 @@ class UnoFluxPipeline(FluxPipeline):
             stochasticity: how much of each step is re-noised with fresh noise (:func:`unoflux.flow.stochastic_step`):
                 0 = the deterministic ODE (UNO), 1 = diffusers' ``stochastic_sampling``. The fresh noise of image
                 ``j`` comes from its own seed, so a seed still gives one image. None = :attr:`default_stochasticity`.
+            method: how references become conditioning (:mod:`unoflux.methods`: a name, or a :class:`Method`);
+                None = :attr:`default_method` (UNO, unless the model folder declares another).
             noise_device: where the noise generator runs; ``cpu`` makes seeds device-independent.
             max_sequence_length: T5 tokens per prompt (default :attr:`text_sequence_length`).
             output_type: ``pil``, ``pt`` ((B, 3, H, W) in [0, 1]) or ``latent`` (packed latents).
@@ -296,6 +278,8 @@ class UnoFluxPipeline(FluxPipeline):
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         references = list(reference_images or [])
+        method = get_method(self.default_method if method is None else method)
+        method.check(len(references))
         check_generation_args(
             prompts, width, height, num_inference_steps, position_mode,
             reference_long_side, num_images_per_prompt, schedule, time_shift, stochasticity,
@@ -321,14 +305,15 @@ class UnoFluxPipeline(FluxPipeline):
         device = self._execution_device
         dtype = self.transformer.dtype
         max_sequence_length = max_sequence_length or self.text_sequence_length
-        self._warn_if_truncated(prompts, max_sequence_length)
+        text_prompts = [method.edit_prompt(p, len(references)) for p in prompts]  # what the text encoders see
+        negatives = [method.edit_prompt(p, len(references)) for p in negatives]
+        self._warn_if_truncated(text_prompts, max_sequence_length)
 
-        # 1. References (checked before any model runs), appended after the noisy target tokens with UnoPE ids.
-        ref_images = self.prepare_references(references, long_side)
+        # 1. References (opened and checked before any model runs), then the method's own preprocessing.
+        ref_images = method.preprocess_references(open_references(references), long_side)
         ref_grids = [(image.height // 16, image.width // 16) for image in ref_images]
         target_grid = (height // 16, width // 16)
-        n_target = target_grid[0] * target_grid[1]
-        n_image = n_target + sum(r * c for r, c in ref_grids)
+        n_image = target_grid[0] * target_grid[1] + sum(r * c for r, c in ref_grids)
         if n_image > MAX_IMAGE_TOKENS:
             raise UnofluxError(
                 f"{len(references)} references at long side {long_side} plus a {width}x{height} output make "
@@ -337,47 +322,51 @@ class UnoFluxPipeline(FluxPipeline):
 
         # 2. Text: T5 sequence + CLIP pooled vector, repeated per image (p0, p0, p1, p1, ...).
         prompt_embeds, pooled_embeds, text_ids = self.encode_prompt(
-            prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=num_images_per_prompt,
+            prompt=text_prompts, prompt_2=None, device=device, num_images_per_prompt=num_images_per_prompt,
             max_sequence_length=max_sequence_length,
         )  # fmt: skip
-        batch = prompt_embeds.shape[0]
         negative = None
         if true_cfg_scale > 1:
             negative = self.encode_prompt(
                 prompt=negatives, prompt_2=None, device=device, num_images_per_prompt=num_images_per_prompt,
                 max_sequence_length=max_sequence_length,
             )[:2]  # fmt: skip
-        img_ids = sequence_position_ids(target_grid, ref_grids, position_mode).to(device)
-        ref_tokens = self.encode_references(ref_images, device, dtype)
-        ref_tokens = torch.cat(ref_tokens, dim=1).expand(batch, -1, -1) if ref_tokens else None
+        conditioning = method.prepare(self, ref_images, target_grid, position_mode, device, dtype).to(device)
 
         # 3. Noise and schedule.
         seeds = [seed + j for _ in prompts for j in range(num_images_per_prompt)]
         latents = self.prepare_noise(seeds, height, width, device, dtype, noise_device)
-        step_noise_generators = [step_noise_generator(s, noise_device) for s in seeds] if stochasticity > 0 else None
+        noise_generators = [sampling.step_noise_generator(s, noise_device) for s in seeds] if stochasticity > 0 else None
         if time_shift is not None:
             mu = math.log(time_shift)
         else:
             shift = flow.ShiftConfig.from_scheduler_config(self.scheduler.config)
             mu = flow.schedule_mu(flow.image_seq_len(height, width, schedule), shift)
         sigmas = flow.sigmas(num_inference_steps, mu).tolist()
-        guidance = (
-            torch.full((batch,), guidance_scale, device=device, dtype=dtype)
-            if self.transformer.config.guidance_embeds
-            else None
-        )
 
-        # 4. Euler on the flow ODE; the transformer sees [text | target | refs] and we keep the target part.
-        base_only = self.lora_only_with_references and ref_tokens is None
-        if base_only:
-            self.disable_lora()
-        try:
-            latents = self._denoise(latents, ref_tokens, sigmas, guidance, pooled_embeds, prompt_embeds, text_ids,
-                                    img_ids, n_target, callback_on_step_end, negative, true_cfg_scale,
-                                    stochasticity, step_noise_generators)  # fmt: skip
-        finally:
-            if base_only:
-                self.enable_lora()
+        # 4. The velocity (with classifier-free guidance around it) integrated from noise to data.
+        if negative is None:
+            velocity = self.velocity(conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale)
+        elif conditioning.unconditional is None:  # both branches see the same images: one forward, doubled batch
+            both = self.velocity(conditioning, torch.cat([prompt_embeds, negative[0]]),
+                                 torch.cat([pooled_embeds, negative[1]]), text_ids, guidance_scale, "cond_uncond")  # fmt: skip
+            velocity = sampling.classifier_free_batched(both, true_cfg_scale)
+        else:
+            velocity = sampling.classifier_free(
+                self.velocity(conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale),
+                self.velocity(conditioning.unconditional, *negative, text_ids, guidance_scale, "uncond"),
+                true_cfg_scale,
+            )
+        with self.progress_bar(total=num_inference_steps) as progress, self.active_adapters(conditioning.adapters):
+
+            def after_step(step: int, t: float, x: torch.Tensor) -> torch.Tensor:
+                if callback_on_step_end is not None:
+                    x = callback_on_step_end(self, step, t, {"latents": x}).get("latents", x)
+                progress.update()
+                return x
+
+            latents = sampling.sample(velocity, latents, sigmas, stochasticity=stochasticity,
+                                      noise_generators=noise_generators, callback=after_step)  # fmt: skip
 
         if not torch.isfinite(latents).all():
             raise UnofluxError(
@@ -392,6 +381,7 @@ class UnoFluxPipeline(FluxPipeline):
             "true_cfg": true_cfg_scale,
             **({"negative_prompt": negative_prompt} if true_cfg_scale > 1 and negative_prompt else {}),
             "seed": seed,
+            "method": method.name,
             "position_mode": position_mode,
             "reference_long_side": long_side,
             "num_references": len(references),
@@ -421,13 +411,6 @@ def sampling_defaults(pipe) -> SamplingDefaults:
     class's, FLUX.1-dev's."""
     return SamplingDefaults(*(getattr(pipe, name, getattr(UnoFluxPipeline, name)) for name in (
         "default_guidance_scale", "default_true_cfg_scale", "default_time_shift", "default_stochasticity")))  # fmt: skip
-
-
-def step_noise_generator(seed: int, device: str = "cpu") -> torch.Generator:
-    """The generator of one image's per-step fresh noise (stochastic sampling): a stream of its own, derived
-    from the image's seed as the world derives its streams, so it never repeats the initial noise."""
-    derived = int(np.random.SeedSequence([seed, 1]).generate_state(1, np.uint64)[0]) & (2**63 - 1)
-    return torch.Generator(device).manual_seed(derived)
 
 
 def resolve_time_shift(schedule: str | None, time_shift: float | None,

@@ -103,10 +103,10 @@ def test_reference_loss_is_finite_sliced_to_the_target_and_depends_on_the_refere
 
     # predict() slices the transformer's output back to the target tokens
     x_t = torch.randn(2, 4, 64)
-    ref_tokens, img_ids = trainer.encode_references(refs, (2, 2))
-    _, _, embeds, pooled, text_ids = trainer.encode(pixels, captions, step_generator(1, 0, 0, 0))
-    out = trainer.predict(x_t, torch.full((2,), 0.5), embeds, pooled, text_ids, img_ids, ref_tokens)
-    assert ref_tokens.shape == (2, 4, 64) and out.shape == x_t.shape
+    conditioning = trainer.reference_conditioning(refs, (2, 2))
+    _, embeds, pooled, text_ids = trainer.encode(pixels, captions, step_generator(1, 0, 0, 0))
+    out = trainer.predict(x_t, torch.full((2,), 0.5), embeds, pooled, text_ids, conditioning)
+    assert conditioning.reference_tokens.shape == (2, 4, 64) and out.shape == x_t.shape
 
     other = [[Image.new("RGB", (32, 32), "white")] for _ in refs]  # same t, noise, text: only the references differ
     again = trainer.loss(pixels, captions, step_generator(1, 0, 0, 0), refs)
@@ -125,7 +125,7 @@ def test_position_mode_sets_the_reference_ids(tiny_config, multi_pairs_data):
     pixels = torch.zeros(1, 3, 32, 32)
     for mode, ref_ids in expected.items():
         trainer.config = trainer.config.replace(position_mode=mode)
-        _, ids = trainer.encode_references(refs, (2, 2))
+        ids = trainer.reference_conditioning(refs, (2, 2)).image_ids
         assert ids[:4].tolist() == grid_position_ids(2, 2).tolist() and ids[4:].tolist() == ref_ids, mode
         losses[mode] = trainer.loss(pixels, ["a cat"], step_generator(0, 0, 0, 0), refs).item()
     assert len(set(losses.values())) == 4  # the ids reach the model
@@ -222,7 +222,7 @@ def test_subject_weighted_loss_scales_each_token_error(tiny_config, pairs_data):
     x_data, prediction = torch.randn(2, 8, 64), torch.randn(2, 8, 64)
     trainer.predict = lambda *args, **kwargs: prediction
     weights = subject_token_weights([((0.0, 0.0, 0.5, 1.0),), ((0.5, 0.5, 1.0, 1.0),)], (2, 4), weight=3.0)
-    got = trainer.flow_loss(x_data, None, None, None, None, torch.Generator().manual_seed(5), None, weights)
+    got = trainer.flow_loss(x_data, None, None, None, None, torch.Generator().manual_seed(5), weights)
     gen = torch.Generator().manual_seed(5)  # the same draws as flow_loss: t, then the noise
     flow.sample_training_t(2, 8, generator=gen, config=trainer.shift)
     noise = torch.randn(x_data.shape, generator=gen)

@@ -41,10 +41,14 @@ class EncodingCache:
     @torch.no_grad()
     def build(cls, pipe, dataset: BucketDataset, device: torch.device, max_sequence_length: int,
               look_free: bool = False, batch_size: int = 64, num_workers: int = 0, progress: bool = True,
-              t5_ids: bool = False) -> "EncodingCache":  # fmt: skip
+              t5_ids: bool = False, method=None) -> "EncodingCache":  # fmt: skip
         """Encode ``dataset`` with ``pipe``'s own VAE and text encoders (``look_free``: also every record's
-        caption without looks; ``t5_ids``: keep T5 token ids, not embeddings, for a T5 that trains), in batches
-        of one group so that images and references stack."""
+        caption without looks; ``t5_ids``: keep T5 token ids, not embeddings, for a T5 that trains; ``method``: whose
+        :meth:`~unoflux.methods.Method.encode_references` encodes the references, UNO's by default), in batches of one
+        group so that images and references stack."""
+        from ..methods import DEFAULT_METHOD, get_method
+
+        method = get_method(method or DEFAULT_METHOD)
         order = sorted(range(len(dataset)), key=lambda i: (dataset.group_of[i], i))
         batches, current = [], []
         for i in order:
@@ -66,7 +70,8 @@ class EncodingCache:
             if paired:  # the j-th references of a batch share one size: encode them together
                 refs = batch[2]
                 per_position = [
-                    pipe.encode_pixels(torch.cat([image_to_tensor(r[j]) for r in refs]).to(device), torch.float32)
+                    method.encode_references(pipe, torch.cat([image_to_tensor(r[j]) for r in refs]).to(device),
+                                             torch.float32)
                     for j in range(len(refs[0]))
                 ]  # fmt: skip
                 for k, i in enumerate(indices):

@@ -28,6 +28,7 @@ import yaml
 
 from ..conditioning import POSITION_MODES
 from ..errors import UnofluxError
+from ..methods import METHODS
 
 MODES = ("full", "lora")
 MIXED_PRECISION = ("no", "bf16")
@@ -211,6 +212,7 @@ class TrainConfig:
     resume: str | None = None  # "latest" or a checkpoint folder
     # ---- training with references (UNO Stage I / II)
     references: bool | None = None  # None = when the data holds references (pairs, multi-pairs, UNO JSON)
+    method: str = "uno"  # how references become conditioning (unoflux.methods), as at inference
     position_mode: str = "diagonal"  # UnoPE: diagonal | height | width | none (the paper's ablation)
     reference_long_side_single: int = 512  # UNO: 512 with one reference
     reference_long_side_multi: int = 320  # UNO: 320 with several
@@ -293,6 +295,8 @@ class TrainConfig:
                 raise UnofluxError(f"{name} {getattr(self, name)!r} must be true or false")
         if self.references not in (None, True, False):
             raise UnofluxError(f"references {self.references!r} must be true, false or null (= from the data)")
+        if self.method not in METHODS:
+            raise UnofluxError(f"method {self.method!r} is not one of: {', '.join(METHODS)}")
         if self.position_mode not in POSITION_MODES:
             raise UnofluxError(f"position_mode {self.position_mode!r} is not one of: {', '.join(POSITION_MODES)}")
         for name in ("reference_long_side_single", "reference_long_side_multi"):

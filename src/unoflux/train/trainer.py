@@ -6,8 +6,8 @@ One optimizer step, per process (UNO recipe, DESIGN.md section 4)::
     x_data = pack(scale * (VAE(image).mode - shift))         (B, N, 64)
     t      = flow.sample_training_t(B, N)                    shifted at the true token count N
     x_t    = flow.interpolate(x_data, noise, t)
-    refs   = pipe.encode_references(references)             (B, N_ref, 64), clean, as at inference
-    v      = transformer([x_t | refs], t, text, ids = UnoPE, guidance=1)[:, :N]
+    cond   = method.conditioning(method.encode_references(refs))   clean reference tokens and ids, as at inference
+    v      = engine.predict_velocity(transformer, cond, x_t, t, text, guidance=1)   [x_t | refs] -> [:, :N]
     loss   = mse(v, flow.velocity_target(x_data, noise))    on the target tokens only
 
 With ``cache_encodings`` the VAE and text-encoder outputs come from :class:`~.cache.EncodingCache`, built once
@@ -48,10 +48,11 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from tqdm import tqdm
 
-from .. import flow
+from .. import engine, flow
 from ..checkpoints.lora import UNO_LORA_FILE
-from ..conditioning import grid_position_ids, sequence_position_ids
+from ..conditioning import image_to_tensor
 from ..errors import UnofluxError
+from ..methods import Conditioning, get_method
 from .config import TrainConfig
 from .data import (
     BucketDataset, DataPosition, PairedDataset, SampleIndices, TrainData, data_has_references, read_paired_samples,
@@ -302,6 +303,7 @@ class Trainer:
         trained = TransformerWithTextEncoder(self.transformer, self.pipe.text_encoder_2) if config.train_text_encoder \
             else self.transformer  # fmt: skip
         self.shift = flow.ShiftConfig.from_scheduler_config(self.pipe.scheduler.config)
+        self.method = get_method(config.method)  # how references become conditioning, as at inference
 
         acc = self.accelerator
         self.references = config.references if config.references is not None else data_has_references(config.data)
@@ -318,7 +320,7 @@ class Trainer:
             self.cache = EncodingCache.build(
                 self.pipe, dataset, acc.device, self.max_sequence_length,
                 look_free=self.references and config.look_free_captions > 0, num_workers=config.num_workers,
-                progress=acc.is_main_process, t5_ids=config.train_text_encoder,
+                progress=acc.is_main_process, t5_ids=config.train_text_encoder, method=self.method,
             )  # fmt: skip
             dataset, workers = SampleIndices(dataset), 0
         self.data = TrainData(dataset, config.batch_size, config.seed, acc.process_index, acc.num_processes, workers)
@@ -416,14 +418,12 @@ class Trainer:
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator,
-               captions_without_looks: list[str | None] | None = None):
-        """Packed clean latents (B, N, 64), their ids, and the text inputs (:meth:`encode_text`) of
-        :meth:`pick_captions`."""
+               captions_without_looks: list[str | None] | None = None):  # fmt: skip
+        """Packed clean latents (B, N, 64) and the text inputs (:meth:`encode_text`) of :meth:`pick_captions`."""
         device = self.accelerator.device
         captions = self.pick_captions(captions, captions_without_looks, gen)
         x_data = self.pipe.encode_pixels(pixels.to(device), torch.float32)
-        img_ids = grid_position_ids(pixels.shape[-2] // 16, pixels.shape[-1] // 16).to(device)
-        return x_data, img_ids, *self.encode_text(captions)
+        return x_data, *self.encode_text(captions)
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]):
@@ -437,34 +437,33 @@ class Trainer:
         return prompt_embeds, pooled, text_ids
 
     @torch.no_grad()
-    def encode_references(self, references: list[list], target_grid: tuple[int, int]):
-        """Per-sample lists of preprocessed reference images -> clean packed tokens (B, N_ref, 64) and the ids
-        of all image tokens (target, then references) from UnoPE, with the pipeline's own functions."""
+    def reference_conditioning(self, references: list[list] | None, target_grid: tuple[int, int]) -> Conditioning:
+        """Per-sample lists of preprocessed reference images (or None: text-to-image) -> the method's conditioning
+        of the batch: clean packed reference tokens (B, N_ref, 64), each image encoded as at inference, and the ids
+        of all image tokens (target, then references)."""
+        device, cfg = self.accelerator.device, self.config
+        if not references:
+            return self.method.conditioning(target_grid, None, [], cfg.position_mode).to(device)
         grids = [(image.height // 16, image.width // 16) for image in references[0]]
         if any([(image.height // 16, image.width // 16) for image in refs] != grids for refs in references):
             raise UnofluxError("the samples of a batch have references of different sizes; they cannot be stacked")
-        device = self.accelerator.device
-        tokens = torch.cat(
-            [torch.cat(self.pipe.encode_references(refs, device, torch.float32), dim=1) for refs in references]
-        )
-        return tokens, sequence_position_ids(target_grid, grids, self.config.position_mode).to(device)
+        tokens = torch.cat([
+            torch.cat([self.method.encode_references(self.pipe, image_to_tensor(image).to(device), torch.float32)
+                       for image in refs], dim=1)
+            for refs in references
+        ])  # fmt: skip
+        return self.method.conditioning(target_grid, tokens, grids, cfg.position_mode).to(device)
 
-    def predict(self, x_t, t, text, pooled, text_ids, img_ids, ref_tokens=None) -> torch.Tensor:
-        """The velocity of the noisy target tokens: reference tokens (same timestep) follow them in the
-        sequence, and the output is sliced back to the target tokens, as in the pipeline. ``text``: see
-        :meth:`encode_text`."""
-        n = x_t.shape[1]
-        hidden = x_t if ref_tokens is None else torch.cat([x_t, ref_tokens.to(x_t.dtype)], dim=1)
+    def predict(self, x_t, t, text, pooled, text_ids, conditioning: Conditioning) -> torch.Tensor:
+        """The velocity of the noisy target tokens, through the engine the pipeline samples with (reference tokens
+        after the target's, same timestep, output sliced back). ``text``: see :meth:`encode_text`."""
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.ones(len(x_t), device=x_t.device)  # UNO trains with guidance 1
-        text_input = {"t5_input_ids" if self.config.train_text_encoder else "encoder_hidden_states": text}
+        text_key = "t5_input_ids" if self.config.train_text_encoder else "encoder_hidden_states"
         with self.accelerator.autocast():
-            prediction = self.model(
-                hidden_states=hidden, timestep=t, guidance=guidance, pooled_projections=pooled,
-                txt_ids=text_ids, img_ids=img_ids, return_dict=False, **text_input,
-            )[0]  # fmt: skip
-        return prediction[:, :n]
+            return engine.predict_velocity(self.model, self.transformer, conditioning, x_t, t, guidance, text, pooled,
+                                           text_ids, text_key=text_key)  # fmt: skip
 
     def loss(
         self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator, references: list[list] | None = None,
@@ -472,13 +471,11 @@ class Trainer:
     ) -> torch.Tensor:
         """Flow-matching MSE on the target tokens; ``references``: per sample, its preprocessed references;
         ``subject_boxes``: per sample, its subjects' boxes (weighted by ``subject_loss_weight``)."""
-        x_data, img_ids, text, pooled, text_ids = self.encode(pixels, captions, gen, captions_without_looks)
+        x_data, text, pooled, text_ids = self.encode(pixels, captions, gen, captions_without_looks)
         target_grid = (pixels.shape[-2] // 16, pixels.shape[-1] // 16)
-        ref_tokens = None
-        if references:
-            ref_tokens, img_ids = self.encode_references(references, target_grid)
+        conditioning = self.reference_conditioning(references, target_grid)
         weights = self.token_weights(subject_boxes, target_grid)
-        return self.flow_loss(x_data, img_ids, text, pooled, text_ids, gen, ref_tokens, weights)
+        return self.flow_loss(x_data, conditioning, text, pooled, text_ids, gen, weights)
 
     def token_weights(self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int]) -> torch.Tensor | None:
         """The per-token loss weights of ``subject_loss_weight``, or None for the plain MSE."""
@@ -493,16 +490,12 @@ class Trainer:
         without_looks = [s.caption_without_looks for s in samples] if self.references else None
         captions = self.pick_captions([s.caption for s in samples], without_looks, gen)
         x_data, ref_tokens, target_grid, ref_grids, text, pooled, text_ids = self.cache.batch(indices, captions)
-        if ref_tokens is None:
-            img_ids = grid_position_ids(*target_grid)
-        else:
-            img_ids = sequence_position_ids(target_grid, list(ref_grids), self.config.position_mode)
+        conditioning = self.method.conditioning(target_grid, ref_tokens, ref_grids, self.config.position_mode)
         weights = self.token_weights([s.subject_boxes for s in samples], target_grid)
-        return self.flow_loss(x_data, img_ids.to(x_data.device), text, pooled, text_ids, gen, ref_tokens,
-                              weights)  # fmt: skip
+        return self.flow_loss(x_data, conditioning.to(x_data.device), text, pooled, text_ids, gen, weights)
 
-    def flow_loss(self, x_data, img_ids, text, pooled, text_ids, gen: torch.Generator,
-                  ref_tokens=None, token_weights=None) -> torch.Tensor:  # fmt: skip
+    def flow_loss(self, x_data, conditioning: Conditioning, text, pooled, text_ids, gen: torch.Generator,
+                  token_weights=None) -> torch.Tensor:  # fmt: skip
         """The MSE between the predicted and true velocity at a random point of the flow from ``x_data``,
         each token's squared error scaled by ``token_weights`` (B, N) when given."""
         b, n, _ = x_data.shape  # (B, N, 64)
@@ -512,7 +505,7 @@ class Trainer:
         t, noise = t.to(device), noise.to(device)
         x_t = flow.interpolate(x_data, noise, t)
         target = flow.velocity_target(x_data, noise)
-        prediction = self.predict(x_t, t, text, pooled, text_ids, img_ids, ref_tokens)
+        prediction = self.predict(x_t, t, text, pooled, text_ids, conditioning)
         if token_weights is None:
             return F.mse_loss(prediction.float(), target.float())
         return ((prediction.float() - target.float()).square().mean(dim=-1) * token_weights).mean()
@@ -614,6 +607,7 @@ class Trainer:
                 images.append(self.pipe(
                     prompt, reference_images=refs, width=v.width, height=v.height, num_inference_steps=v.steps,
                     guidance_scale=v.guidance, true_cfg_scale=v.true_cfg, seed=v.seed, position_mode=cfg.position_mode,
+                    method=self.method,
                     reference_long_side=cfg.reference_long_side(len(refs)) if refs else None,
                 ).images[0])  # fmt: skip
         finally:

@@ -1,0 +1,26 @@
+"""Methods: how references become tokens, embeddings and text-stream additions (see :mod:`.base`).
+
+A name -> method table; a model folder's ``unoflux.json`` may declare its method (``"method": "uno"``), and
+``--method`` / the app's method field / ``GenerationRequest.method`` choose one per call.
+"""
+
+from __future__ import annotations
+
+from ..errors import UnofluxError
+from .base import Conditioning, Method, open_references
+from .uno import UnoMethod
+
+METHODS: dict[str, Method] = {method.name: method for method in (UnoMethod(),)}
+DEFAULT_METHOD = "uno"
+
+
+def get_method(method: str | Method) -> Method:
+    """A method by name (or a :class:`Method` itself, as tests and extensions pass)."""
+    if isinstance(method, Method):
+        return method
+    if method not in METHODS:
+        raise UnofluxError(f"method {method!r} is not one of: {', '.join(METHODS)}")
+    return METHODS[method]
+
+
+__all__ = ["Conditioning", "Method", "METHODS", "DEFAULT_METHOD", "get_method", "open_references"]
