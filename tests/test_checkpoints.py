@@ -126,7 +126,7 @@ def test_a_model_folder_ships_its_lora_and_reference_sizes(tmp_path, diffusers_f
     shipped, base = load(), load(model_lora=False)
     plain = load_pipeline(ModelPaths(model=str(diffusers_folder)), device="cpu", use_environment=False)
     assert shipped.reference_long_sides == (32, 16) and plain.reference_long_sides is None
-    assert (plain.default_guidance_scale, plain.default_true_cfg_scale) == (4.0, 1.0)  # FLUX.1-dev's
+    assert (plain.model_defaults["guidance"], plain.model_defaults["true_cfg"]) == (4.0, 1.0)  # FLUX.1-dev's
     assert shipped.default_reference_long_side(1) == 32 and shipped.default_reference_long_side(2) == 16
     assert plain.default_reference_long_side(1) == 512 and plain.default_reference_long_side(3) == 320
     assert torch.equal(latents_of(base), latents_of(plain))
@@ -248,7 +248,7 @@ def test_a_model_folder_declares_its_guidance(tmp_path, diffusers_folder):
     (folder / "unoflux.json").write_text(json.dumps({"guidance": 1, "true_cfg": 2.5, "time_shift": 20,
                                                                  "stochasticity": 0.5}))
     pipe = load_pipeline(ModelPaths(model=str(folder)), device="cpu", use_environment=False)
-    assert (pipe.default_guidance_scale, pipe.default_true_cfg_scale, pipe.default_time_shift) == (1.0, 2.5, 20.0)
+    assert (pipe.model_defaults["guidance"], pipe.model_defaults["true_cfg"], pipe.model_defaults["time_shift"]) == (1.0, 2.5, 20.0)
     out = pipe("a cat", width=32, height=32, num_inference_steps=2, seed=0, output_type="latent")
     assert (out.settings["guidance"], out.settings["true_cfg"], out.settings["time_shift"]) == (1.0, 2.5, 20.0)
-    assert pipe.default_stochasticity == out.settings["stochasticity"] == 0.5
+    assert pipe.model_defaults["stochasticity"] == out.settings["stochasticity"] == 0.5

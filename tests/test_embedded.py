@@ -34,7 +34,7 @@ def test_embedded_model_ships_small_in_fp16_with_its_provenance():
 def test_no_flags_means_the_embedded_model(embedded):
     assert embedded.transformer.config.num_layers == 3 and embedded.text_sequence_length == 64
     # trained with guidance input 1 only: sampled at 1, steered by classifier-free guidance (docs/engine.md)
-    assert (embedded.default_guidance_scale, embedded.default_true_cfg_scale) == (1.0, 3.0)
+    assert (embedded.model_defaults["guidance"], embedded.model_defaults["true_cfg"]) == (1.0, 3.0)
     assert type(embedded.transformer).__name__ == "FluxTransformer2DModel"  # the same class as FLUX.1
     a = embedded("a large red star in the center on a sunny beach", width=64, height=64, num_inference_steps=4,
                  seed=0, output_type="latent").images  # fmt: skip

@@ -7,6 +7,7 @@ import torch
 
 from unoflux import UnofluxError
 from unoflux.conditioning import pack_latents, reference_noise
+from unoflux.options import FLUX_DEV_DEFAULTS
 
 from .conftest import random_image
 
@@ -108,29 +109,29 @@ def test_a_fixed_time_shift_spaces_the_steps_as_diffusers_shift_does(tiny_pipe):
     assert (out.settings["time_shift"], out.settings["schedule"]) == (20.0, None)
     assert not torch.allclose(out.images, latents(tiny_pipe, "a cat", seed=1), atol=1e-6)
     rule = tiny_pipe("a cat", output_type="latent", seed=1, **ARGS)
-    assert rule.settings["schedule"] == "uno" and "time_shift" not in rule.settings
+    assert rule.settings["schedule"] == "uno" and rule.settings["time_shift"] is None
 
 
 def test_a_models_stochasticity_is_the_default(tiny_pipe):
     explicit = latents(tiny_pipe, "a cat", stochasticity=0.5)
-    tiny_pipe.default_stochasticity = 0.5  # as a model folder declares (unoflux.json "stochasticity")
+    tiny_pipe.model_defaults = {**FLUX_DEV_DEFAULTS, "stochasticity": 0.5}  # as a model folder declares
     try:
         declared = tiny_pipe("a cat", output_type="latent", seed=7, **ARGS)
         ode = latents(tiny_pipe, "a cat", stochasticity=0.0)
     finally:
-        del tiny_pipe.default_stochasticity
+        del tiny_pipe.model_defaults
     assert torch.equal(declared.images, explicit) and declared.settings["stochasticity"] == 0.5
     assert torch.equal(ode, latents(tiny_pipe, "a cat"))
 
 
 def test_a_models_time_shift_is_the_default_and_a_named_schedule_overrides_it(tiny_pipe):
     fixed = latents(tiny_pipe, "a cat", time_shift=5.0)
-    tiny_pipe.default_time_shift = 5.0  # as a model folder declares (unoflux.json "time_shift")
+    tiny_pipe.model_defaults = {**FLUX_DEV_DEFAULTS, "time_shift": 5.0}  # as a model folder declares
     try:
         declared = tiny_pipe("a cat", output_type="latent", seed=7, **ARGS)
         by_rule = latents(tiny_pipe, "a cat", schedule="uno")
     finally:
-        del tiny_pipe.default_time_shift
+        del tiny_pipe.model_defaults
     assert torch.equal(declared.images, fixed) and declared.settings["time_shift"] == 5.0
     assert torch.equal(by_rule, latents(tiny_pipe, "a cat"))
 
@@ -216,11 +217,11 @@ def test_guidance_defaults_come_from_the_pipeline_and_are_reported(tiny_pipe):
     plain = tiny_pipe("a cat", output_type="latent", seed=1, **ARGS)
     assert (plain.settings["guidance"], plain.settings["true_cfg"]) == (4.0, 1.0)  # FLUX.1-dev's: UNO's images
     assert torch.equal(plain.images, latents(tiny_pipe, "a cat", seed=1, guidance_scale=4.0, true_cfg_scale=1.0))
-    tiny_pipe.default_guidance_scale, tiny_pipe.default_true_cfg_scale = 1.0, 2.0  # as a model folder declares
+    tiny_pipe.model_defaults = {**FLUX_DEV_DEFAULTS, "guidance": 1.0, "true_cfg": 2.0}  # as a model folder declares
     try:
         declared = tiny_pipe("a cat", output_type="latent", seed=1, **ARGS)
     finally:
-        del tiny_pipe.default_guidance_scale, tiny_pipe.default_true_cfg_scale
+        del tiny_pipe.model_defaults
     assert (declared.settings["guidance"], declared.settings["true_cfg"]) == (1.0, 2.0)
     assert torch.equal(declared.images, latents(tiny_pipe, "a cat", seed=1, guidance_scale=1.0, true_cfg_scale=2.0))
 

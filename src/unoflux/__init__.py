@@ -16,6 +16,8 @@ _EXPORTS = {
     "UnoFluxPipeline": "unoflux.pipeline",
     "UnoOutput": "unoflux.pipeline",
     "UnofluxError": "unoflux.errors",
+    "SamplingOptions": "unoflux.options",
+    "GenerationRequest": "unoflux.options",
 }
 __all__ = list(_EXPORTS)
 

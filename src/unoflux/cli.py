@@ -11,8 +11,7 @@ from pathlib import Path
 
 from .errors import UnofluxError
 
-POSITION_MODES = ("diagonal", "height", "width", "none")  # mirrors conditioning.POSITION_MODES (no torch import)
-SCHEDULES = ("uno", "flux")  # mirrors pipeline.SCHEDULES
+from .options import POSITION_MODES, SCHEDULES  # noqa: F401  (re-exported: evaluate's CLI and the app use them)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -33,12 +32,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights-dtype", choices=("fp8",), help="store transformer weights as float8, compute in --dtype")
 
 
-def default_image_size(args: argparse.Namespace) -> int:
-    """The model folder's native size (``unoflux.json``) when the model is a folder, else FLUX's 512."""
-    from .checkpoints.loading import model_folder
-    from .checkpoints.specs import model_defaults
+def default_image_size(pipe) -> int:
+    """The model's native size (``unoflux.json`` ``image_size``), FLUX's 512 otherwise."""
+    from .pipeline import model_defaults_of
 
-    return int(model_defaults(model_folder(model_paths(args).with_environment())).get("image_size", 512))
+    return int(model_defaults_of(pipe)["width"])
 
 
 def model_paths(args: argparse.Namespace):
@@ -70,53 +68,25 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    from .options import add_option_arguments
+
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", help="what to generate")
     g.add_argument("--ref", action="append", default=[], metavar="IMAGE", help="a reference image (repeat for several)")
-    g.add_argument("--width", type=int, help="output width, floored to a multiple of 16 (default: the model's, 512 for FLUX)")
-    g.add_argument("--height", type=int, help="output height, floored to a multiple of 16 (default: the model's, 512 for FLUX)")
-    g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    g.add_argument("--guidance", type=float,
-                   help="guidance input of a guidance-distilled model (default: the model's; 4 for FLUX.1-dev, as UNO)")
-    g.add_argument("--true-cfg", type=float, metavar="SCALE",
-                   help="classifier-free guidance against --negative-prompt, 2 forwards per step; 1 = off "
-                        "(default: the model's; off for FLUX.1-dev, 3 for the embedded model)")
-    g.add_argument("--negative-prompt", default="", help="the unconditional prompt of --true-cfg (default empty)")
-    g.add_argument("--seed", type=int, default=3407, help="image j uses seed + j (default 3407, as UNO)")
-    g.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
-    g.add_argument("--position-mode", choices=POSITION_MODES, default="diagonal", help="UnoPE offsets (default diagonal)")
-    g.add_argument("--ref-long-side", type=int, help="reference long side in px (default 512 for one reference, 320 for several)")
-    g.add_argument("--schedule", choices=SCHEDULES,
-                   help="time shift by resolution: 'uno' reproduces UNO's inference, 'flux' uses the true token count "
-                        "(default: the model's fixed --time-shift if it declares one, else uno)")
-    g.add_argument("--time-shift", type=float, metavar="S",
-                   help="a fixed time shift instead (diffusers' shift; 1 = none), wins over --schedule "
-                        "(default: the model's, from its unoflux.json; none for FLUX.1-dev)")
-    g.add_argument("--stochasticity", type=float, metavar="S",
-                   help="how much of each step is re-noised with fresh noise, 0 (the deterministic ODE, UNO's) to 1 "
-                        "(diffusers' stochastic sampling); the seed still fixes the image (default: the model's, 0 "
-                        "for FLUX.1-dev)")
+    add_option_arguments(g)
     g.add_argument("--out", help="a .png file, or a folder (default outputs/; batch: outputs/batch)")
     g.add_argument("--batch", metavar="FILE.json", help="UNO eval JSON: [{prompt, image_paths}, ...]; resumable, shards under accelerate launch")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate images from a prompt and reference images (or a batch file)."""
-    from .generation import GenerationRequest, read_batch
+    from .generation import read_batch
+    from .options import GenerationRequest, options_from_args
 
     if (args.prompt is None) == (args.batch is None):
         raise UnofluxError("give either --prompt or --batch FILE.json")
-    size = default_image_size(args)
-    request = GenerationRequest(
-        prompt="(from the batch file)" if args.batch else args.prompt,
-        references=[str(Path(r).resolve()) for r in args.ref],
-        width=size if args.width is None else args.width, height=size if args.height is None else args.height,
-        steps=args.steps,
-        guidance=args.guidance, true_cfg=args.true_cfg, negative_prompt=args.negative_prompt, seed=args.seed,
-        num_images=args.num_images, position_mode=args.position_mode,
-        reference_long_side=args.ref_long_side, schedule=args.schedule, time_shift=args.time_shift,
-        stochasticity=args.stochasticity,
-    )  # fmt: skip
+    request = options_from_args(args, GenerationRequest, prompt="(from the batch file)" if args.batch else args.prompt,
+                                references=[str(Path(r).resolve()) for r in args.ref])  # fmt: skip
     request.validate()  # bad input fails here, before minutes of model loading
     items = read_batch(args.batch) if args.batch else None
 
@@ -154,7 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     pipe, _ = load_pipeline_from_args(args)
     pipe.set_progress_bar_config(disable=True)
-    run_demo(pipe, Path(args.out), size=default_image_size(args))
+    run_demo(pipe, Path(args.out), size=default_image_size(pipe))
     return 0
 
 

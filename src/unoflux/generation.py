@@ -4,69 +4,23 @@ resume and multi-process sharding. The CLI and the web app both call these (one 
 from __future__ import annotations
 
 import json
+import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from . import __version__
-from .conditioning import PositionMode
 from .errors import UnofluxError
 from .images import load_image, save_json, save_png
-from .pipeline import UnoFluxPipeline, UnoOutput, check_generation_args
-
-
-@dataclass
-class GenerationRequest:
-    """Everything that determines the images, given the model."""
-
-    prompt: str
-    references: list[str] = field(default_factory=list)  # image paths
-    width: int = 512
-    height: int = 512
-    steps: int = 25
-    guidance: float | None = None  # None: the model's (4 for FLUX.1-dev, as UNO)
-    true_cfg: float | None = None  # classifier-free guidance scale; None: the model's (off for FLUX.1-dev)
-    negative_prompt: str = ""  # the unconditional prompt when true_cfg > 1
-    seed: int = 0
-    num_images: int = 1
-    position_mode: PositionMode = "diagonal"
-    reference_long_side: int | None = None  # None: 512 for one reference, 320 for several
-    schedule: str | None = None  # the time shift's resolution rule, "uno" or "flux"; None: the model's
-    time_shift: float | None = None  # a fixed time shift instead (wins over schedule); None: the model's
-    stochasticity: float | None = None  # how much of each step is re-noised (0 = the ODE); None: the model's
-
-    def validate(self) -> None:
-        """Check settings and that every reference opens, before any model work."""
-        check_generation_args(
-            [self.prompt], self.width, self.height, self.steps, self.position_mode,
-            self.reference_long_side, self.num_images, self.schedule, self.time_shift, self.stochasticity,
-        )  # fmt: skip
-        for i, path in enumerate(self.references):
-            load_image(path, what=f"reference image {i + 1}")
+from .options import GenerationRequest
+from .pipeline import UnoFluxPipeline, UnoOutput
 
 
 def generate(pipe: UnoFluxPipeline, request: GenerationRequest, **call_kwargs) -> UnoOutput:
-    return pipe(
-        request.prompt,
-        request.references,
-        width=request.width,
-        height=request.height,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
-        true_cfg_scale=request.true_cfg,
-        negative_prompt=request.negative_prompt,
-        seed=request.seed,
-        position_mode=request.position_mode,
-        reference_long_side=request.reference_long_side,
-        num_images_per_prompt=request.num_images,
-        schedule=request.schedule,
-        time_shift=request.time_shift,
-        stochasticity=request.stochasticity,
-        **call_kwargs,
-    )
+    return pipe(request.prompt, request.references, request, **call_kwargs)
 
 
 def settings_record(request: GenerationRequest, output: UnoOutput, index: int, model: dict[str, Any]) -> dict:
@@ -99,6 +53,8 @@ def output_paths(out: str | Path | None, request: GenerationRequest) -> list[Pat
 def generate_to_files(
     pipe: UnoFluxPipeline, request: GenerationRequest, out: str | Path | None, model: dict[str, Any]
 ) -> list[Path]:
+    if request.seed is None:  # one drawn now, so that the file names carry it
+        request = replace(request, seed=random.randrange(2**31))
     paths = output_paths(out, request)
     output = generate(pipe, request)
     return [save_png(img, p, settings_record(request, output, j, model)) for j, (img, p) in enumerate(zip(output.images, paths))]
@@ -158,10 +114,8 @@ def run_batch(
         if png.is_file() and meta.is_file():
             skipped += 1
             continue
-        request = GenerationRequest(
-            **{**asdict(template), "prompt": items[i]["prompt"], "references": items[i]["image_paths"],
-               "seed": template.seed + j, "num_images": 1}
-        )  # fmt: skip
+        request = replace(template, prompt=items[i]["prompt"], references=items[i]["image_paths"],
+                          seed=template.seed + j, num_images=1)  # fmt: skip
         output = generate(pipe, request)
         settings = {**settings_record(request, output, 0, model), "batch_item": i, "batch_image": j}
         save_png(output.images[0], png, settings)

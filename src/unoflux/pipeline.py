@@ -16,11 +16,12 @@ seed gives the same image for the same weights. Known, deliberate differences:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import transformers
@@ -35,8 +36,6 @@ transformers.logging.set_verbosity(_verbosity)
 
 from . import engine, flow, sampling
 from .conditioning import (
-    POSITION_MODES,
-    PositionMode,
     default_reference_long_side,
     output_size,
     pack_latents,
@@ -46,49 +45,17 @@ from .conditioning import (
 )
 from .errors import UnofluxError
 from .images import ImageInput
-from .methods import DEFAULT_METHOD, Conditioning, Method, get_method, open_references
+from .methods import Conditioning, Method, get_method, open_references
+from .options import (  # noqa: F401  (MAX_SIDE, SCHEDULES: re-exported for callers)
+    FLUX_DEV_DEFAULTS,
+    MAX_SIDE,
+    SCHEDULES,
+    SamplingOptions,
+    check_prompt,
+    option_fields,
+)
 
-MAX_SIDE = 2048  # FLUX.1 is trained up to ~2 MP
 MAX_IMAGE_TOKENS = 2 * (MAX_SIDE // 16) ** 2  # target + references; beyond this attention memory explodes
-SCHEDULES = ("uno", "flux")
-
-
-def check_generation_args(
-    prompts: list[str],
-    width: int,
-    height: int,
-    num_inference_steps: int,
-    position_mode: str,
-    reference_long_side: int | None,
-    num_images_per_prompt: int,
-    schedule: str | None,
-    time_shift: float | None = None,
-    stochasticity: float | None = None,
-) -> None:
-    """Raise one clear :class:`UnofluxError` for a bad setting (callable before any model is loaded)."""
-    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise UnofluxError("the prompt is empty; describe the image to generate")
-    for name, value in (("width", width), ("height", height)):
-        if not isinstance(value, int) or not 16 <= value <= MAX_SIDE:
-            raise UnofluxError(f"{name} {value!r} is out of range; use an integer from 16 to {MAX_SIDE}")
-    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise UnofluxError(f"steps {num_inference_steps!r} must be a positive integer")
-    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-        raise UnofluxError(f"number of images {num_images_per_prompt!r} must be a positive integer")
-    if position_mode not in POSITION_MODES:
-        raise UnofluxError(f"position mode {position_mode!r} is not one of: {', '.join(POSITION_MODES)}")
-    if schedule is not None and schedule not in SCHEDULES:
-        raise UnofluxError(f"schedule {schedule!r} is not one of: {', '.join(SCHEDULES)}")
-    if time_shift is not None and not (isinstance(time_shift, (int, float)) and 0 < time_shift < math.inf):
-        raise UnofluxError(f"time shift {time_shift!r} must be a positive number (1 = no shift)")
-    if stochasticity is not None and not (isinstance(stochasticity, (int, float)) and 0 <= stochasticity <= 1):
-        raise UnofluxError(f"stochasticity {stochasticity!r} must be a number from 0 (the ODE) to 1")
-    if reference_long_side is not None and not (
-        isinstance(reference_long_side, int) and 16 <= reference_long_side <= MAX_SIDE
-    ):
-        raise UnofluxError(
-            f"reference long side {reference_long_side!r} is out of range; use an integer from 16 to {MAX_SIDE}"
-        )
 
 
 @dataclass
@@ -190,26 +157,16 @@ class UnoFluxPipeline(FluxPipeline):
     # a model folder trained at other sizes declares its own in unoflux.json (set by load_pipeline).
     reference_long_sides: tuple[int, int] | None = None
 
-    # The method a call uses when it names none (unoflux.json "method", set by load_pipeline).
-    default_method: str = DEFAULT_METHOD
-
     # A model folder's own LoRA may be meant for reference-driven generation only (unoflux.json
     # "lora_for": "references", set by load_pipeline): text-only calls then run the base without it.
     lora_only_with_references: bool = False
 
-    # Sampling defaults when the caller gives none. FLUX.1-dev is guidance-distilled: its guidance input is the
-    # knob (4 is UNO's default) and one forward per step suffices. A model trained with guidance 1 only (the
-    # embedded world model) declares {"guidance": 1, "true_cfg": s} in unoflux.json (set by load_pipeline): its
-    # guidance input stays where it was trained, and classifier-free guidance against the empty prompt, which
-    # text dropout trained, does the steering.
-    default_guidance_scale: float = 4.0
-    default_true_cfg_scale: float = 1.0
-    # A fixed time shift the model samples with when the caller names neither a schedule nor a shift
-    # (unoflux.json "time_shift", set by load_pipeline); None: the "uno" resolution rule, as UNO and FLUX.
-    default_time_shift: float | None = None
-    # How much of each step is re-noised when the caller gives none (unoflux.json "stochasticity", set by
-    # load_pipeline); 0: the deterministic ODE, as UNO and FLUX sample.
-    default_stochasticity: float = 0.0
+    # What a call samples with where its options say None (options.FLUX_DEV_DEFAULTS; a model folder's
+    # unoflux.json overrides them, set by load_pipeline). FLUX.1-dev is guidance-distilled: its guidance input is
+    # the knob (4 is UNO's default) and one forward per step suffices. A model trained with guidance 1 only (the
+    # embedded world model) declares {"guidance": 1, "true_cfg": s}: its guidance input stays where it was trained,
+    # and classifier-free guidance against the empty prompt, which text dropout trained, does the steering.
+    model_defaults: dict[str, Any] = FLUX_DEV_DEFAULTS
 
     def default_reference_long_side(self, num_references: int) -> int:
         if self.reference_long_sides is None:
@@ -222,54 +179,26 @@ class UnoFluxPipeline(FluxPipeline):
         self,
         prompt: str | list[str],
         reference_images: Sequence[ImageInput] | None = None,
+        options: SamplingOptions | None = None,
         *,
-        width: int = 512,
-        height: int = 512,
-        num_inference_steps: int = 25,
-        guidance_scale: float | None = None,
-        true_cfg_scale: float | None = None,
-        negative_prompt: str | list[str] = "",
-        seed: int | None = None,
-        position_mode: PositionMode = "diagonal",
-        reference_long_side: int | None = None,
-        num_images_per_prompt: int = 1,
-        schedule: str | None = None,
-        time_shift: float | None = None,
-        stochasticity: float | None = None,
-        method: str | Method | None = None,
         noise_device: str = "cpu",
         max_sequence_length: int | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[[Any, int, float, dict], dict] | None = None,
+        **option_values: Any,
     ) -> UnoOutput:
         r"""Generate images for ``prompt`` keeping the subjects of ``reference_images``.
 
         Args:
-            prompt: one prompt or a list; each gives ``num_images_per_prompt`` images.
+            prompt: one prompt or a list; each gives ``num_images`` images.
             reference_images: PIL images or paths; empty or None = plain text-to-image.
-            width, height: output size in pixels, floored to multiples of 16.
-            num_inference_steps: Euler steps (UNO default 25).
-            guidance_scale: the guidance input of guidance-distilled models (FLUX.1-dev: one forward per step);
-                ignored by models without a guidance embedding (schnell). None = :attr:`default_guidance_scale`
-                (4, UNO's; a model folder may declare its own).
-            true_cfg_scale: classifier-free guidance against ``negative_prompt``, two forwards per step (one
-                batch); 1 = off. None = :attr:`default_true_cfg_scale` (off, unless the model folder declares it).
-            negative_prompt: the unconditional prompt of ``true_cfg_scale`` (one, or one per prompt).
-            seed: image ``j`` of every prompt uses ``seed + j`` (as UNO's batch script does); None picks one.
-            position_mode: UnoPE offsets, ``diagonal`` (UNO), ``height``, ``width`` or ``none``.
-            reference_long_side: references are resized to this long side; default 512 for one
-                reference and 320 for several.
-            schedule: the resolution rule for the time shift: ``uno`` reproduces UNO's inference shift (see
-                :func:`unoflux.flow.image_seq_len`); ``flux`` uses the true token count, as FLUX and UNO training
-                do. None: :attr:`default_time_shift` if the model folder declares one, else ``uno``.
-            time_shift: a fixed shift factor instead of the rule (diffusers' ``shift``: ``t -> s t / (1 + (s -
-                1) t)``, ``mu = ln s``; 1 = none); larger spends more steps at high noise, where layout forms.
-                Wins over ``schedule``.
-            stochasticity: how much of each step is re-noised with fresh noise (:func:`unoflux.flow.stochastic_step`):
-                0 = the deterministic ODE (UNO), 1 = diffusers' ``stochastic_sampling``. The fresh noise of image
-                ``j`` comes from its own seed, so a seed still gives one image. None = :attr:`default_stochasticity`.
-            method: how references become conditioning (:mod:`unoflux.methods`: a name, or a :class:`Method`);
-                None = :attr:`default_method` (UNO, unless the model folder declares another).
+            options: a :class:`~unoflux.options.SamplingOptions` (every field documented there); keyword arguments
+                named like its fields override it: ``width``, ``height``, ``steps``, ``guidance``, ``true_cfg``,
+                ``negative_prompt`` (one, or one per prompt), ``seed`` (image ``j`` of every prompt uses ``seed + j``;
+                None picks one), ``num_images``, ``method`` (a name, or a :class:`~unoflux.methods.Method`),
+                ``position_mode``, ``reference_long_side``, ``schedule``, ``time_shift``, ``stochasticity``.
+                diffusers' names work too: ``num_inference_steps``, ``guidance_scale``, ``true_cfg_scale``,
+                ``num_images_per_prompt``. ``None`` = the model's (:attr:`model_defaults`).
             noise_device: where the noise generator runs; ``cpu`` makes seeds device-independent.
             max_sequence_length: T5 tokens per prompt (default :attr:`text_sequence_length`).
             output_type: ``pil``, ``pt`` ((B, 3, H, W) in [0, 1]) or ``latent`` (packed latents).
@@ -277,31 +206,31 @@ class UnoFluxPipeline(FluxPipeline):
                 returned ``latents`` replaces the current ones.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        for text in prompts:
+            check_prompt(text)
         references = list(reference_images or [])
-        method = get_method(self.default_method if method is None else method)
+        method = option_values.pop("method", None) if isinstance(option_values.get("method"), Method) else None
+        options = call_options(options, option_values).resolved(self.model_defaults)
+        options.validate()
+        method = get_method(method or options.method)
         method.check(len(references))
-        check_generation_args(
-            prompts, width, height, num_inference_steps, position_mode,
-            reference_long_side, num_images_per_prompt, schedule, time_shift, stochasticity,
-        )  # fmt: skip
-        schedule, time_shift = resolve_time_shift(schedule, time_shift, self.default_time_shift)
-        stochasticity = self.default_stochasticity if stochasticity is None else float(stochasticity)
         if self.vae_scale_factor != 8:
             raise UnofluxError(f"the VAE downsamples by {self.vae_scale_factor}; UNO needs a FLUX-style VAE (8x)")
         if output_type not in ("pil", "pt", "latent"):
             raise UnofluxError(f"output type {output_type!r} is not one of: pil, pt, latent")
-        guidance_scale = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
-        true_cfg_scale = self.default_true_cfg_scale if true_cfg_scale is None else float(true_cfg_scale)
-        if not (math.isfinite(guidance_scale) and math.isfinite(true_cfg_scale) and true_cfg_scale >= 1):
-            raise UnofluxError(f"guidance {guidance_scale} and true CFG scale {true_cfg_scale} must be finite, and the "
-                               "true CFG scale at least 1 (1 = off)")  # fmt: skip
+        negative_prompt = options.negative_prompt
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negatives) != len(prompts):
             raise UnofluxError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one, or one per prompt")
-        width, height = output_size(width, height)
-        long_side = reference_long_side or self.default_reference_long_side(len(references))
-        if seed is None:
-            seed = random.randrange(2**31)
+        width, height = output_size(options.width, options.height)
+        long_side = options.reference_long_side or self.default_reference_long_side(len(references))
+        seed = random.randrange(2**31) if options.seed is None else options.seed
+        options = dataclasses.replace(options, width=width, height=height, reference_long_side=long_side, seed=seed,
+                                      method=method.name)  # fmt: skip
+        num_inference_steps, num_images_per_prompt = options.steps, options.num_images
+        guidance_scale, true_cfg_scale = float(options.guidance), float(options.true_cfg)
+        schedule, time_shift, stochasticity = options.schedule, options.time_shift, float(options.stochasticity)
+        position_mode = options.position_mode
         device = self._execution_device
         dtype = self.transformer.dtype
         max_sequence_length = max_sequence_length or self.text_sequence_length
@@ -372,22 +301,10 @@ class UnoFluxPipeline(FluxPipeline):
             raise UnofluxError(
                 "the model produced NaN or infinite values; try --dtype bf16 or fp32 (fp16 overflows on FLUX)"
             )
-        settings = {  # named like GenerationRequest's fields
+        settings = {  # what ran: GenerationRequest's fields, resolved
             "prompt": prompts[0] if len(prompts) == 1 else prompts,
-            "width": width,
-            "height": height,
-            "steps": num_inference_steps,
-            "guidance": guidance_scale,
-            "true_cfg": true_cfg_scale,
-            **({"negative_prompt": negative_prompt} if true_cfg_scale > 1 and negative_prompt else {}),
-            "seed": seed,
-            "method": method.name,
-            "position_mode": position_mode,
-            "reference_long_side": long_side,
+            **dataclasses.asdict(options),
             "num_references": len(references),
-            "schedule": schedule,  # the shift that ran: the schedule's resolution rule, or a fixed factor
-            **({"time_shift": time_shift} if time_shift is not None else {}),
-            "stochasticity": stochasticity,
             "noise_device": noise_device,
         }
         if output_type == "latent":
@@ -399,24 +316,23 @@ class UnoFluxPipeline(FluxPipeline):
         return UnoOutput(images=images, seeds=seeds, settings=settings)
 
 
-class SamplingDefaults(NamedTuple):
-    guidance: float
-    true_cfg: float
-    time_shift: float | None
-    stochasticity: float
+# diffusers' names of options (FluxPipeline's arguments) -> SamplingOptions field names
+DIFFUSERS_NAMES = {"num_inference_steps": "steps", "guidance_scale": "guidance", "true_cfg_scale": "true_cfg",
+                   "num_images_per_prompt": "num_images"}  # fmt: skip
 
 
-def sampling_defaults(pipe) -> SamplingDefaults:
-    """What ``pipe`` samples with when given None. A stand-in without them (tests wrap pipelines) gets the
-    class's, FLUX.1-dev's."""
-    return SamplingDefaults(*(getattr(pipe, name, getattr(UnoFluxPipeline, name)) for name in (
-        "default_guidance_scale", "default_true_cfg_scale", "default_time_shift", "default_stochasticity")))  # fmt: skip
+def call_options(options: SamplingOptions | None, values: dict[str, Any]) -> SamplingOptions:
+    """``options`` (or the defaults) with the keyword arguments of a call over it, diffusers' names accepted."""
+    renamed = {DIFFUSERS_NAMES.get(name, name): value for name, value in values.items()}
+    known = {f.name for f in option_fields()}
+    unknown = sorted(set(renamed) - known)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}; the options are: {', '.join(sorted(known))}")
+    base = SamplingOptions() if options is None else options.sampling_options()
+    return dataclasses.replace(base, **renamed)
 
 
-def resolve_time_shift(schedule: str | None, time_shift: float | None,
-                       default_time_shift: float | None) -> tuple[str | None, float | None]:  # fmt: skip
-    """(schedule, time shift) a call samples with: an explicit shift, else an explicit schedule's resolution
-    rule, else the model's shift, else UNO's rule. Exactly one of the two is None."""
-    if time_shift is None and schedule is None:
-        time_shift = default_time_shift
-    return (None, time_shift) if time_shift is not None else (schedule or "uno", None)
+def model_defaults_of(pipe) -> dict[str, Any]:
+    """What ``pipe`` samples with where options say None; a stand-in without them (tests wrap pipelines) gets
+    FLUX.1-dev's."""
+    return getattr(pipe, "model_defaults", FLUX_DEV_DEFAULTS)

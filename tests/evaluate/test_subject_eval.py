@@ -97,10 +97,11 @@ class SubjectOracle:
         self.by_caption |= {caption_scene(p.target, p.seed, name_looks=False): p for p in heldout_subject_pairs()}
         self.prompts = []
 
-    def __call__(self, prompt, references, width, height, position_mode, **_):
+    def __call__(self, prompt, references, options, width, height, **_):  # the pipeline's signature
         pair = self.by_caption[prompt]
         self.prompts.append(prompt)
-        assert [r.size for r in references] == [(width, width)] * len(pair.references) and position_mode == "diagonal"
+        assert [r.size for r in references] == [(width, width)] * len(pair.references)
+        assert options.position_mode == "diagonal"
         return _Output(render_scene(pair.target, width).image)
 
 

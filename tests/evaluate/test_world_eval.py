@@ -28,7 +28,7 @@ class RenderingOracle:
         self.by_caption = {p.caption: p.spec for p in heldout_prompts()}
         self.size = size
 
-    def __call__(self, prompt, width, height, **_):
+    def __call__(self, prompt, references, options, width, height, **_):  # the pipeline's signature
         spec = self.by_caption[prompt]
         image = render(spec, self.size).image
         assert image.size == (width, height)

@@ -98,8 +98,8 @@ def test_set_sampling_writes_the_defaults_a_model_loads_with_and_keeps_the_rest(
     assert json.loads((folder / "unoflux.json").read_text()) == {"image_size": 32, "guidance": 1.0, "true_cfg": 3.0,
                                                                   "time_shift": 20.0, "stochasticity": 0.5}  # fmt: skip
     pipe = load_pipeline(ModelPaths(model=str(folder)), device="cpu", use_environment=False)
-    assert (pipe.default_guidance_scale, pipe.default_true_cfg_scale, pipe.default_time_shift) == (1.0, 3.0, 20.0)
-    assert pipe.default_stochasticity == 0.5
+    defaults = pipe.model_defaults
+    assert (defaults["guidance"], defaults["true_cfg"], defaults["time_shift"], defaults["stochasticity"]) == (1.0, 3.0, 20.0, 0.5)
     # back to UNO's rule and its ODE
     assert main(["family", "set-sampling", str(folder), "--time-shift", "none", "--stochasticity", "none"]) == 0
     assert json.loads((folder / "unoflux.json").read_text()) == {"image_size": 32, "guidance": 1.0, "true_cfg": 3.0}
@@ -108,7 +108,7 @@ def test_set_sampling_writes_the_defaults_a_model_loads_with_and_keeps_the_rest(
     assert main(["family", "set-sampling", str(folder), "--stochasticity", "2"]) == 2
     assert main(["family", "set-sampling", str(tmp_path), "--time-shift", "2"]) == 2
     err = capsys.readouterr().err
-    assert "time_shift -1.0 must be a positive number" in err and "no model_index.json" in err
+    assert "time shift -1.0 must be a positive number" in err and "no model_index.json" in err
     assert "stochasticity 2.0 must be a number from 0 to 1" in err
 
 

@@ -43,6 +43,6 @@ def serve(args: argparse.Namespace, block: bool = True):
     from .ui import build_app, launch
 
     demo = build_app(pipe, model, args.out, args.concurrency, args.max_queue, model_flags(args),
-                     default_size=default_image_size(args))  # fmt: skip
+                     default_size=default_image_size(pipe))  # fmt: skip
     launch(demo, args.out, host=args.host, port=args.port, max_upload=args.max_upload, block=block)
     return demo

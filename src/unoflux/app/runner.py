@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..generation import GenerationRequest, generate, output_paths, settings_record
+from ..generation import generate, output_paths, settings_record
+from ..options import GenerationRequest
 from ..images import save_png
 from .command import generate_command
 

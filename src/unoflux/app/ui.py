@@ -17,16 +17,15 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 
-from ..cli import POSITION_MODES  # noqa: E402
 from ..demo import EXAMPLES_DIR  # noqa: E402
 from ..errors import UnofluxError  # noqa: E402
-from ..generation import GenerationRequest  # noqa: E402
-from ..pipeline import MAX_SIDE, SCHEDULES, sampling_defaults  # noqa: E402
+from ..options import MAX_SIDE, METHOD_NAMES, POSITION_MODES, SCHEDULES, GenerationRequest  # noqa: E402
+from ..pipeline import model_defaults_of  # noqa: E402
 from .runner import AppRunner  # noqa: E402
 
 MAX_REFERENCES = 4
 LONG_SIDE_CHOICES = ["auto", "256", "320", "384", "512", "640", "768", "1024"]
-DEFAULTS = GenerationRequest(prompt="", seed=3407)  # as `unoflux generate`
+DEFAULTS = GenerationRequest(prompt="")  # as `unoflux generate`
 API_NAME = "generate"  # gradio_client: client.predict(..., api_name="/generate")
 
 
@@ -106,6 +105,7 @@ def make_generate(runner: AppRunner):
         negative_prompt: str = DEFAULTS.negative_prompt,
         time_shift: float | None = DEFAULTS.time_shift,
         stochasticity: float | None = DEFAULTS.stochasticity,
+        method: str | None = DEFAULTS.method,
         progress=gr.Progress(),
     ) -> tuple[list[str], str, str]:
         """Generate images from a prompt and up to four reference images; returns the saved PNGs, the
@@ -114,14 +114,15 @@ def make_generate(runner: AppRunner):
             request = GenerationRequest(
                 prompt=prompt or "",
                 references=[upload_path(r) for r in (reference_1, reference_2, reference_3, reference_4) if r],
-                width=_as_int(width, "width"), height=_as_int(height, "height"), steps=_as_int(steps, "steps"),
+                width=None if width is None else _as_int(width, "width"),  # None: the model's size
+                height=None if height is None else _as_int(height, "height"), steps=_as_int(steps, "steps"),
                 guidance=None if guidance is None else float(guidance),
                 true_cfg=None if true_cfg is None else float(true_cfg), negative_prompt=negative_prompt or "",
                 seed=secrets.randbelow(2**31) if random_seed else _as_int(seed, "seed"),
                 num_images=_as_int(num_images, "number of images"), position_mode=position_mode,
                 reference_long_side=parse_long_side(reference_long_side), schedule=schedule or None,
                 time_shift=_optional_number(time_shift, "time shift"),
-                stochasticity=None if stochasticity is None else float(stochasticity),
+                stochasticity=None if stochasticity is None else float(stochasticity), method=method or None,
             )  # fmt: skip
             progress(0, desc="starting")
             result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
@@ -138,9 +139,11 @@ def make_generate(runner: AppRunner):
     return generate
 
 
-def _form_inputs(default_size: int, default_guidance: float, default_true_cfg: float,
-                 default_time_shift: float | None, default_stochasticity: float) -> list[gr.Component]:
-    """The form, laid out in the current column; returned in ``make_generate``'s parameter order."""
+def _form_inputs(defaults: dict[str, Any]) -> list[gr.Component]:
+    """The form, laid out in the current column, starting at the model's ``defaults``; returned in
+    ``make_generate``'s parameter order."""
+    default_size, default_guidance, default_true_cfg = defaults["width"], defaults["guidance"], defaults["true_cfg"]
+    default_time_shift, default_stochasticity = defaults["time_shift"], defaults["stochasticity"]
     prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a little orange block at the left in a room", elem_id="prompt")
     with gr.Row():
         references = [
@@ -169,8 +172,9 @@ def _form_inputs(default_size: int, default_guidance: float, default_true_cfg: f
         stochasticity = gr.Slider(0, 1, value=default_stochasticity, step=0.05, elem_id="stochasticity",
                                   label="Stochasticity (0: the deterministic ODE; fresh noise each step up to 1)")
         negative_prompt = gr.Textbox(value="", label="Negative prompt (used when True CFG > 1)", elem_id="negative-prompt")
+        method = gr.Radio(list(METHOD_NAMES), value=defaults["method"], label="Method", elem_id="method")
     return [prompt, *references, width, height, steps, guidance, true_cfg, seed, random_seed, num_images,
-            position_mode, long_side, schedule, negative_prompt, time_shift, stochasticity]  # fmt: skip
+            position_mode, long_side, schedule, negative_prompt, time_shift, stochasticity, method]  # fmt: skip
 
 
 def _result_outputs() -> list[gr.Component]:
@@ -203,7 +207,7 @@ def build_app(
                     "reference images of the subjects to keep (upload, drag and drop, or paste).")  # fmt: skip
         with gr.Row():
             with gr.Column(scale=3):
-                inputs = _form_inputs(default_size, *sampling_defaults(pipe))
+                inputs = _form_inputs({**model_defaults_of(pipe), "width": default_size})
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 outputs = _result_outputs()

@@ -23,6 +23,8 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
 from ..errors import UnofluxError
+from ..methods import get_method
+from ..options import FLUX_DEV_DEFAULTS, model_default_names, typed
 from ..pipeline import UnoFluxPipeline
 from . import bfl
 from .files import read_tensors
@@ -183,6 +185,20 @@ def load_clip(path, dtype):
 
 
 # ------------------------------------------------------------------------------------- pipeline
+def sampling_defaults_from(declared: dict) -> dict:
+    """FLUX.1-dev's sampling defaults with what a model folder's unoflux.json declares over them (its
+    ``image_size`` is the default width and height)."""
+    values = dict(FLUX_DEV_DEFAULTS)
+    for name in model_default_names():
+        if declared.get(name) is not None:
+            values[name] = typed(name, declared[name])
+    if "image_size" in declared:
+        values["width"] = values["height"] = int(declared["image_size"])
+    if "method" in declared:
+        values["method"] = get_method(declared["method"]).name  # an unknown one fails here, at load
+    return values
+
+
 def model_folder(paths: ModelPaths) -> str | None:
     """The diffusers folder the pipeline comes from: ``paths.model``, or the embedded model when no
     component is named at all (environment variables already applied); None for single files."""
@@ -269,14 +285,7 @@ def load_pipeline(
         align_weights(pipe)
 
     defaults = model_defaults(model)
-    if "guidance" in defaults:  # a model not guidance-distilled declares the value it was trained at
-        pipe.default_guidance_scale = float(defaults["guidance"])
-    if "true_cfg" in defaults:
-        pipe.default_true_cfg_scale = float(defaults["true_cfg"])
-    if defaults.get("time_shift") is not None:
-        pipe.default_time_shift = float(defaults["time_shift"])
-    if "stochasticity" in defaults:
-        pipe.default_stochasticity = float(defaults["stochasticity"])
+    pipe.model_defaults = sampling_defaults_from(defaults)
     if "reference_long_side" in defaults:
         sides = defaults["reference_long_side"]
         pipe.reference_long_sides = (int(sides["one"]), int(sides["several"]))

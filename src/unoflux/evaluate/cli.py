@@ -7,19 +7,20 @@ from pathlib import Path
 
 from ..errors import UnofluxError
 
+# The sampling options both evaluations take (unoflux.options); sizes, seeds and prompts are the held-out set's.
+SAMPLER_OPTIONS = ("steps", "guidance", "true_cfg", "schedule", "time_shift", "stochasticity", "method")
+
 
 def register(subparsers) -> None:
-    from ..cli import POSITION_MODES, add_model_args
+    from ..cli import add_model_args
+    from ..options import add_option_arguments
 
     p = subparsers.add_parser("evaluate", help="score a model on the synthetic world's held-out set")
     sub = p.add_subparsers(dest="evaluate_command", required=True)
     t2i = sub.add_parser("world-t2i", help="text-to-image: background, placement, size, colour, shape, two-panel looks")
     t2i.add_argument("--out", type=Path, required=True, help="folder for report.json, images/ and contact_sheet.png")
     t2i.add_argument("--size", type=int, help="image height in px (two-panel images are twice as wide; default: the model's)")
-    t2i.add_argument("--steps", type=int, default=25)
-    t2i.add_argument("--guidance", type=float, help="guidance input (default: the model's)")
-    t2i.add_argument("--true-cfg", type=float, help="classifier-free guidance scale, 1 = off (default: the model's)")
-    _add_sampler_args(t2i)
+    add_option_arguments(t2i, SAMPLER_OPTIONS)
     t2i.add_argument("--limit", type=int, help="only the first N held-out prompts")
     add_model_args(t2i)
     t2i.set_defaults(func=cmd_world_t2i)
@@ -27,12 +28,7 @@ def register(subparsers) -> None:
     subj = sub.add_parser("world-subject", help="subject-driven: held-out identities with 1 or 2 references")
     subj.add_argument("--out", type=Path, required=True, help="folder for report.json, images/ and contact_sheet.png")
     subj.add_argument("--size", type=int, help="output and reference-shot size in px (default: the model's)")
-    subj.add_argument("--steps", type=int, default=25)
-    subj.add_argument("--guidance", type=float, help="guidance input (default: the model's)")
-    subj.add_argument("--true-cfg", type=float, help="classifier-free guidance scale, 1 = off (default: the model's)")
-    _add_sampler_args(subj)
-    subj.add_argument("--position-mode", choices=POSITION_MODES, default="diagonal",
-                      help="UnoPE at inference: the mode the LoRA was trained with")
+    add_option_arguments(subj, (*SAMPLER_OPTIONS, "position_mode"))  # the mode the LoRA was trained with
     subj.add_argument("--caption-only", action="store_true", help="give the model no references: the floor")
     subj.add_argument("--look-free-captions", action="store_true",
                       help="captions without looks: colour and shape can only come from the references")
@@ -44,25 +40,14 @@ def register(subparsers) -> None:
     subj.set_defaults(func=cmd_world_subject)
 
 
-def _add_sampler_args(p: argparse.ArgumentParser) -> None:
-    from ..cli import SCHEDULES
-
-    p.add_argument("--schedule", choices=SCHEDULES, help="time shift by resolution (default: the model's)")
-    p.add_argument("--time-shift", type=float, metavar="S", help="a fixed time shift, wins over --schedule "
-                   "(default: the model's)")  # fmt: skip
-    p.add_argument("--stochasticity", type=float, metavar="S", help="how much of each step is re-noised, 0 (the ODE) "
-                   "to 1 (default: the model's)")  # fmt: skip
-
-
 def cmd_world_t2i(args: argparse.Namespace) -> int:
     from ..cli import default_image_size, load_pipeline_from_args
+    from ..options import options_from_args
     from .world import T2IEvalSettings, evaluate_text_to_image, print_summary
 
     pipe, _ = load_pipeline_from_args(args)
     pipe.set_progress_bar_config(disable=True)
-    settings = T2IEvalSettings(size=args.size or default_image_size(args), steps=args.steps, guidance=args.guidance,
-                               true_cfg=args.true_cfg, schedule=args.schedule, time_shift=args.time_shift,
-                               stochasticity=args.stochasticity, limit=args.limit)  # fmt: skip
+    settings = options_from_args(args, T2IEvalSettings, size=args.size or default_image_size(pipe), limit=args.limit)
     print_summary(evaluate_text_to_image(pipe, args.out, settings))
     print(f"report: {args.out / 'report.json'}")
     return 0
@@ -78,6 +63,7 @@ def _long_sides(text: str) -> tuple[int, int]:
 
 def cmd_world_subject(args: argparse.Namespace) -> int:
     from ..cli import default_image_size, load_pipeline_from_args
+    from ..options import options_from_args
     from .subject import SubjectEvalSettings, evaluate_subject_driven, print_subject_summary
 
     pipe, _ = load_pipeline_from_args(args)
@@ -88,12 +74,9 @@ def cmd_world_subject(args: argparse.Namespace) -> int:
         raise UnofluxError(f"{args.model or 'the model'} declares no reference_long_side in unoflux.json, so references "
                            "would be resized to UNO's 512 / 320 px; give the sizes the LoRA was trained at, e.g. "
                            "--ref-long-side 64,48 for the world LoRAs")  # fmt: skip
-    settings = SubjectEvalSettings(size=args.size or default_image_size(args), steps=args.steps,
-                                   guidance=args.guidance, true_cfg=args.true_cfg, schedule=args.schedule,
-                                   time_shift=args.time_shift, stochasticity=args.stochasticity,
-                                   position_mode=args.position_mode,
-                                   with_references=not args.caption_only, limit=args.limit,
-                                   look_free_captions=args.look_free_captions)  # fmt: skip
+    settings = options_from_args(args, SubjectEvalSettings, size=args.size or default_image_size(pipe),
+                                 with_references=not args.caption_only, limit=args.limit,
+                                 look_free_captions=args.look_free_captions)  # fmt: skip
     print_subject_summary(evaluate_subject_driven(pipe, args.out, settings))
     print(f"report: {args.out / 'report.json'}")
     return 0

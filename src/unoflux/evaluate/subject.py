@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..images import save_json, save_png
+from ..options import SamplingOptions, option
 from ..world.captions import caption_scene
 from ..world.checker import SceneVerdict, check_scene, identity_match
 from ..world.heldout import SubjectPair, heldout_subject_pairs
@@ -42,16 +43,12 @@ from .world import SUBJECT_CRITERIA, contact_sheet, percent, with_model_defaults
 COPY_PASTE_EXTENT = (max(SIZES.values()) + REFERENCE_FILL) / 2
 
 
-@dataclass
-class SubjectEvalSettings:
+@dataclass(kw_only=True)
+class SubjectEvalSettings(SamplingOptions):
+    """The sampling options (None: the model's) plus the evaluation's own; each case brings its seed."""
+
+    seed: int | None = option(None, "seed", "unused: each held-out case has its own seed")
     size: int = 64  # output and reference-shot size in px
-    steps: int = 25
-    guidance: float | None = None  # None: the model's default (the embedded model's: 1, as trained)
-    true_cfg: float | None = None  # None: the model's default (the embedded model's: 3)
-    schedule: str | None = None  # the time shift by resolution ("uno" or "flux"); None: the model's
-    time_shift: float | None = None  # a fixed time shift (wins over schedule); None: the model's
-    stochasticity: float | None = None  # how much of each step is re-noised (0 = the ODE); None: the model's
-    position_mode: str = "diagonal"  # UnoPE at inference (the ablation trains each mode; use the one trained)
     with_references: bool = True  # False: the caption-only floor
     limit: int | None = None  # only the first N cases of each kind (quick looks)
     distractors: int = 7
@@ -143,11 +140,8 @@ def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings =
     for pair in tqdm(pairs, desc="held-out subject cases"):
         references = reference_shots(pair, settings.size) if settings.with_references else None
         prompt = caption_scene(pair.target, pair.seed, name_looks=False) if settings.look_free_captions else pair.caption
-        output = pipe(prompt, references, width=settings.size, height=settings.size,
-                      num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                      true_cfg_scale=settings.true_cfg, seed=pair.seed, position_mode=settings.position_mode,
-                      schedule=settings.schedule, time_shift=settings.time_shift,
-                      stochasticity=settings.stochasticity)  # fmt: skip
+        output = pipe(prompt, references, settings.sampling_options(), width=settings.size, height=settings.size,
+                      seed=pair.seed)  # fmt: skip
         image = output.images[0]
         result = judge_case(image, pair, settings.distractors)
         results.append(result)

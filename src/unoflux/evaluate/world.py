@@ -9,13 +9,14 @@ same look (and whether that look is the prompt's).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from ..images import save_json, save_png
+from ..options import SamplingOptions, option
 from ..world.checker import SceneVerdict, TwoPanelVerdict, check
 from ..world.heldout import HeldoutPrompt, heldout_prompts
 from ..world.specs import TwoPanelSpec
@@ -23,33 +24,20 @@ from ..world.specs import TwoPanelSpec
 SUBJECT_CRITERIA = ("placement", "size", "colour", "shape", "pattern")
 
 
-@dataclass
-class T2IEvalSettings:
+@dataclass(kw_only=True)
+class T2IEvalSettings(SamplingOptions):
+    """The sampling options (None: the model's) plus the evaluation's own; each prompt brings its seed and size."""
+
+    seed: int | None = option(None, "seed", "unused: each held-out prompt has its own seed")
     size: int = 64  # square scenes are size x size; two-panel images 2*size x size
-    steps: int = 25
-    guidance: float | None = None  # None: the model's default (the embedded model's: 1, as trained)
-    true_cfg: float | None = None  # None: the model's default (the embedded model's: 3)
-    schedule: str | None = None  # the time shift by resolution ("uno" or "flux"); None: the model's
-    time_shift: float | None = None  # a fixed time shift (wins over schedule); None: the model's
-    stochasticity: float | None = None  # how much of each step is re-noised (0 = the ODE); None: the model's
     limit: int | None = None  # evaluate only the first N held-out prompts (quick looks)
 
 
 def with_model_defaults(settings, pipe):
-    """``settings`` with its guidance values, time shift and stochasticity resolved to what ``pipe`` uses for
-    None, so reports say them."""
-    from ..pipeline import resolve_time_shift, sampling_defaults
+    """``settings`` with every None a model fills resolved to what ``pipe`` uses, so reports say them."""
+    from ..pipeline import model_defaults_of
 
-    defaults = sampling_defaults(pipe)
-    schedule, time_shift = resolve_time_shift(settings.schedule, settings.time_shift, defaults.time_shift)
-    return replace(
-        settings,
-        guidance=defaults.guidance if settings.guidance is None else settings.guidance,
-        true_cfg=defaults.true_cfg if settings.true_cfg is None else settings.true_cfg,
-        schedule=schedule,
-        time_shift=time_shift,
-        stochasticity=defaults.stochasticity if settings.stochasticity is None else settings.stochasticity,
-    )
+    return settings.resolved(model_defaults_of(pipe))
 
 
 def percent(hits: int, n: int) -> float | None:
@@ -110,15 +98,11 @@ def contact_sheet(items: list[tuple[str, Image.Image]], columns: int = 6, cell: 
     return sheet
 
 
-def generate_and_check(pipe, prompt: HeldoutPrompt, size: int, steps: int = 25, guidance: float | None = None,
-                       true_cfg: float | None = None, schedule: str | None = None,
-                       time_shift: float | None = None, stochasticity: float | None = None):  # fmt: skip
+def generate_and_check(pipe, prompt: HeldoutPrompt, size: int, options: SamplingOptions | None = None):
     """One held-out prompt with its fixed seed (two-panel images twice as wide) -> (pipeline output,
     the checker's verdict on its image)."""
     wide = isinstance(prompt.spec, TwoPanelSpec)
-    output = pipe(prompt.caption, width=2 * size if wide else size, height=size, num_inference_steps=steps,
-                  guidance_scale=guidance, true_cfg_scale=true_cfg, seed=prompt.seed, schedule=schedule,
-                  time_shift=time_shift, stochasticity=stochasticity)  # fmt: skip
+    output = pipe(prompt.caption, None, options, width=2 * size if wide else size, height=size, seed=prompt.seed)
     return output, check(output.images[0], prompt.spec)
 
 
@@ -129,9 +113,7 @@ def evaluate_text_to_image(pipe, out_dir: Path, settings: T2IEvalSettings = T2IE
     prompts = list(heldout_prompts())[: settings.limit]
     verdicts, shown = [], []
     for prompt in tqdm(prompts, desc="held-out prompts"):
-        output, verdict = generate_and_check(pipe, prompt, settings.size, settings.steps, settings.guidance,
-                                             settings.true_cfg, settings.schedule, settings.time_shift,
-                                             settings.stochasticity)  # fmt: skip
+        output, verdict = generate_and_check(pipe, prompt, settings.size, settings.sampling_options())
         image = output.images[0]
         verdicts.append((prompt, verdict))
         save_png(image, out_dir / "images" / f"{prompt.id}.png",
@@ -139,11 +121,11 @@ def evaluate_text_to_image(pipe, out_dir: Path, settings: T2IEvalSettings = T2IE
         if len(shown) < 36 and (prompt.kind != "single" or len(shown) < 18):
             shown.append((prompt.caption, image))
     summary = summarize(verdicts)
-    report = {"settings": settings.__dict__, "summary": summary,
+    report = {"settings": asdict(settings), "summary": summary,
               "items": [{"id": p.id, "kind": p.kind, "caption": p.caption, "seed": p.seed, "all_ok": v.all_ok,
                          "verdict": v.to_dict()} for p, v in verdicts]}  # fmt: skip
     save_json(report, out_dir / "report.json")
-    save_png(contact_sheet(shown), out_dir / "contact_sheet.png", {"prompt": "held-out prompts", **settings.__dict__})
+    save_png(contact_sheet(shown), out_dir / "contact_sheet.png", {"prompt": "held-out prompts", **asdict(settings)})
     return summary
 
 

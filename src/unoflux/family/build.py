@@ -28,6 +28,7 @@ from ..checkpoints.loading import default_device
 from ..checkpoints.lora import UNO_LORA_FILE
 from ..checkpoints.specs import MODEL_DEFAULTS_FILE, model_defaults, scheduler_config_for, write_model_defaults
 from ..errors import UnofluxError
+from ..options import SamplingOptions, typed
 from .text import sample_captions, tiny_text_encoders, train_clip_tokenizer, train_t5_tokenizer
 from .vae import VAETrainConfig, calibrate_and_measure, load_images_by_size, load_square_images, train_vae
 
@@ -264,11 +265,9 @@ def set_sampling_defaults(model_dir: Path, **values: float | None) -> dict:
     for name, value in values.items():
         if value is None:
             continue
-        if name == "stochasticity":
-            if not 0 <= value <= 1:
-                raise UnofluxError(f"stochasticity {value!r} must be a number from 0 to 1")
-        elif not value > 0:
-            raise UnofluxError(f"{name} {value!r} must be a positive number")
+        SamplingOptions(**{name: typed(name, value)}).validate()  # the bounds a call would check
+        if name == "guidance" and not value > 0:  # a model trained at guidance 0 would not sample
+            raise UnofluxError(f"guidance {value!r} must be a positive number")
     defaults = model_defaults(model_dir)
     for name, value in values.items():
         if value is None:

@@ -1,0 +1,245 @@
+"""Every sampling option, written once: its type, default, bounds and help.
+
+:class:`SamplingOptions` is the one record of how to sample; :class:`GenerationRequest` adds the prompt and the
+references. From the fields' metadata come the CLI flags (:func:`add_option_arguments`), the checks
+(:meth:`SamplingOptions.validate`, callable before any model loads), the "copy as CLI" line (:func:`cli_flags`),
+the settings stored in each PNG and batch JSON (``asdict`` of the resolved options), the evaluation settings and
+the app's form. Adding an option: a field here, and the code that uses it (usually the pipeline).
+
+``None`` means "the model's": a model folder may declare a value in its ``unoflux.json`` under the field's name
+(fields marked ``model_default``); the pipeline's :attr:`~unoflux.pipeline.UnoFluxPipeline.model_defaults`
+holds what it declared, FLUX.1-dev's otherwise. Nothing here imports torch: the CLI checks options before the
+heavy imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable
+
+MAX_SIDE = 2048  # FLUX.1 is trained up to ~2 MP
+POSITION_MODES = ("diagonal", "height", "width", "none")  # UnoPE offsets (conditioning.PositionMode)
+SCHEDULES = ("uno", "flux")  # the time shift's resolution rule (flow.image_seq_len)
+METHOD_NAMES = ("uno",)  # mirrors unoflux.methods.METHODS (which imports torch); a test pins them equal
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """How an option is checked and shown: ``label`` names it in sentences, ``help`` explains it."""
+
+    label: str
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    above_minimum: bool = False  # the minimum itself is not allowed (a positive number)
+    choices: tuple[str, ...] | None = None
+    hint: str = ""  # what a value means, added to the error sentence: "(1 = off)"
+    metavar: str | None = None
+    model_default: bool = False  # None = the model's value (unoflux.json key = the field's name)
+    flag: str | None = None  # the CLI flag when it is not --field-name
+
+    def check(self, name: str, value: Any, kind: type) -> None:
+        """Raise one sentence naming the value and what is allowed."""
+        from .errors import UnofluxError
+
+        if value is None:
+            return
+        hint = f" {self.hint}" if self.hint else ""
+        if self.choices is not None:
+            if value not in self.choices:
+                raise UnofluxError(f"{self.label} {value!r} is not one of: {', '.join(self.choices)}")
+            return
+        if kind is str:  # (the pipeline also takes one text per prompt)
+            if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                raise UnofluxError(f"{self.label} {value!r} must be text")
+            return
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            if not (is_number and float(value).is_integer()) or not self._in_bounds(value):
+                if self.maximum is not None:
+                    raise UnofluxError(f"{self.label} {value!r} is out of range; use an integer from "
+                                       f"{self.minimum:g} to {self.maximum:g}")  # fmt: skip
+                if self.minimum == 1:
+                    raise UnofluxError(f"{self.label} {value!r} must be a positive integer")
+                raise UnofluxError(f"{self.label} {value!r} must be an integer")
+            return
+        if not (is_number and math.isfinite(value)) or not self._in_bounds(value):
+            if self.minimum is not None and self.maximum is not None:
+                rule = f"a number from {self.minimum:g} to {self.maximum:g}"
+            elif self.minimum == 0 and self.above_minimum:
+                rule = "a positive number"
+            elif self.minimum is not None:
+                rule = f"a number of at least {self.minimum:g}"
+            else:
+                rule = "a finite number"
+            raise UnofluxError(f"{self.label} {value!r} must be {rule}{hint}")
+
+    def _in_bounds(self, value: float) -> bool:
+        if self.minimum is not None and (value <= self.minimum if self.above_minimum else value < self.minimum):
+            return False
+        return self.maximum is None or value <= self.maximum
+
+
+def option(default: Any, label: str, help: str, **spec: Any) -> Any:
+    return field(default=default, metadata={"option": OptionSpec(label=label, help=help, **spec)})
+
+
+@dataclass(kw_only=True)
+class SamplingOptions:
+    """How to sample, given the model, the prompt and the references. ``None``: the model's (see module doc)."""
+
+    width: int | None = option(None, "width", "output width in px, floored to a multiple of 16 (default: the model's; "
+                               "512 for FLUX.1-dev)", minimum=16, maximum=MAX_SIDE, model_default=True)  # fmt: skip
+    height: int | None = option(None, "height", "output height in px, floored to a multiple of 16 (default: the "
+                                "model's; 512 for FLUX.1-dev)", minimum=16, maximum=MAX_SIDE, model_default=True)  # fmt: skip
+    steps: int = option(25, "steps", "denoising steps (UNO's 25)", minimum=1)
+    guidance: float | None = option(None, "guidance", "guidance input of a guidance-distilled model (default: the "
+                                    "model's; 4 for FLUX.1-dev, as UNO)", model_default=True)  # fmt: skip
+    true_cfg: float | None = option(None, "true CFG scale", "classifier-free guidance against the negative prompt, "
+                                    "2 forwards per step; 1 = off (default: the model's; off for FLUX.1-dev)",
+                                    minimum=1, hint="(1 = off)", metavar="SCALE", model_default=True)  # fmt: skip
+    negative_prompt: str = option("", "negative prompt", "the unconditional prompt of true CFG (default empty)")
+    seed: int | None = option(3407, "seed", "image j uses seed + j (UNO's 3407); None: a random one")
+    num_images: int = option(1, "number of images", "images per prompt", minimum=1)
+    method: str | None = option(None, "method", "how references become conditioning (default: the model's; uno)",
+                                choices=METHOD_NAMES, model_default=True)  # fmt: skip
+    position_mode: str = option("diagonal", "position mode", "UnoPE offsets of the references (UNO's diagonal)",
+                                choices=POSITION_MODES)  # fmt: skip
+    reference_long_side: int | None = option(None, "reference long side", "references are resized to this long side "
+                                             "in px (default: the model's; 512 for one reference, 320 for several)",
+                                             minimum=16, maximum=MAX_SIDE, flag="--ref-long-side")  # fmt: skip
+    schedule: str | None = option(None, "schedule", "time shift by resolution: 'uno' reproduces UNO's inference, "
+                                  "'flux' uses the true token count (default: the model's fixed time shift if it "
+                                  "declares one, else uno)", choices=SCHEDULES)  # fmt: skip
+    time_shift: float | None = option(None, "time shift", "a fixed time shift instead (diffusers' shift; 1 = none), "
+                                      "wins over the schedule (default: the model's; none for FLUX.1-dev)", minimum=0,
+                                      above_minimum=True, hint="(1 = no shift)", metavar="S", model_default=True)  # fmt: skip
+    stochasticity: float | None = option(None, "stochasticity", "how much of each step is re-noised with fresh "
+                                         "noise, 0 (the deterministic ODE, UNO's) to 1 (diffusers' stochastic "
+                                         "sampling); the seed still fixes the image (default: the model's; 0)",
+                                         minimum=0, maximum=1, metavar="S", model_default=True)  # fmt: skip
+
+    def validate(self) -> None:
+        """One :class:`~unoflux.errors.UnofluxError` sentence for the first bad value (no model needed)."""
+        for f in option_fields(type(self)):
+            f.metadata["option"].check(f.name, getattr(self, f.name), _kind(f))
+
+    def resolved(self, model_defaults: dict[str, Any]) -> SamplingOptions:
+        """Every ``None`` a model may fill replaced by ``model_defaults`` (the pipeline's), and the time shift's
+        precedence applied (:func:`resolve_time_shift`): what actually runs, as settings records say it."""
+        values = {f.name: getattr(self, f.name) for f in option_fields(type(self))}
+        for f in option_fields(type(self)):
+            if f.metadata["option"].model_default and values[f.name] is None and f.name != "time_shift":
+                values[f.name] = model_defaults.get(f.name)
+        values["schedule"], values["time_shift"] = resolve_time_shift(
+            self.schedule, self.time_shift, model_defaults.get("time_shift")
+        )
+        return dataclasses.replace(self, **values)
+
+    def sampling_options(self) -> SamplingOptions:
+        """These options alone (without a request's prompt and references)."""
+        return SamplingOptions(**{f.name: getattr(self, f.name) for f in option_fields(SamplingOptions)})
+
+
+@dataclass
+class GenerationRequest(SamplingOptions):
+    """Everything that determines the images, given the model: a prompt, reference image paths, the options."""
+
+    prompt: str
+    references: list[str] = field(default_factory=list)  # image paths
+
+    def validate(self) -> None:
+        """Check the prompt, the options and that every reference opens, before any model work."""
+        from .images import load_image
+
+        check_prompt(self.prompt)
+        super().validate()
+        for i, path in enumerate(self.references):
+            load_image(path, what=f"reference image {i + 1}")
+
+
+# FLUX.1-dev's values, what a model folder's unoflux.json overrides (keys: SamplingOptions field names).
+FLUX_DEV_DEFAULTS: dict[str, Any] = dict(width=512, height=512, guidance=4.0, true_cfg=1.0, method="uno",
+                                         time_shift=None, stochasticity=0.0)  # fmt: skip
+
+
+def check_prompt(prompt: Any) -> None:
+    from .errors import UnofluxError
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UnofluxError("the prompt is empty; describe the image to generate")
+
+
+def resolve_time_shift(schedule: str | None, time_shift: float | None,
+                       default_time_shift: float | None) -> tuple[str | None, float | None]:  # fmt: skip
+    """(schedule, time shift) a call samples with: an explicit shift, else an explicit schedule's resolution
+    rule, else the model's shift, else UNO's rule. Exactly one of the two is None."""
+    if time_shift is None and schedule is None:
+        time_shift = default_time_shift
+    return (None, time_shift) if time_shift is not None else (schedule or "uno", None)
+
+
+def option_fields(cls: type = SamplingOptions) -> list[dataclasses.Field]:
+    return [f for f in fields(cls) if "option" in f.metadata]
+
+
+def model_default_names() -> list[str]:
+    """The options a model folder may declare in unoflux.json."""
+    return [f.name for f in option_fields() if f.metadata["option"].model_default]
+
+
+def typed(name: str, value: Any) -> Any:
+    """``value`` (read from JSON) as option ``name``'s type: 1 -> 1.0 for a float option."""
+    kind = _kind(next(f for f in option_fields() if f.name == name))
+    return kind(value) if value is not None and kind in (int, float) else value
+
+
+def _kind(f: dataclasses.Field) -> type:
+    """int, float or str, from the field's annotation (a string under ``from __future__ import annotations``)."""
+    annotation = str(f.type)
+    return int if annotation.startswith("int") else float if annotation.startswith("float") else str
+
+
+def flag(name: str) -> str:
+    """The CLI flag of option ``name``."""
+    spec = next(f.metadata["option"] for f in option_fields() if f.name == name)
+    return spec.flag or "--" + name.replace("_", "-")
+
+
+def add_option_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                         names: Iterable[str] | None = None, defaults: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """A ``--flag`` per option (``names``: only these), typed and documented from the fields; ``defaults``
+    overrides a field's default for this command."""
+    chosen = None if names is None else set(names)
+    for f in option_fields():
+        spec: OptionSpec = f.metadata["option"]
+        if chosen is not None and f.name not in chosen:
+            continue
+        default = (defaults or {}).get(f.name, f.default)
+        kind = _kind(f)
+        kwargs: dict[str, Any] = dict(dest=f.name, default=default, help=spec.help, metavar=spec.metavar)
+        if spec.choices is not None:
+            kwargs.update(choices=spec.choices, metavar=None)
+        elif kind is not str:
+            kwargs.update(type=kind)
+        parser.add_argument(flag(f.name), **kwargs)
+
+
+def options_from_args(args: argparse.Namespace, cls: type = SamplingOptions, **values: Any) -> Any:
+    """``cls`` (SamplingOptions or GenerationRequest) from the parsed flags of :func:`add_option_arguments`."""
+    given = {f.name: getattr(args, f.name) for f in option_fields(cls) if hasattr(args, f.name)}
+    return cls(**{**given, **values})
+
+
+def cli_flags(options: SamplingOptions) -> list[str]:
+    """The flags that give ``options`` again (options left to the model's are left out)."""
+    argv = []
+    for f in option_fields():
+        value = getattr(options, f.name)
+        if value is None or value == "":
+            continue
+        argv += [flag(f.name), f"{value:g}" if isinstance(value, float) else str(value)]
+    return argv
