@@ -15,7 +15,7 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -26,6 +26,10 @@ from .data import DataPosition
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "train_state.json"  # written last inside a checkpoint: its presence marks a complete one
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
 
 
 def checkpoint_step(path: Path) -> int:
@@ -41,7 +45,8 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, position: DataPosition, config: TrainConfig) -> Path:
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, position: DataPosition,
+                    config: TrainConfig) -> Path:  # fmt: skip
     """``checkpoint-{step}`` of every process's state, then the oldest beyond ``config.keep_checkpoints`` pruned.
 
     Written into ``.tmp-checkpoint-{step}`` and renamed when complete, so a kill never leaves a half-written
@@ -78,7 +83,7 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
-def load_checkpoint(accelerator, path: Path) -> tuple[int, DataPosition]:
+def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[int, DataPosition]:
     """Restore every process's state from ``path``; returns the step and the data position to continue from."""
     accelerator.load_state(str(path))
     state = json.loads((path / STATE_FILE).read_text())
@@ -86,7 +91,7 @@ def load_checkpoint(accelerator, path: Path) -> tuple[int, DataPosition]:
 
 
 @contextlib.contextmanager
-def ema_weights(ema, params: list[torch.nn.Parameter]) -> Iterator[None]:
+def ema_weights(ema: EMAModel | None, params: list[torch.nn.Parameter]) -> Iterator[None]:
     """While inside, ``params`` hold ``ema``'s averaged weights (diffusers ``EMAModel``; None: they stay as they
     are); the trained weights come back on exit, also on an error."""
     if ema is None:

@@ -5,6 +5,7 @@ LoRA (Stage II from Stage I), and the accelerate hooks that make checkpoints hol
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from .config import TrainConfig
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name, what load_lora_weights looks for
 QKV_GROUPS = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"))
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 def add_lora(transformer: torch.nn.Module, config: TrainConfig) -> None:
@@ -165,7 +169,7 @@ def _tied_group(module: torch.nn.Module, group: tuple[str, ...]) -> bool:
     return all(layer.lora_A["default"].weight is layers[0].lora_A["default"].weight for layer in layers)
 
 
-def checkpoint_lora_only(accelerator) -> None:
+def checkpoint_lora_only(accelerator: Accelerator) -> None:
     """Make ``accelerator``'s checkpoints hold the LoRA tensors (``LORA_FILE``), not the frozen base."""
     from safetensors.torch import load_file, save_file
 
