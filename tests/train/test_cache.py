@@ -28,9 +28,9 @@ def test_cached_batches_give_the_loss_of_encoded_batches(cache_case):
     plain, cached = Trainer(cache_case(), []), Trainer(cache_case(cache_encodings=True), [])
     assert plain.cache is None and cached.cache is not None
     for batch, indices, step in zip(plain.data, cached.data, range(6)):  # same order: indices, not pixels
-        assert batch[1] == [plain.samples[i].caption for i in indices]
-        expected = plain.loss(*batch[:2], step_generator(3, step, 0, 0), *batch[2:])
-        got = cached.cached_loss(indices, step_generator(3, step, 0, 0))
+        assert batch.captions == [plain.samples[i].caption for i in indices]
+        expected = plain.objective.loss(batch, step_generator(3, step, 0, 0))
+        got = cached.objective.cached_loss(cached.cache, cached.samples, indices, step_generator(3, step, 0, 0))
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 

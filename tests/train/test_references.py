@@ -21,7 +21,9 @@ from unoflux import flow
 from unoflux.train.data import (
     BadRecordWarning, PairedDataset, data_has_references, read_paired_samples, subject_token_weights,
 )  # fmt: skip
-from unoflux.train.trainer import Trainer, add_lora, export_lora_state_dict, lora_state_dict, step_generator
+from unoflux.train.data import Batch
+from unoflux.train.lora import add_lora, export_lora_state_dict, lora_state_dict
+from unoflux.train.trainer import Trainer, step_generator
 
 LONG_SIDES = {"reference_long_side_single": 32, "reference_long_side_multi": 16}  # UNO's 512/320, scaled to 32 px
 
@@ -87,14 +89,16 @@ def test_world_multi_pairs_group_by_bucket_and_reference_sizes(multi_pairs_data,
 def test_reference_loss_is_finite_sliced_to_the_target_and_depends_on_the_reference(tiny_config, pairs_data):
     trainer = Trainer(paired_config(tiny_config, pairs_data, batch_size=2), [])
     assert trainer.references
-    pixels, captions, refs, _, _ = next(iter(trainer.data))
+    batch = next(iter(trainer.data))
+    pixels, captions, refs = batch.pixels, batch.captions, batch.references
     assert pixels.shape == (2, 3, 32, 32) and [len(r) for r in refs] == [1, 1]
+    objective = trainer.objective
 
     seen = {}
     hook = trainer.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True
     )
-    loss = trainer.loss(pixels, captions, step_generator(1, 0, 0, 0), refs)
+    loss = objective.loss(Batch(pixels, captions, refs), step_generator(1, 0, 0, 0))
     hook.remove()
     assert math.isfinite(loss.item())
     assert seen["hidden_states"].shape == (2, 4 + 4, 64)  # 4 target tokens, then a 32 px reference's 4 tokens
@@ -103,19 +107,19 @@ def test_reference_loss_is_finite_sliced_to_the_target_and_depends_on_the_refere
 
     # predict() slices the transformer's output back to the target tokens
     x_t = torch.randn(2, 4, 64)
-    conditioning = trainer.reference_conditioning(refs, (2, 2))
-    _, embeds, pooled, text_ids = trainer.encode(pixels, captions, step_generator(1, 0, 0, 0))
-    out = trainer.predict(x_t, torch.full((2,), 0.5), embeds, pooled, text_ids, conditioning)
+    conditioning = objective.reference_conditioning(refs, (2, 2))
+    _, embeds, pooled, text_ids = objective.encode(pixels, captions, step_generator(1, 0, 0, 0))
+    out = objective.predict(x_t, torch.full((2,), 0.5), embeds, pooled, text_ids, conditioning)
     assert conditioning.reference_tokens.shape == (2, 4, 64) and out.shape == x_t.shape
 
     other = [[Image.new("RGB", (32, 32), "white")] for _ in refs]  # same t, noise, text: only the references differ
-    again = trainer.loss(pixels, captions, step_generator(1, 0, 0, 0), refs)
-    changed = trainer.loss(pixels, captions, step_generator(1, 0, 0, 0), other)
+    again = objective.loss(Batch(pixels, captions, refs), step_generator(1, 0, 0, 0))
+    changed = objective.loss(Batch(pixels, captions, other), step_generator(1, 0, 0, 0))
     assert again.item() == loss.item() and changed.item() != loss.item()
 
 
 def test_position_mode_sets_the_reference_ids(tiny_config, multi_pairs_data):
-    trainer = Trainer(paired_config(tiny_config, multi_pairs_data), [])
+    objective = Trainer(paired_config(tiny_config, multi_pairs_data), []).objective
     refs = [[Image.new("RGB", (16, 16), c) for c in ("red", "blue")]]  # two 1x1-token references, 2x2 target
     expected = {  # (index, row, col) of reference 1 and 2: offsets start at the target's size and accumulate
         "diagonal": [[0, 2, 2], [0, 3, 3]], "height": [[0, 2, 0], [0, 3, 0]],
@@ -124,18 +128,18 @@ def test_position_mode_sets_the_reference_ids(tiny_config, multi_pairs_data):
     losses = {}
     pixels = torch.zeros(1, 3, 32, 32)
     for mode, ref_ids in expected.items():
-        trainer.config = trainer.config.replace(position_mode=mode)
-        ids = trainer.reference_conditioning(refs, (2, 2)).image_ids
+        objective.config = objective.config.replace(position_mode=mode)
+        ids = objective.reference_conditioning(refs, (2, 2)).image_ids
         assert ids[:4].tolist() == grid_position_ids(2, 2).tolist() and ids[4:].tolist() == ref_ids, mode
-        losses[mode] = trainer.loss(pixels, ["a cat"], step_generator(0, 0, 0, 0), refs).item()
+        losses[mode] = objective.loss(Batch(pixels, ["a cat"], refs), step_generator(0, 0, 0, 0)).item()
     assert len(set(losses.values())) == 4  # the ids reach the model
 
 
 def test_batches_share_reference_sizes_and_a_run_trains(tiny_config, multi_pairs_data):
     config = paired_config(tiny_config, multi_pairs_data, batch_size=2, max_steps=2, position_mode="width")
     trainer = Trainer(config, [])
-    for _, _, refs, _, _ in itertools.islice(iter(trainer.data), 6):
-        assert len({tuple(r.size for r in sample) for sample in refs}) == 1
+    for batch in itertools.islice(iter(trainer.data), 6):
+        assert len({tuple(r.size for r in sample) for sample in batch.references}) == 1
     final = trainer.train()
     losses = [float(line.split(",")[1]) for line in (final.parent / "log.csv").read_text().splitlines()[1:]]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
@@ -219,19 +223,20 @@ def test_subject_token_weights_follow_the_covered_share_and_average_one():
 
 def test_subject_weighted_loss_scales_each_token_error(tiny_config, pairs_data):
     trainer = Trainer(paired_config(tiny_config, pairs_data, batch_size=2, subject_loss_weight=3.0), [])
+    objective = trainer.objective
     x_data, prediction = torch.randn(2, 8, 64), torch.randn(2, 8, 64)
-    trainer.predict = lambda *args, **kwargs: prediction
+    objective.predict = lambda *args, **kwargs: prediction
     weights = subject_token_weights([((0.0, 0.0, 0.5, 1.0),), ((0.5, 0.5, 1.0, 1.0),)], (2, 4), weight=3.0)
-    got = trainer.flow_loss(x_data, None, None, None, None, torch.Generator().manual_seed(5), weights)
+    got = objective.flow_loss(x_data, None, None, None, None, torch.Generator().manual_seed(5), weights)
     gen = torch.Generator().manual_seed(5)  # the same draws as flow_loss: t, then the noise
-    flow.sample_training_t(2, 8, generator=gen, config=trainer.shift)
+    flow.sample_training_t(2, 8, generator=gen, config=objective.shift)
     noise = torch.randn(x_data.shape, generator=gen)
     expected = ((prediction - (noise - x_data)).square().mean(dim=-1) * weights).mean()
     torch.testing.assert_close(got, expected)
-    plain = trainer.flow_loss(x_data, None, None, None, None, torch.Generator().manual_seed(5))
+    plain = objective.flow_loss(x_data, None, None, None, None, torch.Generator().manual_seed(5))
     assert plain.item() != got.item()
-    pixels, captions, refs, _, boxes = next(iter(trainer.data))
-    assert all(boxes) and trainer.token_weights(boxes, (2, 2)).shape == (2, 4)
+    boxes = next(iter(trainer.data)).subject_boxes
+    assert all(boxes) and objective.token_weights(boxes, (2, 2)).shape == (2, 4)
     with pytest.raises(UnofluxError, match="subject_loss_weight 0.5 must be a number >= 1"):
         paired_config(tiny_config, pairs_data, subject_loss_weight=0.5)
 
@@ -240,12 +245,13 @@ def test_subject_weighted_loss_scales_each_token_error(tiny_config, pairs_data):
 def test_look_free_captions_replace_captions_at_their_rate(tiny_config, pairs_data, rate):
     trainer = Trainer(paired_config(tiny_config, pairs_data, batch_size=2, text_dropout=0.0,
                                     look_free_captions=rate), [])  # fmt: skip
-    pixels, captions, refs, without_looks, _ = next(iter(trainer.data))
+    batch = next(iter(trainer.data))
+    captions, without_looks = batch.captions, batch.captions_without_looks
     assert all(w and w != c for c, w in zip(captions, without_looks))
     prompts = []
     encode_prompt = trainer.pipe.encode_prompt
     trainer.pipe.encode_prompt = lambda **kw: prompts.append(kw["prompt"]) or encode_prompt(**kw)
-    trainer.loss(pixels, captions, step_generator(1, 0, 0, 0), refs, without_looks)
+    trainer.objective.loss(batch, step_generator(1, 0, 0, 0))
     assert prompts == [without_looks if rate == 1.0 else captions]
 
 

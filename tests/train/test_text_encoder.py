@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from unoflux import ModelPaths, UnofluxError, load_pipeline
-from unoflux.train.trainer import Trainer, TransformerWithTextEncoder, step_generator, train
+from unoflux.train.objective import TransformerWithTextEncoder
+from unoflux.train.trainer import Trainer, step_generator, train
 
 
 def weights(folder, component: str) -> dict[str, torch.Tensor]:
@@ -22,7 +23,7 @@ def weights(folder, component: str) -> dict[str, torch.Tensor]:
 def test_the_trained_module_encodes_t5_tokens_as_the_pipeline_does(tiny_config):
     trainer = Trainer(tiny_config(mode="full", train_text_encoder=True), [])
     captions = ["a red cat on the beach", ""]
-    text, pooled, text_ids = trainer.encode_text(captions)
+    text, pooled, text_ids = trainer.objective.encode_text(captions)
     assert text.dtype == torch.long and text.shape == (2, 32)
     expected, expected_pooled, _ = trainer.pipe.encode_prompt(prompt=captions, prompt_2=None, device="cpu",
                                                               max_sequence_length=32)  # fmt: skip
@@ -48,8 +49,8 @@ def test_cached_token_ids_give_the_loss_of_encoded_batches(tiny_config):
     plain, cached = Trainer(make(), []), Trainer(make(cache_encodings=True), [])
     assert cached.cache.text.dtype == torch.long  # token ids, encoded by the trained T5 at every step
     for batch, indices, step in zip(plain.data, cached.data, range(4)):
-        expected = plain.loss(*batch[:2], step_generator(3, step, 0, 0), *batch[2:])
-        got = cached.cached_loss(indices, step_generator(3, step, 0, 0))
+        expected = plain.objective.loss(batch, step_generator(3, step, 0, 0))
+        got = cached.objective.cached_loss(cached.cache, cached.samples, indices, step_generator(3, step, 0, 0))
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 

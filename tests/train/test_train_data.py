@@ -50,7 +50,7 @@ class Indexed(BucketDataset):
 
 
 def captions(data: TrainData, n: int) -> list[list[str]]:
-    return [c for _, c in itertools.islice(iter(data), n)]
+    return [batch.captions for batch in itertools.islice(iter(data), n)]
 
 
 def test_resume_from_position_sees_the_same_batches():

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from train_helpers import transformer_output
-from unoflux.train.trainer import Trainer, lora_state_dict, step_generator, train
+from unoflux.train.lora import lora_state_dict
+from unoflux.train.trainer import Trainer, step_generator, train
 
 
 def read_log(run) -> list[dict]:
@@ -48,7 +49,7 @@ def test_aspect_buckets_train_one_shape_per_batch(tiny_config, world_data, wide_
     config = tiny_config(data=[str(world_data), str(wide_data)], buckets=[[32, 32], [32, 64], [64, 32]], max_steps=6)
     trainer = Trainer(config, [])
     assert sorted(set(trainer.data.dataset.bucket_of)) == [0, 1]  # squares and wide panels; nothing tall
-    shapes = {tuple(pixels.shape[2:]) for pixels, _ in itertools.islice(iter(trainer.data), 10)}
+    shapes = {tuple(batch.pixels.shape[2:]) for batch in itertools.islice(iter(trainer.data), 10)}
     assert shapes == {(32, 32), (32, 64)}
     trainer.train()
     losses = [float(r["loss"]) for r in read_log(trainer.output_dir)]
@@ -66,11 +67,11 @@ def test_overfitting_one_batch_lowers_the_loss(tiny_config, tmp_path, world_data
         r["image"] = str(world_data / r["image"])
     (one / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     trainer = Trainer(tiny_config(data=[str(one)], mode="full", max_steps=30, text_dropout=0.0, learning_rate=2e-3), [])
-    pixels, captions = next(iter(trainer.data))
+    batch = next(iter(trainer.data))
 
     def probe() -> float:  # the loss at fixed t and noise, averaged over a few draws
         with torch.no_grad():
-            return sum(trainer.loss(pixels, captions, step_generator(99, k, 0, 0)).item() for k in range(4)) / 4
+            return sum(trainer.objective.loss(batch, step_generator(99, k, 0, 0)).item() for k in range(4)) / 4
 
     before = probe()
     trainer.train()

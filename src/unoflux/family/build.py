@@ -18,6 +18,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -28,6 +29,7 @@ from ..checkpoints.loading import default_device
 from ..checkpoints.lora import UNO_LORA_FILE
 from ..checkpoints.specs import MODEL_DEFAULTS_FILE, model_defaults, scheduler_config_for, write_model_defaults
 from ..errors import UnofluxError
+from ..files import replacing_folder
 from ..options import SamplingOptions, typed
 from .text import sample_captions, tiny_text_encoders, train_clip_tokenizer, train_t5_tokenizer
 from .vae import VAETrainConfig, calibrate_and_measure, load_images_by_size, load_square_images, train_vae
@@ -92,18 +94,14 @@ def _invoking_command() -> str | None:
 
 
 @contextmanager
-def _replacing_folder(target: Path, source: Path, provenance: tuple[str, ...]):
+def _replacing_folder(target: Path, source: Path, provenance: tuple[str, ...]) -> Iterator[Path]:
     """Yield a scratch folder beside ``target`` holding ``source``'s ``provenance`` files; once the block has
     written the rest, it takes ``target``'s place (a crash leaves ``target`` as it was)."""
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in provenance:
-        if (source / name).is_file():
-            shutil.copy(source / name, tmp / name)
-    yield tmp
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    with replacing_folder(target) as tmp:
+        for name in provenance:
+            if (source / name).is_file():
+                shutil.copy(source / name, tmp / name)
+        yield tmp
 
 
 def build_family(data_dirs: list[Path], out: Path, config: FamilyConfig, work: Path | None = None) -> dict:

@@ -12,6 +12,8 @@ than the transformer itself (the embedded model's Stage I on the CPU: 474 of 124
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm import tqdm
 
@@ -25,6 +27,19 @@ def t5_input_ids(pipe, captions: list[str], max_sequence_length: int) -> torch.T
     """(B, L) T5 token ids of ``captions``, tokenized exactly as diffusers' FLUX pipeline does before its T5."""
     return pipe.tokenizer_2(captions, padding="max_length", max_length=max_sequence_length, truncation=True,
                             return_tensors="pt").input_ids  # fmt: skip
+
+
+@dataclass
+class CachedBatch:
+    """One batch's encodings, as :meth:`EncodingCache.batch` looks them up."""
+
+    latents: torch.Tensor  # (B, N, 64) clean packed latents
+    reference_tokens: torch.Tensor | None  # (B, N_ref, 64), or None: text-to-image
+    target_grid: tuple[int, int]
+    reference_grids: tuple[tuple[int, int], ...]
+    text: torch.Tensor  # T5 embeddings (B, L, D), or T5 token ids (B, L)
+    pooled: torch.Tensor  # (B, D_pool)
+    text_ids: torch.Tensor  # (L, 3)
 
 
 class EncodingCache:
@@ -64,11 +79,11 @@ class EncodingCache:
         references: list = [None] * len(dataset)
         bar = tqdm(total=len(dataset), desc="caching encodings", unit="image", disable=not progress)
         for indices, batch in zip(batches, loader):
-            pixels = batch[0].to(device)
+            pixels = batch.pixels.to(device)
             for i, tokens in zip(indices, pipe.encode_pixels(pixels, torch.float32)):
                 latents[i] = tokens
             if paired:  # the j-th references of a batch share one size: encode them together
-                refs = batch[2]
+                refs = batch.references
                 per_position = [
                     method.encode_references(pipe, torch.cat([image_to_tensor(r[j]) for r in refs]).to(device),
                                              torch.float32)
@@ -97,13 +112,12 @@ class EncodingCache:
             pooled.append(p)
         return cls(latents, references, grids, captions, torch.cat(embeds), torch.cat(pooled), text_ids)
 
-    def batch(self, indices: list[int], captions: list[str]):
-        """(clean packed latents (B, N, 64), reference tokens (B, N_ref, 64) or None, target grid, reference
-        grids, T5 embeddings (or token ids), pooled embeddings, text ids) of one batch (one group: all stacks)."""
+    def batch(self, indices: list[int], captions: list[str]) -> CachedBatch:
+        """The encodings of one batch (one group: all stacks), with the text rows of ``captions``."""
         rows = torch.tensor([self.row[c] for c in captions], device=self.text.device)
         references = None
         if self.references[indices[0]] is not None:
             references = torch.stack([self.references[i] for i in indices])
         target_grid, reference_grids = self.grids[indices[0]]
-        return (torch.stack([self.latents[i] for i in indices]), references, target_grid, reference_grids,
-                self.text[rows], self.pooled[rows], self.text_ids)  # fmt: skip
+        return CachedBatch(torch.stack([self.latents[i] for i in indices]), references, target_grid, reference_grids,
+                           self.text[rows], self.pooled[rows], self.text_ids)  # fmt: skip

@@ -326,16 +326,27 @@ def epoch_batches(group_of: list, global_batch: int, seed: int, epoch: int) -> l
     return [batches[k] for k in rng.permutation(len(batches))]
 
 
-def collate(items: list[tuple]) -> tuple:
-    """(pixels (B, 3, H, W), captions) or, for paired items, (pixels, captions, per-sample reference lists,
-    per-sample captions without looks, per-sample subject boxes); for :class:`SampleIndices`, the list of indices."""
+@dataclass
+class Batch:
+    """One batch of images; paired batches also carry, per sample, its references (preprocessed PIL images), its
+    caption without looks (or None) and its subject boxes."""
+
+    pixels: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    captions: list[str]
+    references: list[list[Image.Image]] | None = None
+    captions_without_looks: list[str | None] | None = None
+    subject_boxes: list[tuple[tuple[float, float, float, float], ...]] | None = None
+
+
+def collate(items: list[tuple]) -> Batch | list[int]:
+    """The :class:`Batch` of dataset items; for :class:`SampleIndices`, the list of indices."""
     if isinstance(items[0], int):
         return items
     pixels = torch.stack([item[0] for item in items])
     captions = [item[1] for item in items]
     if len(items[0]) == 2:
-        return pixels, captions
-    return pixels, captions, *([item[k] for item in items] for k in range(2, len(items[0])))
+        return Batch(pixels, captions)
+    return Batch(pixels, captions, *([item[k] for item in items] for k in range(2, len(items[0]))))
 
 
 def subject_token_weights(boxes: list[tuple[tuple[float, float, float, float], ...]], grid: tuple[int, int],
@@ -379,7 +390,7 @@ class TrainData:
     def rank_slice(self, batch: list[int]) -> list[int]:
         return batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
-    def __iter__(self) -> Iterator[tuple]:
+    def __iter__(self) -> Iterator[Batch | list[int]]:
         while True:
             epoch, start = self.position.epoch, self.position.batch
             batches = epoch_batches(self.dataset.group_of, self.global_batch, self.seed, epoch)

@@ -1,19 +1,10 @@
-"""Flow-matching training of a FLUX transformer (full or LoRA) on ``accelerate``: text-to-image, or with
-reference images (UNO Stage I / II).
-
-One optimizer step, per process (UNO recipe, DESIGN.md section 4)::
-
-    x_data = pack(scale * (VAE(image).mode - shift))         (B, N, 64)
-    t      = flow.sample_training_t(B, N)                    shifted at the true token count N
-    x_t    = flow.interpolate(x_data, noise, t)
-    cond   = method.conditioning(method.encode_references(refs))   clean reference tokens and ids, as at inference
-    v      = engine.predict_velocity(transformer, cond, x_t, t, text, guidance=1)   [x_t | refs] -> [:, :N]
-    loss   = mse(v, flow.velocity_target(x_data, noise))    on the target tokens only
+"""The training loop of a FLUX transformer (full or LoRA) on ``accelerate``: text-to-image, or with reference images
+(UNO Stage I / II). :class:`Trainer` builds the pipeline, data, optimizer and :class:`~.objective.FlowObjective` from
+a :class:`TrainConfig`, then steps, logs, validates, checkpoints and saves; the loss itself is in ``objective.py``,
+the LoRA in ``lora.py``, checkpoints and the EMA swap in ``checkpointing.py``.
 
 With ``cache_encodings`` the VAE and text-encoder outputs come from :class:`~.cache.EncodingCache`, built once
-before step 1; batches then carry sample indices and the step is otherwise the same. With ``train_text_encoder``
-(full mode) the T5 encoder trains with the transformer: ``text`` is then T5 token ids, encoded inside the trained
-module's forward (:class:`TransformerWithTextEncoder`).
+before step 1; batches then carry sample indices and the step is otherwise the same.
 
 Determinism: every random draw of a step (text dropout, t, noise) comes from a CPU generator seeded by
 (seed, step, micro-step, rank), the data order is a function of (seed, epoch) and the data position is
@@ -32,187 +23,32 @@ import contextlib
 import csv
 import dataclasses
 import importlib.util
-import json
 import math
 import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from tqdm import tqdm
 
-from .. import engine, flow
+from .. import flow
 from ..checkpoints.lora import UNO_LORA_FILE
-from ..conditioning import image_to_tensor
 from ..errors import UnofluxError
-from ..methods import Conditioning, get_method
+from ..files import replacing_folder
+from ..methods import get_method
+from .cache import EncodingCache
+from .checkpointing import ema_weights, load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
 from .data import (
-    BucketDataset, DataPosition, PairedDataset, SampleIndices, TrainData, data_has_references, read_paired_samples,
-    read_samples, subject_token_weights,
+    BucketDataset, PairedDataset, SampleIndices, TrainData, data_has_references, read_paired_samples, read_samples,
 )  # fmt: skip
-from .cache import EncodingCache, t5_input_ids
-
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "train_state.json"  # written last inside a checkpoint: its presence marks a complete one
-LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name, what load_lora_weights looks for
-QKV_GROUPS = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"))
-
-
-# ---------------------------------------------------------------------------------------------- LoRA
-def add_lora(transformer: torch.nn.Module, config: TrainConfig) -> None:
-    """Freeze ``transformer`` and add a PEFT LoRA adapter (the only trainable tensors)."""
-    from peft import LoraConfig
-
-    transformer.requires_grad_(False)
-    lora = config.lora
-    transformer.add_adapter(
-        LoraConfig(
-            r=lora.rank, lora_alpha=lora.alpha or lora.rank, lora_dropout=lora.dropout,
-            target_modules=lora.peft_targets, init_lora_weights="gaussian",
-        )
-    )  # fmt: skip
-    if lora.share_qkv_down:
-        share_qkv_down(transformer)
-    mark_only_lora_trainable(transformer)
-
-
-def share_qkv_down(transformer: torch.nn.Module) -> int:
-    """Tie the ``lora_A`` of q, k and v of every attention to one parameter: UNO's fused qkv LoRA (one
-    down projection, three up blocks), so the XLabs export keeps the rank. Returns how many groups were tied."""
-    tied = 0
-    for module in transformer.modules():
-        for group in QKV_GROUPS:
-            layers = [getattr(module, name, None) for name in group]
-            if not all(layer is not None and hasattr(layer, "lora_A") for layer in layers):
-                continue
-            for adapter in layers[0].lora_A:
-                shared = layers[0].lora_A[adapter].weight  # one Parameter: the optimizer sees it once
-                for layer in layers[1:]:
-                    layer.lora_A[adapter].weight = shared
-            tied += 1
-    return tied
-
-
-def mark_only_lora_trainable(model: torch.nn.Module) -> int:
-    """``requires_grad`` on LoRA tensors only; returns how many parameters are trainable."""
-    count = 0
-    for name, param in model.named_parameters():
-        param.requires_grad_("lora_" in name)
-        count += param.numel() if param.requires_grad else 0
-    if not count:
-        raise UnofluxError("the LoRA target modules matched no layer of the transformer")
-    return count
-
-
-def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Only the LoRA tensors, keyed ``<module>.lora_{A,B}.weight`` (PEFT = diffusers' FLUX layout), on the CPU."""
-    from peft.utils import get_peft_model_state_dict
-
-    state = get_peft_model_state_dict(model)
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
-
-
-def lora_scales(model: torch.nn.Module) -> dict[str, float]:
-    """PEFT's runtime factor ``alpha / rank`` of every LoRA layer (``W + scale * B @ A``), by module name."""
-    return {
-        name: float(m.scaling["default"])
-        for name, m in model.named_modules()
-        if hasattr(m, "lora_A") and "default" in m.lora_A
-    }
-
-
-def export_lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA at scale 1 (``scale`` folded into ``lora_B``): files carry no alpha, and diffusers' and UNO's
-    loaders apply ``W + B @ A``."""
-    scales = lora_scales(model)
-    state = lora_state_dict(model)
-    for key in state:
-        if key.endswith(".lora_B.weight"):
-            state[key] = state[key] * scales[key.removesuffix(".lora_B.weight")]
-    return state
-
-
-def load_lora_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Inverse of :func:`lora_state_dict` onto a model that already has the adapter."""
-    from peft.utils import set_peft_model_state_dict
-
-    result = set_peft_model_state_dict(model, state)
-    unexpected = getattr(result, "unexpected_keys", None)
-    if unexpected:
-        raise UnofluxError(f"the checkpoint's LoRA has tensors this model does not: {unexpected[:3]}")
-
-
-def find_lora_file(path: str | Path) -> Path:
-    """``path`` itself, or the LoRA file inside a folder (a run's ``final/`` or a ``checkpoint-N/``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (LORA_FILE, UNO_LORA_FILE):
-            if (path / name).is_file():
-                return path / name
-        raise UnofluxError(f"folder {str(path)!r} holds no {LORA_FILE} or {UNO_LORA_FILE}")
-    return path
-
-
-def load_init_lora(model: torch.nn.Module, path: str | Path) -> Path:
-    """Start the adapter from a saved LoRA (Stage II from Stage I): a run's ``final/`` file (scale 1), a
-    ``checkpoint-N/`` (the adapter's own tensors) or UNO's XLabs file (scale 1). It must adapt exactly this
-    run's layers at this run's rank."""
-    from ..checkpoints.files import read_tensors
-    from ..checkpoints.lora import to_diffusers_lora
-
-    file = find_lora_file(path)
-    raw, _ = read_tensors(str(file), what="LoRA")
-    try:
-        loaded = {k.removeprefix("transformer."): v for k, v in to_diffusers_lora(raw).items()}
-    except (ValueError, KeyError) as err:
-        raise UnofluxError(f"init_lora {str(file)!r} is not a LoRA layout unoflux knows: {err}") from None
-    current = lora_state_dict(model)
-    scales = lora_scales(model)
-    for key in sorted(set(current) | set(loaded)):
-        if key not in loaded or key not in current:
-            where = "this run's LoRA" if key not in loaded else "init_lora"
-            raise UnofluxError(
-                f"init_lora {str(file)!r} does not match this run's LoRA: {key!r} is only in {where} "
-                "(use the same lora.target_modules as the run that made it)"
-            )
-        if loaded[key].shape != current[key].shape:
-            raise UnofluxError(
-                f"init_lora {str(file)!r} does not match this run's LoRA: {key!r} is {tuple(loaded[key].shape)}, "
-                f"this run's is {tuple(current[key].shape)} (use the same lora.rank)"
-            )
-    scale_one = not (file.parent / STATE_FILE).is_file()  # checkpoints hold the raw adapter tensors
-    state = {}
-    for key, tensor in loaded.items():
-        if scale_one and key.endswith(".lora_B.weight"):  # exported files are at scale 1; the adapter scales
-            tensor = tensor / scales[key.removesuffix(".lora_B.weight")]
-        state[key] = tensor.to(current[key].dtype)
-    for parent_name, parent in model.named_modules():  # tied q/k/v downs (share_qkv_down) must come in tied
-        for group in QKV_GROUPS:
-            if _tied_group(parent, group):
-                downs = [state[f"{parent_name}.{n}.lora_A.weight"] for n in group]
-                if not all(torch.equal(d, downs[0]) for d in downs):
-                    raise UnofluxError(
-                        f"init_lora {str(file)!r} has different q/k/v down projections in {parent_name!r}, but this "
-                        "run ties them (lora.share_qkv_down: true); train both stages with the same setting"
-                    )
-    load_lora_state_dict(model, state)
-    return file
-
-
-def _tied_group(module: torch.nn.Module, group: tuple[str, ...]) -> bool:
-    """Whether ``module``'s q/k/v layers named ``group`` share one LoRA down projection."""
-    layers = [getattr(module, name, None) for name in group]
-    if not all(layer is not None and "default" in getattr(layer, "lora_A", {}) for layer in layers):
-        return False
-    return all(layer.lora_A["default"].weight is layers[0].lora_A["default"].weight for layer in layers)
+from .lora import LORA_FILE, add_lora, checkpoint_lora_only, export_lora_state_dict, load_init_lora
+from .objective import FlowObjective, TransformerWithTextEncoder, text_length
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -220,19 +56,6 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
     """The CPU generator of one micro-step: its draws depend on nothing but these four numbers."""
     state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name.removeprefix(CHECKPOINT_PREFIX))
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a killed save leaves only a ``.tmp-`` folder, never listed)."""
-    found = [
-        p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-        if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit() and (p / STATE_FILE).is_file()
-    ]  # fmt: skip
-    return sorted(found, key=checkpoint_step)
 
 
 def image_grid(images: list, columns: int):
@@ -267,20 +90,6 @@ class CsvLog:
             csv.DictWriter(fh, self.FIELDS).writerow(row)
 
 
-class TransformerWithTextEncoder(torch.nn.Module):
-    """The transformer and the T5 encoder trained together (``train_text_encoder``), as one module, so that
-    accelerate prepares, checkpoints and clips both and the EMA averages both. Its forward takes T5 token ids
-    (B, L) where the transformer takes ``encoder_hidden_states`` (B, L, D)."""
-
-    def __init__(self, transformer: torch.nn.Module, text_encoder: torch.nn.Module):
-        super().__init__()
-        self.transformer, self.text_encoder = transformer, text_encoder
-
-    def forward(self, t5_input_ids: torch.Tensor, **transformer_inputs):
-        prompt_embeds = self.text_encoder(t5_input_ids, output_hidden_states=False)[0]  # as diffusers' FLUX encodes
-        return self.transformer(encoder_hidden_states=prompt_embeds, **transformer_inputs)
-
-
 # ------------------------------------------------------------------------------------------ trainer
 class Trainer:
     """Builds everything from a :class:`TrainConfig`; :meth:`train` runs (or resumes) it."""
@@ -302,7 +111,6 @@ class Trainer:
         # what the optimizer trains: the transformer (or its LoRA), with the T5 encoder when train_text_encoder
         trained = TransformerWithTextEncoder(self.transformer, self.pipe.text_encoder_2) if config.train_text_encoder \
             else self.transformer  # fmt: skip
-        self.shift = flow.ShiftConfig.from_scheduler_config(self.pipe.scheduler.config)
         self.method = get_method(config.method)  # how references become conditioning, as at inference
 
         acc = self.accelerator
@@ -318,7 +126,7 @@ class Trainer:
         self.cache, workers = None, config.num_workers
         if config.cache_encodings:  # every process encodes the whole dataset once; batches then carry indices
             self.cache = EncodingCache.build(
-                self.pipe, dataset, acc.device, self.max_sequence_length,
+                self.pipe, dataset, acc.device, text_length(config, self.pipe),
                 look_free=self.references and config.look_free_captions > 0, num_workers=config.num_workers,
                 progress=acc.is_main_process, t5_ids=config.train_text_encoder, method=self.method,
             )  # fmt: skip
@@ -345,9 +153,11 @@ class Trainer:
         if self.ema is not None:
             self.ema.to(acc.device)
             acc.register_for_checkpointing(self.ema)
-        if config.mode == "lora":  # checkpoints hold the LoRA tensors, not the frozen base
-            acc.register_save_state_pre_hook(self._save_lora_hook)
-            acc.register_load_state_pre_hook(self._load_lora_hook)
+        if config.mode == "lora":
+            checkpoint_lora_only(acc)
+        shift = flow.ShiftConfig.from_scheduler_config(self.pipe.scheduler.config)
+        self.objective = FlowObjective(self.pipe, self.model, self.transformer, self.method, config, shift, acc.device,
+                                       acc.autocast, references=self.references)  # fmt: skip
         self.step = 0
         self.grad_norm = math.nan  # of the last update, before clipping
 
@@ -383,133 +193,12 @@ class Trainer:
             transformer.to(torch.float32).requires_grad_(True)
         return pipe
 
-    @property
-    def max_sequence_length(self) -> int:
-        return self.config.max_sequence_length or self.pipe.text_sequence_length
-
     def _model_dir(self) -> Path:
         from ..checkpoints.specs import EMBEDDED_MODEL_DIR
 
         return Path(self.config.model) if self.config.model else EMBEDDED_MODEL_DIR
 
-    def _save_lora_hook(self, models, weights, output_dir) -> None:
-        from safetensors.torch import save_file
-
-        if self.accelerator.is_main_process:
-            save_file(lora_state_dict(self.accelerator.unwrap_model(models[0])), str(Path(output_dir) / LORA_FILE))
-        weights.clear()  # the frozen base is not written (``models`` is accelerate's own list: leave it)
-
-    def _load_lora_hook(self, models, input_dir) -> None:
-        from safetensors.torch import load_file
-
-        model = self.accelerator.unwrap_model(models.pop())
-        load_lora_state_dict(model, load_file(str(Path(input_dir) / LORA_FILE)))
-
     # --------------------------------------------------------------------------------------- step
-    def pick_captions(self, captions: list[str], captions_without_looks: list[str | None] | None,
-                      gen: torch.Generator) -> list[str]:  # fmt: skip
-        """The captions trained on: text dropout applied (the empty prompt) and, with ``look_free_captions``, some
-        swapped for their look-free variants. The only random draws before the flow's own (t, noise)."""
-        drop = torch.rand(len(captions), generator=gen) < self.config.text_dropout
-        if self.config.look_free_captions > 0 and captions_without_looks:  # no extra draw otherwise: runs stay as they were
-            swap = (torch.rand(len(captions), generator=gen) < self.config.look_free_captions).tolist()
-            captions = [alt if s and alt else c for c, alt, s in zip(captions, captions_without_looks, swap)]
-        return ["" if d else c for c, d in zip(captions, drop.tolist())]
-
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator,
-               captions_without_looks: list[str | None] | None = None):  # fmt: skip
-        """Packed clean latents (B, N, 64) and the text inputs (:meth:`encode_text`) of :meth:`pick_captions`."""
-        device = self.accelerator.device
-        captions = self.pick_captions(captions, captions_without_looks, gen)
-        x_data = self.pipe.encode_pixels(pixels.to(device), torch.float32)
-        return x_data, *self.encode_text(captions)
-
-    @torch.no_grad()
-    def encode_text(self, captions: list[str]):
-        """(text, pooled, text ids): ``text`` is the T5 embeddings (B, L, D), or with ``train_text_encoder`` the
-        T5 token ids (B, L) that the trained module encodes itself."""
-        pipe, device, length = self.pipe, self.accelerator.device, self.max_sequence_length
-        prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=captions, prompt_2=None, device=device,
-                                                             max_sequence_length=length)  # fmt: skip
-        if self.config.train_text_encoder:  # (the frozen T5 pass above is then unused: cheap for the world's T5)
-            return t5_input_ids(pipe, captions, length).to(device), pooled, text_ids
-        return prompt_embeds, pooled, text_ids
-
-    @torch.no_grad()
-    def reference_conditioning(self, references: list[list] | None, target_grid: tuple[int, int]) -> Conditioning:
-        """Per-sample lists of preprocessed reference images (or None: text-to-image) -> the method's conditioning
-        of the batch: clean packed reference tokens (B, N_ref, 64), each image encoded as at inference, and the ids
-        of all image tokens (target, then references)."""
-        device, cfg = self.accelerator.device, self.config
-        if not references:
-            return self.method.conditioning(target_grid, None, [], cfg.position_mode).to(device)
-        grids = [(image.height // 16, image.width // 16) for image in references[0]]
-        if any([(image.height // 16, image.width // 16) for image in refs] != grids for refs in references):
-            raise UnofluxError("the samples of a batch have references of different sizes; they cannot be stacked")
-        tokens = torch.cat([
-            torch.cat([self.method.encode_references(self.pipe, image_to_tensor(image).to(device), torch.float32)
-                       for image in refs], dim=1)
-            for refs in references
-        ])  # fmt: skip
-        return self.method.conditioning(target_grid, tokens, grids, cfg.position_mode).to(device)
-
-    def predict(self, x_t, t, text, pooled, text_ids, conditioning: Conditioning) -> torch.Tensor:
-        """The velocity of the noisy target tokens, through the engine the pipeline samples with (reference tokens
-        after the target's, same timestep, output sliced back). ``text``: see :meth:`encode_text`."""
-        guidance = None
-        if self.transformer.config.guidance_embeds:
-            guidance = torch.ones(len(x_t), device=x_t.device)  # UNO trains with guidance 1
-        text_key = "t5_input_ids" if self.config.train_text_encoder else "encoder_hidden_states"
-        with self.accelerator.autocast():
-            return engine.predict_velocity(self.model, self.transformer, conditioning, x_t, t, guidance, text, pooled,
-                                           text_ids, text_key=text_key)  # fmt: skip
-
-    def loss(
-        self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator, references: list[list] | None = None,
-        captions_without_looks: list[str | None] | None = None, subject_boxes: list[tuple] | None = None,
-    ) -> torch.Tensor:
-        """Flow-matching MSE on the target tokens; ``references``: per sample, its preprocessed references;
-        ``subject_boxes``: per sample, its subjects' boxes (weighted by ``subject_loss_weight``)."""
-        x_data, text, pooled, text_ids = self.encode(pixels, captions, gen, captions_without_looks)
-        target_grid = (pixels.shape[-2] // 16, pixels.shape[-1] // 16)
-        conditioning = self.reference_conditioning(references, target_grid)
-        weights = self.token_weights(subject_boxes, target_grid)
-        return self.flow_loss(x_data, conditioning, text, pooled, text_ids, gen, weights)
-
-    def token_weights(self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int]) -> torch.Tensor | None:
-        """The per-token loss weights of ``subject_loss_weight``, or None for the plain MSE."""
-        if self.config.subject_loss_weight == 1 or not subject_boxes or not any(subject_boxes):
-            return None
-        weights = subject_token_weights(subject_boxes, target_grid, self.config.subject_loss_weight)
-        return weights.to(self.accelerator.device)
-
-    def cached_loss(self, indices: list[int], gen: torch.Generator) -> torch.Tensor:
-        """:meth:`loss` of the samples ``indices``, from the encoding cache (same random draws, same inputs)."""
-        samples = [self.samples[i] for i in indices]
-        without_looks = [s.caption_without_looks for s in samples] if self.references else None
-        captions = self.pick_captions([s.caption for s in samples], without_looks, gen)
-        x_data, ref_tokens, target_grid, ref_grids, text, pooled, text_ids = self.cache.batch(indices, captions)
-        conditioning = self.method.conditioning(target_grid, ref_tokens, ref_grids, self.config.position_mode)
-        weights = self.token_weights([s.subject_boxes for s in samples], target_grid)
-        return self.flow_loss(x_data, conditioning.to(x_data.device), text, pooled, text_ids, gen, weights)
-
-    def flow_loss(self, x_data, conditioning: Conditioning, text, pooled, text_ids, gen: torch.Generator,
-                  token_weights=None) -> torch.Tensor:  # fmt: skip
-        """The MSE between the predicted and true velocity at a random point of the flow from ``x_data``,
-        each token's squared error scaled by ``token_weights`` (B, N) when given."""
-        b, n, _ = x_data.shape  # (B, N, 64)
-        t = flow.sample_training_t(b, n, generator=gen, config=self.shift)  # true token count, as UNO trains
-        noise = torch.randn(x_data.shape, generator=gen)
-        device = self.accelerator.device
-        t, noise = t.to(device), noise.to(device)
-        x_t = flow.interpolate(x_data, noise, t)
-        target = flow.velocity_target(x_data, noise)
-        prediction = self.predict(x_t, t, text, pooled, text_ids, conditioning)
-        if token_weights is None:
-            return F.mse_loss(prediction.float(), target.float())
-        return ((prediction.float() - target.float()).square().mean(dim=-1) * token_weights).mean()
-
     def train_step(self, batches) -> float:
         """One optimizer update over ``gradient_accumulation`` micro-batches; returns the mean loss."""
         acc, cfg = self.accelerator, self.config
@@ -520,10 +209,9 @@ class Trainer:
             last = micro == cfg.gradient_accumulation - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
                 if self.cache is not None:  # batches are sample indices
-                    loss = self.cached_loss(batch, gen)
-                else:  # paired batches also carry references and look-free captions
-                    pixels, captions, *rest = batch
-                    loss = self.loss(pixels, captions, gen, *rest)
+                    loss = self.objective.cached_loss(self.cache, self.samples, batch, gen)
+                else:
+                    loss = self.objective.loss(batch, gen)
                 loss = loss / cfg.gradient_accumulation
                 acc.backward(loss)
             total += loss.detach()
@@ -540,53 +228,6 @@ class Trainer:
         self.step += 1
         return acc.reduce(total.reshape(1), "mean").item()
 
-    # ----------------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> Path:
-        """``checkpoint-{step}``: model/LoRA, optimizer, scheduler, EMA, RNG states, data position, step.
-
-        Written into ``.tmp-checkpoint-{step}`` and renamed when complete, so a kill never leaves a
-        half-written checkpoint where ``resume`` looks.
-        """
-        acc = self.accelerator
-        final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.step}"
-        tmp = self.output_dir / f".tmp-{CHECKPOINT_PREFIX}{self.step}"
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        if acc.is_main_process:
-            state = {"step": self.step, "data_position": asdict(self.data.position), "config": self.config.to_dict()}
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            self._prune_checkpoints()
-        acc.wait_for_everyone()
-        return final
-
-    def _prune_checkpoints(self) -> None:
-        keep = self.config.keep_checkpoints
-        if keep is not None:
-            for old in complete_checkpoints(self.output_dir)[:-keep]:
-                shutil.rmtree(old)
-
-    def resolve_resume(self, resume: str | None) -> Path | None:
-        if resume is None:
-            return None
-        if resume == "latest":
-            found = complete_checkpoints(self.output_dir)
-            return found[-1] if found else None  # nothing yet: start from scratch
-        path = Path(resume)
-        if not (path / STATE_FILE).is_file():
-            raise UnofluxError(f"{resume!r} is not a complete training checkpoint (no {STATE_FILE})")
-        return path
-
-    def load_checkpoint(self, path: Path) -> None:
-        self.accelerator.load_state(str(path))
-        state = json.loads((path / STATE_FILE).read_text())
-        self.step = int(state["step"])
-        self.data.position = DataPosition(**state["data_position"])
-
     # ----------------------------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> Path | None:
@@ -595,25 +236,21 @@ class Trainer:
         if not acc.is_main_process:
             return None
         params = [p for p in self.accelerator.unwrap_model(self.model).parameters() if p.requires_grad]
-        if self.ema is not None:
-            self.ema.store(params)
-            self.ema.copy_to(params)
-        self.transformer.eval()
         cfg = self.config
-        try:
-            images = []
-            for i, prompt in enumerate(v.prompts):
-                refs = v.references[i] if v.references else []
-                images.append(self.pipe(
-                    prompt, reference_images=refs, width=v.width, height=v.height, num_inference_steps=v.steps,
-                    guidance_scale=v.guidance, true_cfg_scale=v.true_cfg, seed=v.seed, position_mode=cfg.position_mode,
-                    method=self.method,
-                    reference_long_side=cfg.reference_long_side(len(refs)) if refs else None,
-                ).images[0])  # fmt: skip
-        finally:
-            self.transformer.train()
-            if self.ema is not None:
-                self.ema.restore(params)
+        with ema_weights(self.ema, params):
+            self.transformer.eval()
+            try:
+                images = []
+                for i, prompt in enumerate(v.prompts):
+                    refs = v.references[i] if v.references else []
+                    images.append(self.pipe(
+                        prompt, reference_images=refs, width=v.width, height=v.height, num_inference_steps=v.steps,
+                        guidance_scale=v.guidance, true_cfg_scale=v.true_cfg, seed=v.seed,
+                        position_mode=cfg.position_mode, method=self.method,
+                        reference_long_side=cfg.reference_long_side(len(refs)) if refs else None,
+                    ).images[0])  # fmt: skip
+            finally:
+                self.transformer.train()
         path = self.output_dir / "validation" / f"step-{self.step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         image_grid(images, columns=min(4, len(images))).save(path)
@@ -626,41 +263,34 @@ class Trainer:
         acc.wait_for_everyone()
         final = self.output_dir / "final"
         if acc.is_main_process:
-            tmp = self.output_dir / ".tmp-final"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            model = acc.unwrap_model(self.model)
-            params = [p for p in model.parameters() if p.requires_grad]
-            if self.ema is not None:  # ship the averaged weights
-                self.ema.store(params)
-                self.ema.copy_to(params)
-            try:
-                if self.config.mode == "lora":
-                    lora = export_lora_state_dict(model)
-                    self.pipe.save_lora_weights(str(tmp), transformer_lora_layers=lora, weight_name=LORA_FILE,
-                                                safe_serialization=True)  # fmt: skip
-                    self._save_uno_lora(lora, model, tmp / UNO_LORA_FILE)
-                else:  # the base folder with the new transformer (and T5); frozen components are copied as they were
-                    from ..family.build import unship_lora
-
-                    trained = {"transformer": model}
-                    if self.config.train_text_encoder:
-                        trained = {"transformer": model.transformer, "text_encoder_2": model.text_encoder}
-                    shutil.copytree(self._model_dir(), tmp, dirs_exist_ok=True,
-                                    ignore=lambda folder, names: list(trained) if Path(folder) == self._model_dir() else [])
-                    unship_lora(tmp)  # a LoRA the base folder shipped does not fit the new transformer
-                    for name, module in trained.items():
-                        module.save_pretrained(str(tmp / name), safe_serialization=True)
-            finally:
-                if self.ema is not None:
-                    self.ema.restore(params)
-            self._write_provenance(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
+            with replacing_folder(final, self.output_dir / ".tmp-final") as tmp:
+                self._save_weights(tmp)
+                self._write_provenance(tmp)
         acc.wait_for_everyone()
         return final
+
+    def _save_weights(self, folder: Path) -> None:
+        """The trained weights into ``folder``: the EMA's averages when enabled (what ships)."""
+        model = self.accelerator.unwrap_model(self.model)
+        with ema_weights(self.ema, [p for p in model.parameters() if p.requires_grad]):
+            if self.config.mode == "lora":
+                lora = export_lora_state_dict(model)
+                self.pipe.save_lora_weights(str(folder), transformer_lora_layers=lora, weight_name=LORA_FILE,
+                                            safe_serialization=True)  # fmt: skip
+                self._save_uno_lora(lora, model, folder / UNO_LORA_FILE)
+                return
+            # full: the base folder with the new transformer (and T5); frozen components are copied as they were
+            from ..family.build import unship_lora
+
+            trained = {"transformer": model}
+            if self.config.train_text_encoder:
+                trained = {"transformer": model.transformer, "text_encoder_2": model.text_encoder}
+            base = self._model_dir()
+            shutil.copytree(base, folder, dirs_exist_ok=True,
+                            ignore=lambda copied, names: list(trained) if Path(copied) == base else [])  # fmt: skip
+            unship_lora(folder)  # a LoRA the base folder shipped does not fit the new transformer
+            for name, module in trained.items():
+                module.save_pretrained(str(folder / name), safe_serialization=True)
 
     def _save_uno_lora(self, lora: dict[str, torch.Tensor], model: torch.nn.Module, path: Path) -> Path | None:
         """UNO's ``dit_lora.safetensors`` (XLabs layout) beside the diffusers file, when the LoRA fits it."""
@@ -693,16 +323,17 @@ class Trainer:
     def end_early(self) -> None:
         """Make the config say what ran: ``max_steps`` = the step reached, on the schedule it followed."""
         cfg = self.config
-        self.accelerator.print(f"max_minutes ({cfg.max_minutes:g}) ran out: the run ends at step {self.step} of {cfg.max_steps}")
+        self.accelerator.print(f"max_minutes ({cfg.max_minutes:g}) ran out: the run ends at step {self.step} of "
+                               f"{cfg.max_steps}")  # fmt: skip
         self.config = dataclasses.replace(cfg, max_steps=self.step, max_minutes=None,
                                           lr_schedule_steps=cfg.lr_schedule_steps or cfg.max_steps)  # fmt: skip
 
     def train(self, resume: str | None = None) -> Path:
         """Run to ``max_steps`` (continuing from a checkpoint if ``resume``) and return the final folder."""
         acc, cfg = self.accelerator, self.config
-        checkpoint = self.resolve_resume(resume if resume is not None else cfg.resume)
+        checkpoint = resolve_resume(self.output_dir, resume if resume is not None else cfg.resume)
         if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
+            self.step, self.data.position = load_checkpoint(acc, checkpoint)
             acc.print(f"resumed from {checkpoint} at step {self.step}")
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -736,7 +367,7 @@ class Trainer:
             if cfg.validate_every and self.step % cfg.validate_every == 0:
                 self.validate()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
-                self.save_checkpoint()
+                save_checkpoint(acc, self.output_dir, self.step, self.data.position, self.config)
             if self.step < cfg.max_steps and self.out_of_time():
                 self.end_early()
                 break

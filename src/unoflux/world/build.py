@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from ..files import replacing_folder
 from .captions import caption, caption_scene
 from .render import Rendered, render_reference, render_scene, render_two_panel
 from .sampling import distinct_looks, sample_scene, sample_two_panel
@@ -140,16 +141,15 @@ def build_dataset(out: Path, config: BuildConfig, progress: bool = True,
 def _build_shard(job: tuple[Path, BuildConfig, int], on_record: Callable[[int], object] | None = None) -> int:
     """Render one shard into a temporary folder, then rename it into place (a kill loses at most it)."""
     out, config, shard = job
-    tmp = out / f".tmp_shard_{shard:05d}"
-    tmp.mkdir()
-    lines = []
-    start = shard * config.shard_size
-    for index in range(start, start + _shard_len(config, shard)):
-        lines.append(json.dumps(make_record(config, index, tmp), sort_keys=True))
-        if on_record:
-            on_record(1)
-    (tmp / "manifest.jsonl").write_text("".join(line + "\n" for line in lines))
-    tmp.rename(out / f"shard_{shard:05d}")
+    # the records' image paths name the shard after the temporary folder (make_record strips ".tmp_")
+    with replacing_folder(out / f"shard_{shard:05d}", out / f".tmp_shard_{shard:05d}") as tmp:
+        lines = []
+        start = shard * config.shard_size
+        for index in range(start, start + _shard_len(config, shard)):
+            lines.append(json.dumps(make_record(config, index, tmp), sort_keys=True))
+            if on_record:
+                on_record(1)
+        (tmp / "manifest.jsonl").write_text("".join(line + "\n" for line in lines))
     return shard
 
 

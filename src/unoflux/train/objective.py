@@ -1,0 +1,177 @@
+"""The training objective: flow-matching MSE of a FLUX transformer, text-to-image or with reference images (UNO
+Stage I / II). :class:`FlowObjective` needs no ``accelerate``: the trainer hands it the prepared model, its device
+and autocast.
+
+One micro-batch (UNO recipe, DESIGN.md section 4)::
+
+    x_data = pack(scale * (VAE(image).mode - shift))         (B, N, 64)
+    t      = flow.sample_training_t(B, N)                    shifted at the true token count N
+    x_t    = flow.interpolate(x_data, noise, t)
+    cond   = method.conditioning(method.encode_references(refs))   clean reference tokens and ids, as at inference
+    v      = engine.predict_velocity(transformer, cond, x_t, t, text, guidance=1)   [x_t | refs] -> [:, :N]
+    loss   = mse(v, flow.velocity_target(x_data, noise))    on the target tokens only
+
+Every random draw (text dropout, look-free swaps, t, noise) comes from the generator it is given, in that order.
+With an encoding cache (:class:`~.cache.EncodingCache`) the VAE and text-encoder outputs are looked up instead,
+with the same draws. With ``train_text_encoder`` (full mode) the T5 encoder trains with the transformer: ``text``
+is then T5 token ids, encoded inside the trained module's forward (:class:`TransformerWithTextEncoder`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import engine, flow
+from ..conditioning import image_to_tensor
+from ..errors import UnofluxError
+from ..methods import Conditioning, Method
+from .cache import EncodingCache, t5_input_ids
+from .config import TrainConfig
+from .data import Batch, Sample, subject_token_weights
+
+
+class TransformerWithTextEncoder(torch.nn.Module):
+    """The transformer and the T5 encoder trained together (``train_text_encoder``), as one module, so that
+    accelerate prepares, checkpoints and clips both and the EMA averages both. Its forward takes T5 token ids
+    (B, L) where the transformer takes ``encoder_hidden_states`` (B, L, D)."""
+
+    def __init__(self, transformer: torch.nn.Module, text_encoder: torch.nn.Module):
+        super().__init__()
+        self.transformer, self.text_encoder = transformer, text_encoder
+
+    def forward(self, t5_input_ids: torch.Tensor, **transformer_inputs):
+        prompt_embeds = self.text_encoder(t5_input_ids, output_hidden_states=False)[0]  # as diffusers' FLUX encodes
+        return self.transformer(encoder_hidden_states=prompt_embeds, **transformer_inputs)
+
+
+def text_length(config: TrainConfig, pipe) -> int:
+    """T5 tokens per caption: the config's, or the model's own (as the pipeline pads)."""
+    return config.max_sequence_length or pipe.text_sequence_length
+
+
+class FlowObjective:
+    """The loss of one micro-batch. ``model`` is what is called (the transformer, or a wrapper around it: accelerate's,
+    :class:`TransformerWithTextEncoder`); ``transformer`` is the FLUX transformer inside it; ``pipe`` encodes images
+    and captions; ``references``: the data is paired (its captions may have look-free variants)."""
+
+    def __init__(self, pipe, model: torch.nn.Module, transformer: torch.nn.Module, method: Method, config: TrainConfig,
+                 shift: flow.ShiftConfig, device: torch.device | str,
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                 references: bool = False):  # fmt: skip
+        self.pipe, self.model, self.transformer, self.method = pipe, model, transformer, method
+        self.config, self.shift, self.device, self.autocast = config, shift, torch.device(device), autocast
+        self.references = references
+
+    @property
+    def max_sequence_length(self) -> int:
+        return text_length(self.config, self.pipe)
+
+    # -------------------------------------------------------------------------------------------- encode
+    def pick_captions(self, captions: list[str], captions_without_looks: list[str | None] | None,
+                      gen: torch.Generator) -> list[str]:  # fmt: skip
+        """The captions trained on: text dropout applied (the empty prompt) and, with ``look_free_captions``, some
+        swapped for their look-free variants. The only random draws before the flow's own (t, noise)."""
+        drop = torch.rand(len(captions), generator=gen) < self.config.text_dropout
+        # no extra draw without look-free captions: runs without them stay as they were
+        if self.config.look_free_captions > 0 and captions_without_looks:
+            swap = (torch.rand(len(captions), generator=gen) < self.config.look_free_captions).tolist()
+            captions = [alt if s and alt else c for c, alt, s in zip(captions, captions_without_looks, swap)]
+        return ["" if d else c for c, d in zip(captions, drop.tolist())]
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator,
+               captions_without_looks: list[str | None] | None = None):  # fmt: skip
+        """Packed clean latents (B, N, 64) and the text inputs (:meth:`encode_text`) of :meth:`pick_captions`."""
+        captions = self.pick_captions(captions, captions_without_looks, gen)
+        x_data = self.pipe.encode_pixels(pixels.to(self.device), torch.float32)
+        return x_data, *self.encode_text(captions)
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]):
+        """(text, pooled, text ids): ``text`` is the T5 embeddings (B, L, D), or with ``train_text_encoder`` the
+        T5 token ids (B, L) that the trained module encodes itself."""
+        pipe, device, length = self.pipe, self.device, self.max_sequence_length
+        prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=captions, prompt_2=None, device=device,
+                                                             max_sequence_length=length)  # fmt: skip
+        if self.config.train_text_encoder:  # (the frozen T5 pass above is then unused: cheap for the world's T5)
+            return t5_input_ids(pipe, captions, length).to(device), pooled, text_ids
+        return prompt_embeds, pooled, text_ids
+
+    @torch.no_grad()
+    def reference_conditioning(self, references: list[list] | None, target_grid: tuple[int, int]) -> Conditioning:
+        """Per-sample lists of preprocessed reference images (or None: text-to-image) -> the method's conditioning
+        of the batch: clean packed reference tokens (B, N_ref, 64), each image encoded as at inference, and the ids
+        of all image tokens (target, then references)."""
+        device, cfg = self.device, self.config
+        if not references:
+            return self.method.conditioning(target_grid, None, [], cfg.position_mode).to(device)
+        grids = [(image.height // 16, image.width // 16) for image in references[0]]
+        if any([(image.height // 16, image.width // 16) for image in refs] != grids for refs in references):
+            raise UnofluxError("the samples of a batch have references of different sizes; they cannot be stacked")
+        tokens = torch.cat([
+            torch.cat([self.method.encode_references(self.pipe, image_to_tensor(image).to(device), torch.float32)
+                       for image in refs], dim=1)
+            for refs in references
+        ])  # fmt: skip
+        return self.method.conditioning(target_grid, tokens, grids, cfg.position_mode).to(device)
+
+    # ---------------------------------------------------------------------------------------------- loss
+    def predict(self, x_t, t, text, pooled, text_ids, conditioning: Conditioning) -> torch.Tensor:
+        """The velocity of the noisy target tokens, through the engine the pipeline samples with (reference tokens
+        after the target's, same timestep, output sliced back). ``text``: see :meth:`encode_text`."""
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.ones(len(x_t), device=x_t.device)  # UNO trains with guidance 1
+        text_key = "t5_input_ids" if self.config.train_text_encoder else "encoder_hidden_states"
+        with self.autocast():
+            return engine.predict_velocity(self.model, self.transformer, conditioning, x_t, t, guidance, text, pooled,
+                                           text_ids, text_key=text_key)  # fmt: skip
+
+    def loss(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        """Flow-matching MSE on the target tokens of ``batch`` (its references, look-free captions and subject
+        boxes, where it has them; the boxes' tokens weighted by ``subject_loss_weight``)."""
+        x_data, text, pooled, text_ids = self.encode(batch.pixels, batch.captions, gen, batch.captions_without_looks)
+        target_grid = (batch.pixels.shape[-2] // 16, batch.pixels.shape[-1] // 16)
+        conditioning = self.reference_conditioning(batch.references, target_grid)
+        weights = self.token_weights(batch.subject_boxes, target_grid)
+        return self.flow_loss(x_data, conditioning, text, pooled, text_ids, gen, weights)
+
+    def cached_loss(self, cache: EncodingCache, samples: Sequence[Sample], indices: list[int],
+                    gen: torch.Generator) -> torch.Tensor:  # fmt: skip
+        """:meth:`loss` of the samples ``indices`` (of the dataset's ``samples``) from ``cache``: the same random
+        draws, the same inputs."""
+        chosen = [samples[i] for i in indices]
+        without_looks = [s.caption_without_looks for s in chosen] if self.references else None
+        captions = self.pick_captions([s.caption for s in chosen], without_looks, gen)
+        cached = cache.batch(indices, captions)
+        conditioning = self.method.conditioning(cached.target_grid, cached.reference_tokens, cached.reference_grids,
+                                                self.config.position_mode)  # fmt: skip
+        weights = self.token_weights([s.subject_boxes for s in chosen], cached.target_grid)
+        return self.flow_loss(cached.latents, conditioning.to(cached.latents.device), cached.text, cached.pooled,
+                              cached.text_ids, gen, weights)  # fmt: skip
+
+    def token_weights(self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int]) -> torch.Tensor | None:
+        """The per-token loss weights of ``subject_loss_weight``, or None for the plain MSE."""
+        if self.config.subject_loss_weight == 1 or not subject_boxes or not any(subject_boxes):
+            return None
+        weights = subject_token_weights(subject_boxes, target_grid, self.config.subject_loss_weight)
+        return weights.to(self.device)
+
+    def flow_loss(self, x_data, conditioning: Conditioning, text, pooled, text_ids, gen: torch.Generator,
+                  token_weights=None) -> torch.Tensor:  # fmt: skip
+        """The MSE between the predicted and true velocity at a random point of the flow from ``x_data``,
+        each token's squared error scaled by ``token_weights`` (B, N) when given."""
+        b, n, _ = x_data.shape  # (B, N, 64)
+        t = flow.sample_training_t(b, n, generator=gen, config=self.shift)  # true token count, as UNO trains
+        noise = torch.randn(x_data.shape, generator=gen)
+        t, noise = t.to(self.device), noise.to(self.device)
+        x_t = flow.interpolate(x_data, noise, t)
+        target = flow.velocity_target(x_data, noise)
+        prediction = self.predict(x_t, t, text, pooled, text_ids, conditioning)
+        if token_weights is None:
+            return F.mse_loss(prediction.float(), target.float())
+        return ((prediction.float() - target.float()).square().mean(dim=-1) * token_weights).mean()
