@@ -7,7 +7,7 @@ evaluate world-t2i` judges (docs/model.md, "Tried without a GPU (session 8)"):
   (attribute binding) does much better here;
 - each subject alone at its place and size: the single-subject ceiling of the same subjects.
 
-    .venv/bin/python scripts/binding_probe.py [MODEL_DIR]     (default: the embedded model; 2 threads, ~3 min)
+    .venv/bin/python scripts/probes/binding_probe.py [MODEL_DIR]     (default: the embedded model; 2 threads, ~3 min)
 """
 
 from __future__ import annotations

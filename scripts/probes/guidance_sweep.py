@@ -2,7 +2,7 @@
 sampling defaults (unoflux.json "guidance", "true_cfg", "time_shift", "stochasticity") were chosen. Judged as
 `unoflux evaluate world-t2i` judges, at the model's native size (unoflux.json "image_size"); one thread.
 
-    .venv/bin/python scripts/guidance_sweep.py [--model DIR] [--tuning | --every 4] [--steps 25] SETTING...
+    .venv/bin/python scripts/probes/guidance_sweep.py [--model DIR] [--tuning | --every 4] [--steps 25] SETTING...
 
 A SETTING is GUIDANCE:TRUE_CFG[:TIME_SHIFT[:STOCHASTICITY]], e.g. 4:1 (FLUX.1-dev's default: guidance input 4,
 no CFG), 1:3 (guidance input 1, as the world model was trained, and classifier-free guidance at scale 3), 1:3:20

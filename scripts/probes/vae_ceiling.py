@@ -4,7 +4,7 @@ transformer can score above this through that VAE. Text-to-image: every 4th held
 the first 50 cases of each kind (identity match against same-look distractors, both subjects recognisable).
 Images are rendered at the model's native size (unoflux.json).
 
-    .venv/bin/python scripts/vae_ceiling.py [MODEL_DIR]     (default: the embedded model)
+    .venv/bin/python scripts/probes/vae_ceiling.py [MODEL_DIR]     (default: the embedded model)
 """
 
 from __future__ import annotations
