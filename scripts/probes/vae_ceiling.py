@@ -9,8 +9,8 @@ Images are rendered at the model's native size (unoflux.json).
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 import numpy as np
 import torch
@@ -33,7 +33,9 @@ def through_vae(vae: AutoencoderKL, image: Image.Image) -> Image.Image:
 
 
 def main() -> None:
-    model = sys.argv[1] if len(sys.argv) > 1 else str(EMBEDDED_MODEL_DIR)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="a model folder (default: the embedded model)")
+    model = parser.parse_args().model or str(EMBEDDED_MODEL_DIR)
     size = int(model_defaults(model).get("image_size", 64))
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32).eval()
     prompts = heldout_prompts()[::4]
