@@ -25,6 +25,7 @@ from unoflux.world.checker import check
 from unoflux.world.heldout import heldout_prompts, heldout_subject_pairs
 from unoflux.world.render import render
 
+
 @torch.no_grad()
 def through_vae(vae: AutoencoderKL, image: Image.Image) -> Image.Image:
     x = to_unit_range(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None])
