@@ -38,7 +38,7 @@ SPECS: dict[str, ModelSpec] = {
 # Environment variables of UNO's reference code (explicit arguments win over them).
 ENV_AE, ENV_T5, ENV_CLIP, ENV_LORA = "AE", "T5", "CLIP", "LORA"
 
-# The small model trained on the synthetic world (issue 3/4) is shipped here as a diffusers folder.
+# The small model trained on the synthetic world (docs/model.md) is shipped here as a diffusers folder.
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent.parent / "embedded" / "uno-world"
 # A model folder may say how it likes to be sampled (our small models are native at 64 px, not 512).
 MODEL_DEFAULTS_FILE = "unoflux.json"
