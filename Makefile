@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test run clean
+.PHONY: install test lint run clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Not part of `make test`: formatting and lint findings are not test failures.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check src tests scripts && $(VENV)/bin/ruff check src tests scripts
 
 run: $(STAMP)
 	OMP_NUM_THREADS=2 $(VENV)/bin/unoflux demo --out outputs/demo

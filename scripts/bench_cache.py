@@ -12,12 +12,10 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from unoflux.train.config import TrainConfig
-from unoflux.train.trainer import Trainer
-from unoflux.world.build import BuildConfig, build_dataset
+if TYPE_CHECKING:
+    from unoflux.train.trainer import Trainer
 
 
 def ms_per_step(trainer: Trainer, steps: int, warmup: int = 3) -> float:
@@ -31,11 +29,17 @@ def ms_per_step(trainer: Trainer, steps: int, warmup: int = 3) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/stage1_world.yaml")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--records", type=int, default=512, help="pairs built for the benchmark")
     args = parser.parse_args()
+    import torch  # after parsing: --help stays fast
+
+    from unoflux.train.config import TrainConfig
+    from unoflux.train.trainer import Trainer
+    from unoflux.world.build import BuildConfig, build_dataset
+
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs"

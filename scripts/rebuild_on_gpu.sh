@@ -46,7 +46,7 @@ if [ ! -f data/gpu/base-v2/model_index.json ]; then
 fi
 
 # 3. v3: v2 cooled down, 4500 steps of 32 with the cosine to zero (it ran on 2 CPU cores; the same config here).
-#    Sampling defaults (unoflux.json: guidance 1, true_cfg 3) from scripts/guidance_sweep.py (docs/model.md).
+#    Sampling defaults (unoflux.json: guidance 1, true_cfg 3) from scripts/probes/guidance_sweep.py (docs/model.md).
 if [ ! -f data/gpu/base-v3/model_index.json ]; then
   stamp base-v3
   "${U[@]}" train --config configs/base_t2i_v3.yaml --resume

@@ -7,11 +7,11 @@ data/eval/v2) write. Rows whose report is missing are skipped.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
-EVAL = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "data" / "eval"
+DEFAULT_EVAL = Path(__file__).resolve().parents[1] / "data" / "eval"
 ROWS = [  # (label, full-caption report, look-free-caption report)
     ("base, caption only (no reference): the floor", "subject-caption-only", "lookfree-caption-only"),
     ("Stage I, UNO's captions only (rank 32, lr 2e-4, 3000 steps)", "subject-stage1-uno-captions",
@@ -26,8 +26,8 @@ ROWS = [  # (label, full-caption report, look-free-caption report)
 ]
 
 
-def summary(name: str | None) -> dict | None:
-    path = EVAL / name / "report.json" if name else None
+def summary(eval_dir: Path, name: str | None) -> dict | None:
+    path = eval_dir / name / "report.json" if name else None
     return json.loads(path.read_text())["summary"] if path and path.is_file() else None
 
 
@@ -36,11 +36,15 @@ def cell(value) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("eval_dir", nargs="?", type=Path, default=DEFAULT_EVAL, metavar="EVAL_DIR",
+                        help="where the evaluation reports are (default: data/eval)")
+    args = parser.parse_args()
     print("| model | identity match, 1 ref | identity match, 2 refs | both recognisable, 2 refs | background | "
           "placement, 1 ref | colour, 1 ref | copy-paste | look-free: colour, 1 ref | look-free: colour, 2 refs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, full_name, free_name in ROWS:
-        full, free = summary(full_name), summary(free_name)
+        full, free = summary(args.eval_dir, full_name), summary(args.eval_dir, free_name)
         if full is None:
             continue
         one, two = full["by_kind"]["one"], full["by_kind"]["two"]

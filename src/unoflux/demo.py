@@ -19,11 +19,9 @@ from .world.heldout import heldout_prompts, heldout_subject_pairs
 
 EXAMPLES_DIR = Path(__file__).with_name("examples")
 DEMO_PROMPTS = ("single-000", "single-007", "multi-000", "two-panel-000")
-# Held-out identities the model never saw: one case with one reference, one with two, chosen on v2 (its best
-# one-reference case; a typical two-reference one). With v5 the one-reference case gets the whole look right and
-# the identity details wrong (identity match 9.5% in the evaluation); the two-reference one stays typical: both
-# subjects placed and coloured right, their shapes wrong (both recognisable in 14% of cases). The whole picture
-# is the table in docs/model.md.
+# Held-out identities the model never saw: a good one-reference case and a typical two-reference one, so that
+# the demo shows both what the model gets right and what it does not (how they were chosen and how the shipped
+# model does on them: docs/model.md, "Reading it, honestly").
 DEMO_SUBJECT_CASES = ("pair-029", "multi-pair-027")
 
 

@@ -42,7 +42,7 @@ class ShiftConfig:
     max_shift: float = 1.15
 
     @classmethod
-    def from_scheduler_config(cls, config) -> "ShiftConfig":
+    def from_scheduler_config(cls, config) -> ShiftConfig:
         """Read the line from a diffusers ``FlowMatchEulerDiscreteScheduler`` config, if it has one."""
         get = config.get if isinstance(config, dict) else lambda k, d: getattr(config, k, d)
         return cls(

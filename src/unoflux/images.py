@@ -7,13 +7,13 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from PIL import Image, ImageOps, PngImagePlugin
 
 from .errors import UnofluxError
 
-ImageInput = Union[str, os.PathLike, Image.Image]
+ImageInput = str | os.PathLike | Image.Image
 
 MIN_SIDE = 16  # one packed FLUX token covers 16x16 pixels
 MAX_PIXELS = 64_000_000  # ~8000x8000; beyond this PIL's decompression-bomb guard trips anyway

@@ -7,7 +7,6 @@ text-encoder folders, diffusers folders, UNO's XLabs LoRA). Same classes as FLUX
 
 from __future__ import annotations
 
-import json
 import string
 from pathlib import Path
 

@@ -25,6 +25,7 @@ class PausingPipeline:
 
 def test_each_denoising_step_is_reported(serve_pipeline):
     from gradio_client import Client
+
     from unoflux.testing import tiny_pipeline
 
     pipe = PausingPipeline(tiny_pipeline())

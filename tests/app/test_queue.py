@@ -48,6 +48,7 @@ def outcome(job) -> str:
 
 def test_ten_concurrent_clients_get_an_image_or_queue_full(serve_pipeline):
     from gradio_client import Client
+
     from unoflux.testing import tiny_pipeline
 
     gate = threading.Event()

@@ -13,7 +13,6 @@ from unoflux.evaluate.world import T2IEvalSettings, evaluate_text_to_image, summ
 from unoflux.world.checker import check
 from unoflux.world.heldout import heldout_prompts
 from unoflux.world.render import render
-from unoflux.world.specs import TwoPanelSpec
 
 
 @dataclass

@@ -21,10 +21,6 @@ from .files import read_tensors
 Tensors = dict[str, torch.Tensor]
 
 
-def is_xlabs_lora(state_dict: Tensors) -> bool:
-    return any(".processor." in k for k in state_dict)
-
-
 def to_diffusers_lora(state_dict: Tensors) -> Tensors:
     """Any supported LoRA layout -> diffusers keys (``transformer.<module>.lora_{A,B}.weight``)."""
     converted = FluxPipeline.lora_state_dict(dict(state_dict))

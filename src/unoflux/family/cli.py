@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     s.add_argument("--true-cfg", type=_number_or_none, default=_UNSET,
                    help="classifier-free guidance scale ('none': remove, off)")
     s.add_argument("--time-shift", type=_number_or_none, default=_UNSET,
-                   help="a fixed time shift ('none': remove, UNO's resolution rule; see scripts/guidance_sweep.py)")
+                   help="a fixed time shift ('none': remove, UNO's resolution rule; "
+                        "see scripts/probes/guidance_sweep.py)")
     s.add_argument("--stochasticity", type=_number_or_none, default=_UNSET,
                    help="how much of each step is re-noised, 0 to 1 ('none': remove, the deterministic ODE)")
     s.set_defaults(func=cmd_set_sampling)

@@ -17,7 +17,7 @@ import math
 import re
 import string
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers

@@ -4,7 +4,7 @@ saturated subject colours, so a checker can tell the kinds apart and cut subject
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw

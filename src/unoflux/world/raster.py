@@ -40,10 +40,6 @@ def erode(mask: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def open_mask(mask: np.ndarray, radius: int) -> np.ndarray:
-    return dilate(erode(mask, radius), radius)
-
-
 def close_mask(mask: np.ndarray, radius: int) -> np.ndarray:
     # Pad so that closing does not glue a subject to the image border.
     pad = radius + 1

@@ -52,10 +52,6 @@ def supersampling(size: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------- sprites
-def subject_extent(size: str, image_height: float) -> float:
-    return SIZES[size] * image_height
-
-
 def _pattern_mask(identity: Identity, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Where the pattern colour goes, from unit coordinates (u, v) inside the subject's box."""
     if identity.pattern == "plain":

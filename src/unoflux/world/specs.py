@@ -24,7 +24,7 @@ class SubjectSpec:
         return {"identity": self.identity.to_dict(), "placement": self.placement, "size": self.size}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SubjectSpec":
+    def from_dict(cls, data: dict) -> SubjectSpec:
         return cls(Identity.from_dict(data["identity"]), data["placement"], data["size"])
 
 
@@ -50,7 +50,7 @@ class SceneSpec:
                 "subjects": [s.to_dict() for s in self.subjects]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SceneSpec":
+    def from_dict(cls, data: dict) -> SceneSpec:
         return cls(data["background"], tuple(SubjectSpec.from_dict(s) for s in data["subjects"]), int(data["seed"]))
 
 
@@ -75,7 +75,7 @@ class TwoPanelSpec:
         return {"type": "two_panel", "left": self.left.to_dict(), "right": self.right.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TwoPanelSpec":
+    def from_dict(cls, data: dict) -> TwoPanelSpec:
         return cls(SceneSpec.from_dict(data["left"]), SceneSpec.from_dict(data["right"]))
 
 

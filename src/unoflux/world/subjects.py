@@ -56,7 +56,7 @@ class Identity:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Identity":
+    def from_dict(cls, data: dict) -> Identity:
         return cls(
             seed=int(data["seed"]),
             shape=data["shape"],

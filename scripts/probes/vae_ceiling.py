@@ -4,13 +4,13 @@ transformer can score above this through that VAE. Text-to-image: every 4th held
 the first 50 cases of each kind (identity match against same-look distractors, both subjects recognisable).
 Images are rendered at the model's native size (unoflux.json).
 
-    .venv/bin/python scripts/vae_ceiling.py [MODEL_DIR]     (default: the embedded model)
+    .venv/bin/python scripts/probes/vae_ceiling.py [MODEL_DIR]     (default: the embedded model)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from unoflux.world.checker import check
 from unoflux.world.heldout import heldout_prompts, heldout_subject_pairs
 from unoflux.world.render import render
 
+
 @torch.no_grad()
 def through_vae(vae: AutoencoderKL, image: Image.Image) -> Image.Image:
     x = to_unit_range(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None])
@@ -33,7 +34,9 @@ def through_vae(vae: AutoencoderKL, image: Image.Image) -> Image.Image:
 
 
 def main() -> None:
-    model = sys.argv[1] if len(sys.argv) > 1 else str(EMBEDDED_MODEL_DIR)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="a model folder (default: the embedded model)")
+    model = parser.parse_args().model or str(EMBEDDED_MODEL_DIR)
     size = int(model_defaults(model).get("image_size", 64))
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32).eval()
     prompts = heldout_prompts()[::4]

@@ -4,11 +4,11 @@
 # 100 two-reference held-out cases with look-free captions (colour can only come from the references). Two
 # single-thread queues side by side on 2 CPU cores: about 45 min. Resumes; a finished report is not redone.
 #
-#   scripts/unope_ablation.sh [RUNS_DIR] [EVAL_DIR]     (defaults: data/runs/unope, data/eval/unope)
+#   scripts/probes/unope_ablation.sh [RUNS_DIR] [EVAL_DIR]     (defaults: data/runs/unope, data/eval/unope)
 #
 # The base is the config's model: the 64 px base v4 (data/gpu/base-v4), which the ablation in docs/model.md ran on.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RUNS=${1:-data/runs/unope}; EVAL=${2:-data/eval/unope}
 BASE=$(sed -n 's/^model: *\([^ ]*\).*/\1/p' configs/stage1_world.yaml)   # evaluate on what was trained on
 read -r -a U <<< "${UNOFLUX:-.venv/bin/unoflux}"

@@ -2,7 +2,7 @@
 sampling defaults (unoflux.json "guidance", "true_cfg", "time_shift", "stochasticity") were chosen. Judged as
 `unoflux evaluate world-t2i` judges, at the model's native size (unoflux.json "image_size"); one thread.
 
-    .venv/bin/python scripts/guidance_sweep.py [--model DIR] [--tuning | --every 4] [--steps 25] SETTING...
+    .venv/bin/python scripts/probes/guidance_sweep.py [--model DIR] [--tuning | --every 4] [--steps 25] SETTING...
 
 A SETTING is GUIDANCE:TRUE_CFG[:TIME_SHIFT[:STOCHASTICITY]], e.g. 4:1 (FLUX.1-dev's default: guidance input 4,
 no CFG), 1:3 (guidance input 1, as the world model was trained, and classifier-free guidance at scale 3), 1:3:20
@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from tqdm import tqdm
 
-from unoflux.checkpoints import ModelPaths, load_pipeline
-from unoflux.checkpoints.specs import EMBEDDED_MODEL_DIR, model_defaults
 from unoflux.evaluate.world import generate_and_check, summarize
 from unoflux.world.checker import TwoPanelVerdict
 from unoflux.world.heldout import heldout_prompts, tuning_prompts
@@ -45,13 +42,19 @@ def paired(first: list[dict], other: list[dict], key: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("settings", nargs="*", default=["4:1", "1:1", "1:2", "1:3"], metavar="SETTING")
-    parser.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    parser.add_argument("--model", help="a model folder (default: the embedded model)")
     parser.add_argument("--every", type=int, default=4, help="judge every N-th held-out prompt")
     parser.add_argument("--tuning", action="store_true", help="judge the tuning prompts instead of held-out ones")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps")
     args = parser.parse_args()
+    import torch  # after parsing: --help stays fast
+
+    from unoflux.checkpoints import ModelPaths, load_pipeline
+    from unoflux.checkpoints.specs import EMBEDDED_MODEL_DIR, model_defaults
+
+    args.model = args.model or str(EMBEDDED_MODEL_DIR)
     torch.set_num_threads(1)
     pipe = load_pipeline(ModelPaths(model=args.model), device="cpu", dtype=torch.float32, use_environment=False,
                          model_lora=False)  # fmt: skip

@@ -7,17 +7,13 @@ evaluate world-t2i` judges (docs/model.md, "Tried without a GPU (session 8)"):
   (attribute binding) does much better here;
 - each subject alone at its place and size: the single-subject ceiling of the same subjects.
 
-    .venv/bin/python scripts/binding_probe.py [MODEL_DIR]     (default: the embedded model; 2 threads, ~3 min)
+    .venv/bin/python scripts/probes/binding_probe.py [MODEL_DIR]     (default: the embedded model; 2 threads, ~3 min)
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 
-import torch
-
-from unoflux.checkpoints import ModelPaths, load_pipeline
-from unoflux.checkpoints.specs import EMBEDDED_MODEL_DIR, model_defaults
 from unoflux.evaluate.world import generate_and_check, summarize
 from unoflux.world.captions import caption
 from unoflux.world.heldout import HeldoutPrompt, heldout_prompts
@@ -44,7 +40,15 @@ def each_alone(prompt: HeldoutPrompt) -> list[HeldoutPrompt]:
 
 
 def main() -> None:
-    model = sys.argv[1] if len(sys.argv) > 1 else str(EMBEDDED_MODEL_DIR)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="a model folder (default: the embedded model)")
+    args = parser.parse_args()
+    import torch  # after parsing: --help stays fast
+
+    from unoflux.checkpoints import ModelPaths, load_pipeline
+    from unoflux.checkpoints.specs import EMBEDDED_MODEL_DIR, model_defaults
+
+    model = args.model or str(EMBEDDED_MODEL_DIR)
     pipe = load_pipeline(ModelPaths(model=model), device="cpu", dtype=torch.float32, use_environment=False,
                          model_lora=False)  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
