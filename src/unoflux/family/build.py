@@ -46,7 +46,7 @@ class FamilyConfig:
     image_size: int = 64
     # Sampling defaults written to unoflux.json. Our transformers train with guidance input 1 only (not
     # guidance-distilled), so they sample at 1 and steer with classifier-free guidance against the empty prompt,
-    # which text dropout trains (scale chosen with scripts/guidance_sweep.py: docs/model.md).
+    # which text dropout trains (scale chosen with scripts/probes/guidance_sweep.py: docs/model.md).
     guidance: float = 1.0
     true_cfg: float = 3.0
     num_captions: int = 6000  # captions sampled to fit the tokenizers
@@ -159,7 +159,7 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
     pipe = UnoFluxPipeline.from_pretrained(source, dtype=torch.float32)
     vae_shape = {k: pipe.vae.config[k] for k in ("layers_per_block", "norm_num_groups")}  # the record says what was tuned
     config = dataclasses.replace(config, block_out_channels=list(pipe.vae.config.block_out_channels), **vae_shape)
-    device = default_device()  # measuring 512 images at 128 px on a CPU took minutes of a GPU session
+    device = default_device()  # measuring 512 images at 128 px takes minutes on a CPU
 
     def psnr_by_size(vae: AutoencoderKL, calibrate: bool = False) -> dict:
         # squares first: calibrating (a whole tuning changes the latent space) uses them, as build_family does

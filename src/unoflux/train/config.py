@@ -169,8 +169,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     lr_schedule: str = "constant_with_warmup"
     warmup_steps: int = 0
-    # The schedule's horizon when it is not max_steps: a run stopped early along a longer decay (as the embedded
-    # base v2 was, when its GPU time ran out) is then one command that reproduces it.
+    # The schedule's horizon when it is not max_steps: a run stopped early along a longer decay is then one
+    # command that reproduces it.
     lr_schedule_steps: int | None = None
     # A wall-clock budget (minutes, counted from the trainer's start: loading and caching included). When it
     # runs out, the run ends there and final/config.yaml says max_steps = the step reached (and
@@ -191,7 +191,7 @@ class TrainConfig:
     max_sequence_length: int | None = None  # T5 tokens; None = the model's own (as the pipeline pads)
     mode: str = "lora"
     # Full mode: train the T5 encoder (text_encoder_2, the sequence the joint attention reads) with the transformer.
-    # The world's frozen random encoders bind shape words to the wrong subject (scripts/binding_probe.py,
+    # The world's frozen random encoders bind shape words to the wrong subject (scripts/probes/binding_probe.py,
     # docs/model.md); CLIP's pooled vector stays frozen. Run without dropout, so resume stays exact.
     train_text_encoder: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
