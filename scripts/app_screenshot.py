@@ -16,8 +16,16 @@ import time
 import urllib.request
 from pathlib import Path
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -45,7 +53,9 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "unoflux", "app", "--port", str(port), "--out", "outputs/app-shot"])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "unoflux", "app", "--port", str(port), "--out", "outputs/app-shot"]
+    )
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_until_up(url)

@@ -46,7 +46,7 @@ def main() -> None:
         build_dataset(data, BuildConfig(kind="pairs", count=args.records, size=64, seed=4), progress=False)
         base = TrainConfig.from_yaml(args.config).replace(
             data=[str(data)], output_dir=str(Path(tmp) / "run"), validate_every=0, checkpoint_every=0, num_workers=0
-        )  # fmt: skip
+        )
         plain = ms_per_step(Trainer(base.replace(cache_encodings=False), []), args.steps)
         start = time.perf_counter()
         cached_trainer = Trainer(base.replace(cache_encodings=True), [])
@@ -55,8 +55,10 @@ def main() -> None:
     print(f"{args.config}: batch {base.batch_size}, {args.steps} steps, 1 thread")
     print(f"  encoded every step: {plain:7.1f} ms/step")
     print(f"  cached:             {cached:7.1f} ms/step   ({plain / cached:.2f}x faster)")
-    print(f"  cache build (incl. model load): {build_s:.1f} s for {args.records} pairs "
-          f"({build_s / args.records * 1000:.1f} ms per pair)")  # fmt: skip
+    print(
+        f"  cache build (incl. model load): {build_s:.1f} s for {args.records} pairs "
+        f"({build_s / args.records * 1000:.1f} ms per pair)"
+    )
 
 
 if __name__ == "__main__":

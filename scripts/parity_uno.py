@@ -106,21 +106,35 @@ def import_reference(uno_repo: Path):
     from uno.flux.modules.layers import LoRALinearLayer, SingleStreamBlockLoraProcessor
 
     return types.SimpleNamespace(
-        pipeline=ref_pipeline, util=ref_util, Flux=Flux, FluxParams=FluxParams, AutoEncoder=AutoEncoder,
-        AutoEncoderParams=AutoEncoderParams, HFEmbedder=HFEmbedder, LoRALinearLayer=LoRALinearLayer,
+        pipeline=ref_pipeline,
+        util=ref_util,
+        Flux=Flux,
+        FluxParams=FluxParams,
+        AutoEncoder=AutoEncoder,
+        AutoEncoderParams=AutoEncoderParams,
+        HFEmbedder=HFEmbedder,
+        LoRALinearLayer=LoRALinearLayer,
         SingleStreamBlockLoraProcessor=SingleStreamBlockLoraProcessor,
-    )  # fmt: skip
+    )
 
 
 # ------------------------------------------------------------------------------ reference building
 def flux_params(ref, transformer_config) -> object:
     c = transformer_config
     return ref.FluxParams(
-        in_channels=c.in_channels, vec_in_dim=c.pooled_projection_dim, context_in_dim=c.joint_attention_dim,
-        hidden_size=c.num_attention_heads * c.attention_head_dim, mlp_ratio=4.0, num_heads=c.num_attention_heads,
-        depth=c.num_layers, depth_single_blocks=c.num_single_layers, axes_dim=list(c.axes_dims_rope),
-        theta=10_000, qkv_bias=True, guidance_embed=c.guidance_embeds,
-    )  # fmt: skip
+        in_channels=c.in_channels,
+        vec_in_dim=c.pooled_projection_dim,
+        context_in_dim=c.joint_attention_dim,
+        hidden_size=c.num_attention_heads * c.attention_head_dim,
+        mlp_ratio=4.0,
+        num_heads=c.num_attention_heads,
+        depth=c.num_layers,
+        depth_single_blocks=c.num_single_layers,
+        axes_dim=list(c.axes_dims_rope),
+        theta=10_000,
+        qkv_bias=True,
+        guidance_embed=c.guidance_embeds,
+    )
 
 
 def build_reference_flux(ref, params, flux_path: str | None, lora_path: str | None, lora_rank: int):
@@ -157,11 +171,16 @@ def build_reference_ae(ref, ae_path: str, vae_config):
 
     ch = vae_config.block_out_channels[0]
     params = ref.AutoEncoderParams(
-        resolution=256, in_channels=vae_config.in_channels, ch=ch, out_ch=vae_config.out_channels,
+        resolution=256,
+        in_channels=vae_config.in_channels,
+        ch=ch,
+        out_ch=vae_config.out_channels,
         ch_mult=[c // ch for c in vae_config.block_out_channels],
-        num_res_blocks=vae_config.layers_per_block, z_channels=vae_config.latent_channels,
-        scale_factor=vae_config.scaling_factor, shift_factor=vae_config.shift_factor,
-    )  # fmt: skip
+        num_res_blocks=vae_config.layers_per_block,
+        z_channels=vae_config.latent_channels,
+        scale_factor=vae_config.scaling_factor,
+        shift_factor=vae_config.shift_factor,
+    )
     ae = ref.AutoEncoder(params)
     missing, unexpected = ae.load_state_dict(load_file(ae_path), strict=False, assign=True)
     if missing or unexpected:
@@ -304,9 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     # ours
     ours = load_pipeline(paths, device="cpu", dtype="fp32", use_environment=False)
     ours_nolora = load_pipeline(
-        ModelPaths(flux=paths.flux, ae=paths.ae, t5=paths.t5, clip=paths.clip), device="cpu", dtype="fp32",
+        ModelPaths(flux=paths.flux, ae=paths.ae, t5=paths.t5, clip=paths.clip),
+        device="cpu",
+        dtype="fp32",
         use_environment=False,
-    )  # fmt: skip
+    )
     for p in (ours, ours_nolora):
         p.set_progress_bar_config(disable=True)
 
@@ -325,9 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     images = [random_image(80, 64, 1), random_image(48, 96, 2)]
     common = dict(width=args.width, height=args.height, steps=args.steps, guidance=args.guidance, seed=args.seed)
     ours_kw = dict(
-        width=args.width, height=args.height, num_inference_steps=args.steps, guidance_scale=args.guidance,
-        seed=args.seed, reference_long_side=args.long_side,
-    )  # fmt: skip
+        width=args.width,
+        height=args.height,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        reference_long_side=args.long_side,
+    )
 
     print(
         f"\nprompt {args.prompt!r}, {args.width}x{args.height}, {args.steps} steps, guidance {args.guidance}, "
@@ -366,8 +391,9 @@ def main(argv: list[str] | None = None) -> int:
                 # the 'none'/'height'/'width' modes must move references away from diagonal's ids
                 if n_refs and pe_effect <= args.tol:
                     failures.append(f"{n_refs} refs {mode}: position mode has no effect ({pe_effect:.1e})")
-            tokens = out.shape[1] + sum((w // 16) * (h // 16) for w, h in (
-                ref.pipeline.preprocess_ref(im, args.long_side).size for im in refs))  # fmt: skip
+            tokens = out.shape[1] + sum(
+                (w // 16) * (h // 16) for w, h in (ref.pipeline.preprocess_ref(im, args.long_side).size for im in refs)
+            )
             print(
                 f"{n_refs:>4} {mode:>8} {pe:>2} {tokens:>7} | {err:15.2e} {px:>7} | {bf16_col} | "
                 f"{lora_effect:11.2e} {pe_col} {rand_effect:11.2e}"

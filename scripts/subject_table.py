@@ -14,8 +14,11 @@ from pathlib import Path
 DEFAULT_EVAL = Path(__file__).resolve().parents[1] / "data" / "eval"
 ROWS = [  # (label, full-caption report, look-free-caption report)
     ("base, caption only (no reference): the floor", "subject-caption-only", "lookfree-caption-only"),
-    ("Stage I, UNO's captions only (rank 32, lr 2e-4, 3000 steps)", "subject-stage1-uno-captions",
-     "lookfree-stage1-uno-captions"),
+    (
+        "Stage I, UNO's captions only (rank 32, lr 2e-4, 3000 steps)",
+        "subject-stage1-uno-captions",
+        "lookfree-stage1-uno-captions",
+    ),
     ("Stage I", "subject-stage1", "lookfree-stage1"),
     ("Stage II (from Stage I, on 2-3 subjects)", "subject-stage2", "lookfree-stage2"),
     ("Stage II with single-subject pairs mixed in (2/3 of batches)", "subject-stage2-mixed", "lookfree-stage2-mixed"),
@@ -37,11 +40,19 @@ def cell(value) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("eval_dir", nargs="?", type=Path, default=DEFAULT_EVAL, metavar="EVAL_DIR",
-                        help="where the evaluation reports are (default: data/eval)")
+    parser.add_argument(
+        "eval_dir",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_EVAL,
+        metavar="EVAL_DIR",
+        help="where the evaluation reports are (default: data/eval)",
+    )
     args = parser.parse_args()
-    print("| model | identity match, 1 ref | identity match, 2 refs | both recognisable, 2 refs | background | "
-          "placement, 1 ref | colour, 1 ref | copy-paste | look-free: colour, 1 ref | look-free: colour, 2 refs |")
+    print(
+        "| model | identity match, 1 ref | identity match, 2 refs | both recognisable, 2 refs | background | "
+        "placement, 1 ref | colour, 1 ref | copy-paste | look-free: colour, 1 ref | look-free: colour, 2 refs |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, full_name, free_name in ROWS:
         full, free = summary(args.eval_dir, full_name), summary(args.eval_dir, free_name)
@@ -50,9 +61,11 @@ def main() -> None:
         one, two = full["by_kind"]["one"], full["by_kind"]["two"]
         free_one = free["by_kind"]["one"]["colour"] if free else None
         free_two = free["by_kind"]["two"]["colour"] if free else None
-        print(f"| {label} | {cell(one['identity_match'])} | {cell(two['identity_match'])} | "
-              f"{cell(two['all_recognisable'])} | {cell(full['background'])} | {cell(one['placement'])} | "
-              f"{cell(one['colour'])} | {cell(one['copy_paste'])} | {cell(free_one)} | {cell(free_two)} |")
+        print(
+            f"| {label} | {cell(one['identity_match'])} | {cell(two['identity_match'])} | "
+            f"{cell(two['all_recognisable'])} | {cell(full['background'])} | {cell(one['placement'])} | "
+            f"{cell(one['colour'])} | {cell(one['copy_paste'])} | {cell(free_one)} | {cell(free_two)} |"
+        )
 
 
 if __name__ == "__main__":

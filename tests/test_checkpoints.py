@@ -39,32 +39,52 @@ def test_our_conversion_equals_diffusers_at_flux_width():
     """At FLUX.1's width (where diffusers' converter works) both conversions agree key for key."""
     g = torch.Generator().manual_seed(0)
     shapes = {  # one double and one single block of FLUX.1-dev, BFL names
-        "img_in.weight": (3072, 64), "img_in.bias": (3072,), "txt_in.weight": (3072, 8), "txt_in.bias": (3072,),
-        "time_in.in_layer.weight": (3072, 256), "time_in.in_layer.bias": (3072,),
-        "time_in.out_layer.weight": (3072, 3072), "time_in.out_layer.bias": (3072,),
-        "vector_in.in_layer.weight": (3072, 8), "vector_in.in_layer.bias": (3072,),
-        "vector_in.out_layer.weight": (3072, 3072), "vector_in.out_layer.bias": (3072,),
-        "guidance_in.in_layer.weight": (3072, 256), "guidance_in.in_layer.bias": (3072,),
-        "guidance_in.out_layer.weight": (3072, 3072), "guidance_in.out_layer.bias": (3072,),
-        "final_layer.linear.weight": (64, 3072), "final_layer.linear.bias": (64,),
-        "final_layer.adaLN_modulation.1.weight": (6144, 8), "final_layer.adaLN_modulation.1.bias": (6144,),
-    }  # fmt: skip
+        "img_in.weight": (3072, 64),
+        "img_in.bias": (3072,),
+        "txt_in.weight": (3072, 8),
+        "txt_in.bias": (3072,),
+        "time_in.in_layer.weight": (3072, 256),
+        "time_in.in_layer.bias": (3072,),
+        "time_in.out_layer.weight": (3072, 3072),
+        "time_in.out_layer.bias": (3072,),
+        "vector_in.in_layer.weight": (3072, 8),
+        "vector_in.in_layer.bias": (3072,),
+        "vector_in.out_layer.weight": (3072, 3072),
+        "vector_in.out_layer.bias": (3072,),
+        "guidance_in.in_layer.weight": (3072, 256),
+        "guidance_in.in_layer.bias": (3072,),
+        "guidance_in.out_layer.weight": (3072, 3072),
+        "guidance_in.out_layer.bias": (3072,),
+        "final_layer.linear.weight": (64, 3072),
+        "final_layer.linear.bias": (64,),
+        "final_layer.adaLN_modulation.1.weight": (6144, 8),
+        "final_layer.adaLN_modulation.1.bias": (6144,),
+    }
     for stream in ("img", "txt"):
         shapes |= {
-            f"double_blocks.0.{stream}_mod.lin.weight": (18432, 8), f"double_blocks.0.{stream}_mod.lin.bias": (18432,),
-            f"double_blocks.0.{stream}_attn.qkv.weight": (9216, 3072), f"double_blocks.0.{stream}_attn.qkv.bias": (9216,),
+            f"double_blocks.0.{stream}_mod.lin.weight": (18432, 8),
+            f"double_blocks.0.{stream}_mod.lin.bias": (18432,),
+            f"double_blocks.0.{stream}_attn.qkv.weight": (9216, 3072),
+            f"double_blocks.0.{stream}_attn.qkv.bias": (9216,),
             f"double_blocks.0.{stream}_attn.norm.query_norm.scale": (128,),
             f"double_blocks.0.{stream}_attn.norm.key_norm.scale": (128,),
-            f"double_blocks.0.{stream}_attn.proj.weight": (3072, 3072), f"double_blocks.0.{stream}_attn.proj.bias": (3072,),
-            f"double_blocks.0.{stream}_mlp.0.weight": (12288, 8), f"double_blocks.0.{stream}_mlp.0.bias": (12288,),
-            f"double_blocks.0.{stream}_mlp.2.weight": (3072, 8), f"double_blocks.0.{stream}_mlp.2.bias": (3072,),
-        }  # fmt: skip  (inner dims that the converter never splits are kept small: 8)
+            f"double_blocks.0.{stream}_attn.proj.weight": (3072, 3072),
+            f"double_blocks.0.{stream}_attn.proj.bias": (3072,),
+            f"double_blocks.0.{stream}_mlp.0.weight": (12288, 8),
+            f"double_blocks.0.{stream}_mlp.0.bias": (12288,),
+            f"double_blocks.0.{stream}_mlp.2.weight": (3072, 8),
+            f"double_blocks.0.{stream}_mlp.2.bias": (3072,),
+        }  # inner dims that the converter never splits are kept small: 8
     shapes |= {
-        "single_blocks.0.modulation.lin.weight": (9216, 8), "single_blocks.0.modulation.lin.bias": (9216,),
-        "single_blocks.0.linear1.weight": (21504, 8), "single_blocks.0.linear1.bias": (21504,),
-        "single_blocks.0.norm.query_norm.scale": (128,), "single_blocks.0.norm.key_norm.scale": (128,),
-        "single_blocks.0.linear2.weight": (3072, 8), "single_blocks.0.linear2.bias": (3072,),
-    }  # fmt: skip
+        "single_blocks.0.modulation.lin.weight": (9216, 8),
+        "single_blocks.0.modulation.lin.bias": (9216,),
+        "single_blocks.0.linear1.weight": (21504, 8),
+        "single_blocks.0.linear1.bias": (21504,),
+        "single_blocks.0.norm.query_norm.scale": (128,),
+        "single_blocks.0.norm.key_norm.scale": (128,),
+        "single_blocks.0.linear2.weight": (3072, 8),
+        "single_blocks.0.linear2.bias": (3072,),
+    }
     state = {k: torch.randn(s, generator=g, dtype=torch.bfloat16) for k, s in shapes.items()}
     ours = bfl.transformer_to_diffusers(dict(state))
     theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(state))
@@ -92,16 +112,24 @@ def test_diffusers_folder_and_component_folders(diffusers_folder, tiny_pipe, ref
     """Bitwise equal to the in-memory pipeline: loaded weights are moved to 64-byte aligned memory (from the file's
     offsets, MKL's matmul takes another path and the latents differed by 2e-7)."""
     whole = load_pipeline(ModelPaths(model=str(diffusers_folder)), device="cpu", use_environment=False)
-    weights = [t for m in (whole.transformer, whole.vae, whole.text_encoder, whole.text_encoder_2)
-               for t in (*m.parameters(), *m.buffers())]  # fmt: skip
+    weights = [
+        t
+        for m in (whole.transformer, whole.vae, whole.text_encoder, whole.text_encoder_2)
+        for t in (*m.parameters(), *m.buffers())
+    ]
     assert all(t.data_ptr() % 64 == 0 for t in weights)
     expected = latents_of(tiny_pipe, ref_images[:2])
     assert torch.equal(latents_of(whole, ref_images[:2]), expected)
     parts = load_pipeline(
-        ModelPaths(flux=str(diffusers_folder / "transformer"), ae=str(diffusers_folder / "vae"),
-                   t5=str(diffusers_folder), clip=str(diffusers_folder)),  # pipeline root: text_encoder(_2)/ inside
-        device="cpu", use_environment=False,
-    )  # fmt: skip
+        ModelPaths(
+            flux=str(diffusers_folder / "transformer"),
+            ae=str(diffusers_folder / "vae"),
+            t5=str(diffusers_folder),
+            clip=str(diffusers_folder),
+        ),  # pipeline root: text_encoder(_2)/ inside
+        device="cpu",
+        use_environment=False,
+    )
     assert torch.equal(latents_of(parts, ref_images[:2]), expected)
 
 
@@ -116,12 +144,16 @@ def test_a_model_folder_ships_its_lora_and_reference_sizes(tmp_path, diffusers_f
     folder = tmp_path / "with-lora"
     shutil.copytree(diffusers_folder, folder)
     write_safetensors(random_uno_lora(components["transformer"], rank=4, seed=7), folder / "dit_lora.safetensors")
-    (folder / "unoflux.json").write_text(json.dumps(
-        {"image_size": 32, "lora": "dit_lora.safetensors", "reference_long_side": {"one": 32, "several": 16}}))
+    (folder / "unoflux.json").write_text(
+        json.dumps(
+            {"image_size": 32, "lora": "dit_lora.safetensors", "reference_long_side": {"one": 32, "several": 16}}
+        )
+    )
 
     def load(**kw):
-        return load_pipeline(ModelPaths(model=str(folder), lora=kw.pop("lora", None)), device="cpu",
-                             use_environment=False, **kw)  # fmt: skip
+        return load_pipeline(
+            ModelPaths(model=str(folder), lora=kw.pop("lora", None)), device="cpu", use_environment=False, **kw
+        )
 
     shipped, base = load(), load(model_lora=False)
     plain = load_pipeline(ModelPaths(model=str(diffusers_folder)), device="cpu", use_environment=False)
@@ -157,12 +189,22 @@ def test_diffusers_keyed_single_file_and_pickle(tmp_path, tiny_pipe):
 
 def test_environment_variables_fill_paths_and_flags_win(official_layout, monkeypatch):
     paths, _ = official_layout
-    for name, value in (("FLUX_DEV", paths.flux), ("AE", paths.ae), ("T5", paths.t5), ("CLIP", paths.clip),
-                        ("LORA", paths.lora)):  # fmt: skip
+    for name, value in (
+        ("FLUX_DEV", paths.flux),
+        ("AE", paths.ae),
+        ("T5", paths.t5),
+        ("CLIP", paths.clip),
+        ("LORA", paths.lora),
+    ):
         monkeypatch.setenv(name, value)
     filled = ModelPaths().with_environment()
     assert (filled.flux, filled.ae, filled.t5, filled.clip, filled.lora) == (
-        paths.flux, paths.ae, paths.t5, paths.clip, paths.lora)  # fmt: skip
+        paths.flux,
+        paths.ae,
+        paths.t5,
+        paths.clip,
+        paths.lora,
+    )
     assert ModelPaths(ae="mine.safetensors").with_environment().ae == "mine.safetensors"
 
 
@@ -201,7 +243,9 @@ def test_wrong_shape_names_the_key(official_layout, tmp_path):
     state, meta = read_tensors(paths.flux)
     state["double_blocks.0.txt_attn.proj.weight"] = torch.zeros(32, 16)
     write_safetensors(state, tmp_path / "broken.safetensors", metadata=meta)
-    with pytest.raises(UnofluxError, match=r"double_blocks.0.txt_attn.proj.weight|transformer_blocks.0.attn.to_add_out"):
+    with pytest.raises(
+        UnofluxError, match=r"double_blocks.0.txt_attn.proj.weight|transformer_blocks.0.attn.to_add_out"
+    ):
         load_transformer(tmp_path / "broken.safetensors", torch.float32)
     del state["double_blocks.0.txt_attn.proj.weight"]
     write_safetensors(state, tmp_path / "truncated.safetensors", metadata=meta)
@@ -213,8 +257,11 @@ def test_text_encoder_folder_without_tokenizer(official_layout, tmp_path):
     paths, components = official_layout
     components["text_encoder_2"].save_pretrained(tmp_path / "t5-no-tokenizer")
     with pytest.raises(UnofluxError, match="tokenizer"):
-        load_pipeline(ModelPaths(**{**vars(paths), "t5": str(tmp_path / "t5-no-tokenizer"), "lora": None}),
-                      device="cpu", use_environment=False)  # fmt: skip
+        load_pipeline(
+            ModelPaths(**{**vars(paths), "t5": str(tmp_path / "t5-no-tokenizer"), "lora": None}),
+            device="cpu",
+            use_environment=False,
+        )
 
 
 def test_offload_needs_a_gpu(official_layout):
@@ -245,10 +292,15 @@ def test_a_model_folder_declares_its_guidance(tmp_path, diffusers_folder):
 
     folder = tmp_path / "cfg"
     shutil.copytree(diffusers_folder, folder)
-    (folder / "unoflux.json").write_text(json.dumps({"guidance": 1, "true_cfg": 2.5, "time_shift": 20,
-                                                                 "stochasticity": 0.5}))
+    (folder / "unoflux.json").write_text(
+        json.dumps({"guidance": 1, "true_cfg": 2.5, "time_shift": 20, "stochasticity": 0.5})
+    )
     pipe = load_pipeline(ModelPaths(model=str(folder)), device="cpu", use_environment=False)
-    assert (pipe.model_defaults["guidance"], pipe.model_defaults["true_cfg"], pipe.model_defaults["time_shift"]) == (1.0, 2.5, 20.0)
+    assert (pipe.model_defaults["guidance"], pipe.model_defaults["true_cfg"], pipe.model_defaults["time_shift"]) == (
+        1.0,
+        2.5,
+        20.0,
+    )
     out = pipe("a cat", width=32, height=32, num_inference_steps=2, seed=0, output_type="latent")
     assert (out.settings["guidance"], out.settings["true_cfg"], out.settings["time_shift"]) == (1.0, 2.5, 20.0)
     assert pipe.model_defaults["stochasticity"] == out.settings["stochasticity"] == 0.5

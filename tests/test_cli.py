@@ -53,8 +53,21 @@ def test_generate_writes_a_png_with_its_settings(official_layout, tmp_path, caps
     ref = tmp_path / "ref.png"
     random_image(48, 40, seed=4).save(ref)
     out = tmp_path / "out" / "cat.png"
-    code = main(["generate", "--prompt", "a cat on the beach", "--ref", str(ref), "--seed", "11", "--out", str(out),
-                 *SMALL, *model_flags(paths)])  # fmt: skip
+    code = main(
+        [
+            "generate",
+            "--prompt",
+            "a cat on the beach",
+            "--ref",
+            str(ref),
+            "--seed",
+            "11",
+            "--out",
+            str(out),
+            *SMALL,
+            *model_flags(paths),
+        ]
+    )
     assert code == 0 and capsys.readouterr().out.strip() == str(out)
     assert Image.open(out).size == (32, 32)
     settings = read_settings(out)
@@ -68,8 +81,21 @@ def test_generate_writes_a_png_with_its_settings(official_layout, tmp_path, caps
 
 def test_several_images_into_a_folder(official_layout, tmp_path, capsys):
     paths, _ = official_layout
-    code = main(["generate", "--prompt", "a red cup", "--num-images", "2", "--seed", "5", "--out", str(tmp_path),
-                 *SMALL, *model_flags(paths, lora=False)])  # fmt: skip
+    code = main(
+        [
+            "generate",
+            "--prompt",
+            "a red cup",
+            "--num-images",
+            "2",
+            "--seed",
+            "5",
+            "--out",
+            str(tmp_path),
+            *SMALL,
+            *model_flags(paths, lora=False),
+        ]
+    )
     assert code == 0
     written = sorted(p.name for p in tmp_path.glob("*.png"))
     assert written == ["a-red-cup_5.png", "a-red-cup_6.png"]
@@ -87,10 +113,13 @@ def write_batch(tmp_path, items):
 
 def test_batch_mode_writes_pairs_and_resumes(official_layout, tmp_path, capsys):
     paths, _ = official_layout
-    batch = write_batch(tmp_path, [
-        {"prompt": "a cat", "image_paths": ["refs/r0.png"]},
-        {"prompt": "two things", "image_paths": ["refs/r1.png", "refs/r2.png"]},
-    ])  # fmt: skip
+    batch = write_batch(
+        tmp_path,
+        [
+            {"prompt": "a cat", "image_paths": ["refs/r0.png"]},
+            {"prompt": "two things", "image_paths": ["refs/r1.png", "refs/r2.png"]},
+        ],
+    )
     out = tmp_path / "results"
     argv = ["generate", "--batch", str(batch), "--num-images", "2", "--out", str(out), *SMALL, *model_flags(paths)]
     assert main(argv) == 0
@@ -111,10 +140,24 @@ def test_batch_shards_across_two_real_processes(official_layout, tmp_path):
     out = tmp_path / "sharded"
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "unoflux", "generate", "--batch", str(batch), "--out", str(out),
-         *SMALL, *model_flags(paths, lora=False)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "unoflux",
+            "generate",
+            "--batch",
+            str(batch),
+            "--out",
+            str(out),
+            *SMALL,
+            *model_flags(paths, lora=False),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(line.split()[0] for line in result.stdout.splitlines() if "written" in line) == ["1", "2"]
     assert sorted(p.name for p in out.glob("*.png")) == ["0_0.png", "1_0.png", "2_0.png"]
@@ -162,8 +205,7 @@ def bad_images(tmp_path):
 def test_bad_input_exits_2_with_one_sentence_and_no_file(tmp_path, capsys, extra, message):
     d = bad_images(tmp_path)
     out = tmp_path / "out.png"
-    argv = ["generate", "--prompt", "a cat", "--out", str(out), "--device", "cpu",
-            *[a.format(d=d) for a in extra]]  # fmt: skip
+    argv = ["generate", "--prompt", "a cat", "--out", str(out), "--device", "cpu", *[a.format(d=d) for a in extra]]
     if "--prompt" in extra:  # the case overrides the prompt
         argv = ["generate", "--out", str(out), "--device", "cpu", *[a.format(d=d) for a in extra]]
     assert main(argv) == 2

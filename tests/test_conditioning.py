@@ -26,8 +26,10 @@ def ids_of(rows, cols, row_offset, col_offset):
 
 
 def test_target_grid_ids_are_row_major_rows_then_cols():
-    assert torch.equal(grid_position_ids(2, 3), torch.tensor(
-        [[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [0, 1, 2]], dtype=torch.float32))  # fmt: skip
+    assert torch.equal(
+        grid_position_ids(2, 3),
+        torch.tensor([[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [0, 1, 2]], dtype=torch.float32),
+    )
 
 
 # Target grid 4x6 tokens; one reference 3x2.

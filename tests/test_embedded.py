@@ -36,10 +36,22 @@ def test_no_flags_means_the_embedded_model(embedded):
     # trained with guidance input 1 only: sampled at 1, steered by classifier-free guidance (docs/engine.md)
     assert (embedded.model_defaults["guidance"], embedded.model_defaults["true_cfg"]) == (1.0, 3.0)
     assert type(embedded.transformer).__name__ == "FluxTransformer2DModel"  # the same class as FLUX.1
-    a = embedded("a large red star in the center on a sunny beach", width=64, height=64, num_inference_steps=4,
-                 seed=0, output_type="latent").images  # fmt: skip
-    b = embedded("a small blue circle on the left in the snow", width=64, height=64, num_inference_steps=4,
-                 seed=0, output_type="latent").images  # fmt: skip
+    a = embedded(
+        "a large red star in the center on a sunny beach",
+        width=64,
+        height=64,
+        num_inference_steps=4,
+        seed=0,
+        output_type="latent",
+    ).images
+    b = embedded(
+        "a small blue circle on the left in the snow",
+        width=64,
+        height=64,
+        num_inference_steps=4,
+        seed=0,
+        output_type="latent",
+    ).images
     assert a.shape == (1, 16, 64) and not torch.allclose(a, b, atol=1e-3)
 
 
@@ -51,7 +63,10 @@ def test_generate_cli_defaults_to_the_models_native_size(tmp_path, monkeypatch):
     settings = read_settings(out)
     assert (settings["guidance"], settings["true_cfg"]) == (1.0, 3.0)
     assert (settings["width"], settings["height"]) == (128, 128) and settings["model"] == {
-        "model": "embedded", "dtype": "float32", "weights_dtype": None}  # fmt: skip
+        "model": "embedded",
+        "dtype": "float32",
+        "weights_dtype": None,
+    }
 
 
 def test_embedded_model_ships_its_uno_lora_with_provenance(embedded):
@@ -63,11 +78,20 @@ def test_embedded_model_ships_its_uno_lora_with_provenance(embedded):
     assert json.loads((EMBEDDED_MODEL_DIR / "lora_training.json").read_text())["summary"]["cases"] == 400
     base = load_pipeline(ModelPaths(), device="cpu", use_environment=False, model_lora=False)
     base.set_progress_bar_config(disable=True)
-    prompt = dict(prompt="a large figure in the center on a sunny beach", width=64, height=64,
-                  num_inference_steps=2, seed=0, output_type="latent")  # fmt: skip
+    prompt = dict(
+        prompt="a large figure in the center on a sunny beach",
+        width=64,
+        height=64,
+        num_inference_steps=2,
+        seed=0,
+        output_type="latent",
+    )
     reference = [EMBEDDED_MODEL_DIR.parent.parent / "examples" / "red_striped_diamond.png"]
-    assert not torch.allclose(embedded(reference_images=reference, **prompt).images,
-                              base(reference_images=reference, **prompt).images, atol=1e-3)  # fmt: skip
+    assert not torch.allclose(
+        embedded(reference_images=reference, **prompt).images,
+        base(reference_images=reference, **prompt).images,
+        atol=1e-3,
+    )
     # "lora_for": "references": a text-only prompt runs the base (the LoRA expects a reference), as before
     assert model_defaults(EMBEDDED_MODEL_DIR)["lora_for"] == "references"
     assert torch.equal(embedded(**prompt).images, base(**prompt).images)

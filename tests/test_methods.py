@@ -34,15 +34,18 @@ class EmbeddingAndPrefixMethod(UnoMethod):
     def conditioning(self, target_grid, reference_tokens, reference_grids, position_mode) -> Conditioning:
         uno = super().conditioning(target_grid, reference_tokens, reference_grids, position_mode)
         n_target = target_grid[0] * target_grid[1]
-        embeddings = torch.cat([self.target_embedding.expand(n_target, -1),
-                                self.reference_embedding.expand(uno.num_reference_tokens, -1)])[None]  # fmt: skip
+        embeddings = torch.cat(
+            [self.target_embedding.expand(n_target, -1), self.reference_embedding.expand(uno.num_reference_tokens, -1)]
+        )[None]
         unconditional = super().conditioning(target_grid, None, [], position_mode)
-        return dataclasses.replace(uno, token_embeddings=embeddings, text_prefix=self.prefix,
-                                   unconditional=unconditional)  # fmt: skip
+        return dataclasses.replace(
+            uno, token_embeddings=embeddings, text_prefix=self.prefix, unconditional=unconditional
+        )
 
 
-def hand_written_forward(transformer, hidden, timestep, guidance, pooled, text, text_ids, image_ids, embeddings,
-                         prefix) -> torch.Tensor:  # fmt: skip
+def hand_written_forward(
+    transformer, hidden, timestep, guidance, pooled, text, text_ids, image_ids, embeddings, prefix
+) -> torch.Tensor:
     """FluxTransformer2DModel.forward written out, with the embeddings added after x_embedder and the prefix put
     before the projected text (ids zero): what DreamO's and USO's own code do."""
     image = transformer.x_embedder(hidden) + embeddings
@@ -59,8 +62,14 @@ def hand_written_forward(transformer, hidden, timestep, guidance, pooled, text, 
 def inputs(tiny_pipe):
     g = torch.Generator().manual_seed(3)
     text, pooled, text_ids = tiny_pipe.encode_prompt(prompt=["a red cup"], prompt_2=None, max_sequence_length=16)
-    return dict(x_t=torch.randn(1, 6, 64, generator=g), timestep=torch.tensor([0.7]), guidance=torch.tensor([4.0]),
-                text=text, pooled=pooled, text_ids=text_ids)  # fmt: skip
+    return dict(
+        x_t=torch.randn(1, 6, 64, generator=g),
+        timestep=torch.tensor([0.7]),
+        guidance=torch.tensor([4.0]),
+        text=text,
+        pooled=pooled,
+        text_ids=text_ids,
+    )
 
 
 def test_embeddings_and_text_prefix_enter_exactly_as_a_hand_written_forward(tiny_pipe, inputs):
@@ -71,17 +80,26 @@ def test_embeddings_and_text_prefix_enter_exactly_as_a_hand_written_forward(tiny
 
     with torch.no_grad():
         expected = hand_written_forward(
-            transformer, torch.cat([inputs["x_t"], references], dim=1), inputs["timestep"], inputs["guidance"],
-            inputs["pooled"], inputs["text"], inputs["text_ids"], conditioning.image_ids,
-            conditioning.token_embeddings, method.prefix,
-        )[:, :6]  # fmt: skip
+            transformer,
+            torch.cat([inputs["x_t"], references], dim=1),
+            inputs["timestep"],
+            inputs["guidance"],
+            inputs["pooled"],
+            inputs["text"],
+            inputs["text_ids"],
+            conditioning.image_ids,
+            conditioning.token_embeddings,
+            method.prefix,
+        )[:, :6]
     assert torch.equal(got, expected)
 
     plain = UnoMethod().conditioning((2, 3), references, [(2, 2)], "diagonal")
     uno = engine.predict_velocity(transformer, transformer, plain, **inputs)
     assert not torch.allclose(uno, got, atol=1e-4)  # the embeddings and the prefix matter
     without_prefix = dataclasses.replace(conditioning, text_prefix=None)
-    assert not torch.allclose(engine.predict_velocity(transformer, transformer, without_prefix, **inputs), got, atol=1e-4)
+    assert not torch.allclose(
+        engine.predict_velocity(transformer, transformer, without_prefix, **inputs), got, atol=1e-4
+    )
     # the hooks live only inside the call: afterwards the transformer is plain FLUX again
     assert not transformer.x_embedder._forward_hooks and not transformer.context_embedder._forward_hooks
     assert torch.equal(engine.predict_velocity(transformer, transformer, plain, **inputs), uno)
@@ -92,8 +110,18 @@ def test_the_pipeline_samples_a_methods_conditioning_and_its_unconditional_branc
     the method's embeddings, prefix and references and v_uncond with its unconditional conditioning."""
     method, pipe = EmbeddingAndPrefixMethod(), tiny_pipe
     reference = random_image(64, 48, seed=1)
-    settings = dict(width=48, height=32, num_inference_steps=1, seed=5, reference_long_side=32, true_cfg_scale=3.0,
-                    negative_prompt="a blue dog", time_shift=1.0, guidance_scale=4.0, max_sequence_length=16)  # fmt: skip
+    settings = dict(
+        width=48,
+        height=32,
+        num_inference_steps=1,
+        seed=5,
+        reference_long_side=32,
+        true_cfg_scale=3.0,
+        negative_prompt="a blue dog",
+        time_shift=1.0,
+        guidance_scale=4.0,
+        max_sequence_length=16,
+    )
     out = pipe("a red cup", [reference], method=method, output_type="latent", **settings)
     assert out.settings["method"] == "test-embedding-prefix"
 
@@ -104,10 +132,17 @@ def test_the_pipeline_samples_a_methods_conditioning_and_its_unconditional_branc
     x = pipe.prepare_noise([5], 32, 48, torch.device("cpu"), torch.float32, "cpu")
     common = dict(x_t=x, timestep=torch.ones(1), guidance=torch.full((1,), 4.0), text_ids=text_ids)
     with torch.no_grad():
-        v_cond = engine.predict_velocity(pipe.transformer, pipe.transformer, conditioning, text=text, pooled=pooled,
-                                         **common)  # fmt: skip
-        v_uncond = engine.predict_velocity(pipe.transformer, pipe.transformer, conditioning.unconditional,
-                                           text=negative, pooled=negative_pooled, **common)  # fmt: skip
+        v_cond = engine.predict_velocity(
+            pipe.transformer, pipe.transformer, conditioning, text=text, pooled=pooled, **common
+        )
+        v_uncond = engine.predict_velocity(
+            pipe.transformer,
+            pipe.transformer,
+            conditioning.unconditional,
+            text=negative,
+            pooled=negative_pooled,
+            **common,
+        )
     expected = flow.euler_step(x, v_uncond + 3.0 * (v_cond - v_uncond), 1.0, 0.0)
     assert conditioning.unconditional.reference_tokens is None and conditioning.unconditional.token_embeddings is None
     torch.testing.assert_close(out.images, expected, rtol=0, atol=1e-5)  # float32 rounding of values ~3

@@ -38,9 +38,22 @@ def parse(argv: list[str], cls=SamplingOptions, **values):
 
 
 def test_every_option_is_a_flag_and_the_copied_cli_line_gives_the_same_options():
-    options = SamplingOptions(width=96, height=64, steps=7, guidance=2.5, true_cfg=3.0, negative_prompt="a dog",
-                              seed=5, num_images=2, method="uno", position_mode="width", reference_long_side=48,
-                              schedule="flux", time_shift=None, stochasticity=0.25)  # fmt: skip
+    options = SamplingOptions(
+        width=96,
+        height=64,
+        steps=7,
+        guidance=2.5,
+        true_cfg=3.0,
+        negative_prompt="a dog",
+        seed=5,
+        num_images=2,
+        method="uno",
+        position_mode="width",
+        reference_long_side=48,
+        schedule="flux",
+        time_shift=None,
+        stochasticity=0.25,
+    )
     assert parse(cli_flags(options)) == options
     assert "--ref-long-side" in cli_flags(options) and "--time-shift" not in cli_flags(options)  # None: the model's
     assert parse([]) == SamplingOptions()  # the flags' defaults are the fields'

@@ -42,7 +42,9 @@ def test_every_reference_and_the_prompt_change_the_output(tiny_pipe, ref_images)
 
 
 def test_position_mode_matters_only_with_references(tiny_pipe, ref_images):
-    by_mode = {m: latents(tiny_pipe, refs=ref_images[:2], position_mode=m) for m in ("diagonal", "height", "width", "none")}
+    by_mode = {
+        m: latents(tiny_pipe, refs=ref_images[:2], position_mode=m) for m in ("diagonal", "height", "width", "none")
+    }
     modes = list(by_mode)
     for i, a in enumerate(modes):
         for b in modes[i + 1 :]:
@@ -54,7 +56,9 @@ def test_seed_determinism_and_seed_plus_j(tiny_pipe, ref_images):
     a = latents(tiny_pipe, refs=ref_images[:1])
     assert torch.equal(a, latents(tiny_pipe, refs=ref_images[:1]))
     assert not torch.equal(a, latents(tiny_pipe, refs=ref_images[:1], seed=8))
-    pair = tiny_pipe("a red cup on the beach", ref_images[:1], seed=7, num_images_per_prompt=2, output_type="latent", **ARGS)
+    pair = tiny_pipe(
+        "a red cup on the beach", ref_images[:1], seed=7, num_images_per_prompt=2, output_type="latent", **ARGS
+    )
     assert pair.seeds == [7, 8]
     assert torch.allclose(pair.images[0], a[0], atol=1e-5)  # image j of a batch == a single call with seed + j
     assert torch.allclose(pair.images[1], latents(tiny_pipe, refs=ref_images[:1], seed=8)[0], atol=1e-5)
@@ -102,8 +106,15 @@ def test_a_fixed_time_shift_spaces_the_steps_as_diffusers_shift_does(tiny_pipe):
     """time_shift=s samples at s t / (1 + (s - 1) t) on the uniform grid (diffusers' static ``shift``), whatever
     the resolution; it wins over a schedule, and the settings say which shift ran."""
     seen = []
-    out = tiny_pipe("a cat", output_type="latent", seed=1, time_shift=20.0, schedule="flux",
-                    callback_on_step_end=lambda pipe, i, t, tensors: seen.append(t) or {}, **ARGS)  # fmt: skip
+    out = tiny_pipe(
+        "a cat",
+        output_type="latent",
+        seed=1,
+        time_shift=20.0,
+        schedule="flux",
+        callback_on_step_end=lambda pipe, i, t, tensors: seen.append(t) or {},
+        **ARGS,
+    )
     grid = torch.linspace(1, 0, ARGS["num_inference_steps"] + 1)[:-1]
     torch.testing.assert_close(torch.tensor(seen), 20 * grid / (1 + 19 * grid))
     assert (out.settings["time_shift"], out.settings["schedule"]) == (20.0, None)
@@ -136,23 +147,31 @@ def test_a_models_time_shift_is_the_default_and_a_named_schedule_overrides_it(ti
     assert torch.equal(by_rule, latents(tiny_pipe, "a cat"))
 
 
-
 @pytest.mark.parametrize("num_refs", [0, 1])
 def test_stochastic_sampling_is_fixed_by_each_images_seed_and_zero_is_the_ode(tiny_pipe, ref_images, num_refs):
     refs = ref_images[:num_refs]
     ode = tiny_pipe("a cat", refs, output_type="latent", seed=1, **ARGS)
     assert ode.settings["stochasticity"] == 0.0
     assert torch.equal(latents(tiny_pipe, "a cat", refs, seed=1, stochasticity=0.0), ode.images)  # UNO's sampler
-    both = tiny_pipe("a cat", refs, output_type="latent", seed=1, stochasticity=0.5, num_images_per_prompt=2,
-                     num_inference_steps=3, **{k: v for k, v in ARGS.items() if k != "num_inference_steps"})
+    both = tiny_pipe(
+        "a cat",
+        refs,
+        output_type="latent",
+        seed=1,
+        stochasticity=0.5,
+        num_images_per_prompt=2,
+        num_inference_steps=3,
+        **{k: v for k, v in ARGS.items() if k != "num_inference_steps"},
+    )
     assert both.settings["stochasticity"] == 0.5
     for j in range(2):  # image j uses seed + j, for its initial noise and for every step's fresh noise
         alone = latents(tiny_pipe, "a cat", refs, seed=1 + j, stochasticity=0.5, num_inference_steps=3)
-        torch.testing.assert_close(both.images[j:j + 1], alone, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(both.images[j : j + 1], alone, rtol=1e-5, atol=1e-5)
     ode3 = latents(tiny_pipe, "a cat", refs, seed=1, num_inference_steps=3)
     assert not torch.allclose(both.images[:1], ode3, atol=1e-4)
-    assert not torch.allclose(both.images[:1], latents(tiny_pipe, "a cat", refs, seed=1, stochasticity=1.0,
-                                                       num_inference_steps=3), atol=1e-4)  # fmt: skip
+    assert not torch.allclose(
+        both.images[:1], latents(tiny_pipe, "a cat", refs, seed=1, stochasticity=1.0, num_inference_steps=3), atol=1e-4
+    )
 
 
 def test_stochastic_sampling_draws_fresh_noise_from_the_seeds_own_stream(tiny_pipe):
@@ -193,8 +212,9 @@ def test_true_cfg_is_classifier_free_guidance_against_the_negative_prompt(tiny_p
     through the plain (no-CFG) sampler by wrapping the transformer."""
     prompt, negative, scale, refs = "a red cup on the beach", "a blue cat", 3.0, ref_images[:num_refs]
     got = latents(tiny_pipe, prompt, refs, true_cfg_scale=scale, negative_prompt=negative, num_inference_steps=3)
-    neg_embeds, neg_pooled, _ = tiny_pipe.encode_prompt(prompt=[negative], prompt_2=None, device="cpu",
-                                                        max_sequence_length=tiny_pipe.text_sequence_length)  # fmt: skip
+    neg_embeds, neg_pooled, _ = tiny_pipe.encode_prompt(
+        prompt=[negative], prompt_2=None, device="cpu", max_sequence_length=tiny_pipe.text_sequence_length
+    )
     forward = tiny_pipe.transformer.forward
 
     def textbook_cfg(*, encoder_hidden_states, pooled_projections, **kwargs):
@@ -209,8 +229,9 @@ def test_true_cfg_is_classifier_free_guidance_against_the_negative_prompt(tiny_p
         del tiny_pipe.transformer.forward
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, latents(tiny_pipe, prompt, refs, num_inference_steps=3), atol=1e-4)
-    assert not torch.allclose(got, latents(tiny_pipe, prompt, refs, true_cfg_scale=scale, num_inference_steps=3),
-                              atol=1e-4)  # the negative prompt matters (default: empty)  # fmt: skip
+    assert not torch.allclose(
+        got, latents(tiny_pipe, prompt, refs, true_cfg_scale=scale, num_inference_steps=3), atol=1e-4
+    )  # the negative prompt matters (default: empty)
 
 
 def test_guidance_defaults_come_from_the_pipeline_and_are_reported(tiny_pipe):

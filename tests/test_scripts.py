@@ -36,8 +36,9 @@ def test_readme_names_every_script():
 def test_python_script_help(script: Path, tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     # from an empty folder: --help must not write anything (e.g. outputs/ or data/)
-    result = subprocess.run([sys.executable, str(script), "--help"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: {script.name}"), result.stdout[:200]
     assert not any(tmp_path.iterdir()), "--help wrote files"

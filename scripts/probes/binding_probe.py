@@ -26,8 +26,10 @@ COLUMNS = ("placement", "size", "colour", "shape", "pattern")
 def one_shape(prompt: HeldoutPrompt) -> HeldoutPrompt:
     """The scene with every subject in its first subject's shape (identity details of their own seeds)."""
     shape = prompt.spec.subjects[0].identity.shape
-    subjects = tuple(SubjectSpec(make_identity(s.identity.seed, shape, s.identity.colour, s.identity.pattern),
-                                 s.placement, s.size) for s in prompt.spec.subjects)  # fmt: skip
+    subjects = tuple(
+        SubjectSpec(make_identity(s.identity.seed, shape, s.identity.colour, s.identity.pattern), s.placement, s.size)
+        for s in prompt.spec.subjects
+    )
     spec = SceneSpec(prompt.spec.background, subjects, prompt.spec.seed)
     return HeldoutPrompt(f"{prompt.id}-one-shape", "multi", spec, caption(spec, 20_000 + prompt.seed), prompt.seed)
 
@@ -35,8 +37,10 @@ def one_shape(prompt: HeldoutPrompt) -> HeldoutPrompt:
 def each_alone(prompt: HeldoutPrompt) -> list[HeldoutPrompt]:
     """One single-subject scene per subject, at its place and size, on the same background."""
     scenes = [SceneSpec(prompt.spec.background, (s,), prompt.spec.seed) for s in prompt.spec.subjects]
-    return [HeldoutPrompt(f"{prompt.id}-alone-{k}", "single", spec, caption(spec, 30_000 + prompt.seed + k),
-                          prompt.seed) for k, spec in enumerate(scenes)]  # fmt: skip
+    return [
+        HeldoutPrompt(f"{prompt.id}-alone-{k}", "single", spec, caption(spec, 30_000 + prompt.seed + k), prompt.seed)
+        for k, spec in enumerate(scenes)
+    ]
 
 
 def main() -> None:
@@ -49,13 +53,17 @@ def main() -> None:
     from unoflux.checkpoints.specs import EMBEDDED_MODEL_DIR, model_defaults
 
     model = args.model or str(EMBEDDED_MODEL_DIR)
-    pipe = load_pipeline(ModelPaths(model=model), device="cpu", dtype=torch.float32, use_environment=False,
-                         model_lora=False)  # fmt: skip
+    pipe = load_pipeline(
+        ModelPaths(model=model), device="cpu", dtype=torch.float32, use_environment=False, model_lora=False
+    )
     pipe.set_progress_bar_config(disable=True)
     size = int(model_defaults(model).get("image_size", 64))
     multi = [p for p in heldout_prompts() if p.kind == "multi"]
-    variants = {"as held out": multi, "one shape for all": [one_shape(p) for p in multi],
-                "each subject alone": [q for p in multi for q in each_alone(p)]}  # fmt: skip
+    variants = {
+        "as held out": multi,
+        "one shape for all": [one_shape(p) for p in multi],
+        "each subject alone": [q for p in multi for q in each_alone(p)],
+    }
     print(f"{model}: {len(multi)} held-out multi-subject prompts at {size} px")
     print(f"{'variant':>20} {'prompts':>8} " + " ".join(f"{c:>10}" for c in COLUMNS), flush=True)
     for name, prompts in variants.items():

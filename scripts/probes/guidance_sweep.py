@@ -32,8 +32,10 @@ COLUMNS = ("background", "placement", "size", "colour", "shape", "pattern", "two
 def outcomes(verdict) -> dict[str, list[bool]]:
     """Per-prompt right/wrong for the paired comparison: each intended subject's shape, and the two-panel look."""
     scenes = [verdict.left, verdict.right] if isinstance(verdict, TwoPanelVerdict) else [verdict]
-    return {"shape": [s.shape_ok for scene in scenes for s in scene.subjects],
-            "two_panel": [verdict.same_look] if isinstance(verdict, TwoPanelVerdict) else []}  # fmt: skip
+    return {
+        "shape": [s.shape_ok for scene in scenes for s in scene.subjects],
+        "two_panel": [verdict.same_look] if isinstance(verdict, TwoPanelVerdict) else [],
+    }
 
 
 def paired(first: list[dict], other: list[dict], key: str) -> str:
@@ -56,26 +58,43 @@ def main() -> None:
 
     args.model = args.model or str(EMBEDDED_MODEL_DIR)
     torch.set_num_threads(1)
-    pipe = load_pipeline(ModelPaths(model=args.model), device="cpu", dtype=torch.float32, use_environment=False,
-                         model_lora=False)  # fmt: skip
+    pipe = load_pipeline(
+        ModelPaths(model=args.model), device="cpu", dtype=torch.float32, use_environment=False, model_lora=False
+    )
     pipe.set_progress_bar_config(disable=True)
     prompts = list(tuning_prompts()) if args.tuning else list(heldout_prompts())[:: args.every]
     size = int(model_defaults(args.model).get("image_size", 64))
-    print(f"{args.model}: {len(prompts)} {'tuning' if args.tuning else 'held-out'} prompts, {args.steps} steps, "
-          f"{size} px")  # fmt: skip
+    print(
+        f"{args.model}: {len(prompts)} {'tuning' if args.tuning else 'held-out'} prompts, {args.steps} steps, {size} px"
+    )
     print(f"{'setting':>12} " + " ".join(f"{c[:10]:>10}" for c in COLUMNS) + "  vs first: shape, two-panel", flush=True)
     first = None
     for setting in args.settings:
         parts = setting.split(":")
-        guidance, true_cfg, shift, stochasticity = parts + ["-", "0"][len(parts) - 2:]
+        guidance, true_cfg, shift, stochasticity = parts + ["-", "0"][len(parts) - 2 :]
         # no shift given: the resolution rule UNO uses, whatever the model folder declares (and likewise the ODE)
         schedule, time_shift = ("uno", None) if shift == "-" else (None, float(shift))
-        verdicts = [(p, generate_and_check(pipe, p, size, args.steps, float(guidance), float(true_cfg), schedule,
-                                           time_shift, float(stochasticity))[1])
-                    for p in tqdm(prompts, desc=setting, leave=False)]  # fmt: skip
+        verdicts = [
+            (
+                p,
+                generate_and_check(
+                    pipe,
+                    p,
+                    size,
+                    args.steps,
+                    float(guidance),
+                    float(true_cfg),
+                    schedule,
+                    time_shift,
+                    float(stochasticity),
+                )[1],
+            )
+            for p in tqdm(prompts, desc=setting, leave=False)
+        ]
         summary, results = summarize(verdicts), [outcomes(v) for _, v in verdicts]
-        comparison = "" if first is None else (
-            f"  {paired(first, results, 'shape')}, {paired(first, results, 'two_panel')}")
+        comparison = (
+            "" if first is None else (f"  {paired(first, results, 'shape')}, {paired(first, results, 'two_panel')}")
+        )
         first = first or results
         print(f"{setting:>12} " + " ".join(f"{str(summary[c]):>10}" for c in COLUMNS) + comparison, flush=True)
 

@@ -44,8 +44,17 @@ def main() -> None:
     pairs = heldout_subject_pairs()
     cases = [p for kind in (1, 2) for p in [p for p in pairs if len(p.references) == kind][:50]]
     subject = summarize_subject([judge_case(through_vae(vae, render(p.target, size).image), p) for p in cases])
-    print(json.dumps({"model": model, "size": size, "text_to_image": {"prompts": len(prompts), **summarize(verdicts)},
-                      "subject_driven": subject}, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": model,
+                "size": size,
+                "text_to_image": {"prompts": len(prompts), **summarize(verdicts)},
+                "subject_driven": subject,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

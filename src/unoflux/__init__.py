@@ -1,9 +1,9 @@
 """unoflux: universal image customization (UNO) on FLUX-family diffusion transformers.
 
-    from unoflux import load_pipeline, ModelPaths
-    pipe = load_pipeline(ModelPaths(flux="flux1-dev.safetensors", ae="ae.safetensors",
-                                    t5="t5_dir", clip="clip_dir", lora="dit_lora.safetensors"))
-    image = pipe("a clock on the beach", ["clock.png"], seed=0).images[0]
+from unoflux import load_pipeline, ModelPaths
+pipe = load_pipeline(ModelPaths(flux="flux1-dev.safetensors", ae="ae.safetensors",
+                                t5="t5_dir", clip="clip_dir", lora="dit_lora.safetensors"))
+image = pipe("a clock on the beach", ["clock.png"], seed=0).images[0]
 """
 
 __version__ = "0.1.0"

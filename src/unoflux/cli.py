@@ -10,25 +10,42 @@ import sys
 from pathlib import Path
 
 from .errors import UnofluxError
-
 from .options import POSITION_MODES, SCHEDULES  # noqa: F401  (re-exported: evaluate's CLI and the app use them)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (local files only; explicit flags win over FLUX_DEV, AE, T5, CLIP, LORA)")
-    g.add_argument("--model", metavar="DIR", help="a diffusers FLUX folder (model_index.json); default: the embedded model")
-    g.add_argument("--flux", metavar="PATH", help="FLUX transformer: BFL flux1-dev.safetensors or a diffusers transformer/ folder")
+    g.add_argument(
+        "--model", metavar="DIR", help="a diffusers FLUX folder (model_index.json); default: the embedded model"
+    )
+    g.add_argument(
+        "--flux", metavar="PATH", help="FLUX transformer: BFL flux1-dev.safetensors or a diffusers transformer/ folder"
+    )
     g.add_argument("--ae", metavar="PATH", help="VAE: BFL ae.safetensors or a diffusers vae/ folder")
     g.add_argument("--t5", metavar="DIR", help="T5 encoder folder (transformers layout, tokenizer beside)")
     g.add_argument("--clip", metavar="DIR", help="CLIP-L text encoder folder (transformers layout, tokenizer beside)")
-    g.add_argument("--lora", metavar="PATH", help="UNO LoRA: dit_lora.safetensors (XLabs layout) or a diffusers LoRA "
-                   "(replaces the LoRA a model folder ships, as the embedded model does)")
-    g.add_argument("--base-only", action="store_true", help="leave out the LoRA the model folder ships: its text-to-image base alone")
+    g.add_argument(
+        "--lora",
+        metavar="PATH",
+        help="UNO LoRA: dit_lora.safetensors (XLabs layout) or a diffusers LoRA "
+        "(replaces the LoRA a model folder ships, as the embedded model does)",
+    )
+    g.add_argument(
+        "--base-only",
+        action="store_true",
+        help="leave out the LoRA the model folder ships: its text-to-image base alone",
+    )
     g = p.add_argument_group("device and memory")
     g.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda if available)")
-    g.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="compute dtype (default: bf16 on GPU, fp32 on CPU)")
-    g.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
-                   help="keep models on the CPU and move each (model) or each layer (sequential) to the GPU while it runs")
+    g.add_argument(
+        "--dtype", choices=("bf16", "fp16", "fp32"), help="compute dtype (default: bf16 on GPU, fp32 on CPU)"
+    )
+    g.add_argument(
+        "--offload",
+        choices=("none", "model", "sequential"),
+        default="none",
+        help="keep models on the CPU and move each (model) or each layer (sequential) to the GPU while it runs",
+    )
     g.add_argument("--weights-dtype", choices=("fp8",), help="store transformer weights as float8, compute in --dtype")
 
 
@@ -57,7 +74,11 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
     paths = model_paths(args)
     base_only = getattr(args, "base_only", False)  # only commands with model flags have it
     pipe = load_pipeline(
-        paths, device=device or args.device, dtype=args.dtype, offload=args.offload, weights_dtype=args.weights_dtype,
+        paths,
+        device=device or args.device,
+        dtype=args.dtype,
+        offload=args.offload,
+        weights_dtype=args.weights_dtype,
         model_lora=not base_only,
     )
     model = {k: str(Path(v).resolve()) for k, v in vars(paths.with_environment()).items() if v} or {"model": "embedded"}
@@ -75,7 +96,11 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ref", action="append", default=[], metavar="IMAGE", help="a reference image (repeat for several)")
     add_option_arguments(g)
     g.add_argument("--out", help="a .png file, or a folder (default outputs/; batch: outputs/batch)")
-    g.add_argument("--batch", metavar="FILE.json", help="UNO eval JSON: [{prompt, image_paths}, ...]; resumable, shards under accelerate launch")
+    g.add_argument(
+        "--batch",
+        metavar="FILE.json",
+        help="UNO eval JSON: [{prompt, image_paths}, ...]; resumable, shards under accelerate launch",
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -85,8 +110,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if (args.prompt is None) == (args.batch is None):
         raise UnofluxError("give either --prompt or --batch FILE.json")
-    request = options_from_args(args, GenerationRequest, prompt="(from the batch file)" if args.batch else args.prompt,
-                                references=[str(Path(r).resolve()) for r in args.ref])  # fmt: skip
+    request = options_from_args(
+        args,
+        GenerationRequest,
+        prompt="(from the batch file)" if args.batch else args.prompt,
+        references=[str(Path(r).resolve()) for r in args.ref],
+    )
     request.validate()  # bad input fails here, before minutes of model loading
     items = read_batch(args.batch) if args.batch else None
 
@@ -134,13 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"unoflux {__import__('unoflux').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("generate", help="generate images from a prompt and 0..N reference images",
-                       description=cmd_generate.__doc__)  # fmt: skip
+    p = sub.add_parser(
+        "generate", help="generate images from a prompt and 0..N reference images", description=cmd_generate.__doc__
+    )
     _add_generation_args(p)
     add_model_args(p)
     p.set_defaults(func=cmd_generate)
-    p = sub.add_parser("demo", help="held-out prompts through the model, with the checker's verdicts (make run)",
-                       description=cmd_demo.__doc__)  # fmt: skip
+    p = sub.add_parser(
+        "demo",
+        help="held-out prompts through the model, with the checker's verdicts (make run)",
+        description=cmd_demo.__doc__,
+    )
     p.add_argument("--out", default="outputs/demo", help="folder for the images (default outputs/demo)")
     add_model_args(p)
     p.set_defaults(func=cmd_demo)

@@ -19,7 +19,8 @@ model from copying a reference's layout. The paper's ablation variants apply onl
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence, get_args
+from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch

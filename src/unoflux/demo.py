@@ -33,8 +33,10 @@ def verdict_line(verdict) -> str:
     parts = [f"background {mark(verdict.background_ok)}"]
     for k, s in enumerate(verdict.subjects, start=1):
         found = "" if s.found else " (not found)"
-        parts.append(f"subject {k}{found}: colour {mark(s.colour_ok)}, shape {mark(s.shape_ok)}, "
-                     f"placement {mark(s.placement_ok)}, size {mark(s.size_ok)}")  # fmt: skip
+        parts.append(
+            f"subject {k}{found}: colour {mark(s.colour_ok)}, shape {mark(s.shape_ok)}, "
+            f"placement {mark(s.placement_ok)}, size {mark(s.size_ok)}"
+        )
     return "; ".join(parts)
 
 
@@ -66,7 +68,9 @@ def run_demo(pipe, out_dir: Path, size: int, steps: int = 25) -> list[Path]:
     for prompt_id in DEMO_PROMPTS:
         prompt = prompts[prompt_id]
         output, verdict = generate_and_check(pipe, prompt, size, steps)
-        path = save_png(output.images[0], out_dir / f"{prompt_id}.png", {**output.settings, "verdict": verdict.to_dict()})
+        path = save_png(
+            output.images[0], out_dir / f"{prompt_id}.png", {**output.settings, "verdict": verdict.to_dict()}
+        )
         print(f"{path}\n  prompt: {prompt.caption}\n  checker: {verdict_line(verdict)}")
         written.append(path)
 
@@ -76,14 +80,25 @@ def run_demo(pipe, out_dir: Path, size: int, steps: int = 25) -> list[Path]:
     for example in examples:
         pair = pairs[example["case"]]
         references = [EXAMPLES_DIR / name for name in example["references"]]
-        output = pipe(example["prompt"], [load_image(r) for r in references], width=size, height=size,
-                      num_inference_steps=steps, seed=pair.seed)  # fmt: skip
+        output = pipe(
+            example["prompt"],
+            [load_image(r) for r in references],
+            width=size,
+            height=size,
+            num_inference_steps=steps,
+            seed=pair.seed,
+        )
         result = judge_case(output.images[0], pair)
-        path = save_png(output.images[0], out_dir / f"{pair.id}.png",
-                        {**output.settings, "references": [str(r) for r in references], **result.to_dict()})  # fmt: skip
+        path = save_png(
+            output.images[0],
+            out_dir / f"{pair.id}.png",
+            {**output.settings, "references": [str(r) for r in references], **result.to_dict()},
+        )
         identity = ", ".join("ok" if won else "WRONG" for won in result.identity_wins)
-        print(f"{path}\n  references: {' '.join(str(r) for r in references)}\n  prompt: {example['prompt']}\n"
-              f"  checker: {verdict_line(result.verdict)}; identity (not just the look): {identity}")  # fmt: skip
+        print(
+            f"{path}\n  references: {' '.join(str(r) for r in references)}\n  prompt: {example['prompt']}\n"
+            f"  checker: {verdict_line(result.verdict)}; identity (not just the look): {identity}"
+        )
         written.append(path)
     return written
 

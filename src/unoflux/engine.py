@@ -10,7 +10,7 @@ cache hooks, offloading and layerwise casting keep working.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -21,9 +21,15 @@ def _batched(x: torch.Tensor, batch: int) -> torch.Tensor:
     return x if x.shape[0] == batch else x.expand(batch, *x.shape[1:])
 
 
-def transformer_inputs(conditioning: Conditioning, x_t: torch.Tensor, timestep: torch.Tensor,
-                       guidance: torch.Tensor | None, text: torch.Tensor, pooled: torch.Tensor,
-                       text_ids: torch.Tensor) -> dict:  # fmt: skip
+def transformer_inputs(
+    conditioning: Conditioning,
+    x_t: torch.Tensor,
+    timestep: torch.Tensor,
+    guidance: torch.Tensor | None,
+    text: torch.Tensor,
+    pooled: torch.Tensor,
+    text_ids: torch.Tensor,
+) -> dict:
     """Keyword arguments of ``FluxTransformer2DModel.forward`` for noisy target tokens ``x_t`` (B, N, 64) at
     ``timestep`` (B,), T5 embeddings ``text`` (B, L, D_text), CLIP ``pooled`` (B, D_pool) and ``text_ids`` (L, 3)."""
     hidden = x_t
@@ -34,8 +40,16 @@ def transformer_inputs(conditioning: Conditioning, x_t: torch.Tensor, timestep: 
         if prefix_ids is None:
             prefix_ids = text_ids.new_zeros(conditioning.text_prefix.shape[1], text_ids.shape[1])
         text_ids = torch.cat([prefix_ids.to(text_ids), text_ids])
-    return dict(hidden_states=hidden, timestep=timestep, guidance=guidance, pooled_projections=pooled,
-                encoder_hidden_states=text, txt_ids=text_ids, img_ids=conditioning.image_ids, return_dict=False)  # fmt: skip
+    return dict(
+        hidden_states=hidden,
+        timestep=timestep,
+        guidance=guidance,
+        pooled_projections=pooled,
+        encoder_hidden_states=text,
+        txt_ids=text_ids,
+        img_ids=conditioning.image_ids,
+        return_dict=False,
+    )
 
 
 @contextlib.contextmanager
@@ -46,11 +60,17 @@ def conditioning_hooks(transformer: torch.nn.Module, conditioning: Conditioning)
     handles = []
     embeddings, prefix = conditioning.token_embeddings, conditioning.text_prefix
     if embeddings is not None:
-        handles.append(transformer.x_embedder.register_forward_hook(
-            lambda module, args, out: out + _batched(embeddings, len(out)).to(out.dtype)))  # fmt: skip
+        handles.append(
+            transformer.x_embedder.register_forward_hook(
+                lambda module, args, out: out + _batched(embeddings, len(out)).to(out.dtype)
+            )
+        )
     if prefix is not None:
-        handles.append(transformer.context_embedder.register_forward_hook(
-            lambda module, args, out: torch.cat([_batched(prefix, len(out)).to(out.dtype), out], dim=1)))  # fmt: skip
+        handles.append(
+            transformer.context_embedder.register_forward_hook(
+                lambda module, args, out: torch.cat([_batched(prefix, len(out)).to(out.dtype), out], dim=1)
+            )
+        )
     try:
         yield
     finally:
@@ -58,9 +78,18 @@ def conditioning_hooks(transformer: torch.nn.Module, conditioning: Conditioning)
             handle.remove()
 
 
-def predict_velocity(model, transformer: torch.nn.Module, conditioning: Conditioning, x_t: torch.Tensor,
-                     timestep: torch.Tensor, guidance: torch.Tensor | None, text: torch.Tensor, pooled: torch.Tensor,
-                     text_ids: torch.Tensor, text_key: str = "encoder_hidden_states") -> torch.Tensor:  # fmt: skip
+def predict_velocity(
+    model,
+    transformer: torch.nn.Module,
+    conditioning: Conditioning,
+    x_t: torch.Tensor,
+    timestep: torch.Tensor,
+    guidance: torch.Tensor | None,
+    text: torch.Tensor,
+    pooled: torch.Tensor,
+    text_ids: torch.Tensor,
+    text_key: str = "encoder_hidden_states",
+) -> torch.Tensor:
     """The velocity of the noisy target tokens (B, N, 64). ``model`` is what is called (the transformer, or a
     wrapper around it such as accelerate's or the trainer's with a T5 inside, then ``text_key`` names its text
     input); ``transformer`` is the FLUX transformer inside it, whose embedders carry the hooks."""

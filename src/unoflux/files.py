@@ -7,9 +7,9 @@ shards; each caller names its own temporary folder, since resume logic looks for
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 @contextmanager

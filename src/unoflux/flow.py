@@ -102,8 +102,9 @@ def euler_step(x: torch.Tensor, velocity: torch.Tensor, t: float, t_next: float)
     return x + (t_next - t) * velocity
 
 
-def stochastic_step(x: torch.Tensor, velocity: torch.Tensor, t: float, t_next: float, fresh_noise: torch.Tensor,
-                    stochasticity: float) -> torch.Tensor:  # fmt: skip
+def stochastic_step(
+    x: torch.Tensor, velocity: torch.Tensor, t: float, t_next: float, fresh_noise: torch.Tensor, stochasticity: float
+) -> torch.Tensor:
     """One step that re-noises part of the way (DDIM's eta, Song et al. 2021, written for rectified flow).
 
     The velocity splits ``x`` into its clean estimate ``x0 = x - t v`` and its noise estimate ``n = x + (1 - t) v``;

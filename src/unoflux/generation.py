@@ -57,7 +57,10 @@ def generate_to_files(
         request = replace(request, seed=random.randrange(2**31))
     paths = output_paths(out, request)
     output = generate(pipe, request)
-    return [save_png(img, p, settings_record(request, output, j, model)) for j, (img, p) in enumerate(zip(output.images, paths))]
+    return [
+        save_png(img, p, settings_record(request, output, j, model))
+        for j, (img, p) in enumerate(zip(output.images, paths))
+    ]
 
 
 # ----------------------------------------------------------------------------------- batch mode
@@ -114,8 +117,13 @@ def run_batch(
         if png.is_file() and meta.is_file():
             skipped += 1
             continue
-        request = replace(template, prompt=items[i]["prompt"], references=items[i]["image_paths"],
-                          seed=template.seed + j, num_images=1)  # fmt: skip
+        request = replace(
+            template,
+            prompt=items[i]["prompt"],
+            references=items[i]["image_paths"],
+            seed=template.seed + j,
+            num_images=1,
+        )
         output = generate(pipe, request)
         settings = {**settings_record(request, output, 0, model), "batch_item": i, "batch_image": j}
         save_png(output.images[0], png, settings)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable
+from typing import Any
 
 MAX_SIDE = 2048  # FLUX.1 is trained up to ~2 MP
 POSITION_MODES = ("diagonal", "height", "width", "none")  # UnoPE offsets (conditioning.PositionMode)
@@ -60,8 +61,10 @@ class OptionSpec:
         if kind is int:
             if not (is_number and float(value).is_integer()) or not self._in_bounds(value):
                 if self.maximum is not None:
-                    raise UnofluxError(f"{self.label} {value!r} is out of range; use an integer from "
-                                       f"{self.minimum:g} to {self.maximum:g}")  # fmt: skip
+                    raise UnofluxError(
+                        f"{self.label} {value!r} is out of range; use an integer from "
+                        f"{self.minimum:g} to {self.maximum:g}"
+                    )
                 if self.minimum == 1:
                     raise UnofluxError(f"{self.label} {value!r} must be a positive integer")
                 raise UnofluxError(f"{self.label} {value!r} must be an integer")
@@ -91,36 +94,90 @@ def option(default: Any, label: str, help: str, **spec: Any) -> Any:
 class SamplingOptions:
     """How to sample, given the model, the prompt and the references. ``None``: the model's (see module doc)."""
 
-    width: int | None = option(None, "width", "output width in px, floored to a multiple of 16 (default: the model's; "
-                               "512 for FLUX.1-dev)", minimum=16, maximum=MAX_SIDE, model_default=True)  # fmt: skip
-    height: int | None = option(None, "height", "output height in px, floored to a multiple of 16 (default: the "
-                                "model's; 512 for FLUX.1-dev)", minimum=16, maximum=MAX_SIDE, model_default=True)  # fmt: skip
+    width: int | None = option(
+        None,
+        "width",
+        "output width in px, floored to a multiple of 16 (default: the model's; 512 for FLUX.1-dev)",
+        minimum=16,
+        maximum=MAX_SIDE,
+        model_default=True,
+    )
+    height: int | None = option(
+        None,
+        "height",
+        "output height in px, floored to a multiple of 16 (default: the model's; 512 for FLUX.1-dev)",
+        minimum=16,
+        maximum=MAX_SIDE,
+        model_default=True,
+    )
     steps: int = option(25, "steps", "denoising steps (UNO's 25)", minimum=1)
-    guidance: float | None = option(None, "guidance", "guidance input of a guidance-distilled model (default: the "
-                                    "model's; 4 for FLUX.1-dev, as UNO)", model_default=True)  # fmt: skip
-    true_cfg: float | None = option(None, "true CFG scale", "classifier-free guidance against the negative prompt, "
-                                    "2 forwards per step; 1 = off (default: the model's; off for FLUX.1-dev)",
-                                    minimum=1, hint="(1 = off)", metavar="SCALE", model_default=True)  # fmt: skip
+    guidance: float | None = option(
+        None,
+        "guidance",
+        "guidance input of a guidance-distilled model (default: the model's; 4 for FLUX.1-dev, as UNO)",
+        model_default=True,
+    )
+    true_cfg: float | None = option(
+        None,
+        "true CFG scale",
+        "classifier-free guidance against the negative prompt, "
+        "2 forwards per step; 1 = off (default: the model's; off for FLUX.1-dev)",
+        minimum=1,
+        hint="(1 = off)",
+        metavar="SCALE",
+        model_default=True,
+    )
     negative_prompt: str = option("", "negative prompt", "the unconditional prompt of true CFG (default empty)")
     seed: int | None = option(3407, "seed", "image j uses seed + j (UNO's 3407); None: a random one")
     num_images: int = option(1, "number of images", "images per prompt", minimum=1)
-    method: str | None = option(None, "method", "how references become conditioning (default: the model's; uno)",
-                                choices=METHOD_NAMES, model_default=True)  # fmt: skip
-    position_mode: str = option("diagonal", "position mode", "UnoPE offsets of the references (UNO's diagonal)",
-                                choices=POSITION_MODES)  # fmt: skip
-    reference_long_side: int | None = option(None, "reference long side", "references are resized to this long side "
-                                             "in px (default: the model's; 512 for one reference, 320 for several)",
-                                             minimum=16, maximum=MAX_SIDE, flag="--ref-long-side")  # fmt: skip
-    schedule: str | None = option(None, "schedule", "time shift by resolution: 'uno' reproduces UNO's inference, "
-                                  "'flux' uses the true token count (default: the model's fixed time shift if it "
-                                  "declares one, else uno)", choices=SCHEDULES)  # fmt: skip
-    time_shift: float | None = option(None, "time shift", "a fixed time shift instead (diffusers' shift; 1 = none), "
-                                      "wins over the schedule (default: the model's; none for FLUX.1-dev)", minimum=0,
-                                      above_minimum=True, hint="(1 = no shift)", metavar="S", model_default=True)  # fmt: skip
-    stochasticity: float | None = option(None, "stochasticity", "how much of each step is re-noised with fresh "
-                                         "noise, 0 (the deterministic ODE, UNO's) to 1 (diffusers' stochastic "
-                                         "sampling); the seed still fixes the image (default: the model's; 0)",
-                                         minimum=0, maximum=1, metavar="S", model_default=True)  # fmt: skip
+    method: str | None = option(
+        None,
+        "method",
+        "how references become conditioning (default: the model's; uno)",
+        choices=METHOD_NAMES,
+        model_default=True,
+    )
+    position_mode: str = option(
+        "diagonal", "position mode", "UnoPE offsets of the references (UNO's diagonal)", choices=POSITION_MODES
+    )
+    reference_long_side: int | None = option(
+        None,
+        "reference long side",
+        "references are resized to this long side in px (default: the model's; 512 for one reference, 320 for several)",
+        minimum=16,
+        maximum=MAX_SIDE,
+        flag="--ref-long-side",
+    )
+    schedule: str | None = option(
+        None,
+        "schedule",
+        "time shift by resolution: 'uno' reproduces UNO's inference, "
+        "'flux' uses the true token count (default: the model's fixed time shift if it "
+        "declares one, else uno)",
+        choices=SCHEDULES,
+    )
+    time_shift: float | None = option(
+        None,
+        "time shift",
+        "a fixed time shift instead (diffusers' shift; 1 = none), "
+        "wins over the schedule (default: the model's; none for FLUX.1-dev)",
+        minimum=0,
+        above_minimum=True,
+        hint="(1 = no shift)",
+        metavar="S",
+        model_default=True,
+    )
+    stochasticity: float | None = option(
+        None,
+        "stochasticity",
+        "how much of each step is re-noised with fresh "
+        "noise, 0 (the deterministic ODE, UNO's) to 1 (diffusers' stochastic "
+        "sampling); the seed still fixes the image (default: the model's; 0)",
+        minimum=0,
+        maximum=1,
+        metavar="S",
+        model_default=True,
+    )
 
     def validate(self) -> None:
         """One :class:`~unoflux.errors.UnofluxError` sentence for the first bad value (no model needed)."""
@@ -162,8 +219,9 @@ class GenerationRequest(SamplingOptions):
 
 
 # FLUX.1-dev's values, what a model folder's unoflux.json overrides (keys: SamplingOptions field names).
-FLUX_DEV_DEFAULTS: dict[str, Any] = dict(width=512, height=512, guidance=4.0, true_cfg=1.0, method="uno",
-                                         time_shift=None, stochasticity=0.0)  # fmt: skip
+FLUX_DEV_DEFAULTS: dict[str, Any] = dict(
+    width=512, height=512, guidance=4.0, true_cfg=1.0, method="uno", time_shift=None, stochasticity=0.0
+)
 
 
 def check_prompt(prompt: Any) -> None:
@@ -173,8 +231,9 @@ def check_prompt(prompt: Any) -> None:
         raise UnofluxError("the prompt is empty; describe the image to generate")
 
 
-def resolve_time_shift(schedule: str | None, time_shift: float | None,
-                       default_time_shift: float | None) -> tuple[str | None, float | None]:  # fmt: skip
+def resolve_time_shift(
+    schedule: str | None, time_shift: float | None, default_time_shift: float | None
+) -> tuple[str | None, float | None]:
     """(schedule, time shift) a call samples with: an explicit shift, else an explicit schedule's resolution
     rule, else the model's shift, else UNO's rule. Exactly one of the two is None."""
     if time_shift is None and schedule is None:
@@ -209,8 +268,11 @@ def flag(name: str) -> str:
     return spec.flag or "--" + name.replace("_", "-")
 
 
-def add_option_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-                         names: Iterable[str] | None = None, defaults: dict[str, Any] | None = None) -> None:  # fmt: skip
+def add_option_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    names: Iterable[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> None:
     """A ``--flag`` per option (``names``: only these), typed and documented from the fields; ``defaults``
     overrides a field's default for this command."""
     chosen = None if names is None else set(names)

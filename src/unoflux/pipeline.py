@@ -20,8 +20,9 @@ import dataclasses
 import math
 import random
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import transformers
@@ -117,8 +118,15 @@ class UnoFluxPipeline(FluxPipeline):
         latents = latents.float() / self.vae.config.scaling_factor + self.vae.config.shift_factor
         return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
 
-    def velocity(self, conditioning: Conditioning, text: torch.Tensor, pooled: torch.Tensor, text_ids: torch.Tensor,
-                 guidance_scale: float, cache_name: str = "cond") -> sampling.Velocity:  # fmt: skip
+    def velocity(
+        self,
+        conditioning: Conditioning,
+        text: torch.Tensor,
+        pooled: torch.Tensor,
+        text_ids: torch.Tensor,
+        guidance_scale: float,
+        cache_name: str = "cond",
+    ) -> sampling.Velocity:
         """The transformer as a velocity ``v(x, t, step)`` for one text and conditioning (:mod:`unoflux.sampling`).
         Each call runs inside diffusers' ``cache_context(cache_name)``, so its cache hooks (FirstBlockCache, ...)
         tell the branches of classifier-free guidance apart."""
@@ -127,10 +135,13 @@ class UnoFluxPipeline(FluxPipeline):
 
         def velocity(x: torch.Tensor, t: float, step: int) -> torch.Tensor:
             timestep = torch.full((len(x),), t, device=x.device, dtype=x.dtype)
-            guidance = torch.full((len(x),), guidance_scale, device=x.device, dtype=x.dtype) if guidance_embeds else None
+            guidance = (
+                torch.full((len(x),), guidance_scale, device=x.device, dtype=x.dtype) if guidance_embeds else None
+            )
             with transformer.cache_context(cache_name):
-                return engine.predict_velocity(transformer, transformer, conditioning, x, timestep, guidance, text,
-                                               pooled, text_ids)  # fmt: skip
+                return engine.predict_velocity(
+                    transformer, transformer, conditioning, x, timestep, guidance, text, pooled, text_ids
+                )
 
         return velocity
 
@@ -221,12 +232,15 @@ class UnoFluxPipeline(FluxPipeline):
         negative_prompt = options.negative_prompt
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negatives) != len(prompts):
-            raise UnofluxError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one, or one per prompt")
+            raise UnofluxError(
+                f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one, or one per prompt"
+            )
         width, height = output_size(options.width, options.height)
         long_side = options.reference_long_side or self.default_reference_long_side(len(references))
         seed = random.randrange(2**31) if options.seed is None else options.seed
-        options = dataclasses.replace(options, width=width, height=height, reference_long_side=long_side, seed=seed,
-                                      method=method.name)  # fmt: skip
+        options = dataclasses.replace(
+            options, width=width, height=height, reference_long_side=long_side, seed=seed, method=method.name
+        )
         num_inference_steps, num_images_per_prompt = options.steps, options.num_images
         guidance_scale, true_cfg_scale = float(options.guidance), float(options.true_cfg)
         schedule, time_shift, stochasticity = options.schedule, options.time_shift, float(options.stochasticity)
@@ -251,21 +265,29 @@ class UnoFluxPipeline(FluxPipeline):
 
         # 2. Text: T5 sequence + CLIP pooled vector, repeated per image (p0, p0, p1, p1, ...).
         prompt_embeds, pooled_embeds, text_ids = self.encode_prompt(
-            prompt=text_prompts, prompt_2=None, device=device, num_images_per_prompt=num_images_per_prompt,
+            prompt=text_prompts,
+            prompt_2=None,
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
             max_sequence_length=max_sequence_length,
-        )  # fmt: skip
+        )
         negative = None
         if true_cfg_scale > 1:
             negative = self.encode_prompt(
-                prompt=negatives, prompt_2=None, device=device, num_images_per_prompt=num_images_per_prompt,
+                prompt=negatives,
+                prompt_2=None,
+                device=device,
+                num_images_per_prompt=num_images_per_prompt,
                 max_sequence_length=max_sequence_length,
-            )[:2]  # fmt: skip
+            )[:2]
         conditioning = method.prepare(self, ref_images, target_grid, position_mode, device, dtype).to(device)
 
         # 3. Noise and schedule.
         seeds = [seed + j for _ in prompts for j in range(num_images_per_prompt)]
         latents = self.prepare_noise(seeds, height, width, device, dtype, noise_device)
-        noise_generators = [sampling.step_noise_generator(s, noise_device) for s in seeds] if stochasticity > 0 else None
+        noise_generators = (
+            [sampling.step_noise_generator(s, noise_device) for s in seeds] if stochasticity > 0 else None
+        )
         if time_shift is not None:
             mu = math.log(time_shift)
         else:
@@ -277,8 +299,14 @@ class UnoFluxPipeline(FluxPipeline):
         if negative is None:
             velocity = self.velocity(conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale)
         elif conditioning.unconditional is None:  # both branches see the same images: one forward, doubled batch
-            both = self.velocity(conditioning, torch.cat([prompt_embeds, negative[0]]),
-                                 torch.cat([pooled_embeds, negative[1]]), text_ids, guidance_scale, "cond_uncond")  # fmt: skip
+            both = self.velocity(
+                conditioning,
+                torch.cat([prompt_embeds, negative[0]]),
+                torch.cat([pooled_embeds, negative[1]]),
+                text_ids,
+                guidance_scale,
+                "cond_uncond",
+            )
             velocity = sampling.classifier_free_batched(both, true_cfg_scale)
         else:
             velocity = sampling.classifier_free(
@@ -294,8 +322,14 @@ class UnoFluxPipeline(FluxPipeline):
                 progress.update()
                 return x
 
-            latents = sampling.sample(velocity, latents, sigmas, stochasticity=stochasticity,
-                                      noise_generators=noise_generators, callback=after_step)  # fmt: skip
+            latents = sampling.sample(
+                velocity,
+                latents,
+                sigmas,
+                stochasticity=stochasticity,
+                noise_generators=noise_generators,
+                callback=after_step,
+            )
 
         if not torch.isfinite(latents).all():
             raise UnofluxError(
@@ -317,8 +351,12 @@ class UnoFluxPipeline(FluxPipeline):
 
 
 # diffusers' names of options (FluxPipeline's arguments) -> SamplingOptions field names
-DIFFUSERS_NAMES = {"num_inference_steps": "steps", "guidance_scale": "guidance", "true_cfg_scale": "true_cfg",
-                   "num_images_per_prompt": "num_images"}  # fmt: skip
+DIFFUSERS_NAMES = {
+    "num_inference_steps": "steps",
+    "guidance_scale": "guidance",
+    "true_cfg_scale": "true_cfg",
+    "num_images_per_prompt": "num_images",
+}
 
 
 def call_options(options: SamplingOptions | None, values: dict[str, Any]) -> SamplingOptions:

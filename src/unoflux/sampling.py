@@ -8,7 +8,7 @@ steps, :func:`unoflux.flow.stochastic_step`); classifier-free guidance is a wrap
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,17 +25,24 @@ def step_noise_generator(seed: int, device: str = "cpu") -> torch.Generator:
     return torch.Generator(device).manual_seed(derived)
 
 
-def sample(velocity: Velocity, x: torch.Tensor, sigmas: Sequence[float], *, stochasticity: float = 0.0,
-           noise_generators: Sequence[torch.Generator] | None = None,
-           callback: Callable[[int, float, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+def sample(
+    velocity: Velocity,
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    *,
+    stochasticity: float = 0.0,
+    noise_generators: Sequence[torch.Generator] | None = None,
+    callback: Callable[[int, float, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Integrate from ``sigmas[0]`` to ``sigmas[-1]``: Euler steps of the flow ODE, or with ``stochasticity`` > 0,
     steps that re-noise that part of the way with fresh noise from one generator per image (every step but the
     last, which lands on t = 0). ``callback(step, t, x)`` after each step returns the latents to go on with."""
     for step, (t, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         v = velocity(x, t, step)
         if stochasticity > 0 and t_next > 0:
-            fresh = torch.cat([torch.randn(x.shape[1:], generator=g, device=g.device)[None]
-                               for g in noise_generators]).to(x.device)  # fmt: skip
+            fresh = torch.cat(
+                [torch.randn(x.shape[1:], generator=g, device=g.device)[None] for g in noise_generators]
+            ).to(x.device)
             x = flow.stochastic_step(x, v, t, t_next, fresh, stochasticity)
         else:
             x = flow.euler_step(x, v, t, t_next)

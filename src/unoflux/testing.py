@@ -74,17 +74,30 @@ def tiny_components(seed: int = 0, guidance_embeds: bool = True) -> dict:
     t5_tokenizer, clip_tokenizer = tiny_t5_tokenizer(), tiny_clip_tokenizer()
     t5 = T5EncoderModel(
         T5Config(
-            vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-            feed_forward_proj="gated-gelu", relative_attention_num_buckets=8,
+            vocab_size=len(t5_tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            relative_attention_num_buckets=8,
         )
-    )  # fmt: skip
+    )
     clip = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(clip_tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-            num_attention_heads=4, max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=1,
+            vocab_size=len(clip_tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=0,
+            eos_token_id=1,
             pad_token_id=1,
         )
-    )  # fmt: skip
+    )
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config_for(dict(transformer.config)))
     return dict(
         transformer=transformer.eval(),
@@ -109,8 +122,11 @@ def random_uno_lora(transformer: FluxTransformer2DModel, rank: int = 4, seed: in
     """A LoRA in UNO's XLabs layout (``dit_lora.safetensors``) for ``transformer``, random weights."""
     g = torch.Generator().manual_seed(seed)
     dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-    mlp_hidden = transformer.single_transformer_blocks[0].proj_mlp.out_features if len(
-        transformer.single_transformer_blocks) else 4 * dim  # fmt: skip
+    mlp_hidden = (
+        transformer.single_transformer_blocks[0].proj_mlp.out_features
+        if len(transformer.single_transformer_blocks)
+        else 4 * dim
+    )
     lora = {}
 
     def add(prefix: str, inputs: int, outputs: int) -> None:
@@ -150,5 +166,10 @@ def save_official_layout(components: dict, root: str | Path, lora: dict | None =
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     lora_path = write_safetensors(lora, root / "dit_lora.safetensors") if lora is not None else None
-    return ModelPaths(flux=str(flux_path), ae=str(ae_path), t5=str(t5_dir), clip=str(clip_dir),
-                      lora=str(lora_path) if lora_path else None)  # fmt: skip
+    return ModelPaths(
+        flux=str(flux_path),
+        ae=str(ae_path),
+        t5=str(t5_dir),
+        clip=str(clip_dir),
+        lora=str(lora_path) if lora_path else None,
+    )

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("gradio", reason="the web app needs Gradio: pip install -e '.[app]'")
 pytest.importorskip("gradio_client", reason="the API tests need gradio_client: pip install -e '.[app]'")
 
+
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     """Where tests leave files for people to look at (outputs/ is git-ignored)."""

@@ -18,9 +18,12 @@ def test_api_generates_pngs_with_settings_and_a_cli_command(client, app_server, 
     from gradio_client import handle_file
 
     gallery, command, status = generate(
-        client, reference_1=handle_file(examples / "red_striped_diamond.png"), reference_2=handle_file(examples / "orange_dotted_diamond.png"),
-        seed=11, num_images=2,
-    )  # fmt: skip
+        client,
+        reference_1=handle_file(examples / "red_striped_diamond.png"),
+        reference_2=handle_file(examples / "orange_dotted_diamond.png"),
+        seed=11,
+        num_images=2,
+    )
     assert len(gallery) == 2
     for j, item in enumerate(gallery):
         image = Image.open(item["image"])
@@ -71,10 +74,14 @@ def bomb(path):
 @pytest.mark.parametrize(
     "make_upload, message",
     [
-        (lambda d: (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated") and d / "broken.png",
-         "reference image 1 'broken.png' cannot be read as an image"),
-        (lambda d: (d / "notes.txt").write_text("not an image") and d / "notes.txt",
-         "reference image 1 'notes.txt' cannot be read as an image"),
+        (
+            lambda d: (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated") and d / "broken.png",
+            "reference image 1 'broken.png' cannot be read as an image",
+        ),
+        (
+            lambda d: (d / "notes.txt").write_text("not an image") and d / "notes.txt",
+            "reference image 1 'notes.txt' cannot be read as an image",
+        ),
         (lambda d: bomb(d / "bomb.png"), "too large to decode safely"),
         (lambda d: (d / "big.png").write_bytes(b"\0" * 1_100_000) and d / "big.png", "exceeds the maximum file size"),
     ],

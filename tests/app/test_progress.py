@@ -29,8 +29,9 @@ def test_each_denoising_step_is_reported(serve_pipeline):
     from unoflux.testing import tiny_pipeline
 
     pipe = PausingPipeline(tiny_pipeline())
-    job = Client(serve_pipeline(pipe), verbose=False).submit(prompt="a ball", width=32, height=32, steps=3,
-                                                             api_name="/generate")  # fmt: skip
+    job = Client(serve_pipeline(pipe), verbose=False).submit(
+        prompt="a ball", width=32, height=32, steps=3, api_name="/generate"
+    )
     try:
         deadline = time.monotonic() + 30
         while not any(unit.index == 1 and unit.length == 3 for unit in job.status().progress_data or []):

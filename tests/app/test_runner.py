@@ -26,8 +26,14 @@ def tiny_request(examples):
     """``tiny_request(**changes)``: a fast request with one bundled reference."""
 
     def make(**changes) -> GenerationRequest:
-        settings = dict(prompt="a red ball", references=[str(examples / "red_striped_diamond.png")], width=48, height=32,
-                        steps=2, seed=7)  # fmt: skip
+        settings = dict(
+            prompt="a red ball",
+            references=[str(examples / "red_striped_diamond.png")],
+            width=48,
+            height=32,
+            steps=2,
+            seed=7,
+        )
         return GenerationRequest(**{**settings, **changes})
 
     return make
@@ -56,9 +62,17 @@ def test_run_refuses_a_bad_reference_before_any_work(runner, tiny_request, tmp_p
 
 
 def test_cli_command_reproduces_the_request(tiny_request, examples):
-    request = tiny_request(prompt="it's a ball", seed=42, reference_long_side=320, position_mode="width", guidance=4.0,
-                           true_cfg=2.5, negative_prompt="a blurry picture", time_shift=20.0,
-                           stochasticity=0.25)  # fmt: skip
+    request = tiny_request(
+        prompt="it's a ball",
+        seed=42,
+        reference_long_side=320,
+        position_mode="width",
+        guidance=4.0,
+        true_cfg=2.5,
+        negative_prompt="a blurry picture",
+        time_shift=20.0,
+        stochasticity=0.25,
+    )
     argv = shlex.split(generate_command(request, ["--model", "/models/my flux"], "/out dir"))
     assert argv[:4] == ["unoflux", "generate", "--prompt", "it's a ball"]
     flags = dict(zip(argv[4::2], argv[5::2]))

@@ -45,8 +45,10 @@ def test_identity_match_on_renders_and_on_look_alikes():
     assert true["identity_match"] >= 95 and true["all_recognisable"] == 100 and true["copy_paste"] == 0
 
     def look_alike(spec: SceneSpec) -> SceneSpec:  # same look, placement and size; another identity
-        subjects = tuple(SubjectSpec(make_identity(s.identity.seed + 777_000, *s.identity.look), s.placement, s.size)
-                         for s in spec.subjects)  # fmt: skip
+        subjects = tuple(
+            SubjectSpec(make_identity(s.identity.seed + 777_000, *s.identity.look), s.placement, s.size)
+            for s in spec.subjects
+        )
         return SceneSpec(spec.background, subjects, spec.seed)
 
     other = summarize_subject([judge_case(render_scene(look_alike(p.target), 64).image, p) for p in cases])
@@ -59,8 +61,9 @@ def test_copy_paste_is_the_reference_shot_in_the_scene():
     pair = _cases(1, 0)[0]
     reference = render_reference(pair.references[0], 64)
     background = paint_background(pair.target.background, 64, 64, np.random.default_rng(pair.target.seed))
-    pasted = Image.composite(reference.image, background.convert("RGB"),
-                             Image.fromarray(reference.subjects[0].mask.astype(np.uint8) * 255))  # fmt: skip
+    pasted = Image.composite(
+        reference.image, background.convert("RGB"), Image.fromarray(reference.subjects[0].mask.astype(np.uint8) * 255)
+    )
     assert judge_case(pasted, pair).copy_paste
     assert not judge_case(render_scene(pair.target, 64).image, pair).copy_paste
 
@@ -68,8 +71,9 @@ def test_copy_paste_is_the_reference_shot_in_the_scene():
 @pytest.mark.parametrize("with_references, look_free", [(True, False), (False, False), (True, True)])
 def test_evaluation_writes_report_images_and_sheet(tmp_path, tiny_pipe, with_references, look_free):
     tiny_pipe.set_progress_bar_config(disable=True)
-    settings = SubjectEvalSettings(size=32, steps=2, limit=1, with_references=with_references,
-                                   look_free_captions=look_free)  # fmt: skip
+    settings = SubjectEvalSettings(
+        size=32, steps=2, limit=1, with_references=with_references, look_free_captions=look_free
+    )
     summary = evaluate_subject_driven(tiny_pipe, tmp_path, settings)
     report = json.loads((tmp_path / "report.json").read_text())
     assert summary["cases"] == 2 and summary["by_kind"]["one"]["cases"] == 1 and summary["by_kind"]["two"]["cases"] == 1
@@ -78,7 +82,9 @@ def test_evaluation_writes_report_images_and_sheet(tmp_path, tiny_pipe, with_ref
     pairs = {p.id: p for p in heldout_subject_pairs()}
     for item in report["items"]:  # the prompt given, beside the held-out caption
         pair = pairs[item["id"]]
-        assert item["prompt"] == (caption_scene(pair.target, pair.seed, name_looks=False) if look_free else pair.caption)
+        assert item["prompt"] == (
+            caption_scene(pair.target, pair.seed, name_looks=False) if look_free else pair.caption
+        )
         assert item["caption"] == pair.caption and (item["prompt"] != item["caption"]) == look_free
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["multi-pair-000.png", "pair-000.png"]
     assert Image.open(tmp_path / "contact_sheet.png").width == 4 * 128 * 3
@@ -125,8 +131,18 @@ def test_cli_refuses_a_model_without_reference_sizes_unless_given(diffusers_fold
     """64 px world shots resized to UNO's 512 made evaluations slow and meaningless (twice): refused up front."""
     from unoflux.cli import main
 
-    common = ["evaluate", "world-subject", "--model", str(diffusers_folder), "--size", "32", "--steps", "1",
-              "--limit", "1"]  # fmt: skip
+    common = [
+        "evaluate",
+        "world-subject",
+        "--model",
+        str(diffusers_folder),
+        "--size",
+        "32",
+        "--steps",
+        "1",
+        "--limit",
+        "1",
+    ]
     assert main([*common, "--out", str(tmp_path / "refused")]) == 2
     assert "declares no reference_long_side" in capsys.readouterr().err and not (tmp_path / "refused").exists()
     assert main([*common, "--out", str(tmp_path / "given"), "--ref-long-side", "32,16"]) == 0

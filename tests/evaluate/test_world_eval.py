@@ -63,6 +63,11 @@ def test_evaluation_writes_report_images_and_contact_sheet(tmp_path):
 
 
 def test_commands_have_help():
-    for argv in (["evaluate", "world-t2i", "-h"], ["demo", "-h"], ["family", "build", "-h"], ["family", "export", "-h"]):
+    for argv in (
+        ["evaluate", "world-t2i", "-h"],
+        ["demo", "-h"],
+        ["family", "build", "-h"],
+        ["family", "export", "-h"],
+    ):
         result = subprocess.run([sys.executable, "-m", "unoflux", *argv], capture_output=True, text=True)
         assert result.returncode == 0 and "usage:" in result.stdout, argv

@@ -15,8 +15,19 @@ def test_tokenizers_split_captions_into_words_and_reload(tmp_path):
     captions = sample_captions(200, seed=0)
     t5, clip = train_t5_tokenizer(captions, max_length=64), train_clip_tokenizer(captions, vocab_size=300)
     text = "a small red star on the left in the snow."
-    assert t5.tokenize(text) == ["\u2581a", "\u2581small", "\u2581red", "\u2581star", "\u2581on", "\u2581the",
-                                 "\u2581left", "\u2581in", "\u2581the", "\u2581snow", "."]  # fmt: skip
+    assert t5.tokenize(text) == [
+        "\u2581a",
+        "\u2581small",
+        "\u2581red",
+        "\u2581star",
+        "\u2581on",
+        "\u2581the",
+        "\u2581left",
+        "\u2581in",
+        "\u2581the",
+        "\u2581snow",
+        ".",
+    ]
     assert "red</w>" in clip.tokenize(text) and "<unk>" not in t5.tokenize("A zebra!")  # unknown words: characters
     t5.save_pretrained(tmp_path / "t5")
     clip.save_pretrained(tmp_path / "clip")
@@ -33,8 +44,9 @@ def test_tokenizers_split_captions_into_words_and_reload(tmp_path):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_vae_training_resumes_exactly(device, tmp_path, monkeypatch):  # on a GPU: the CPU generator state reloads
     images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    config = VAETrainConfig(steps=4, batch_size=2, checkpoint_every=2, crop_size=16, block_out_channels=[8, 8, 8, 8],
-                            norm_num_groups=4)  # fmt: skip
+    config = VAETrainConfig(
+        steps=4, batch_size=2, checkpoint_every=2, crop_size=16, block_out_channels=[8, 8, 8, 8], norm_num_groups=4
+    )
     straight = train_vae(images, config, tmp_path / "straight", torch.device(device))
 
     import unoflux.family.vae as vae_module
@@ -76,8 +88,18 @@ def test_family_build_options_set_the_vae_and_refuse_a_non_flux_downsampling():
 def test_tune_vae_refuses_a_size_off_the_token_grid_before_any_work(tmp_path, capsys):
     from unoflux.cli import main
 
-    code = main(["family", "tune-vae", str(tmp_path / "missing"), str(tmp_path / "out"), "--data", str(tmp_path),
-                 "--size", "100"])  # fmt: skip
+    code = main(
+        [
+            "family",
+            "tune-vae",
+            str(tmp_path / "missing"),
+            str(tmp_path / "out"),
+            "--data",
+            str(tmp_path),
+            "--size",
+            "100",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "positive multiple of 16" in err and "got 100" in err  # the usual bad-input exit status
     assert not (tmp_path / "out").exists()
@@ -93,13 +115,25 @@ def test_set_sampling_writes_the_defaults_a_model_loads_with_and_keeps_the_rest(
     folder = tmp_path / "model"
     shutil.copytree(diffusers_folder, folder)
     (folder / "unoflux.json").write_text(json.dumps({"image_size": 32, "guidance": 1.0}))
-    assert main(["family", "set-sampling", str(folder), "--time-shift", "20", "--true-cfg", "3",
-                 "--stochasticity", "0.5"]) == 0  # fmt: skip
-    assert json.loads((folder / "unoflux.json").read_text()) == {"image_size": 32, "guidance": 1.0, "true_cfg": 3.0,
-                                                                  "time_shift": 20.0, "stochasticity": 0.5}  # fmt: skip
+    assert (
+        main(["family", "set-sampling", str(folder), "--time-shift", "20", "--true-cfg", "3", "--stochasticity", "0.5"])
+        == 0
+    )
+    assert json.loads((folder / "unoflux.json").read_text()) == {
+        "image_size": 32,
+        "guidance": 1.0,
+        "true_cfg": 3.0,
+        "time_shift": 20.0,
+        "stochasticity": 0.5,
+    }
     pipe = load_pipeline(ModelPaths(model=str(folder)), device="cpu", use_environment=False)
     defaults = pipe.model_defaults
-    assert (defaults["guidance"], defaults["true_cfg"], defaults["time_shift"], defaults["stochasticity"]) == (1.0, 3.0, 20.0, 0.5)
+    assert (defaults["guidance"], defaults["true_cfg"], defaults["time_shift"], defaults["stochasticity"]) == (
+        1.0,
+        3.0,
+        20.0,
+        0.5,
+    )
     # back to UNO's rule and its ODE
     assert main(["family", "set-sampling", str(folder), "--time-shift", "none", "--stochasticity", "none"]) == 0
     assert json.loads((folder / "unoflux.json").read_text()) == {"image_size": 32, "guidance": 1.0, "true_cfg": 3.0}
@@ -133,7 +167,10 @@ def test_tune_vae_moves_a_family_to_a_new_size_keeping_its_latent_space(diffuser
     config = VAETrainConfig(steps=6, batch_size=2, learning_rate=1e-3, crop_size=48, decoder_only=True)
     record = tune_vae(diffusers_folder, [tmp_path / "world"], tmp_path / "tuned", config, image_size=48)
 
-    source, tuned = UnoFluxPipeline.from_pretrained(diffusers_folder), UnoFluxPipeline.from_pretrained(tmp_path / "tuned")
+    source, tuned = (
+        UnoFluxPipeline.from_pretrained(diffusers_folder),
+        UnoFluxPipeline.from_pretrained(tmp_path / "tuned"),
+    )
     before, after = source.vae.state_dict(), tuned.vae.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("decoder."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))

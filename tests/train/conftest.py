@@ -46,10 +46,18 @@ def tiny_config(diffusers_folder, world_data, tmp_path):
 
     def make(**changes) -> TrainConfig:
         values = dict(
-            data=[str(world_data)], output_dir=str(tmp_path / "run"), model=str(diffusers_folder), max_steps=4,
-            batch_size=2, resolution=32, max_sequence_length=32, learning_rate=1e-3, checkpoint_every=0,
-            mode="lora", lora={"rank": 4},
-        )  # fmt: skip
+            data=[str(world_data)],
+            output_dir=str(tmp_path / "run"),
+            model=str(diffusers_folder),
+            max_steps=4,
+            batch_size=2,
+            resolution=32,
+            max_sequence_length=32,
+            learning_rate=1e-3,
+            checkpoint_every=0,
+            mode="lora",
+            lora={"rank": 4},
+        )
         values.update(changes)
         return TrainConfig.from_dict(values)
 

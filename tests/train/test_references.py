@@ -12,16 +12,20 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-
 from train_helpers import transformer_output as shared_transformer_output
+
+from unoflux import flow
 from unoflux.checkpoints.lora import to_xlabs_lora
 from unoflux.conditioning import grid_position_ids, preprocess_reference
 from unoflux.errors import UnofluxError
-from unoflux import flow
 from unoflux.train.data import (
-    BadRecordWarning, PairedDataset, data_has_references, read_paired_samples, subject_token_weights,
-)  # fmt: skip
-from unoflux.train.data import Batch
+    BadRecordWarning,
+    Batch,
+    PairedDataset,
+    data_has_references,
+    read_paired_samples,
+    subject_token_weights,
+)
 from unoflux.train.lora import add_lora, export_lora_state_dict, lora_state_dict
 from unoflux.train.trainer import Trainer, step_generator
 
@@ -48,10 +52,13 @@ def test_uno_json_is_read_and_bad_records_are_skipped_with_one_warning_each(pair
     root.mkdir()
     (root / "broken.png").write_text("not a png")
     good = [
-        {"prompt": r["caption"], "image_tgt_path": str(pairs_data / r["image"]),
-         "image_paths": [str(pairs_data / ref["image"]) for ref in r["references"]]}
+        {
+            "prompt": r["caption"],
+            "image_tgt_path": str(pairs_data / r["image"]),
+            "image_paths": [str(pairs_data / ref["image"]) for ref in r["references"]],
+        }
         for r in records[:3]
-    ]  # fmt: skip
+    ]
     bad = [
         {**good[0], "image_tgt_path": "missing.png"},  # 3: missing file
         {**good[0], "image_paths": ["broken.png"]},  # 4: unreadable image
@@ -67,8 +74,9 @@ def test_uno_json_is_read_and_bad_records_are_skipped_with_one_warning_each(pair
     assert all(len(s.references) == 1 and s.reference_sizes == ((32, 32),) for s in samples)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 5
-    for index, reason in zip(range(3, 8), ("does not exist", "not a readable image", "prompt 7", "not a non-empty list",
-                                           "not a JSON object")):  # fmt: skip
+    for index, reason in zip(
+        range(3, 8), ("does not exist", "not a readable image", "prompt 7", "not a non-empty list", "not a JSON object")
+    ):
         assert f"record {index} skipped" in messages[index - 3] and reason in messages[index - 3], messages
     assert data_has_references([str(path)]) and data_has_references([str(pairs_data)])
 
@@ -122,9 +130,11 @@ def test_position_mode_sets_the_reference_ids(tiny_config, multi_pairs_data):
     objective = Trainer(paired_config(tiny_config, multi_pairs_data), []).objective
     refs = [[Image.new("RGB", (16, 16), c) for c in ("red", "blue")]]  # two 1x1-token references, 2x2 target
     expected = {  # (index, row, col) of reference 1 and 2: offsets start at the target's size and accumulate
-        "diagonal": [[0, 2, 2], [0, 3, 3]], "height": [[0, 2, 0], [0, 3, 0]],
-        "width": [[0, 0, 2], [0, 0, 3]], "none": [[0, 0, 0], [0, 0, 0]],
-    }  # fmt: skip
+        "diagonal": [[0, 2, 2], [0, 3, 3]],
+        "height": [[0, 2, 0], [0, 3, 0]],
+        "width": [[0, 0, 2], [0, 0, 3]],
+        "none": [[0, 0, 0], [0, 0, 0]],
+    }
     losses = {}
     pixels = torch.zeros(1, 3, 32, 32)
     for mode, ref_ids in expected.items():
@@ -150,11 +160,25 @@ def test_stage1_exports_uno_lora_and_stage2_starts_from_it(tiny_config, pairs_da
     from unoflux.testing import tiny_pipeline
 
     lora = {"rank": 4, "target_modules": "uno", "share_qkv_down": True}
-    stage1 = Trainer(paired_config(tiny_config, pairs_data, output_dir=str(tmp_path / "s1"), max_steps=2,
-                                   lora=lora, learning_rate=1e-2,
-                                   validate_every=2, validation={"prompts": ["a cat"], "references": [
-                                       [str(next(pairs_data.glob("shard_*/*_ref0.png")))]], "width": 32,
-                                       "height": 32, "steps": 2}), [])  # fmt: skip
+    stage1 = Trainer(
+        paired_config(
+            tiny_config,
+            pairs_data,
+            output_dir=str(tmp_path / "s1"),
+            max_steps=2,
+            lora=lora,
+            learning_rate=1e-2,
+            validate_every=2,
+            validation={
+                "prompts": ["a cat"],
+                "references": [[str(next(pairs_data.glob("shard_*/*_ref0.png")))]],
+                "width": 32,
+                "height": 32,
+                "steps": 2,
+            },
+        ),
+        [],
+    )
     final = stage1.train()
     assert (final.parent / "validation" / "step-000002.png").is_file()
     xlabs_path = final / "dit_lora.safetensors"
@@ -186,10 +210,16 @@ def test_stage1_exports_uno_lora_and_stage2_starts_from_it(tiny_config, pairs_da
     assert (folder / "lora_config.yaml").is_file() and (folder / "lora_training.json").is_file()
     unship_lora(folder)  # what a full fine-tune does to its copy of such a folder
     assert not any((folder / name).exists() for name in SHIPPED_LORA_FILES)
-    assert load_pipeline(ModelPaths(model=str(folder)), device="cpu", use_environment=False).reference_long_sides is None
+    assert (
+        load_pipeline(ModelPaths(model=str(folder)), device="cpu", use_environment=False).reference_long_sides is None
+    )
 
-    stage2 = Trainer(paired_config(tiny_config, multi_pairs_data, output_dir=str(tmp_path / "s2"), max_steps=1,
-                                   lora=lora, init_lora=str(final)), [])  # fmt: skip
+    stage2 = Trainer(
+        paired_config(
+            tiny_config, multi_pairs_data, output_dir=str(tmp_path / "s2"), max_steps=1, lora=lora, init_lora=str(final)
+        ),
+        [],
+    )
     torch.testing.assert_close(transformer_output(stage2.transformer.eval()), trained, rtol=0, atol=1e-6)
     stage2.transformer.train()
     stage2.train()
@@ -207,8 +237,17 @@ def test_world_pairs_carry_their_subject_boxes_and_uno_json_none(pairs_data, mul
         assert list(sample.subject_boxes) == expected and len(expected) == len(sample.references)
     uno = tmp_path / "uno.json"
     first = json.loads((pairs_data / "manifest.jsonl").read_text().splitlines()[0])
-    uno.write_text(json.dumps([{"prompt": "a cat", "image_paths": [str(pairs_data / first["references"][0]["image"])],
-                                "image_tgt_path": str(pairs_data / first["image"])}]))  # fmt: skip
+    uno.write_text(
+        json.dumps(
+            [
+                {
+                    "prompt": "a cat",
+                    "image_paths": [str(pairs_data / first["references"][0]["image"])],
+                    "image_tgt_path": str(pairs_data / first["image"]),
+                }
+            ]
+        )
+    )
     assert read_paired_samples([str(uno)], long_side)[0].subject_boxes == ()
 
 
@@ -243,8 +282,9 @@ def test_subject_weighted_loss_scales_each_token_error(tiny_config, pairs_data):
 
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_look_free_captions_replace_captions_at_their_rate(tiny_config, pairs_data, rate):
-    trainer = Trainer(paired_config(tiny_config, pairs_data, batch_size=2, text_dropout=0.0,
-                                    look_free_captions=rate), [])  # fmt: skip
+    trainer = Trainer(
+        paired_config(tiny_config, pairs_data, batch_size=2, text_dropout=0.0, look_free_captions=rate), []
+    )
     batch = next(iter(trainer.data))
     captions, without_looks = batch.captions, batch.captions_without_looks
     assert all(w and w != c for c, w in zip(captions, without_looks))

@@ -25,8 +25,9 @@ def test_the_trained_module_encodes_t5_tokens_as_the_pipeline_does(tiny_config):
     captions = ["a red cat on the beach", ""]
     text, pooled, text_ids = trainer.objective.encode_text(captions)
     assert text.dtype == torch.long and text.shape == (2, 32)
-    expected, expected_pooled, _ = trainer.pipe.encode_prompt(prompt=captions, prompt_2=None, device="cpu",
-                                                              max_sequence_length=32)  # fmt: skip
+    expected, expected_pooled, _ = trainer.pipe.encode_prompt(
+        prompt=captions, prompt_2=None, device="cpu", max_sequence_length=32
+    )
     model = trainer.accelerator.unwrap_model(trainer.model)
     assert isinstance(model, TransformerWithTextEncoder)
     torch.testing.assert_close(model.text_encoder(text)[0], expected)
@@ -36,7 +37,12 @@ def test_the_trained_module_encodes_t5_tokens_as_the_pipeline_does(tiny_config):
 def test_training_the_text_encoder_changes_t5_and_the_transformer_only(tiny_config):
     config = tiny_config(mode="full", train_text_encoder=True, max_steps=3, ema={"enabled": True, "decay": 0.5})
     final, base = train(config, command=[]), Path(config.model)
-    for component, changed in (("text_encoder_2", True), ("transformer", True), ("text_encoder", False), ("vae", False)):
+    for component, changed in (
+        ("text_encoder_2", True),
+        ("transformer", True),
+        ("text_encoder", False),
+        ("vae", False),
+    ):
         got, before = weights(final, component), weights(base, component)
         assert got.keys() == before.keys(), component
         assert any(not torch.equal(got[k], before[k]) for k in got) == changed, component
@@ -55,8 +61,15 @@ def test_cached_token_ids_give_the_loss_of_encoded_batches(tiny_config):
 
 
 def test_a_resumed_run_ends_with_the_t5_of_an_uninterrupted_run(tiny_config, tmp_path):
-    settings = dict(mode="full", train_text_encoder=True, max_steps=4, checkpoint_every=2, cache_encodings=True,
-                    ema={"enabled": True, "decay": 0.9}, text_dropout=0.5)  # fmt: skip
+    settings = dict(
+        mode="full",
+        train_text_encoder=True,
+        max_steps=4,
+        checkpoint_every=2,
+        cache_encodings=True,
+        ema={"enabled": True, "decay": 0.9},
+        text_dropout=0.5,
+    )
     straight = train(tiny_config(output_dir=str(tmp_path / "straight"), **settings), command=[])
     first = tiny_config(output_dir=str(tmp_path / "resumed"), **{**settings, "max_steps": 3, "lr_schedule_steps": 4})
     train(first, command=[])  # leaves checkpoint-2, on the 4-step schedule

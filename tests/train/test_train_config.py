@@ -18,9 +18,13 @@ def minimal(**changes):
 
 def test_yaml_round_trip(tmp_path):
     config = minimal(
-        mode="full", buckets=[[32, 64], (64, 32)], ema={"enabled": True, "decay": 0.99}, lora={"rank": 8},
-        validate_every=5, validation={"prompts": ["a cat"], "width": 32, "height": 48},
-    )  # fmt: skip
+        mode="full",
+        buckets=[[32, 64], (64, 32)],
+        ema={"enabled": True, "decay": 0.99},
+        lora={"rank": 8},
+        validate_every=5,
+        validation={"prompts": ["a cat"], "width": 32, "height": 48},
+    )
     assert config.buckets == [(32, 64), (64, 32)]
     assert config.lora.rank == 8 and config.ema.enabled and config.validation.prompts == ["a cat"]
     path = config.to_yaml(tmp_path / "c.yaml")
@@ -40,11 +44,21 @@ def test_uno_lora_targets_are_exactly_the_xlabs_layers():
     import re
 
     pattern = minimal(lora={"target_modules": "uno"}).lora.peft_targets
-    adapted = ["transformer_blocks.3.attn.to_q", "transformer_blocks.0.attn.add_v_proj",
-               "transformer_blocks.1.attn.to_out.0", "transformer_blocks.0.attn.to_add_out",
-               "single_transformer_blocks.9.attn.to_k", "single_transformer_blocks.0.proj_out"]  # fmt: skip
-    left = ["proj_out", "single_transformer_blocks.0.proj_mlp", "transformer_blocks.0.ff.net.2", "x_embedder",
-            "transformer_blocks.0.norm1.linear"]  # fmt: skip
+    adapted = [
+        "transformer_blocks.3.attn.to_q",
+        "transformer_blocks.0.attn.add_v_proj",
+        "transformer_blocks.1.attn.to_out.0",
+        "transformer_blocks.0.attn.to_add_out",
+        "single_transformer_blocks.9.attn.to_k",
+        "single_transformer_blocks.0.proj_out",
+    ]
+    left = [
+        "proj_out",
+        "single_transformer_blocks.0.proj_mlp",
+        "transformer_blocks.0.ff.net.2",
+        "x_embedder",
+        "transformer_blocks.0.norm1.linear",
+    ]
     assert all(re.fullmatch(pattern, name) for name in adapted)
     assert not any(re.fullmatch(pattern, name) for name in left)
 
@@ -97,7 +111,12 @@ def test_bad_files(tmp_path):
 def test_cli_overrides_win(tmp_path):
     path = minimal(max_steps=100).to_yaml(tmp_path / "c.yaml")
     config = load_config(str(path), max_steps=7, output_dir="elsewhere", resume=True, position_mode="none")
-    assert (config.max_steps, config.output_dir, config.resume, config.position_mode) == (7, "elsewhere", "latest", "none")
+    assert (config.max_steps, config.output_dir, config.resume, config.position_mode) == (
+        7,
+        "elsewhere",
+        "latest",
+        "none",
+    )
     assert load_config(str(path)).max_steps == 100
     with pytest.raises(UnofluxError, match="max_steps -1"):
         load_config(str(path), max_steps=-1)
@@ -118,8 +137,15 @@ def test_shipped_configs_are_valid():
     files = sorted(root.rglob("*.yaml"))
     stages = [f for f in files if f.name.startswith("stage")]
     assert {f.name for f in stages} >= {"stage1_world.yaml", "stage2_world.yaml", "stage1_flux_dev.yaml"}
-    assert {f.name for f in files} >= {"base_t2i.yaml", "base_t2i_v3.yaml", "base_t2i_v4.yaml", "base_t2i_v5a.yaml",
-                                       "base_t2i_v5.yaml", "stage1_world128.yaml", "stage2_world128.yaml"}
+    assert {f.name for f in files} >= {
+        "base_t2i.yaml",
+        "base_t2i_v3.yaml",
+        "base_t2i_v4.yaml",
+        "base_t2i_v5a.yaml",
+        "base_t2i_v5.yaml",
+        "stage1_world128.yaml",
+        "stage2_world128.yaml",
+    }
     for path in files:
         values = yaml.safe_load(path.read_text())
         values.pop("init_lora", None)  # names the Stage I output, which exists only once Stage I has run

@@ -9,8 +9,15 @@ import torch
 
 from unoflux.errors import UnofluxError
 from unoflux.train.data import (
-    BucketDataset, DataPosition, Sample, TrainData, epoch_batches, load_pixels, nearest_bucket, read_samples,
-)  # fmt: skip
+    BucketDataset,
+    DataPosition,
+    Sample,
+    TrainData,
+    epoch_batches,
+    load_pixels,
+    nearest_bucket,
+    read_samples,
+)
 
 BUCKETS = [(32, 32), (32, 64), (64, 32)]  # (height, width)
 
@@ -41,7 +48,6 @@ def test_batches_hold_one_bucket_and_depend_on_seed_and_epoch():
     assert batches == epoch_batches(bucket_of, 2, seed=5, epoch=0)
     assert batches != epoch_batches(bucket_of, 2, seed=5, epoch=1)
     assert batches != epoch_batches(bucket_of, 2, seed=6, epoch=0)
-
 
 
 class Indexed(BucketDataset):

@@ -29,20 +29,31 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(kind, tiny
     # LoRA + EMA + accumulation + text dropout: every piece of state and every random draw is exercised; with
     # references (UNO Stage II data: 2-3 references per sample, batches grouped by reference sizes) as well, and
     # with the encoding cache (rebuilt on resume) and look-free captions.
-    paired = {"data": [str(multi_pairs_data)], "batch_size": 1, "reference_long_side_multi": 16,
-              "position_mode": "height"} if kind.startswith("references") else {}  # fmt: skip
+    paired = (
+        {"data": [str(multi_pairs_data)], "batch_size": 1, "reference_long_side_multi": 16, "position_mode": "height"}
+        if kind.startswith("references")
+        else {}
+    )
     if kind.endswith("cached encodings"):
         paired.update(cache_encodings=True, look_free_captions=0.5)
     config = tiny_config(
-        output_dir=str(tmp_path / "killed"), max_steps=30, checkpoint_every=4, gradient_accumulation=2,
-        text_dropout=0.5, ema={"enabled": True, "decay": 0.9}, lr_schedule="cosine", warmup_steps=3,
-        keep_checkpoints=2, **paired,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "killed"),
+        max_steps=30,
+        checkpoint_every=4,
+        gradient_accumulation=2,
+        text_dropout=0.5,
+        ema={"enabled": True, "decay": 0.9},
+        lr_schedule="cosine",
+        warmup_steps=3,
+        keep_checkpoints=2,
+        **paired,
+    )
     path = config.to_yaml(tmp_path / "run.yaml")
     killed = Path(config.output_dir)
 
-    process = subprocess.Popen(unoflux("train", "--config", str(path)), env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        unoflux("train", "--config", str(path)), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 60
     while not (killed / "checkpoint-4").is_dir():
         assert process.poll() is None, "the training process ended before its first checkpoint"
@@ -52,8 +63,9 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(kind, tiny
     assert process.wait() == -signal.SIGKILL
     assert not (killed / "final").exists(), "the run finished before it was killed; the test proves nothing"
 
-    out = subprocess.run(unoflux("train", "--config", str(path), "--resume"), env=ENV, check=True, capture_output=True,
-                         text=True).stdout  # fmt: skip
+    out = subprocess.run(
+        unoflux("train", "--config", str(path), "--resume"), env=ENV, check=True, capture_output=True, text=True
+    ).stdout
     resumed_step = int(out.split("resumed from ")[1].split(" at step ")[1].split()[0])
     assert resumed_step >= 4 and resumed_step % 4 == 0, out
     reference = train(config.replace(output_dir=str(tmp_path / "uninterrupted")), command=[])
@@ -73,10 +85,27 @@ def test_two_processes_under_accelerate_launch(tiny_config, tmp_path):
     path = config.to_yaml(tmp_path / "run.yaml")
     # accelerate 1.15's `--cpu` launches one process; torchrun's launcher (--multi_gpu) plus
     # ACCELERATE_USE_CPU gives a real multi-CPU (gloo) process group.
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "unoflux", "train", "--config", str(path)]  # fmt: skip
-    result = subprocess.run(command, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=120)
+    command = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "unoflux",
+        "train",
+        "--config",
+        str(path),
+    ]
+    result = subprocess.run(
+        command, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     checkpoint = Path(config.output_dir) / "checkpoint-1"
     assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()

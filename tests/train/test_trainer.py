@@ -8,8 +8,8 @@ import math
 
 import torch
 from PIL import Image
-
 from train_helpers import transformer_output
+
 from unoflux.train.lora import lora_state_dict
 from unoflux.train.trainer import Trainer, step_generator, train
 
@@ -23,15 +23,21 @@ def test_full_training_writes_every_output(tiny_config):
     from unoflux import ModelPaths, load_pipeline
 
     config = tiny_config(
-        mode="full", max_steps=4, checkpoint_every=2, validate_every=2, ema={"enabled": True, "decay": 0.9},
+        mode="full",
+        max_steps=4,
+        checkpoint_every=2,
+        validate_every=2,
+        ema={"enabled": True, "decay": 0.9},
         validation={"prompts": ["a red cat", "a dog on snow"], "width": 32, "height": 32, "steps": 2},
-    )  # fmt: skip
+    )
     final = train(config, command=["unoflux", "train", "--config", "x.yaml"])
     run = final.parent
     rows = read_log(run)
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert all(math.isfinite(float(r["loss"])) and float(r["it_per_s"]) > 0 for r in rows)
-    assert (run / "checkpoint-2" / "model.safetensors").is_file() and (run / "checkpoint-2" / "train_state.json").is_file()
+    assert (run / "checkpoint-2" / "model.safetensors").is_file() and (
+        run / "checkpoint-2" / "train_state.json"
+    ).is_file()
     assert not list(run.glob(".tmp-*"))
     grid = Image.open(run / "validation" / "step-000004.png")
     assert grid.size == (64, 32)  # two 32 px images side by side
@@ -91,7 +97,9 @@ def test_lora_keeps_base_weights_and_exports_a_loadable_lora(tiny_config):
 
     state = trainer.transformer.state_dict()
     for key, value in base.items():  # PEFT renames wrapped layers' weights to <layer>.base_layer.weight
-        peft_key = key if key in state else key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        peft_key = (
+            key if key in state else key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        )
         assert torch.equal(state[peft_key], value), key
     assert any(v.abs().sum() > 0 for k, v in lora_state_dict(trainer.transformer).items() if "lora_B" in k)
 
@@ -108,7 +116,9 @@ def test_lora_keeps_base_weights_and_exports_a_loadable_lora(tiny_config):
 def test_a_run_stopped_along_a_longer_schedule_is_the_prefix_of_that_schedule(tiny_config, tmp_path):
     # lr_schedule_steps: the embedded base v2 stopped at 4000 of a 12000-step cosine; one config reproduces it.
     common = dict(lr_schedule="cosine", warmup_steps=1, log_every=1)
-    short = train(tiny_config(output_dir=str(tmp_path / "short"), max_steps=3, lr_schedule_steps=6, **common), command=[])
+    short = train(
+        tiny_config(output_dir=str(tmp_path / "short"), max_steps=3, lr_schedule_steps=6, **common), command=[]
+    )
     full = train(tiny_config(output_dir=str(tmp_path / "full"), max_steps=6, **common), command=[])
 
     def rows(final) -> list[tuple[str, str]]:

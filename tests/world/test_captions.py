@@ -29,8 +29,10 @@ def test_multi_caption_states_the_relation():
     spec = sample_scene(rng, distinct_looks(rng, 2))
     a, b = (s.identity for s in spec.subjects)
     text = caption_scene(spec, 0)
-    assert f"{a.colour} {a.shape} is left of the {b.colour} {b.shape}" in text or \
-           f"{b.colour} {b.shape} is right of the {a.colour} {a.shape}" in text
+    assert (
+        f"{a.colour} {a.shape} is left of the {b.colour} {b.shape}" in text
+        or f"{b.colour} {b.shape} is right of the {a.colour} {a.shape}" in text
+    )
 
 
 def test_two_panel_caption_in_context_style():

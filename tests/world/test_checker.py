@@ -3,8 +3,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from unoflux.world import (SceneSpec, SubjectSpec, check_scene, check_two_panel, make_identity, render_scene,
-                           render_two_panel, single)
+from unoflux.world import (
+    SceneSpec,
+    SubjectSpec,
+    check_scene,
+    check_two_panel,
+    make_identity,
+    render_scene,
+    render_two_panel,
+    single,
+)
 from unoflux.world.checker import subject_fidelity
 from unoflux.world.sampling import distinct_looks, sample_scene, sample_two_panel
 from unoflux.world.vocab import BACKGROUNDS
@@ -34,16 +42,24 @@ BASE = single(make_identity(5, "star", "red", "striped"), "grass", "left", "larg
 
 def _wrong(**changes) -> SceneSpec:
     subject = BASE.subjects[0]
-    identity = make_identity(5, changes.pop("shape", "star"), changes.pop("colour", "red"), changes.pop("pattern", "striped"))
+    identity = make_identity(
+        5, changes.pop("shape", "star"), changes.pop("colour", "red"), changes.pop("pattern", "striped")
+    )
     subject = SubjectSpec(identity, changes.pop("placement", subject.placement), changes.pop("size", subject.size))
     return replace(BASE, subjects=(subject,), **changes)
 
 
-@pytest.mark.parametrize("wrong, failed", [
-    (dict(background="night"), "background_ok"), (dict(colour="blue"), "colour_ok"),
-    (dict(shape="heart"), "shape_ok"), (dict(pattern="dotted"), "pattern_ok"),
-    (dict(placement="right"), "placement_ok"), (dict(size="small"), "size_ok"),
-])
+@pytest.mark.parametrize(
+    "wrong, failed",
+    [
+        (dict(background="night"), "background_ok"),
+        (dict(colour="blue"), "colour_ok"),
+        (dict(shape="heart"), "shape_ok"),
+        (dict(pattern="dotted"), "pattern_ok"),
+        (dict(placement="right"), "placement_ok"),
+        (dict(size="small"), "size_ok"),
+    ],
+)
 def test_wrong_images_are_caught(wrong, failed):
     assert check_scene(render_scene(BASE, 128).image, BASE).all_ok
     verdict = check_scene(render_scene(_wrong(**wrong), 128).image, BASE)

@@ -12,7 +12,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def test_parser_knows_the_world_commands():
-    args = _parser().parse_args(["world", "build", "--out", "d", "--kind", "pairs", "--count", "3", "--shard-size", "2"])
+    args = _parser().parse_args(
+        ["world", "build", "--out", "d", "--kind", "pairs", "--count", "3", "--shard-size", "2"]
+    )
     assert (args.kind, args.count, args.size, args.seed, args.shard_size) == ("pairs", 3, 128, 0, 2)
     assert callable(args.func)
 

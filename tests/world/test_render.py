@@ -1,14 +1,26 @@
 import numpy as np
 import pytest
 
-from unoflux.world import SceneSpec, SubjectSpec, TwoPanelSpec, make_identity, render_reference, render_scene, render_two_panel, single
+from unoflux.world import (
+    SceneSpec,
+    SubjectSpec,
+    TwoPanelSpec,
+    make_identity,
+    render_reference,
+    render_scene,
+    render_two_panel,
+    single,
+)
 from unoflux.world.raster import box_of, rle_decode
 
 
 @pytest.mark.parametrize("size", [64, 128, 256])
 def test_scene_sizes_masks_and_boxes(size):
-    spec = SceneSpec("beach", (SubjectSpec(make_identity(1), "left", "small"),
-                               SubjectSpec(make_identity(2), "right", "large")), seed=5)
+    spec = SceneSpec(
+        "beach",
+        (SubjectSpec(make_identity(1), "left", "small"), SubjectSpec(make_identity(2), "right", "large")),
+        seed=5,
+    )
     rendered = render_scene(spec, size)
     assert rendered.image.size == (size, size)
     left, right = rendered.subjects
@@ -46,7 +58,9 @@ def test_two_panel_is_twice_as_wide_with_one_subject_per_panel():
 
 def test_two_panel_requires_the_same_identity():
     with pytest.raises(ValueError, match="same identity"):
-        TwoPanelSpec(single(make_identity(1), "snow", "left", "large", 1), single(make_identity(2), "snow", "left", "large", 1))
+        TwoPanelSpec(
+            single(make_identity(1), "snow", "left", "large", 1), single(make_identity(2), "snow", "left", "large", 1)
+        )
 
 
 def test_metadata_mask_rle_round_trips():

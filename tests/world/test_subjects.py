@@ -3,8 +3,14 @@ import json
 import numpy as np
 import pytest
 
-from unoflux.world import (HELDOUT_SEED_START, Identity, heldout_identities, heldout_seeds, make_identity,
-                           sample_training_identities)
+from unoflux.world import (
+    HELDOUT_SEED_START,
+    Identity,
+    heldout_identities,
+    heldout_seeds,
+    make_identity,
+    sample_training_identities,
+)
 from unoflux.world.subjects import outline_mask
 from unoflux.world.vocab import SHAPES
 

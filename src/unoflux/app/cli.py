@@ -16,8 +16,9 @@ def register(subparsers) -> None:
     g.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     g.add_argument("--out", default="outputs/app", help="folder for results and their references (default outputs/app)")
     g.add_argument("--concurrency", type=int, default=1, help="generations running at once (default 1 per device)")
-    g.add_argument("--max-queue", type=int, default=16,
-                   help="requests allowed to wait; beyond this, 'queue is full' (default 16)")  # fmt: skip
+    g.add_argument(
+        "--max-queue", type=int, default=16, help="requests allowed to wait; beyond this, 'queue is full' (default 16)"
+    )
     g.add_argument("--max-upload", default="50mb", help="largest reference upload (default 50mb)")
     add_model_args(p)
     p.set_defaults(func=cmd_app)
@@ -42,7 +43,14 @@ def serve(args: argparse.Namespace, block: bool = True):
     from .command import model_flags
     from .ui import build_app, launch
 
-    demo = build_app(pipe, model, args.out, args.concurrency, args.max_queue, model_flags(args),
-                     default_size=default_image_size(pipe))  # fmt: skip
+    demo = build_app(
+        pipe,
+        model,
+        args.out,
+        args.concurrency,
+        args.max_queue,
+        model_flags(args),
+        default_size=default_image_size(pipe),
+    )
     launch(demo, args.out, host=args.host, port=args.port, max_upload=args.max_upload, block=block)
     return demo

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..options import GenerationRequest, cli_flags
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import secrets
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..generation import generate, output_paths, settings_record
-from ..options import GenerationRequest
 from ..images import save_png
+from ..options import GenerationRequest
 from .command import generate_command
 
 StepReporter = Callable[[int, int], None]  # (steps done, total steps)

@@ -115,15 +115,20 @@ def make_generate(runner: AppRunner):
                 prompt=prompt or "",
                 references=[upload_path(r) for r in (reference_1, reference_2, reference_3, reference_4) if r],
                 width=None if width is None else _as_int(width, "width"),  # None: the model's size
-                height=None if height is None else _as_int(height, "height"), steps=_as_int(steps, "steps"),
+                height=None if height is None else _as_int(height, "height"),
+                steps=_as_int(steps, "steps"),
                 guidance=None if guidance is None else float(guidance),
-                true_cfg=None if true_cfg is None else float(true_cfg), negative_prompt=negative_prompt or "",
+                true_cfg=None if true_cfg is None else float(true_cfg),
+                negative_prompt=negative_prompt or "",
                 seed=secrets.randbelow(2**31) if random_seed else _as_int(seed, "seed"),
-                num_images=_as_int(num_images, "number of images"), position_mode=position_mode,
-                reference_long_side=parse_long_side(reference_long_side), schedule=schedule or None,
+                num_images=_as_int(num_images, "number of images"),
+                position_mode=position_mode,
+                reference_long_side=parse_long_side(reference_long_side),
+                schedule=schedule or None,
                 time_shift=_optional_number(time_shift, "time shift"),
-                stochasticity=None if stochasticity is None else float(stochasticity), method=method or None,
-            )  # fmt: skip
+                stochasticity=None if stochasticity is None else float(stochasticity),
+                method=method or None,
+            )
             progress(0, desc="starting")
             result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
         except UnofluxError as err:
@@ -144,13 +149,20 @@ def _form_inputs(defaults: dict[str, Any]) -> list[gr.Component]:
     ``make_generate``'s parameter order."""
     default_size, default_guidance, default_true_cfg = defaults["width"], defaults["guidance"], defaults["true_cfg"]
     default_time_shift, default_stochasticity = defaults["time_shift"], defaults["stochasticity"]
-    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a little orange block at the left in a room", elem_id="prompt")
+    prompt = gr.Textbox(
+        label="Prompt", lines=2, placeholder="a little orange block at the left in a room", elem_id="prompt"
+    )
     with gr.Row():
         references = [
-            gr.Image(label=f"Reference {k}", type="filepath", height=160, sources=["upload", "clipboard"],
-                     elem_id=f"reference-{k}")  # "upload" includes drag and drop
+            gr.Image(
+                label=f"Reference {k}",
+                type="filepath",
+                height=160,
+                sources=["upload", "clipboard"],
+                elem_id=f"reference-{k}",
+            )  # "upload" includes drag and drop
             for k in range(1, MAX_REFERENCES + 1)
-        ]  # fmt: skip
+        ]
     with gr.Row():
         width = gr.Slider(16, MAX_SIDE, value=default_size, step=16, label="Width")
         height = gr.Slider(16, MAX_SIDE, value=default_size, step=16, label="Height")
@@ -164,23 +176,59 @@ def _form_inputs(defaults: dict[str, Any]) -> list[gr.Component]:
         num_images = gr.Slider(1, 4, value=DEFAULTS.num_images, step=1, label="Number of images")
     with gr.Accordion("Advanced", open=False):
         position_mode = gr.Radio(list(POSITION_MODES), value=DEFAULTS.position_mode, label="Position mode (UnoPE)")
-        long_side = gr.Dropdown(LONG_SIDE_CHOICES, value="auto", allow_custom_value=True,
-                                label="Reference long side (auto: 512 for one reference, 320 for several)")  # fmt: skip
+        long_side = gr.Dropdown(
+            LONG_SIDE_CHOICES,
+            value="auto",
+            allow_custom_value=True,
+            label="Reference long side (auto: 512 for one reference, 320 for several)",
+        )
         schedule = gr.Radio(list(SCHEDULES), value="uno", label="Schedule (time shift by resolution)")
-        time_shift = gr.Number(value=default_time_shift, minimum=0.01, label="Time shift (blank: by the schedule)",
-                               elem_id="time-shift")  # fmt: skip
-        stochasticity = gr.Slider(0, 1, value=default_stochasticity, step=0.05, elem_id="stochasticity",
-                                  label="Stochasticity (0: the deterministic ODE; fresh noise each step up to 1)")
-        negative_prompt = gr.Textbox(value="", label="Negative prompt (used when True CFG > 1)", elem_id="negative-prompt")
+        time_shift = gr.Number(
+            value=default_time_shift, minimum=0.01, label="Time shift (blank: by the schedule)", elem_id="time-shift"
+        )
+        stochasticity = gr.Slider(
+            0,
+            1,
+            value=default_stochasticity,
+            step=0.05,
+            elem_id="stochasticity",
+            label="Stochasticity (0: the deterministic ODE; fresh noise each step up to 1)",
+        )
+        negative_prompt = gr.Textbox(
+            value="", label="Negative prompt (used when True CFG > 1)", elem_id="negative-prompt"
+        )
         method = gr.Radio(list(METHOD_NAMES), value=defaults["method"], label="Method", elem_id="method")
-    return [prompt, *references, width, height, steps, guidance, true_cfg, seed, random_seed, num_images,
-            position_mode, long_side, schedule, negative_prompt, time_shift, stochasticity, method]  # fmt: skip
+    return [
+        prompt,
+        *references,
+        width,
+        height,
+        steps,
+        guidance,
+        true_cfg,
+        seed,
+        random_seed,
+        num_images,
+        position_mode,
+        long_side,
+        schedule,
+        negative_prompt,
+        time_shift,
+        stochasticity,
+        method,
+    ]
 
 
 def _result_outputs() -> list[gr.Component]:
     """Where results appear, in the order ``make_generate`` returns them."""
-    gallery = gr.Gallery(label="Results", format="png", columns=2, buttons=["download", "fullscreen"],
-                         interactive=False, elem_id="results")  # fmt: skip
+    gallery = gr.Gallery(
+        label="Results",
+        format="png",
+        columns=2,
+        buttons=["download", "fullscreen"],
+        interactive=False,
+        elem_id="results",
+    )
     command = gr.Textbox(label="Copy as CLI command", lines=3, buttons=["copy"], interactive=False, elem_id="command")
     status = gr.Markdown(label="Status", elem_id="status")
     return [gallery, command, status]
@@ -203,16 +251,22 @@ def build_app(
     if concurrency < 1 or max_queue < 1:
         raise UnofluxError(f"concurrency ({concurrency}) and queue size ({max_queue}) must be at least 1")
     with gr.Blocks(title="unoflux", analytics_enabled=False) as demo:
-        gr.Markdown("## unoflux: subject-driven generation (UNO on FLUX)\nDescribe the image; add up to four "
-                    "reference images of the subjects to keep (upload, drag and drop, or paste).")  # fmt: skip
+        gr.Markdown(
+            "## unoflux: subject-driven generation (UNO on FLUX)\nDescribe the image; add up to four "
+            "reference images of the subjects to keep (upload, drag and drop, or paste)."
+        )
         with gr.Row():
             with gr.Column(scale=3):
                 inputs = _form_inputs({**model_defaults_of(pipe), "width": default_size})
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 outputs = _result_outputs()
-        gr.Examples(example_rows(), inputs=inputs[: 1 + MAX_REFERENCES], cache_examples=False,
-                    label="Examples (click one to fill the form)")  # fmt: skip
+        gr.Examples(
+            example_rows(),
+            inputs=inputs[: 1 + MAX_REFERENCES],
+            cache_examples=False,
+            label="Examples (click one to fill the form)",
+        )
         generate = make_generate(AppRunner(pipe, model, out_dir, model_flags))
         # Raw inputs (preprocess=False): Gradio's image preprocessing opens uploads with PIL and fails with a
         # bare "Error" on a corrupt one; unopened, they reach images.load_image, which names the problem.

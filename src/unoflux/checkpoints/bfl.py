@@ -101,7 +101,9 @@ def transformer_to_diffusers(sd: Tensors) -> Tensors:
     sd = dict(strip_prefixes(sd))
     hidden = sd["img_in.weight"].shape[0]
     out: Tensors = {}
-    for bfl_key, diff_keys, stem in _param_pairs(_count_blocks(sd, "double_blocks."), _count_blocks(sd, "single_blocks.")):
+    for bfl_key, diff_keys, stem in _param_pairs(
+        _count_blocks(sd, "double_blocks."), _count_blocks(sd, "single_blocks.")
+    ):
         if bfl_key not in sd:
             continue  # e.g. no guidance_in in schnell; the model's strict load reports real gaps
         tensor = sd.pop(bfl_key)

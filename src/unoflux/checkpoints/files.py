@@ -40,7 +40,9 @@ def read_tensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[str, 
     )
 
 
-def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def write_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
     """Save contiguous copies with string metadata (non-strings are JSON-encoded)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

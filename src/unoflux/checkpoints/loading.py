@@ -46,7 +46,7 @@ class ModelPaths:
     clip: str | None = None
     lora: str | None = None
 
-    def with_environment(self) -> "ModelPaths":
+    def with_environment(self) -> ModelPaths:
         """Fill unset paths from UNO's environment variables (explicit values win)."""
         env = os.environ.get
         flux = self.flux or next((env(v) for s in SPECS.values() for v in s.transformer_env if env(v)), None)
@@ -142,7 +142,9 @@ def load_vae(path: str | Path, dtype: torch.dtype) -> AutoencoderKL:
         return _from_diffusers_folder(AutoencoderKL, path, "vae", dtype)
     state, metadata = read_tensors(path, what="VAE")
     if not bfl.is_bfl_vae(state):
-        raise UnofluxError(f"{str(path)!r} is not a FLUX VAE: expected BFL/LDM keys like 'encoder.down.0.block.0.conv1.weight'")
+        raise UnofluxError(
+            f"{str(path)!r} is not a FLUX VAE: expected BFL/LDM keys like 'encoder.down.0.block.0.conv1.weight'"
+        )
     config = bfl.infer_vae_config(state, metadata)
     converted = convert_ldm_vae_checkpoint(state, config)
     with init_empty_weights():
@@ -155,7 +157,9 @@ def load_vae(path: str | Path, dtype: torch.dtype) -> AutoencoderKL:
 def _load_text_encoder(path: str | Path, model_class, subfolders: tuple[str, str], what: str, dtype: torch.dtype):
     path = Path(path)
     if not path.is_dir():
-        raise UnofluxError(f"{what} {str(path)!r} must be a folder in transformers layout (config.json, weights, tokenizer)")
+        raise UnofluxError(
+            f"{what} {str(path)!r} must be a folder in transformers layout (config.json, weights, tokenizer)"
+        )
     model_dir = path / subfolders[0] if (path / subfolders[0] / "config.json").is_file() else path
     tokenizer_dir = path / subfolders[1] if (path / subfolders[1]).is_dir() else model_dir
     if not (model_dir / "config.json").is_file():
@@ -168,7 +172,9 @@ def _load_text_encoder(path: str | Path, model_class, subfolders: tuple[str, str
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     except (OSError, ValueError, TypeError) as err:
-        raise UnofluxError(f"{what} folder {str(path)!r} has no usable tokenizer files beside the weights ({err})") from None
+        raise UnofluxError(
+            f"{what} folder {str(path)!r} has no usable tokenizer files beside the weights ({err})"
+        ) from None
     try:
         model = model_class.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as err:

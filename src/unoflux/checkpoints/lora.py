@@ -69,9 +69,7 @@ def load_lora_into_pipeline(pipe, path: str | Path, adapter_name: str = "uno") -
         raise UnofluxError(f"LoRA {path!r} is not in a layout unoflux knows (XLabs/UNO or diffusers): {err}") from None
     check_lora_fits(pipe.transformer, lora, path)
     pipe.load_lora_weights(lora, adapter_name=adapter_name)
-    adapted = [
-        n for n, m in pipe.transformer.named_modules() if hasattr(m, "lora_A") and adapter_name in m.lora_A
-    ]
+    adapted = [n for n, m in pipe.transformer.named_modules() if hasattr(m, "lora_A") and adapter_name in m.lora_A]
     if 2 * len(adapted) != len(lora):  # every A/B pair must have landed on a layer
         raise UnofluxError(f"only {len(adapted)} of {len(lora) // 2} LoRA layers in {path!r} were loaded")
     return len(adapted)
@@ -83,11 +81,14 @@ def load_lora_into_pipeline(pipe, path: str | Path, adapter_name: str = "uno") -
 UNO_LORA_FILE = "dit_lora.safetensors"  # UNO's name for its XLabs-layout LoRA
 
 _XLABS_PARTS = {
-    "double_blocks": [("qkv_lora1", ["attn.to_q", "attn.to_k", "attn.to_v"]), ("proj_lora1", ["attn.to_out.0"]),
-                      ("qkv_lora2", ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"]),
-                      ("proj_lora2", ["attn.to_add_out"])],
+    "double_blocks": [
+        ("qkv_lora1", ["attn.to_q", "attn.to_k", "attn.to_v"]),
+        ("proj_lora1", ["attn.to_out.0"]),
+        ("qkv_lora2", ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"]),
+        ("proj_lora2", ["attn.to_add_out"]),
+    ],
     "single_blocks": [("qkv_lora", ["attn.to_q", "attn.to_k", "attn.to_v"]), ("proj_lora", ["proj_out"])],
-}  # fmt: skip
+}
 
 
 def _peft_pairs(lora: Tensors) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -150,8 +151,10 @@ def to_xlabs_lora(peft_state_dict: Tensors, transformer: torch.nn.Module, scale:
     final ``proj_out``): train with ``lora.target_modules: uno``.
     """
     pairs = _peft_pairs(peft_state_dict)
-    blocks = {"double_blocks": ("transformer_blocks", len(transformer.transformer_blocks)),
-              "single_blocks": ("single_transformer_blocks", len(transformer.single_transformer_blocks))}  # fmt: skip
+    blocks = {
+        "double_blocks": ("transformer_blocks", len(transformer.transformer_blocks)),
+        "single_blocks": ("single_transformer_blocks", len(transformer.single_transformer_blocks)),
+    }
     fused: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     unadapted: dict[str, tuple[int, int]] = {}  # XLabs part -> (outputs, inputs), written as zeros
     used = set()

@@ -72,10 +72,16 @@ class CaseResult:
         return all(s.colour_ok and s.shape_ok for s in self.verdict.subjects)
 
     def to_dict(self) -> dict:
-        return {"id": self.pair.id, "caption": self.pair.caption, "seed": self.pair.seed,
-                "identity_wins": list(self.identity_wins), "margins": list(self.margins),
-                "copy_paste": self.copy_paste, "all_recognisable": self.all_recognisable,
-                "verdict": self.verdict.to_dict()}  # fmt: skip
+        return {
+            "id": self.pair.id,
+            "caption": self.pair.caption,
+            "seed": self.pair.seed,
+            "identity_wins": list(self.identity_wins),
+            "margins": list(self.margins),
+            "copy_paste": self.copy_paste,
+            "all_recognisable": self.all_recognisable,
+            "verdict": self.verdict.to_dict(),
+        }
 
 
 def reference_shots(pair: SubjectPair, size: int) -> list[Image.Image]:
@@ -92,14 +98,17 @@ def judge_case(image: Image.Image, pair: SubjectPair, distractors: int = 7) -> C
             wins.append(False)
             margins.append(None)
             continue
-        own, others = identity_match(image, verdict.background, subject.box, spec.identity,
-                                     same_look_distractors(spec.identity, distractors))  # fmt: skip
+        own, others = identity_match(
+            image, verdict.background, subject.box, spec.identity, same_look_distractors(spec.identity, distractors)
+        )
         wins.append(bool(own > max(others)))
         margins.append(round(own - float(np.mean(others)), 4))
     copy_paste = False
     if len(pair.references) == 1 and verdict.subjects[0].found:
         x0, y0, x1, y1 = verdict.subjects[0].box
-        copy_paste = verdict.subjects[0].placement == "center" and max(x1 - x0, y1 - y0) >= COPY_PASTE_EXTENT * image.height
+        copy_paste = (
+            verdict.subjects[0].placement == "center" and max(x1 - x0, y1 - y0) >= COPY_PASTE_EXTENT * image.height
+        )
     return CaseResult(pair, verdict, tuple(wins), tuple(margins), copy_paste)
 
 
@@ -127,21 +136,26 @@ def summarize_subject(results: list[CaseResult]) -> dict:
     return summary
 
 
-def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings = SubjectEvalSettings()) -> dict:
+def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings | None = None) -> dict:
     """Generate and judge the held-out subject-driven cases; write ``report.json``, images and a contact
     sheet (references | output per case)."""
+    settings = settings or SubjectEvalSettings()
     out_dir = Path(out_dir)
     settings = with_model_defaults(settings, pipe)
     pairs = list(heldout_subject_pairs())
     if settings.limit is not None:
-        pairs = [p for p in pairs if len(p.references) == 1][: settings.limit] + \
-                [p for p in pairs if len(p.references) > 1][: settings.limit]  # fmt: skip
+        pairs = [p for p in pairs if len(p.references) == 1][: settings.limit] + [
+            p for p in pairs if len(p.references) > 1
+        ][: settings.limit]
     results, items, shown = [], [], []
     for pair in tqdm(pairs, desc="held-out subject cases"):
         references = reference_shots(pair, settings.size) if settings.with_references else None
-        prompt = caption_scene(pair.target, pair.seed, name_looks=False) if settings.look_free_captions else pair.caption
-        output = pipe(prompt, references, settings.sampling_options(), width=settings.size, height=settings.size,
-                      seed=pair.seed)  # fmt: skip
+        prompt = (
+            caption_scene(pair.target, pair.seed, name_looks=False) if settings.look_free_captions else pair.caption
+        )
+        output = pipe(
+            prompt, references, settings.sampling_options(), width=settings.size, height=settings.size, seed=pair.seed
+        )
         image = output.images[0]
         result = judge_case(image, pair, settings.distractors)
         results.append(result)
@@ -150,10 +164,12 @@ def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings =
         if len(shown) < 24 and (len(pair.references) > 1 or len(shown) < 12):
             shown.append((prompt, _side_by_side(references or [], image)))
     summary = summarize_subject(results)
-    save_json({"settings": asdict(settings), "summary": summary, "items": items},
-              out_dir / "report.json")  # fmt: skip
-    save_png(contact_sheet(shown, columns=4, aspect=3), out_dir / "contact_sheet.png",
-             {"prompt": "held-out subject cases", **asdict(settings)})  # fmt: skip
+    save_json({"settings": asdict(settings), "summary": summary, "items": items}, out_dir / "report.json")
+    save_png(
+        contact_sheet(shown, columns=4, aspect=3),
+        out_dir / "contact_sheet.png",
+        {"prompt": "held-out subject cases", **asdict(settings)},
+    )
     return summary
 
 

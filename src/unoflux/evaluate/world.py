@@ -69,13 +69,20 @@ def summarize(verdicts: list[tuple[HeldoutPrompt, SceneVerdict | TwoPanelVerdict
     for kind in sorted({p.kind for p, _ in verdicts}):
         chosen = [(p, v) for p, v in verdicts if p.kind == kind]
         kind_subjects = [s for _, v in chosen for sc in _scenes_of(v) for s in sc.subjects]
-        by_kind[kind] = {"prompts": len(chosen), **{c: percent(sum(getattr(s, f"{c}_ok") for s in kind_subjects),
-                                                             len(kind_subjects)) for c in SUBJECT_CRITERIA}}  # fmt: skip
+        by_kind[kind] = {
+            "prompts": len(chosen),
+            **{
+                c: percent(sum(getattr(s, f"{c}_ok") for s in kind_subjects), len(kind_subjects))
+                for c in SUBJECT_CRITERIA
+            },
+        }
     summary["by_kind"] = by_kind
     return summary
 
 
-def contact_sheet(items: list[tuple[str, Image.Image]], columns: int = 6, cell: int = 128, aspect: int = 2) -> Image.Image:
+def contact_sheet(
+    items: list[tuple[str, Image.Image]], columns: int = 6, cell: int = 128, aspect: int = 2
+) -> Image.Image:
     """Images (up to `aspect` times wider than high) with their prompts underneath, for people to look at."""
     rows = (len(items) + columns - 1) // columns
     text_h = 44
@@ -106,8 +113,9 @@ def generate_and_check(pipe, prompt: HeldoutPrompt, size: int, options: Sampling
     return output, check(output.images[0], prompt.spec)
 
 
-def evaluate_text_to_image(pipe, out_dir: Path, settings: T2IEvalSettings = T2IEvalSettings()) -> dict:
+def evaluate_text_to_image(pipe, out_dir: Path, settings: T2IEvalSettings | None = None) -> dict:
     """Generate and judge every held-out prompt; write ``report.json``, images and a contact sheet."""
+    settings = settings or T2IEvalSettings()
     out_dir = Path(out_dir)
     settings = with_model_defaults(settings, pipe)
     prompts = list(heldout_prompts())[: settings.limit]
@@ -116,14 +124,29 @@ def evaluate_text_to_image(pipe, out_dir: Path, settings: T2IEvalSettings = T2IE
         output, verdict = generate_and_check(pipe, prompt, settings.size, settings.sampling_options())
         image = output.images[0]
         verdicts.append((prompt, verdict))
-        save_png(image, out_dir / "images" / f"{prompt.id}.png",
-                 {"prompt": prompt.caption, "seed": prompt.seed, "verdict": verdict.to_dict()})  # fmt: skip
+        save_png(
+            image,
+            out_dir / "images" / f"{prompt.id}.png",
+            {"prompt": prompt.caption, "seed": prompt.seed, "verdict": verdict.to_dict()},
+        )
         if len(shown) < 36 and (prompt.kind != "single" or len(shown) < 18):
             shown.append((prompt.caption, image))
     summary = summarize(verdicts)
-    report = {"settings": asdict(settings), "summary": summary,
-              "items": [{"id": p.id, "kind": p.kind, "caption": p.caption, "seed": p.seed, "all_ok": v.all_ok,
-                         "verdict": v.to_dict()} for p, v in verdicts]}  # fmt: skip
+    report = {
+        "settings": asdict(settings),
+        "summary": summary,
+        "items": [
+            {
+                "id": p.id,
+                "kind": p.kind,
+                "caption": p.caption,
+                "seed": p.seed,
+                "all_ok": v.all_ok,
+                "verdict": v.to_dict(),
+            }
+            for p, v in verdicts
+        ],
+    }
     save_json(report, out_dir / "report.json")
     save_png(contact_sheet(shown), out_dir / "contact_sheet.png", {"prompt": "held-out prompts", **asdict(settings)})
     return summary

@@ -15,10 +15,10 @@ import json
 import shlex
 import shutil
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -33,7 +33,6 @@ from ..files import replacing_folder
 from ..options import SamplingOptions, typed
 from .text import sample_captions, tiny_text_encoders, train_clip_tokenizer, train_t5_tokenizer
 from .vae import VAETrainConfig, calibrate_and_measure, load_images_by_size, load_square_images, train_vae
-
 
 # What a family folder carries beside its weights: its configs and metrics, sampling defaults, and the run
 # (config and command) that trained it.
@@ -62,11 +61,17 @@ class FamilyConfig:
 
     def transformer_config(self) -> dict:
         return dict(
-            patch_size=1, in_channels=64, num_layers=self.num_double_blocks, num_single_layers=self.num_single_blocks,
-            attention_head_dim=self.head_dim, num_attention_heads=self.hidden_heads,
-            joint_attention_dim=self.text_width, pooled_projection_dim=self.text_width, guidance_embeds=True,
+            patch_size=1,
+            in_channels=64,
+            num_layers=self.num_double_blocks,
+            num_single_layers=self.num_single_blocks,
+            attention_head_dim=self.head_dim,
+            num_attention_heads=self.hidden_heads,
+            joint_attention_dim=self.text_width,
+            pooled_projection_dim=self.text_width,
+            guidance_embeds=True,
             axes_dims_rope=list(self.axes_dims_rope),
-        )  # fmt: skip
+        )
 
 
 def _text_components(config: FamilyConfig, work: Path):
@@ -114,32 +119,50 @@ def build_family(data_dirs: list[Path], out: Path, config: FamilyConfig, work: P
 
     images = load_square_images(_world_images(data_dirs), config.image_size)
     vae: AutoencoderKL = train_vae(images, config.vae, work)
-    vae_report = calibrate_and_measure(vae, images[torch.randperm(len(images), generator=torch.Generator().manual_seed(1))])
+    vae_report = calibrate_and_measure(
+        vae, images[torch.randperm(len(images), generator=torch.Generator().manual_seed(1))]
+    )
 
     torch.manual_seed(config.seed)
     transformer = FluxTransformer2DModel(**config.transformer_config())
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config_for(dict(transformer.config)))
     pipe = UnoFluxPipeline(
-        scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer,
-        text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=transformer,
-    )  # fmt: skip
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
     pipe.save_pretrained(out)
     report = {
         "config": asdict(config),
         "data": [str(d) for d in data_dirs],
         "num_vae_images": len(images),
         "vae": vae_report,
-        "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
-                       for name in ("transformer", "vae", "text_encoder", "text_encoder_2")},  # fmt: skip
+        "parameters": {
+            name: sum(p.numel() for p in getattr(pipe, name).parameters())
+            for name in ("transformer", "vae", "text_encoder", "text_encoder_2")
+        },
         "command": _invoking_command(),
     }
     (out / "family.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_model_defaults(out, {"image_size": config.image_size, "guidance": config.guidance, "true_cfg": config.true_cfg})
+    write_model_defaults(
+        out, {"image_size": config.image_size, "guidance": config.guidance, "true_cfg": config.true_cfg}
+    )
     return report
 
 
-def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainConfig, image_size: int,
-             work: Path | None = None, measure_images: int = 512) -> dict:
+def tune_vae(
+    source: Path,
+    data_dirs: list[Path],
+    out: Path,
+    config: VAETrainConfig,
+    image_size: int,
+    work: Path | None = None,
+    measure_images: int = 512,
+) -> dict:
     """Copy the family folder ``source`` to ``out`` with its VAE fine-tuned on ``data_dirs`` at ``image_size``
     (the decoder only with ``config.decoder_only``: the latent space, its normalisation and the transformer
     stay valid, so the transformer can go on training at the new size). ``unoflux.json`` gets the new
@@ -149,7 +172,9 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
     from ..pipeline import UnoFluxPipeline
 
     if image_size <= 0 or image_size % 16:
-        raise UnofluxError(f"the image size must be a positive multiple of 16 (the pipeline's token grid), got {image_size}")
+        raise UnofluxError(
+            f"the image size must be a positive multiple of 16 (the pipeline's token grid), got {image_size}"
+        )
     source, out = Path(source), Path(out)
     work = work or out.with_name(out.name + ".work")
     groups = load_images_by_size(_world_images(data_dirs))
@@ -157,31 +182,48 @@ def tune_vae(source: Path, data_dirs: list[Path], out: Path, config: VAETrainCon
         raise UnofluxError(f"the images under {', '.join(map(str, data_dirs))} are not all {image_size} px high")
     shuffled = [g[torch.randperm(len(g), generator=torch.Generator().manual_seed(1))] for g in groups]
     pipe = UnoFluxPipeline.from_pretrained(source, dtype=torch.float32)
-    vae_shape = {k: pipe.vae.config[k] for k in ("layers_per_block", "norm_num_groups")}  # the record says what was tuned
+    vae_shape = {
+        k: pipe.vae.config[k] for k in ("layers_per_block", "norm_num_groups")
+    }  # the record says what was tuned
     config = dataclasses.replace(config, block_out_channels=list(pipe.vae.config.block_out_channels), **vae_shape)
     device = default_device()  # measuring 512 images at 128 px takes minutes on a CPU
 
     def psnr_by_size(vae: AutoencoderKL, calibrate: bool = False) -> dict:
         # squares first: calibrating (a whole tuning changes the latent space) uses them, as build_family does
-        return {f"{g.shape[-2]}x{g.shape[-1]}": calibrate_and_measure(vae, g, measure_images, calibrate and k == 0)["psnr_db"]
-                for k, g in enumerate(shuffled)}
+        return {
+            f"{g.shape[-2]}x{g.shape[-1]}": calibrate_and_measure(vae, g, measure_images, calibrate and k == 0)[
+                "psnr_db"
+            ]
+            for k, g in enumerate(shuffled)
+        }
 
     before = psnr_by_size(pipe.vae.to(device))
     vae = train_vae(groups, config, work, device=device, init=pipe.vae).to(device)
     after = psnr_by_size(vae, calibrate=not config.decoder_only)
     pipe.register_modules(vae=vae.cpu())
-    record = {"source": str(source), "data": [str(d) for d in data_dirs], "image_size": image_size,
-              "num_images": sum(len(g) for g in groups), "config": asdict(config),
-              "psnr_db_before": next(iter(before.values())), "psnr_db": next(iter(after.values())),
-              "psnr_db_by_size_before": before, "psnr_db_by_size": after,
-              "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor,
-              "command": _invoking_command()}
+    record = {
+        "source": str(source),
+        "data": [str(d) for d in data_dirs],
+        "image_size": image_size,
+        "num_images": sum(len(g) for g in groups),
+        "config": asdict(config),
+        "psnr_db_before": next(iter(before.values())),
+        "psnr_db": next(iter(after.values())),
+        "psnr_db_by_size_before": before,
+        "psnr_db_by_size": after,
+        "shift_factor": vae.config.shift_factor,
+        "scaling_factor": vae.config.scaling_factor,
+        "command": _invoking_command(),
+    }
     with _replacing_folder(out, source, (*_PROVENANCE, "training.json")) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         unship_lora(tmp)
         report = json.loads((tmp / "family.json").read_text()) if (tmp / "family.json").is_file() else {}
         earlier = report.get("vae_tuning", [])
-        report["vae_tuning"] = [*(earlier if isinstance(earlier, list) else [earlier]), record]  # every tuning, in order
+        report["vae_tuning"] = [
+            *(earlier if isinstance(earlier, list) else [earlier]),
+            record,
+        ]  # every tuning, in order
         (tmp / "family.json").write_text(json.dumps(report, indent=2) + "\n")
         write_model_defaults(tmp, {**model_defaults(tmp), "image_size": image_size})
     return record
@@ -231,8 +273,13 @@ def ship_lora(run_final: Path, model_dir: Path, notes: dict | None = None, only_
     path = write_safetensors(lora, model_dir / UNO_LORA_FILE)
     config = yaml.safe_load((run_final / "config.yaml").read_text())
     defaults = model_defaults(model_dir)
-    defaults.update(lora=UNO_LORA_FILE, reference_long_side={"one": config["reference_long_side_single"],
-                                                                "several": config["reference_long_side_multi"]})
+    defaults.update(
+        lora=UNO_LORA_FILE,
+        reference_long_side={
+            "one": config["reference_long_side_single"],
+            "several": config["reference_long_side_multi"],
+        },
+    )
     defaults.pop("lora_for", None)
     if only_with_references:
         defaults["lora_for"] = "references"

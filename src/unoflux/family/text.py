@@ -51,14 +51,18 @@ def train_t5_tokenizer(captions: Iterable[str], max_length: int) -> T5Tokenizer:
     piece scored by its log frequency (the maximum-likelihood unigram model of a closed vocabulary),
     with single characters as low-scored fallbacks so any text still tokenizes."""
     counts = Counter(
-        piece for text in captions for word, punct in re.findall(r"(\w[\w-]*)|([^\w\s])", text)
+        piece
+        for text in captions
+        for word, punct in re.findall(r"(\w[\w-]*)|([^\w\s])", text)
         for piece in (["\u2581" + word] if word else [punct])
-    )  # fmt: skip
+    )
     total = sum(counts.values())
     vocab = [(piece, 0.0) for piece in T5_SPECIALS]
     vocab += [(piece, math.log(n / total)) for piece, n in counts.most_common()]
     known = {piece for piece, _ in vocab}
-    vocab += [(c, -20.0) for c in "\u2581" + string.ascii_letters + string.digits + string.punctuation if c not in known]
+    vocab += [
+        (c, -20.0) for c in "\u2581" + string.ascii_letters + string.digits + string.punctuation if c not in known
+    ]
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
 
 
@@ -69,9 +73,11 @@ def train_clip_tokenizer(captions: Iterable[str], vocab_size: int) -> CLIPTokeni
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=CLIP_SPECIALS, end_of_word_suffix="</w>",
+        vocab_size=vocab_size,
+        special_tokens=CLIP_SPECIALS,
+        end_of_word_suffix="</w>",
         initial_alphabet=list(string.ascii_lowercase + string.digits + string.punctuation),
-    )  # fmt: skip
+    )
     tok.train_from_iterator(captions, trainer)
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
@@ -85,16 +91,31 @@ def tiny_text_encoders(t5_tokenizer, clip_tokenizer, width: int, seed: int) -> t
     torch.manual_seed(seed)
     t5 = T5EncoderModel(
         T5Config(
-            vocab_size=len(t5_tokenizer), d_model=width, d_kv=width // 4, d_ff=2 * width, num_layers=2, num_heads=4,
-            feed_forward_proj="gated-gelu", relative_attention_num_buckets=16, pad_token_id=0, eos_token_id=1,
+            vocab_size=len(t5_tokenizer),
+            d_model=width,
+            d_kv=width // 4,
+            d_ff=2 * width,
+            num_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            relative_attention_num_buckets=16,
+            pad_token_id=0,
+            eos_token_id=1,
         )
-    )  # fmt: skip
+    )
     eos = clip_tokenizer.convert_tokens_to_ids("<|endoftext|>")
     clip = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(clip_tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH, projection_dim=width,
-            bos_token_id=clip_tokenizer.convert_tokens_to_ids("<|startoftext|>"), eos_token_id=eos, pad_token_id=eos,
+            vocab_size=len(clip_tokenizer),
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=CLIP_MAX_LENGTH,
+            projection_dim=width,
+            bos_token_id=clip_tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+            eos_token_id=eos,
+            pad_token_id=eos,
         )
-    )  # fmt: skip
+    )
     return t5.eval().requires_grad_(False), clip.eval().requires_grad_(False)

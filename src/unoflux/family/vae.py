@@ -45,16 +45,25 @@ class VAETrainConfig:
         pipeline's 2x2-packed token grid assumes)."""
         levels = len(self.block_out_channels)
         if levels != 4:
-            raise UnofluxError(f"the VAE needs 4 levels of widths (FLUX's 8x downsampling), got {levels}: "
-                               f"{list(self.block_out_channels)}")  # fmt: skip
+            raise UnofluxError(
+                f"the VAE needs 4 levels of widths (FLUX's 8x downsampling), got {levels}: "
+                f"{list(self.block_out_channels)}"
+            )
         return dict(
-            in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
-            down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
-            block_out_channels=list(self.block_out_channels), layers_per_block=self.layers_per_block,
-            norm_num_groups=self.norm_num_groups, use_quant_conv=False, use_post_quant_conv=False,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=LATENT_CHANNELS,
+            down_block_types=["DownEncoderBlock2D"] * levels,
+            up_block_types=["UpDecoderBlock2D"] * levels,
+            block_out_channels=list(self.block_out_channels),
+            layers_per_block=self.layers_per_block,
+            norm_num_groups=self.norm_num_groups,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
             mid_block_add_attention=False,  # convolutions only: the VAE behaves the same at every image size
-            scaling_factor=1.0, shift_factor=0.0,
-        )  # fmt: skip
+            scaling_factor=1.0,
+            shift_factor=0.0,
+        )
 
 
 def load_square_images(paths: list[Path], size: int) -> torch.Tensor:
@@ -88,8 +97,13 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train_vae(images: torch.Tensor | list[torch.Tensor], config: VAETrainConfig, work_dir: Path,
-              device: torch.device | None = None, init: AutoencoderKL | None = None) -> AutoencoderKL:
+def train_vae(
+    images: torch.Tensor | list[torch.Tensor],
+    config: VAETrainConfig,
+    work_dir: Path,
+    device: torch.device | None = None,
+    init: AutoencoderKL | None = None,
+) -> AutoencoderKL:
     """Train (or resume from ``work_dir/vae_state.pt``) on ``device`` (a GPU when there is one) and return the
     VAE in eval mode: a new one, or ``init`` fine-tuned (its decoder only with ``config.decoder_only``).
     ``images``: one (N, 3, H, W) tensor, or one per image size (each batch comes from one, chosen in proportion
@@ -107,7 +121,8 @@ def train_vae(images: torch.Tensor | list[torch.Tensor], config: VAETrainConfig,
     counts = torch.tensor([len(g) for g in groups], dtype=torch.float)
     optimizer = torch.optim.AdamW(trained.parameters(), lr=config.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps))
+        optimizer,
+        lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)),
     )
     generator = torch.Generator().manual_seed(config.seed)
     step = 0
@@ -130,15 +145,15 @@ def train_vae(images: torch.Tensor | list[torch.Tensor], config: VAETrainConfig,
         if height == width:  # squares: one draw for both offsets, as every earlier run drew them
             top, left = torch.randint(width - crop_w + 1, (2,), generator=generator).tolist()
         else:
-            top, left = (torch.randint(n, (1,), generator=generator).item() for n in (height - crop_h + 1, width - crop_w + 1))
+            top, left = (
+                torch.randint(n, (1,), generator=generator).item() for n in (height - crop_h + 1, width - crop_w + 1)
+            )
         x = to_unit_range(images[index, :, top : top + crop_h, left : left + crop_w])
         with torch.set_grad_enabled(not config.decoder_only):
             posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)
         recon = vae.decode(z).sample
-        loss = (
-            (recon - x).pow(2).mean() + 0.1 * (recon - x).abs().mean() + config.kl_weight * posterior.kl().mean()
-        )
+        loss = (recon - x).pow(2).mean() + 0.1 * (recon - x).abs().mean() + config.kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
@@ -150,10 +165,16 @@ def train_vae(images: torch.Tensor | list[torch.Tensor], config: VAETrainConfig,
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % config.checkpoint_every == 0 or step == config.steps:
             _save_atomic(
-                {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "generator": generator.get_state(), "step": step, "config": asdict(config)},
+                {
+                    "model": vae.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "generator": generator.get_state(),
+                    "step": step,
+                    "config": asdict(config),
+                },
                 state_path,
-            )  # fmt: skip
+            )
     bar.close()
     return vae.cpu().eval().requires_grad_(False)
 
@@ -172,4 +193,8 @@ def calibrate_and_measure(vae: AutoencoderKL, images: torch.Tensor, count: int =
     recon = torch.cat([vae.decode(chunk).sample.cpu() for chunk in latents.split(64)]).clamp(-1, 1)
     mse = ((recon - x) / 2).pow(2).mean(dim=(1, 2, 3))
     psnr = (10 * torch.log10(1 / mse)).mean().item()
-    return {"psnr_db": round(psnr, 2), "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor}
+    return {
+        "psnr_db": round(psnr, 2),
+        "shift_factor": vae.config.shift_factor,
+        "scaling_factor": vae.config.scaling_factor,
+    }

@@ -13,8 +13,8 @@ sampling and for training alike::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -71,8 +71,9 @@ class Method:
     def check(self, num_references: int) -> None:
         """Refuse what this method cannot do, in one sentence, before any model loads."""
         if self.max_references is not None and num_references > self.max_references:
-            raise UnofluxError(f"method {self.name!r} takes at most {self.max_references} reference images, "
-                               f"not {num_references}")  # fmt: skip
+            raise UnofluxError(
+                f"method {self.name!r} takes at most {self.max_references} reference images, not {num_references}"
+            )
 
     def edit_prompt(self, prompt: str, num_references: int) -> str:
         """The prompt the text encoders see (DreamO's placeholders go here); unchanged by default."""
@@ -87,16 +88,28 @@ class Method:
         cache stores. Default: the target's VAE encoding (UNO's)."""
         return pipe.encode_pixels(pixels, dtype)
 
-    def conditioning(self, target_grid: tuple[int, int], reference_tokens: torch.Tensor | None,
-                     reference_grids: Sequence[tuple[int, int]], position_mode: str) -> Conditioning:  # fmt: skip
+    def conditioning(
+        self,
+        target_grid: tuple[int, int],
+        reference_tokens: torch.Tensor | None,
+        reference_grids: Sequence[tuple[int, int]],
+        position_mode: str,
+    ) -> Conditioning:
         """Encoded references (1 | B, N_ref, 64) with their token grids (rows, cols) next to a target grid -> the
         conditioning of one call; used by sampling and by training (cached or not) alike."""
         from ..conditioning import grid_position_ids
 
         return Conditioning(image_ids=grid_position_ids(*target_grid))
 
-    def prepare(self, pipe, references: Sequence[Image.Image], target_grid: tuple[int, int], position_mode: str,
-                device: torch.device, dtype: torch.dtype) -> Conditioning:  # fmt: skip
+    def prepare(
+        self,
+        pipe,
+        references: Sequence[Image.Image],
+        target_grid: tuple[int, int],
+        position_mode: str,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> Conditioning:
         """Preprocessed references -> the conditioning of a generation: :meth:`encode_references` of each, then
         :meth:`conditioning`. ``pipe`` gives the models and what the model folder declares."""
         from ..conditioning import image_to_tensor

@@ -10,7 +10,7 @@ branch sees the same references. With no reference it is plain FLUX text-to-imag
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 from PIL import Image
 

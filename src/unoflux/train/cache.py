@@ -25,8 +25,9 @@ TEXT_BATCH = 256  # captions per text-encoder pass while building
 
 def t5_input_ids(pipe, captions: list[str], max_sequence_length: int) -> torch.Tensor:
     """(B, L) T5 token ids of ``captions``, tokenized exactly as diffusers' FLUX pipeline does before its T5."""
-    return pipe.tokenizer_2(captions, padding="max_length", max_length=max_sequence_length, truncation=True,
-                            return_tensors="pt").input_ids  # fmt: skip
+    return pipe.tokenizer_2(
+        captions, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 @dataclass
@@ -45,18 +46,35 @@ class CachedBatch:
 class EncodingCache:
     """Tensors on the training device, looked up by sample index and caption."""
 
-    def __init__(self, latents: list[torch.Tensor], references: list[torch.Tensor | None],
-                 grids: list[tuple[tuple[int, int], tuple[tuple[int, int], ...]]], captions: list[str],
-                 text: torch.Tensor, pooled: torch.Tensor, text_ids: torch.Tensor):  # fmt: skip
+    def __init__(
+        self,
+        latents: list[torch.Tensor],
+        references: list[torch.Tensor | None],
+        grids: list[tuple[tuple[int, int], tuple[tuple[int, int], ...]]],
+        captions: list[str],
+        text: torch.Tensor,
+        pooled: torch.Tensor,
+        text_ids: torch.Tensor,
+    ):
         self.latents, self.references, self.grids = latents, references, grids
         self.row = {caption: k for k, caption in enumerate(captions)}
         self.text, self.pooled, self.text_ids = text, pooled, text_ids  # text: T5 embeddings, or T5 token ids
 
     @classmethod
     @torch.no_grad()
-    def build(cls, pipe, dataset: BucketDataset, device: torch.device, max_sequence_length: int,
-              look_free: bool = False, batch_size: int = 64, num_workers: int = 0, progress: bool = True,
-              t5_ids: bool = False, method=None) -> "EncodingCache":  # fmt: skip
+    def build(
+        cls,
+        pipe,
+        dataset: BucketDataset,
+        device: torch.device,
+        max_sequence_length: int,
+        look_free: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool = True,
+        t5_ids: bool = False,
+        method=None,
+    ) -> EncodingCache:
         """Encode ``dataset`` with ``pipe``'s own VAE and text encoders (``look_free``: also every record's
         caption without looks; ``t5_ids``: keep T5 token ids, not embeddings, for a T5 that trains; ``method``: whose
         :meth:`~unoflux.methods.Method.encode_references` encodes the references, UNO's by default), in batches of one
@@ -73,8 +91,9 @@ class EncodingCache:
             current.append(i)
         batches.append(current)
         paired = isinstance(dataset, PairedDataset)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                             collate_fn=collate)  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate
+        )
         latents: list = [None] * len(dataset)
         references: list = [None] * len(dataset)
         bar = tqdm(total=len(dataset), desc="caching encodings", unit="image", disable=not progress)
@@ -85,10 +104,11 @@ class EncodingCache:
             if paired:  # the j-th references of a batch share one size: encode them together
                 refs = batch.references
                 per_position = [
-                    method.encode_references(pipe, torch.cat([image_to_tensor(r[j]) for r in refs]).to(device),
-                                             torch.float32)
+                    method.encode_references(
+                        pipe, torch.cat([image_to_tensor(r[j]) for r in refs]).to(device), torch.float32
+                    )
                     for j in range(len(refs[0]))
-                ]  # fmt: skip
+                ]
                 for k, i in enumerate(indices):
                     references[i] = torch.cat([tokens[k] for tokens in per_position])
             bar.update(len(indices))
@@ -106,8 +126,9 @@ class EncodingCache:
         embeds, pooled, text_ids = [], [], None
         for k in tqdm(range(0, len(captions), TEXT_BATCH), desc="caching captions", disable=not progress):
             chunk = captions[k : k + TEXT_BATCH]
-            e, p, text_ids = pipe.encode_prompt(prompt=chunk, prompt_2=None, device=device,
-                                                max_sequence_length=max_sequence_length)  # fmt: skip
+            e, p, text_ids = pipe.encode_prompt(
+                prompt=chunk, prompt_2=None, device=device, max_sequence_length=max_sequence_length
+            )
             embeds.append(t5_input_ids(pipe, chunk, max_sequence_length).to(device) if t5_ids else e)
             pooled.append(p)
         return cls(latents, references, grids, captions, torch.cat(embeds), torch.cat(pooled), text_ids)
@@ -119,5 +140,12 @@ class EncodingCache:
         if self.references[indices[0]] is not None:
             references = torch.stack([self.references[i] for i in indices])
         target_grid, reference_grids = self.grids[indices[0]]
-        return CachedBatch(torch.stack([self.latents[i] for i in indices]), references, target_grid, reference_grids,
-                           self.text[rows], self.pooled[rows], self.text_ids)  # fmt: skip
+        return CachedBatch(
+            torch.stack([self.latents[i] for i in indices]),
+            references,
+            target_grid,
+            reference_grids,
+            self.text[rows],
+            self.pooled[rows],
+            self.text_ids,
+        )

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -39,14 +40,16 @@ def checkpoint_step(path: Path) -> int:
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a killed save leaves only a ``.tmp-`` folder, never listed)."""
     found = [
-        p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        p
+        for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
         if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit() and (p / STATE_FILE).is_file()
-    ]  # fmt: skip
+    ]
     return sorted(found, key=checkpoint_step)
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, position: DataPosition,
-                    config: TrainConfig) -> Path:  # fmt: skip
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: Path, step: int, position: DataPosition, config: TrainConfig
+) -> Path:
     """``checkpoint-{step}`` of every process's state, then the oldest beyond ``config.keep_checkpoints`` pruned.
 
     Written into ``.tmp-checkpoint-{step}`` and renamed when complete, so a kill never leaves a half-written

@@ -36,10 +36,17 @@ LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 # Every attention projection and every output projection of FLUX's double and single blocks (UNO puts its
 # LoRA on the fused qkv and proj of all blocks; diffusers splits qkv into to_q/k/v and add_{q,k,v}_proj).
 DEFAULT_LORA_TARGETS = (
-    "to_q", "to_k", "to_v", "to_out.0",
-    "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-    "proj_mlp", "proj_out",
-)  # fmt: skip
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+    "proj_mlp",
+    "proj_out",
+)
 # ``target_modules: uno``: exactly the layers UNO's XLabs LoRA adapts (fused qkv and proj of both streams of every
 # double block; qkv and the output projection of every single block). A regex, because the suffix ``proj_out``
 # would also match the model's final projection and ``proj_mlp`` has no place in the XLabs layout.
@@ -241,11 +248,21 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise UnofluxError(f"{name} {value!r} must be a non-negative integer")
-        if self.lr_schedule_steps is not None and (not isinstance(self.lr_schedule_steps, int) or self.lr_schedule_steps < self.max_steps):
-            raise UnofluxError(f"lr_schedule_steps {self.lr_schedule_steps!r} must be an integer >= max_steps ({self.max_steps})")
-        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not isinstance(self.max_minutes, (int, float)) or self.max_minutes <= 0):
+        if self.lr_schedule_steps is not None and (
+            not isinstance(self.lr_schedule_steps, int) or self.lr_schedule_steps < self.max_steps
+        ):
+            raise UnofluxError(
+                f"lr_schedule_steps {self.lr_schedule_steps!r} must be an integer >= max_steps ({self.max_steps})"
+            )
+        if self.max_minutes is not None and (
+            isinstance(self.max_minutes, bool)
+            or not isinstance(self.max_minutes, (int, float))
+            or self.max_minutes <= 0
+        ):
             raise UnofluxError(f"max_minutes {self.max_minutes!r} must be a positive number of minutes or null")
-        if self.keep_checkpoints is not None and (not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 1):
+        if self.keep_checkpoints is not None and (
+            not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 1
+        ):
             raise UnofluxError(f"keep_checkpoints {self.keep_checkpoints!r} must be a positive integer or null")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise UnofluxError(f"learning_rate {self.learning_rate!r} must be a positive number")
@@ -273,13 +290,19 @@ class TrainConfig:
         if not 0 <= self.look_free_captions <= 1:
             raise UnofluxError(f"look_free_captions {self.look_free_captions!r} must be a probability in [0, 1]")
         if not (isinstance(self.subject_loss_weight, (int, float)) and self.subject_loss_weight >= 1):
-            raise UnofluxError(f"subject_loss_weight {self.subject_loss_weight!r} must be a number >= 1 (1 = unweighted)")
+            raise UnofluxError(
+                f"subject_loss_weight {self.subject_loss_weight!r} must be a number >= 1 (1 = unweighted)"
+            )
         if self.resolution % 16:
             raise UnofluxError(f"resolution {self.resolution!r} must be a multiple of 16")
         if self.buckets is not None:
             buckets = []
             for b in self.buckets:
-                ok = isinstance(b, (list, tuple)) and len(b) == 2 and all(isinstance(s, int) and s >= 16 and s % 16 == 0 for s in b)
+                ok = (
+                    isinstance(b, (list, tuple))
+                    and len(b) == 2
+                    and all(isinstance(s, int) and s >= 16 and s % 16 == 0 for s in b)
+                )
                 if not ok:
                     raise UnofluxError(f"bucket {b!r} must be [height, width] in pixels, multiples of 16")
                 buckets.append((int(b[0]), int(b[1])))
@@ -320,11 +343,11 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------------ YAML
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         return _build(cls, values)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise UnofluxError(f"config file {str(path)!r} does not exist")
@@ -350,7 +373,7 @@ class TrainConfig:
         tmp.replace(path)
         return path
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with ``changes`` applied (None values are ignored: "not given")."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 

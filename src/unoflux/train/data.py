@@ -17,9 +17,9 @@ import functools
 import json
 import math
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -135,8 +135,9 @@ def image_size(path: Path) -> tuple[int, int]:
     return (size[1], size[0]) if rotated else size
 
 
-def _paired_sample(base: Path, target, caption, references, long_side: Callable[[int], int],
-                   caption_without_looks=None, subjects=None) -> Sample:
+def _paired_sample(
+    base: Path, target, caption, references, long_side: Callable[[int], int], caption_without_looks=None, subjects=None
+) -> Sample:
     """One validated paired sample (paths relative to ``base``); ``ValueError`` says what is wrong."""
     if not isinstance(target, str) or not target:
         raise ValueError(f"the target image path {target!r} is not a string")
@@ -157,8 +158,16 @@ def _paired_sample(base: Path, target, caption, references, long_side: Callable[
             raise ValueError(f"reference {ref!r}: {err}") from None
     if caption_without_looks is not None and not isinstance(caption_without_looks, str):
         raise ValueError(f"the caption without looks {caption_without_looks!r} is not a string")
-    return Sample(base / target, caption, width, height, tuple(base / r for r in references), tuple(sizes),
-                  caption_without_looks, _subject_boxes(subjects, width, height))
+    return Sample(
+        base / target,
+        caption,
+        width,
+        height,
+        tuple(base / r for r in references),
+        tuple(sizes),
+        caption_without_looks,
+        _subject_boxes(subjects, width, height),
+    )
 
 
 def _subject_boxes(subjects, width: int, height: int) -> tuple[tuple[float, float, float, float], ...]:
@@ -211,8 +220,16 @@ def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, ob
         refs = record.get("references")
         if isinstance(refs, list):  # world records: [{"image": path, "caption": ..., "box": ...}, ...]
             refs = [r.get("image") if isinstance(r, dict) else r for r in refs]
-        yield (str(manifest), index, Path(entry), record.get("image"), record.get("caption"), refs,
-               record.get("caption_without_looks"), record.get("subjects"))
+        yield (
+            str(manifest),
+            index,
+            Path(entry),
+            record.get("image"),
+            record.get("caption"),
+            refs,
+            record.get("caption_without_looks"),
+            record.get("subjects"),
+        )
 
 
 def read_paired_samples(entries: list[str], long_side: Callable[[int], int]) -> list[Sample]:
@@ -235,8 +252,11 @@ def read_paired_samples(entries: list[str], long_side: Callable[[int], int]) -> 
                 if bad <= MAX_REPORTED_BAD_RECORDS:
                     warnings.warn(f"{source} record {index} skipped: {err}", BadRecordWarning, stacklevel=2)
     if bad > MAX_REPORTED_BAD_RECORDS:
-        warnings.warn(f"{bad} bad records skipped in all ({bad - MAX_REPORTED_BAD_RECORDS} not shown)",
-                      BadRecordWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{bad} bad records skipped in all ({bad - MAX_REPORTED_BAD_RECORDS} not shown)",
+            BadRecordWarning,
+            stacklevel=2,
+        )
     if not samples:
         raise UnofluxError(f"the data {entries!r} holds no valid paired sample (target, prompt and references)")
     return samples
@@ -322,7 +342,9 @@ def epoch_batches(group_of: list, global_batch: int, seed: int, epoch: int) -> l
     batches = []
     for group in sorted(set(group_of)):
         members = rng.permutation([i for i, g in enumerate(group_of) if g == group])
-        batches += [members[k : k + global_batch].tolist() for k in range(0, len(members) - global_batch + 1, global_batch)]
+        batches += [
+            members[k : k + global_batch].tolist() for k in range(0, len(members) - global_batch + 1, global_batch)
+        ]
     return [batches[k] for k in rng.permutation(len(batches))]
 
 
@@ -349,8 +371,9 @@ def collate(items: list[tuple]) -> Batch | list[int]:
     return Batch(pixels, captions, *([item[k] for item in items] for k in range(2, len(items[0]))))
 
 
-def subject_token_weights(boxes: list[tuple[tuple[float, float, float, float], ...]], grid: tuple[int, int],
-                          weight: float) -> torch.Tensor:  # fmt: skip
+def subject_token_weights(
+    boxes: list[tuple[tuple[float, float, float, float], ...]], grid: tuple[int, int], weight: float
+) -> torch.Tensor:
     """Per-token loss weights (B, rows * cols), in the packed latents' row-major order: a token weighs
     ``1 + (weight - 1) * (the share of its area inside a subject box)``, scaled so that each sample's weights
     average 1 (the loss keeps its scale; a sample without boxes is unweighted)."""
@@ -372,8 +395,15 @@ def subject_token_weights(boxes: list[tuple[tuple[float, float, float, float], .
 class TrainData:
     """Endless batches for one rank, starting at a :class:`DataPosition` and advancing it."""
 
-    def __init__(self, dataset: BucketDataset, batch_size: int, seed: int, rank: int = 0, num_processes: int = 1,
-                 num_workers: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        dataset: BucketDataset,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        num_processes: int = 1,
+        num_workers: int = 0,
+    ):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.num_processes, self.num_workers = rank, num_processes, num_workers
         self.global_batch = batch_size * num_processes
@@ -395,9 +425,11 @@ class TrainData:
             epoch, start = self.position.epoch, self.position.batch
             batches = epoch_batches(self.dataset.group_of, self.global_batch, self.seed, epoch)
             loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=[self.rank_slice(b) for b in batches[start:]],
-                num_workers=self.num_workers, collate_fn=collate,
-            )  # fmt: skip
+                self.dataset,
+                batch_sampler=[self.rank_slice(b) for b in batches[start:]],
+                num_workers=self.num_workers,
+                collate_fn=collate,
+            )
             for k, batch in enumerate(loader, start + 1):
                 self.position = DataPosition(epoch, k)  # the position *after* this batch
                 yield batch

@@ -29,10 +29,13 @@ def add_lora(transformer: torch.nn.Module, config: TrainConfig) -> None:
     lora = config.lora
     transformer.add_adapter(
         LoraConfig(
-            r=lora.rank, lora_alpha=lora.alpha or lora.rank, lora_dropout=lora.dropout,
-            target_modules=lora.peft_targets, init_lora_weights="gaussian",
+            r=lora.rank,
+            lora_alpha=lora.alpha or lora.rank,
+            lora_dropout=lora.dropout,
+            target_modules=lora.peft_targets,
+            init_lora_weights="gaussian",
         )
-    )  # fmt: skip
+    )
     if lora.share_qkv_down:
         share_qkv_down(transformer)
     mark_only_lora_trainable(transformer)

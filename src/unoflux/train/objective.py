@@ -20,7 +20,7 @@ is then T5 token ids, encoded inside the trained module's forward (:class:`Trans
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,10 +58,18 @@ class FlowObjective:
     :class:`TransformerWithTextEncoder`); ``transformer`` is the FLUX transformer inside it; ``pipe`` encodes images
     and captions; ``references``: the data is paired (its captions may have look-free variants)."""
 
-    def __init__(self, pipe, model: torch.nn.Module, transformer: torch.nn.Module, method: Method, config: TrainConfig,
-                 shift: flow.ShiftConfig, device: torch.device | str,
-                 autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-                 references: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        pipe,
+        model: torch.nn.Module,
+        transformer: torch.nn.Module,
+        method: Method,
+        config: TrainConfig,
+        shift: flow.ShiftConfig,
+        device: torch.device | str,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        references: bool = False,
+    ):
         self.pipe, self.model, self.transformer, self.method = pipe, model, transformer, method
         self.config, self.shift, self.device, self.autocast = config, shift, torch.device(device), autocast
         self.references = references
@@ -71,8 +79,9 @@ class FlowObjective:
         return text_length(self.config, self.pipe)
 
     # -------------------------------------------------------------------------------------------- encode
-    def pick_captions(self, captions: list[str], captions_without_looks: list[str | None] | None,
-                      gen: torch.Generator) -> list[str]:  # fmt: skip
+    def pick_captions(
+        self, captions: list[str], captions_without_looks: list[str | None] | None, gen: torch.Generator
+    ) -> list[str]:
         """The captions trained on: text dropout applied (the empty prompt) and, with ``look_free_captions``, some
         swapped for their look-free variants. The only random draws before the flow's own (t, noise)."""
         drop = torch.rand(len(captions), generator=gen) < self.config.text_dropout
@@ -83,8 +92,13 @@ class FlowObjective:
         return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
     @torch.no_grad()
-    def encode(self, pixels: torch.Tensor, captions: list[str], gen: torch.Generator,
-               captions_without_looks: list[str | None] | None = None):  # fmt: skip
+    def encode(
+        self,
+        pixels: torch.Tensor,
+        captions: list[str],
+        gen: torch.Generator,
+        captions_without_looks: list[str | None] | None = None,
+    ):
         """Packed clean latents (B, N, 64) and the text inputs (:meth:`encode_text`) of :meth:`pick_captions`."""
         captions = self.pick_captions(captions, captions_without_looks, gen)
         x_data = self.pipe.encode_pixels(pixels.to(self.device), torch.float32)
@@ -95,8 +109,9 @@ class FlowObjective:
         """(text, pooled, text ids): ``text`` is the T5 embeddings (B, L, D), or with ``train_text_encoder`` the
         T5 token ids (B, L) that the trained module encodes itself."""
         pipe, device, length = self.pipe, self.device, self.max_sequence_length
-        prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=captions, prompt_2=None, device=device,
-                                                             max_sequence_length=length)  # fmt: skip
+        prompt_embeds, pooled, text_ids = pipe.encode_prompt(
+            prompt=captions, prompt_2=None, device=device, max_sequence_length=length
+        )
         if self.config.train_text_encoder:  # (the frozen T5 pass above is then unused: cheap for the world's T5)
             return t5_input_ids(pipe, captions, length).to(device), pooled, text_ids
         return prompt_embeds, pooled, text_ids
@@ -112,11 +127,18 @@ class FlowObjective:
         grids = [(image.height // 16, image.width // 16) for image in references[0]]
         if any([(image.height // 16, image.width // 16) for image in refs] != grids for refs in references):
             raise UnofluxError("the samples of a batch have references of different sizes; they cannot be stacked")
-        tokens = torch.cat([
-            torch.cat([self.method.encode_references(self.pipe, image_to_tensor(image).to(device), torch.float32)
-                       for image in refs], dim=1)
-            for refs in references
-        ])  # fmt: skip
+        tokens = torch.cat(
+            [
+                torch.cat(
+                    [
+                        self.method.encode_references(self.pipe, image_to_tensor(image).to(device), torch.float32)
+                        for image in refs
+                    ],
+                    dim=1,
+                )
+                for refs in references
+            ]
+        )
         return self.method.conditioning(target_grid, tokens, grids, cfg.position_mode).to(device)
 
     # ---------------------------------------------------------------------------------------------- loss
@@ -128,8 +150,9 @@ class FlowObjective:
             guidance = torch.ones(len(x_t), device=x_t.device)  # UNO trains with guidance 1
         text_key = "t5_input_ids" if self.config.train_text_encoder else "encoder_hidden_states"
         with self.autocast():
-            return engine.predict_velocity(self.model, self.transformer, conditioning, x_t, t, guidance, text, pooled,
-                                           text_ids, text_key=text_key)  # fmt: skip
+            return engine.predict_velocity(
+                self.model, self.transformer, conditioning, x_t, t, guidance, text, pooled, text_ids, text_key=text_key
+            )
 
     def loss(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
         """Flow-matching MSE on the target tokens of ``batch`` (its references, look-free captions and subject
@@ -140,19 +163,28 @@ class FlowObjective:
         weights = self.token_weights(batch.subject_boxes, target_grid)
         return self.flow_loss(x_data, conditioning, text, pooled, text_ids, gen, weights)
 
-    def cached_loss(self, cache: EncodingCache, samples: Sequence[Sample], indices: list[int],
-                    gen: torch.Generator) -> torch.Tensor:  # fmt: skip
+    def cached_loss(
+        self, cache: EncodingCache, samples: Sequence[Sample], indices: list[int], gen: torch.Generator
+    ) -> torch.Tensor:
         """:meth:`loss` of the samples ``indices`` (of the dataset's ``samples``) from ``cache``: the same random
         draws, the same inputs."""
         chosen = [samples[i] for i in indices]
         without_looks = [s.caption_without_looks for s in chosen] if self.references else None
         captions = self.pick_captions([s.caption for s in chosen], without_looks, gen)
         cached = cache.batch(indices, captions)
-        conditioning = self.method.conditioning(cached.target_grid, cached.reference_tokens, cached.reference_grids,
-                                                self.config.position_mode)  # fmt: skip
+        conditioning = self.method.conditioning(
+            cached.target_grid, cached.reference_tokens, cached.reference_grids, self.config.position_mode
+        )
         weights = self.token_weights([s.subject_boxes for s in chosen], cached.target_grid)
-        return self.flow_loss(cached.latents, conditioning.to(cached.latents.device), cached.text, cached.pooled,
-                              cached.text_ids, gen, weights)  # fmt: skip
+        return self.flow_loss(
+            cached.latents,
+            conditioning.to(cached.latents.device),
+            cached.text,
+            cached.pooled,
+            cached.text_ids,
+            gen,
+            weights,
+        )
 
     def token_weights(self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int]) -> torch.Tensor | None:
         """The per-token loss weights of ``subject_loss_weight``, or None for the plain MSE."""
@@ -161,8 +193,9 @@ class FlowObjective:
         weights = subject_token_weights(subject_boxes, target_grid, self.config.subject_loss_weight)
         return weights.to(self.device)
 
-    def flow_loss(self, x_data, conditioning: Conditioning, text, pooled, text_ids, gen: torch.Generator,
-                  token_weights=None) -> torch.Tensor:  # fmt: skip
+    def flow_loss(
+        self, x_data, conditioning: Conditioning, text, pooled, text_ids, gen: torch.Generator, token_weights=None
+    ) -> torch.Tensor:
         """The MSE between the predicted and true velocity at a random point of the flow from ``x_data``,
         each token's squared error scaled by ``token_weights`` (B, N) when given."""
         b, n, _ = x_data.shape  # (B, N, 64)

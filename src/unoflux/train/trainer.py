@@ -45,8 +45,14 @@ from .cache import EncodingCache
 from .checkpointing import ema_weights, load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
 from .data import (
-    BucketDataset, PairedDataset, SampleIndices, TrainData, data_has_references, read_paired_samples, read_samples,
-)  # fmt: skip
+    BucketDataset,
+    PairedDataset,
+    SampleIndices,
+    TrainData,
+    data_has_references,
+    read_paired_samples,
+    read_samples,
+)
 from .lora import LORA_FILE, add_lora, checkpoint_lora_only, export_lora_state_dict, load_init_lora
 from .objective import FlowObjective, TransformerWithTextEncoder, text_length
 
@@ -109,27 +115,37 @@ class Trainer:
         self.pipe = self._load_pipeline()
         self.transformer = self.pipe.transformer
         # what the optimizer trains: the transformer (or its LoRA), with the T5 encoder when train_text_encoder
-        trained = TransformerWithTextEncoder(self.transformer, self.pipe.text_encoder_2) if config.train_text_encoder \
-            else self.transformer  # fmt: skip
+        trained = (
+            TransformerWithTextEncoder(self.transformer, self.pipe.text_encoder_2)
+            if config.train_text_encoder
+            else self.transformer
+        )
         self.method = get_method(config.method)  # how references become conditioning, as at inference
 
         acc = self.accelerator
         self.references = config.references if config.references is not None else data_has_references(config.data)
         if self.references:  # samples of a batch share the target bucket and every reference size
             dataset = PairedDataset(
-                read_paired_samples(config.data, config.reference_long_side), config.bucket_sizes,
+                read_paired_samples(config.data, config.reference_long_side),
+                config.bucket_sizes,
                 config.reference_long_side,
-            )  # fmt: skip
+            )
         else:
             dataset = BucketDataset(read_samples(config.data), config.bucket_sizes)
         self.samples = dataset.samples
         self.cache, workers = None, config.num_workers
         if config.cache_encodings:  # every process encodes the whole dataset once; batches then carry indices
             self.cache = EncodingCache.build(
-                self.pipe, dataset, acc.device, text_length(config, self.pipe),
-                look_free=self.references and config.look_free_captions > 0, num_workers=config.num_workers,
-                progress=acc.is_main_process, t5_ids=config.train_text_encoder, method=self.method,
-            )  # fmt: skip
+                self.pipe,
+                dataset,
+                acc.device,
+                text_length(config, self.pipe),
+                look_free=self.references and config.look_free_captions > 0,
+                num_workers=config.num_workers,
+                progress=acc.is_main_process,
+                t5_ids=config.train_text_encoder,
+                method=self.method,
+            )
             dataset, workers = SampleIndices(dataset), 0
         self.data = TrainData(dataset, config.batch_size, config.seed, acc.process_index, acc.num_processes, workers)
 
@@ -140,13 +156,18 @@ class Trainer:
 
             self.ema = EMAModel(params, decay=config.ema.decay)
         optimizer = torch.optim.AdamW(
-            params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-            eps=config.adam_epsilon, weight_decay=config.weight_decay,
-        )  # fmt: skip
+            params,
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_epsilon,
+            weight_decay=config.weight_decay,
+        )
         from diffusers.optimization import get_scheduler
 
         scheduler = get_scheduler(
-            config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+            config.lr_schedule,
+            optimizer,
+            num_warmup_steps=config.warmup_steps,
             num_training_steps=config.lr_schedule_steps or config.max_steps,
         )
         self.model, self.optimizer, self.lr_scheduler = acc.prepare(trained, optimizer, scheduler)
@@ -156,8 +177,17 @@ class Trainer:
         if config.mode == "lora":
             checkpoint_lora_only(acc)
         shift = flow.ShiftConfig.from_scheduler_config(self.pipe.scheduler.config)
-        self.objective = FlowObjective(self.pipe, self.model, self.transformer, self.method, config, shift, acc.device,
-                                       acc.autocast, references=self.references)  # fmt: skip
+        self.objective = FlowObjective(
+            self.pipe,
+            self.model,
+            self.transformer,
+            self.method,
+            config,
+            shift,
+            acc.device,
+            acc.autocast,
+            references=self.references,
+        )
         self.step = 0
         self.grad_norm = math.nan  # of the last update, before clipping
 
@@ -171,8 +201,9 @@ class Trainer:
         # optimizer's master copy) and autocast runs the forward in bf16. The VAE is fp32 as in inference.
         frozen_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
         # The base alone: a LoRA the model folder ships (the embedded model's) is not what we train from.
-        pipe = load_pipeline(ModelPaths(model=cfg.model), device=device, dtype=frozen_dtype, use_environment=False,
-                             model_lora=False)
+        pipe = load_pipeline(
+            ModelPaths(model=cfg.model), device=device, dtype=frozen_dtype, use_environment=False, model_lora=False
+        )
         pipe.set_progress_bar_config(disable=True)
         for frozen in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
             frozen.requires_grad_(False).eval()
@@ -243,12 +274,21 @@ class Trainer:
                 images = []
                 for i, prompt in enumerate(v.prompts):
                     refs = v.references[i] if v.references else []
-                    images.append(self.pipe(
-                        prompt, reference_images=refs, width=v.width, height=v.height, num_inference_steps=v.steps,
-                        guidance_scale=v.guidance, true_cfg_scale=v.true_cfg, seed=v.seed,
-                        position_mode=cfg.position_mode, method=self.method,
-                        reference_long_side=cfg.reference_long_side(len(refs)) if refs else None,
-                    ).images[0])  # fmt: skip
+                    images.append(
+                        self.pipe(
+                            prompt,
+                            reference_images=refs,
+                            width=v.width,
+                            height=v.height,
+                            num_inference_steps=v.steps,
+                            guidance_scale=v.guidance,
+                            true_cfg_scale=v.true_cfg,
+                            seed=v.seed,
+                            position_mode=cfg.position_mode,
+                            method=self.method,
+                            reference_long_side=cfg.reference_long_side(len(refs)) if refs else None,
+                        ).images[0]
+                    )
             finally:
                 self.transformer.train()
         path = self.output_dir / "validation" / f"step-{self.step:06d}.png"
@@ -275,8 +315,9 @@ class Trainer:
         with ema_weights(self.ema, [p for p in model.parameters() if p.requires_grad]):
             if self.config.mode == "lora":
                 lora = export_lora_state_dict(model)
-                self.pipe.save_lora_weights(str(folder), transformer_lora_layers=lora, weight_name=LORA_FILE,
-                                            safe_serialization=True)  # fmt: skip
+                self.pipe.save_lora_weights(
+                    str(folder), transformer_lora_layers=lora, weight_name=LORA_FILE, safe_serialization=True
+                )
                 self._save_uno_lora(lora, model, folder / UNO_LORA_FILE)
                 return
             # full: the base folder with the new transformer (and T5); frozen components are copied as they were
@@ -286,8 +327,12 @@ class Trainer:
             if self.config.train_text_encoder:
                 trained = {"transformer": model.transformer, "text_encoder_2": model.text_encoder}
             base = self._model_dir()
-            shutil.copytree(base, folder, dirs_exist_ok=True,
-                            ignore=lambda copied, names: list(trained) if Path(copied) == base else [])  # fmt: skip
+            shutil.copytree(
+                base,
+                folder,
+                dirs_exist_ok=True,
+                ignore=lambda copied, names: list(trained) if Path(copied) == base else [],
+            )
             unship_lora(folder)  # a LoRA the base folder shipped does not fit the new transformer
             for name, module in trained.items():
                 module.save_pretrained(str(folder / name), safe_serialization=True)
@@ -323,10 +368,12 @@ class Trainer:
     def end_early(self) -> None:
         """Make the config say what ran: ``max_steps`` = the step reached, on the schedule it followed."""
         cfg = self.config
-        self.accelerator.print(f"max_minutes ({cfg.max_minutes:g}) ran out: the run ends at step {self.step} of "
-                               f"{cfg.max_steps}")  # fmt: skip
-        self.config = dataclasses.replace(cfg, max_steps=self.step, max_minutes=None,
-                                          lr_schedule_steps=cfg.lr_schedule_steps or cfg.max_steps)  # fmt: skip
+        self.accelerator.print(
+            f"max_minutes ({cfg.max_minutes:g}) ran out: the run ends at step {self.step} of {cfg.max_steps}"
+        )
+        self.config = dataclasses.replace(
+            cfg, max_steps=self.step, max_minutes=None, lr_schedule_steps=cfg.lr_schedule_steps or cfg.max_steps
+        )
 
     def train(self, resume: str | None = None) -> Path:
         """Run to ``max_steps`` (continuing from a checkpoint if ``resume``) and return the final folder."""
@@ -358,8 +405,13 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}")
             if self.step % cfg.log_every == 0 and acc.is_main_process:
                 lr = self.lr_scheduler.get_last_lr()[0]
-                log.write(step=self.step, loss=f"{loss:.6g}", grad_norm=f"{self.grad_norm:.6g}", lr=f"{lr:.6g}",
-                          it_per_s=f"{rate:.3f}")  # fmt: skip
+                log.write(
+                    step=self.step,
+                    loss=f"{loss:.6g}",
+                    grad_norm=f"{self.grad_norm:.6g}",
+                    lr=f"{lr:.6g}",
+                    it_per_s=f"{rate:.3f}",
+                )
                 if board is not None:
                     board.add_scalar("train/loss", loss, self.step)
                     board.add_scalar("train/lr", lr, self.step)

@@ -41,8 +41,17 @@ def _wavy(width: int, height: int, level: float, amplitude: float, rng: np.rando
     return (level + amplitude * np.sin(2 * math.pi * freq * x + phase)) * height
 
 
-def _dots(draw: ImageDraw.ImageDraw, width: int, height: int, count: int, y_range: tuple[float, float],
-          radius: tuple[float, float], colours: list[RGB], rng: np.random.Generator, ring: bool = False) -> None:
+def _dots(
+    draw: ImageDraw.ImageDraw,
+    width: int,
+    height: int,
+    count: int,
+    y_range: tuple[float, float],
+    radius: tuple[float, float],
+    colours: list[RGB],
+    rng: np.random.Generator,
+    ring: bool = False,
+) -> None:
     for _ in range(count):
         x, y = rng.uniform(0, width), rng.uniform(*y_range) * height
         r = rng.uniform(*radius) * height
@@ -58,7 +67,7 @@ def paint_beach(width: int, height: int, rng: np.random.Generator) -> Image.Imag
     shore = horizon + rng.uniform(0.13, 0.17)
     canvas = _gradient(width, height, (125, 190, 235), (190, 225, 245), 0, horizon)
     sea = _gradient(width, height, (45, 120, 170), (75, 155, 190), horizon, shore)
-    canvas[int(horizon * height):] = sea[int(horizon * height):]
+    canvas[int(horizon * height) :] = sea[int(horizon * height) :]
     sand = _gradient(width, height, (236, 214, 165), (222, 196, 145), shore, 1)
     _below(canvas, _wavy(width, height, shore, 0.012, rng), sand)
     image = _to_image(canvas)
@@ -106,8 +115,16 @@ def paint_night(width: int, height: int, rng: np.random.Generator) -> Image.Imag
     ground = _gradient(width, height, (20, 26, 28), (12, 16, 18), horizon, 1)
     _below(canvas, _wavy(width, height, horizon, 0.025, rng), ground)
     image = _to_image(canvas)
-    _dots(ImageDraw.Draw(image), width, height, 60, (0, horizon - 0.03), (0.002, 0.005),
-          [(245, 245, 235), (235, 235, 210), (200, 210, 245)], rng)
+    _dots(
+        ImageDraw.Draw(image),
+        width,
+        height,
+        60,
+        (0, horizon - 0.03),
+        (0.002, 0.005),
+        [(245, 245, 235), (235, 235, 210), (200, 210, 245)],
+        rng,
+    )
     return image
 
 
@@ -128,7 +145,7 @@ def paint_room(width: int, height: int, rng: np.random.Generator) -> Image.Image
     stripe_every = rng.uniform(0.06, 0.09) * height
     stripe = (np.arange(width) % stripe_every) < stripe_every * 0.35
     canvas[:, stripe] = (194, 182, 166)  # wallpaper
-    canvas[int(floor_at * height):] = (152, 110, 74)
+    canvas[int(floor_at * height) :] = (152, 110, 74)
     image = _to_image(canvas)
     draw = ImageDraw.Draw(image)
     y_floor = floor_at * height
@@ -142,8 +159,9 @@ def paint_room(width: int, height: int, rng: np.random.Generator) -> Image.Image
     wy = rng.uniform(0.08, 0.16) * height
     ww, wh = 0.28 * height, 0.26 * height
     draw.rectangle([wx, wy, wx + ww, wy + wh], fill=(238, 236, 228))  # window frame and panes
-    draw.rectangle([wx + 0.02 * height, wy + 0.02 * height, wx + ww - 0.02 * height, wy + wh - 0.02 * height],
-                   fill=(182, 212, 232))
+    draw.rectangle(
+        [wx + 0.02 * height, wy + 0.02 * height, wx + ww - 0.02 * height, wy + wh - 0.02 * height], fill=(182, 212, 232)
+    )
     draw.line([(wx + ww / 2, wy), (wx + ww / 2, wy + wh)], fill=(238, 236, 228), width=max(1, height // 120))
     return image
 
@@ -158,15 +176,24 @@ def paint_underwater(width: int, height: int, rng: np.random.Generator) -> Image
     floor = np.broadcast_to(np.array((168, 158, 118), np.float32), canvas.shape).copy()
     _below(canvas, _wavy(width, height, floor_at, 0.02, rng), floor)
     image = _to_image(canvas)
-    _dots(ImageDraw.Draw(image), width, height, 22, (0.05, floor_at - 0.05), (0.006, 0.014),
-          [(200, 238, 245)], rng, ring=True)
+    _dots(
+        ImageDraw.Draw(image),
+        width,
+        height,
+        22,
+        (0.05, floor_at - 0.05),
+        (0.006, 0.014),
+        [(200, 238, 245)],
+        rng,
+        ring=True,
+    )
     return image
 
 
 def paint_city(width: int, height: int, rng: np.random.Generator) -> Image.Image:
     street_at = rng.uniform(0.74, 0.8)
     canvas = _gradient(width, height, (184, 194, 210), (216, 220, 228), 0, street_at)
-    canvas[int(street_at * height):] = (78, 78, 84)
+    canvas[int(street_at * height) :] = (78, 78, 84)
     image = _to_image(canvas)
     draw = ImageDraw.Draw(image)
     x = -rng.uniform(0, 0.1) * width
@@ -187,8 +214,14 @@ def paint_city(width: int, height: int, rng: np.random.Generator) -> Image.Image
 
 
 PAINTERS: dict[str, Painter] = {
-    "beach": paint_beach, "snow": paint_snow, "grass": paint_grass, "night": paint_night,
-    "desert": paint_desert, "room": paint_room, "underwater": paint_underwater, "city": paint_city,
+    "beach": paint_beach,
+    "snow": paint_snow,
+    "grass": paint_grass,
+    "night": paint_night,
+    "desert": paint_desert,
+    "room": paint_room,
+    "underwater": paint_underwater,
+    "city": paint_city,
 }
 assert tuple(PAINTERS) == BACKGROUNDS
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -56,7 +56,9 @@ def _scene_record(rendered: Rendered, spec, text: str, image_name: str) -> dict:
 def _assert_training(identities: list[Identity]) -> None:
     held = heldout_seeds()
     for identity in identities:
-        assert identity.seed not in held and not identity.is_heldout, f"held-out identity {identity.seed} in training data"
+        assert identity.seed not in held and not identity.is_heldout, (
+            f"held-out identity {identity.seed} in training data"
+        )
 
 
 def make_record(config: BuildConfig, index: int, shard_dir: Path) -> dict:
@@ -88,15 +90,25 @@ def make_record(config: BuildConfig, index: int, shard_dir: Path) -> dict:
             ref = render_reference(subject.identity, config.size)
             name = f"{stem}_ref{k}.png"
             _save(ref, shard_dir / name)
-            references.append({"image": rel + name, "caption": caption(subject.identity, caption_seed + k + 1),
-                               "box": list(ref.subjects[0].box)})
+            references.append(
+                {
+                    "image": rel + name,
+                    "caption": caption(subject.identity, caption_seed + k + 1),
+                    "box": list(ref.subjects[0].box),
+                }
+            )
         record["references"] = references
         record["caption_without_looks"] = caption_scene(spec, caption_seed, name_looks=False)
     return record
 
 
-def build_dataset(out: Path, config: BuildConfig, progress: bool = True,
-                  on_shard_done: Callable[[int], None] | None = None, workers: int = 1) -> Path:
+def build_dataset(
+    out: Path,
+    config: BuildConfig,
+    progress: bool = True,
+    on_shard_done: Callable[[int], None] | None = None,
+    workers: int = 1,
+) -> Path:
     """Build (or resume building) the dataset in `out`; returns the path of the full manifest. With
     ``workers`` > 1, shards are rendered by that many processes (the bytes are the same: every record has
     its own generator)."""
@@ -114,8 +126,13 @@ def build_dataset(out: Path, config: BuildConfig, progress: bool = True,
 
     shard_count = -(-config.count // config.shard_size)
     todo = [s for s in range(shard_count) if not (out / f"shard_{s:05d}").is_dir()]
-    bar = tqdm(total=config.count, initial=config.count - sum(_shard_len(config, s) for s in todo), unit="img",
-               desc=f"world {config.kind}", disable=not progress)
+    bar = tqdm(
+        total=config.count,
+        initial=config.count - sum(_shard_len(config, s) for s in todo),
+        unit="img",
+        desc=f"world {config.kind}",
+        disable=not progress,
+    )
     if workers > 1 and len(todo) > 1:
         import multiprocessing
 

@@ -16,12 +16,19 @@ from .specs import SceneSpec, SubjectSpec, TwoPanelSpec
 from .subjects import Identity
 
 SHAPE_WORDS: dict[str, list[str]] = {
-    "circle": ["circle", "disc", "round blob"], "square": ["square", "block"], "triangle": ["triangle"],
-    "star": ["star"], "heart": ["heart"], "diamond": ["diamond", "rhombus"], "cross": ["cross", "plus sign"],
+    "circle": ["circle", "disc", "round blob"],
+    "square": ["square", "block"],
+    "triangle": ["triangle"],
+    "star": ["star"],
+    "heart": ["heart"],
+    "diamond": ["diamond", "rhombus"],
+    "cross": ["cross", "plus sign"],
     "moon": ["moon", "crescent"],
 }
 PATTERN_WORDS: dict[str, list[str]] = {
-    "plain": ["plain", "solid", ""], "striped": ["striped", "stripy"], "dotted": ["dotted", "polka-dot", "spotted"],
+    "plain": ["plain", "solid", ""],
+    "striped": ["striped", "stripy"],
+    "dotted": ["dotted", "polka-dot", "spotted"],
     "checkered": ["checkered", "chequered", "checked"],
 }
 BACKGROUND_WORDS: dict[str, list[str]] = {
@@ -40,7 +47,8 @@ PLACEMENT_WORDS: dict[str, list[str]] = {
     "right": ["on the right", "at the right side", "to the right"],
 }
 SIZE_WORDS: dict[str, list[str]] = {
-    "small": ["small", "tiny", "little"], "medium": ["medium-sized", "mid-sized", "medium"],
+    "small": ["small", "tiny", "little"],
+    "medium": ["medium-sized", "mid-sized", "medium"],
     "large": ["large", "big", "huge"],
 }
 COUNT_WORDS = {2: "two", 3: "three"}
@@ -86,8 +94,14 @@ def describe_look(identity: Identity, seed: int = 0) -> str:
 def caption_reference(identity: Identity, seed: int = 0) -> str:
     w = _Writer(seed)
     look = _article(w.look(identity))
-    return w.pick([f"{look} on a plain white background", f"a product photo of {look}",
-                   f"{look}, isolated on a light background", f"a studio shot of {look}"])
+    return w.pick(
+        [
+            f"{look} on a plain white background",
+            f"a product photo of {look}",
+            f"{look}, isolated on a light background",
+            f"a studio shot of {look}",
+        ]
+    )
 
 
 def _single(w: _Writer, subject: SubjectSpec, background: str) -> str:
@@ -113,14 +127,20 @@ def _multi(w: _Writer, spec: SceneSpec) -> str:
         return w.pick([f"{COUNT_WORDS[len(subjects)]} figures {bg}: {listing}", f"{_capitalise(bg)}, {listing}."])
     # One relation sentence: subjects are listed left to right, so the first is left of the second.
     a, b = subjects[0].identity, subjects[1].identity
-    relation = w.pick([f"the {w.short_look(a)} is left of the {w.short_look(b)}",
-                       f"the {w.short_look(b)} is right of the {w.short_look(a)}"])
+    relation = w.pick(
+        [
+            f"the {w.short_look(a)} is left of the {w.short_look(b)}",
+            f"the {w.short_look(b)} is right of the {w.short_look(a)}",
+        ]
+    )
     count = COUNT_WORDS[len(subjects)]
-    return w.pick([
-        f"{count} figures {bg}: {listing}; {relation}",
-        f"{_capitalise(bg)}, {listing}. {_capitalise(relation)}.",
-        f"{listing} {bg}, and {relation}",
-    ])
+    return w.pick(
+        [
+            f"{count} figures {bg}: {listing}; {relation}",
+            f"{_capitalise(bg)}, {listing}. {_capitalise(relation)}.",
+            f"{listing} {bg}, and {relation}",
+        ]
+    )
 
 
 def caption_scene(spec: SceneSpec, seed: int = 0, name_looks: bool = True) -> str:
@@ -142,10 +162,15 @@ def caption_two_panel(spec: TwoPanelSpec, seed: int = 0) -> str:
     w = _Writer(seed)
     look = w.look(spec.identity)
     left, right = _panel(w, spec.left), _panel(w, spec.right)
-    opening = w.pick(["a two-panel image of the same", "two side-by-side panels showing the same",
-                      "a diptych of the same"])
-    return w.pick([f"{opening} {look}: on the left, {left}; on the right, {right}",
-                   f"{opening} {look}: left panel {left}; right panel {right}"])
+    opening = w.pick(
+        ["a two-panel image of the same", "two side-by-side panels showing the same", "a diptych of the same"]
+    )
+    return w.pick(
+        [
+            f"{opening} {look}: on the left, {left}; on the right, {right}",
+            f"{opening} {look}: left panel {left}; right panel {right}",
+        ]
+    )
 
 
 def caption(spec: SceneSpec | TwoPanelSpec | Identity, seed: int = 0) -> str:

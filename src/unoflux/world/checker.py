@@ -82,8 +82,12 @@ class SubjectVerdict:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data.update({k: getattr(self, k) for k in
-                     ("shape_ok", "colour_ok", "pattern_ok", "placement_ok", "size_ok", "look_ok", "all_ok")})
+        data.update(
+            {
+                k: getattr(self, k)
+                for k in ("shape_ok", "colour_ok", "pattern_ok", "placement_ok", "size_ok", "look_ok", "all_ok")
+            }
+        )
         return data
 
 
@@ -109,10 +113,17 @@ class SceneVerdict:
         return self.background_ok and self.count_ok and self.relation_ok and all(s.all_ok for s in self.subjects)
 
     def to_dict(self) -> dict:
-        return {"background": self.background, "expected_background": self.expected_background,
-                "background_ok": self.background_ok, "background_scores": self.background_scores,
-                "components": self.components, "count_ok": self.count_ok, "relation_ok": self.relation_ok,
-                "all_ok": self.all_ok, "subjects": [s.to_dict() for s in self.subjects]}
+        return {
+            "background": self.background,
+            "expected_background": self.expected_background,
+            "background_ok": self.background_ok,
+            "background_scores": self.background_scores,
+            "components": self.components,
+            "count_ok": self.count_ok,
+            "relation_ok": self.relation_ok,
+            "all_ok": self.all_ok,
+            "subjects": [s.to_dict() for s in self.subjects],
+        }
 
 
 @dataclass(frozen=True)
@@ -127,8 +138,13 @@ class TwoPanelVerdict:
         return self.left.all_ok and self.right.all_ok and self.same_look
 
     def to_dict(self) -> dict:
-        return {"left": self.left.to_dict(), "right": self.right.to_dict(), "same_look": self.same_look,
-                "panel_similarity": self.panel_similarity, "all_ok": self.all_ok}
+        return {
+            "left": self.left.to_dict(),
+            "right": self.right.to_dict(),
+            "same_look": self.same_look,
+            "panel_similarity": self.panel_similarity,
+            "all_ok": self.all_ok,
+        }
 
 
 # ----------------------------------------------------------------------------------------- knowledge
@@ -165,15 +181,17 @@ def background_palettes() -> dict[str, _Palette]:
         for seed in range(6):
             canvas = paint_background(kind, 512, 512, np.random.default_rng([1_000 + seed, 4]))
             images += [np.asarray(canvas.resize((s, s), Image.LANCZOS)) for s in (64, 128, 256)]
-        bands = tuple(_bins(np.concatenate([band for img in images for band in _split_bands(img)[b:b + 1]]))
-                      for b in range(_BANDS))
+        bands = tuple(
+            _bins(np.concatenate([band for img in images for band in _split_bands(img)[b : b + 1]]))
+            for b in range(_BANDS)
+        )
         palettes[kind] = _Palette(_bins(np.concatenate([img.reshape(-1, 3) for img in images])), bands)
     return palettes
 
 
 def _split_bands(image: np.ndarray) -> list[np.ndarray]:
     edges = np.linspace(0, image.shape[0], _BANDS + 1).round().astype(int)
-    return [image[edges[b]:edges[b + 1]].reshape(-1, 3) for b in range(_BANDS)]
+    return [image[edges[b] : edges[b + 1]].reshape(-1, 3) for b in range(_BANDS)]
 
 
 def _distance_to(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -182,7 +200,7 @@ def _distance_to(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     centres = _bin_centres(codes)
     nearest = np.full(len(centres), np.inf, np.float32)
     for start in range(0, len(palette), 512):
-        chunk = palette[start:start + 512]
+        chunk = palette[start : start + 512]
         d = np.sqrt(((centres[:, None, :] - chunk[None]) ** 2).sum(-1)).min(axis=1)
         nearest = np.minimum(nearest, d)
     return nearest[inverse.ravel()]
@@ -341,8 +359,13 @@ def subject_fidelity(image: np.ndarray, mask: np.ndarray, identity: Identity) ->
     return appearance_similarity(image.astype(np.float32), mask, ref_rgb, ref_mask)
 
 
-def identity_match(image: Image.Image | np.ndarray, background: str, box: tuple[int, int, int, int],
-                   identity: Identity, distractors: tuple[Identity, ...]) -> tuple[float, list[float]]:
+def identity_match(
+    image: Image.Image | np.ndarray,
+    background: str,
+    box: tuple[int, int, int, int],
+    identity: Identity,
+    distractors: tuple[Identity, ...],
+) -> tuple[float, list[float]]:
     """Fidelity of the subject found at `box` to `identity` and to each same-look distractor.
 
     The subject shows *this* identity (not just its look) when the first beats all the others: a
@@ -350,8 +373,7 @@ def identity_match(image: Image.Image | np.ndarray, background: str, box: tuple[
     """
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)[..., :3]
     mask = _mask_in_box(pixels, background, box)
-    return (subject_fidelity(pixels, mask, identity),
-            [subject_fidelity(pixels, mask, other) for other in distractors])
+    return (subject_fidelity(pixels, mask, identity), [subject_fidelity(pixels, mask, other) for other in distractors])
 
 
 # ----------------------------------------------------------------------------------------- checks
@@ -372,14 +394,26 @@ def _describe(image: np.ndarray, mask: np.ndarray) -> _Found:
     box = box_of(mask)
     shape, iou = classify_shape(mask)
     colour = classify_colour(image, mask)
-    return _Found(mask, box, shape, iou, colour, classify_pattern(image, mask, colour),
-                  placement_of_x((box[0] + box[2]) / 2 / w), size_of_extent(max(box[2] - box[0], box[3] - box[1]) / h))
+    return _Found(
+        mask,
+        box,
+        shape,
+        iou,
+        colour,
+        classify_pattern(image, mask, colour),
+        placement_of_x((box[0] + box[2]) / 2 / w),
+        size_of_extent(max(box[2] - box[0], box[3] - box[1]) / h),
+    )
 
 
 def _agreement(found: _Found, spec: SubjectSpec) -> int:
     ident = spec.identity
-    return (found.colour == ident.colour) * 4 + (found.shape == ident.shape) * 2 + (found.pattern == ident.pattern) \
+    return (
+        (found.colour == ident.colour) * 4
+        + (found.shape == ident.shape) * 2
+        + (found.pattern == ident.pattern)
         + (found.placement == spec.placement)
+    )
 
 
 def check_scene(image: Image.Image | np.ndarray, spec: SceneSpec, with_fidelity: bool = True) -> SceneVerdict:
@@ -387,7 +421,7 @@ def check_scene(image: Image.Image | np.ndarray, spec: SceneSpec, with_fidelity:
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)[..., :3]
     background, scores = classify_background(pixels)
     regions = segment_subjects(pixels, background)
-    found = [_describe(pixels, m) for m in regions[:len(spec.subjects) + 1]]
+    found = [_describe(pixels, m) for m in regions[: len(spec.subjects) + 1]]
 
     # Pair found regions with intended subjects by appearance (best total agreement).
     wanted = list(spec.subjects)
@@ -407,8 +441,11 @@ def check_scene(image: Image.Image | np.ndarray, spec: SceneSpec, with_fidelity:
             continue
         f = found[index]
         fidelity = subject_fidelity(pixels, f.mask, ident) if with_fidelity else 0.0
-        verdicts.append(SubjectVerdict(expected, True, f.box, f.shape, f.colour, f.pattern, f.placement, f.size,
-                                       f.shape_iou, fidelity))
+        verdicts.append(
+            SubjectVerdict(
+                expected, True, f.box, f.shape, f.colour, f.pattern, f.placement, f.size, f.shape_iou, fidelity
+            )
+        )
     xs = [v.box[0] + v.box[2] for v in verdicts if v.found]
     relation_ok = all(v.found for v in verdicts) and xs == sorted(xs)
     return SceneVerdict(background, spec.background, scores, tuple(verdicts), len(regions), relation_ok)
@@ -418,7 +455,7 @@ def check_two_panel(image: Image.Image | np.ndarray, spec: TwoPanelSpec, with_fi
     """Judge a two-panel image (width = 2 x height): each panel, and whether both show the same look."""
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)[..., :3]
     half = pixels.shape[1] // 2
-    left_pixels, right_pixels = pixels[:, :half], pixels[:, half:2 * half]
+    left_pixels, right_pixels = pixels[:, :half], pixels[:, half : 2 * half]
     left = check_scene(left_pixels, spec.left, with_fidelity)
     right = check_scene(right_pixels, spec.right, with_fidelity)
     a, b = left.subjects[0], right.subjects[0]
@@ -427,7 +464,9 @@ def check_two_panel(image: Image.Image | np.ndarray, spec: TwoPanelSpec, with_fi
     if a.found and b.found:
         mask_a = _mask_in_box(left_pixels, left.background, a.box)
         mask_b = _mask_in_box(right_pixels, right.background, b.box)
-        similarity = appearance_similarity(left_pixels.astype(np.float32), mask_a, right_pixels.astype(np.float32), mask_b)
+        similarity = appearance_similarity(
+            left_pixels.astype(np.float32), mask_a, right_pixels.astype(np.float32), mask_b
+        )
     return TwoPanelVerdict(left, right, bool(same_look), similarity)
 
 
@@ -438,12 +477,28 @@ def _mask_in_box(pixels: np.ndarray, background: str, box: tuple[int, int, int, 
     raise AssertionError("a found subject's region vanished")  # segmentation is deterministic
 
 
-def check(image: Image.Image, spec: SceneSpec | TwoPanelSpec, with_fidelity: bool = True) -> SceneVerdict | TwoPanelVerdict:
+def check(
+    image: Image.Image, spec: SceneSpec | TwoPanelSpec, with_fidelity: bool = True
+) -> SceneVerdict | TwoPanelVerdict:
     if isinstance(spec, TwoPanelSpec):
         return check_two_panel(image, spec, with_fidelity)
     return check_scene(image, spec, with_fidelity)
 
 
-__all__ = ["SubjectVerdict", "SceneVerdict", "TwoPanelVerdict", "check", "check_scene", "check_two_panel",
-           "classify_background", "segment_subjects", "classify_colour", "classify_shape", "classify_pattern",
-           "subject_fidelity", "identity_match", "appearance_similarity", "BACKGROUND_DISTANCE"]
+__all__ = [
+    "SubjectVerdict",
+    "SceneVerdict",
+    "TwoPanelVerdict",
+    "check",
+    "check_scene",
+    "check_two_panel",
+    "classify_background",
+    "segment_subjects",
+    "classify_colour",
+    "classify_shape",
+    "classify_pattern",
+    "subject_fidelity",
+    "identity_match",
+    "appearance_similarity",
+    "BACKGROUND_DISTANCE",
+]

@@ -20,8 +20,9 @@ from .selftest import checker_accuracy
 from .specs import spec_from_dict
 
 
-def run_build(out: Path, kind: str, count: int, size: int, seed: int, shard_size: int, progress: bool = True,
-              workers: int = 1) -> Path:
+def run_build(
+    out: Path, kind: str, count: int, size: int, seed: int, shard_size: int, progress: bool = True, workers: int = 1
+) -> Path:
     return build_dataset(out, BuildConfig(kind, count, size, seed, shard_size), progress=progress, workers=workers)
 
 
@@ -44,8 +45,9 @@ def _selftest(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    manifest = run_build(args.out, args.kind, args.count, args.size, args.seed, args.shard_size, not args.quiet,
-                         args.workers)
+    manifest = run_build(
+        args.out, args.kind, args.count, args.size, args.seed, args.shard_size, not args.quiet, args.workers
+    )
     print(f"wrote {manifest}")
     return 0
 

@@ -34,7 +34,13 @@ class HeldoutPrompt:
     seed: int  # the generation seed to use for this prompt
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "kind": self.kind, "spec": self.spec.to_dict(), "caption": self.caption, "seed": self.seed}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "spec": self.spec.to_dict(),
+            "caption": self.caption,
+            "seed": self.seed,
+        }
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,13 @@ class SubjectPair:
     seed: int
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "references": [r.to_dict() for r in self.references], "target": self.target.to_dict(),
-                "caption": self.caption, "seed": self.seed}
+        return {
+            "id": self.id,
+            "references": [r.to_dict() for r in self.references],
+            "target": self.target.to_dict(),
+            "caption": self.caption,
+            "seed": self.seed,
+        }
 
 
 def _heldout_source(identities: tuple[Identity, ...]):
@@ -67,7 +78,9 @@ def heldout_prompts() -> tuple[HeldoutPrompt, ...]:
         prompts.append(HeldoutPrompt(f"multi-{i:03d}", "multi", spec, caption(spec, _SEED + 1000 + i), 1000 + i))
     for i in range(TWO_PANEL_COUNT):
         spec = sample_two_panel(rng, identities[(7 * i) % len(identities)])
-        prompts.append(HeldoutPrompt(f"two-panel-{i:03d}", "two_panel", spec, caption(spec, _SEED + 2000 + i), 2000 + i))
+        prompts.append(
+            HeldoutPrompt(f"two-panel-{i:03d}", "two_panel", spec, caption(spec, _SEED + 2000 + i), 2000 + i)
+        )
     return tuple(prompts)
 
 
@@ -78,14 +91,24 @@ def heldout_subject_pairs() -> tuple[SubjectPair, ...]:
     pairs = []
     for i in range(PAIR_COUNT):
         target = sample_scene(rng, [identities[i % len(identities)]])
-        pairs.append(SubjectPair(f"pair-{i:03d}", (target.subjects[0].identity,), target,
-                                 caption(target, _SEED + 3000 + i), 3000 + i))
+        pairs.append(
+            SubjectPair(
+                f"pair-{i:03d}", (target.subjects[0].identity,), target, caption(target, _SEED + 3000 + i), 3000 + i
+            )
+        )
     rng = np.random.default_rng(_SEED + 2)  # its own stream: either count can change without moving the other
     for i in range(MULTI_PAIR_COUNT):
         chosen = distinct_looks(rng, 2, _heldout_source(identities))
         target = sample_scene(rng, chosen)
-        pairs.append(SubjectPair(f"multi-pair-{i:03d}", tuple(s.identity for s in target.subjects), target,
-                                 caption(target, _SEED + 4000 + i), 4000 + i))
+        pairs.append(
+            SubjectPair(
+                f"multi-pair-{i:03d}",
+                tuple(s.identity for s in target.subjects),
+                target,
+                caption(target, _SEED + 4000 + i),
+                4000 + i,
+            )
+        )
     return tuple(pairs)
 
 
@@ -100,14 +123,19 @@ def tuning_prompts(single: int = 64, multi: int = 112, two_panel: int = 112) -> 
     prompts = []
     for i in range(single):
         spec = sample_scene(rng, [training_identity(rng)])
-        prompts.append(HeldoutPrompt(f"tune-single-{i:03d}", "single", spec, caption(spec, _TUNING_SEED + i),
-                                     10_000 + i))  # fmt: skip
+        prompts.append(
+            HeldoutPrompt(f"tune-single-{i:03d}", "single", spec, caption(spec, _TUNING_SEED + i), 10_000 + i)
+        )
     for i in range(multi):
         spec = sample_scene(rng, distinct_looks(rng, 2 + i % 2, training_identity))
-        prompts.append(HeldoutPrompt(f"tune-multi-{i:03d}", "multi", spec, caption(spec, _TUNING_SEED + 1000 + i),
-                                     11_000 + i))  # fmt: skip
+        prompts.append(
+            HeldoutPrompt(f"tune-multi-{i:03d}", "multi", spec, caption(spec, _TUNING_SEED + 1000 + i), 11_000 + i)
+        )
     for i in range(two_panel):
         spec = sample_two_panel(rng, training_identity(rng))
-        prompts.append(HeldoutPrompt(f"tune-two-panel-{i:03d}", "two_panel", spec,
-                                     caption(spec, _TUNING_SEED + 2000 + i), 12_000 + i))  # fmt: skip
+        prompts.append(
+            HeldoutPrompt(
+                f"tune-two-panel-{i:03d}", "two_panel", spec, caption(spec, _TUNING_SEED + 2000 + i), 12_000 + i
+            )
+        )
     return tuple(prompts)

@@ -17,8 +17,10 @@ def contact_sheet(size: int = 128, seed: int = 0, columns: int = 8) -> Image.Ima
     rng = np.random.default_rng([seed, 21])
     identities = [training_identity(rng) for _ in range(columns)]
     references = [render_reference(i, size).image for i in identities]
-    singles = [render_scene(sample_scene(rng, [identities[c]], BACKGROUNDS[c % len(BACKGROUNDS)]), size).image
-               for c in range(columns)]
+    singles = [
+        render_scene(sample_scene(rng, [identities[c]], BACKGROUNDS[c % len(BACKGROUNDS)]), size).image
+        for c in range(columns)
+    ]
     multis = [render_scene(sample_scene(rng, distinct_looks(rng, 2 + c % 2)), size).image for c in range(columns)]
     panels = [render_two_panel(sample_two_panel(rng, identities[c]), size).image for c in range(columns // 2)]
 

@@ -30,8 +30,14 @@ class RenderedSubject:
     panel: int | None = None  # 0 = left, 1 = right on two-panel images
 
     def to_dict(self) -> dict:
-        return {"identity": self.identity.to_dict(), "placement": self.placement, "size": self.size,
-                "box": list(self.box), "panel": self.panel, "mask_rle": rle_encode(self.mask)}
+        return {
+            "identity": self.identity.to_dict(),
+            "placement": self.placement,
+            "size": self.size,
+            "box": list(self.box),
+            "panel": self.panel,
+            "mask_rle": rle_encode(self.mask),
+        }
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,13 @@ class Rendered:
 
     def metadata(self) -> dict:
         """JSON-ready description with masks as run-length encodings."""
-        return {"kind": self.kind, "width": self.image.width, "height": self.image.height,
-                "backgrounds": list(self.backgrounds), "subjects": [s.to_dict() for s in self.subjects]}
+        return {
+            "kind": self.kind,
+            "width": self.image.width,
+            "height": self.image.height,
+            "backgrounds": list(self.backgrounds),
+            "subjects": [s.to_dict() for s in self.subjects],
+        }
 
 
 def supersampling(size: int) -> int:
@@ -76,9 +87,13 @@ def _draw_emblem(draw: ImageDraw.ImageDraw, identity: Identity, centre: tuple[fl
     along, across = (math.cos(angle), math.sin(angle)), (-math.sin(angle), math.cos(angle))
 
     def bar(length: float, thickness: float, direction: tuple[float, float], normal: tuple[float, float]) -> None:
-        corners = [(cx + sa * length * direction[0] + sb * thickness * normal[0],
-                    cy + sa * length * direction[1] + sb * thickness * normal[1])
-                   for sa, sb in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+        corners = [
+            (
+                cx + sa * length * direction[0] + sb * thickness * normal[0],
+                cy + sa * length * direction[1] + sb * thickness * normal[1],
+            )
+            for sa, sb in ((-1, -1), (1, -1), (1, 1), (-1, 1))
+        ]
         draw.polygon(corners, fill=colour)
 
     def disc(x: float, y: float, radius: float) -> None:
@@ -94,8 +109,13 @@ def _draw_emblem(draw: ImageDraw.ImageDraw, identity: Identity, centre: tuple[fl
         bar(r, 0.3 * r, along, across)
         bar(r, 0.3 * r, across, along)
     elif identity.emblem == "triangle":
-        draw.polygon([(cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3))
-                      for k in range(3)], fill=colour)
+        draw.polygon(
+            [
+                (cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3))
+                for k in range(3)
+            ],
+            fill=colour,
+        )
     elif identity.emblem == "eyes":
         for side in (-1, 1):
             disc(cx + side * 0.75 * r * along[0], cy + side * 0.75 * r * along[1], 0.45 * r)
@@ -145,7 +165,7 @@ def layout_boxes(spec: SceneSpec, aspect: float = 1.0) -> list[tuple[float, floa
 
 def boxes_overlap(boxes: list[tuple[float, float, float, float]], gap: float = 0.05) -> bool:
     for i, (ax, ay, aw, ah) in enumerate(boxes):
-        for bx, by, bw, bh in boxes[i + 1:]:
+        for bx, by, bw, bh in boxes[i + 1 :]:
             if abs(ax - bx) < (aw + bw) / 2 + gap and abs(ay - by) < (ah + bh) / 2 + gap:
                 return True
     return False
@@ -167,20 +187,23 @@ def _composite(canvas: np.ndarray, identity: Identity, centre: tuple[float, floa
     return full_alpha
 
 
-def _finish(canvas: np.ndarray, alphas: list[np.ndarray], size: tuple[int, int], ss: int) -> tuple[Image.Image, list[np.ndarray]]:
+def _finish(
+    canvas: np.ndarray, alphas: list[np.ndarray], size: tuple[int, int], ss: int
+) -> tuple[Image.Image, list[np.ndarray]]:
     """Downscale the canvas (LANCZOS) and turn supersampled alphas into visible-pixel masks."""
     image = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), "RGB").resize(size, Image.LANCZOS)
     visible = []
     for i, alpha in enumerate(alphas):
-        for later in alphas[i + 1:]:  # later subjects occlude earlier ones
+        for later in alphas[i + 1 :]:  # later subjects occlude earlier ones
             alpha = alpha * (1 - later)
         coverage = alpha.reshape(size[1], ss, size[0], ss).mean(axis=(1, 3))
         visible.append(coverage > 0.5)
     return image, visible
 
 
-def _subject(identity: Identity, placement: str | None, size: str | None, mask: np.ndarray,
-             panel: int | None = None) -> RenderedSubject:
+def _subject(
+    identity: Identity, placement: str | None, size: str | None, mask: np.ndarray, panel: int | None = None
+) -> RenderedSubject:
     box = box_of(mask) or (0, 0, 0, 0)
     return RenderedSubject(identity, placement, size, mask, box, panel)
 
@@ -219,7 +242,7 @@ def render_two_panel(spec: TwoPanelSpec, size: int = 128) -> Rendered:
         image.paste(rendered.image, (panel * size, 0))
         for s in rendered.subjects:
             mask = np.zeros((size, 2 * size), bool)
-            mask[:, panel * size:(panel + 1) * size] = s.mask
+            mask[:, panel * size : (panel + 1) * size] = s.mask
             subjects.append(_subject(s.identity, s.placement, s.size, mask, panel))
     return Rendered(image, "two_panel", (spec.left.background, spec.right.background), tuple(subjects))
 

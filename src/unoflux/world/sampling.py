@@ -23,8 +23,7 @@ def sample_scene(rng: np.random.Generator, identities: Sequence[Identity], backg
     no two subjects overlap."""
     count = len(identities)
     background = background or _pick(rng, BACKGROUNDS)
-    placements = sorted(rng.choice(list(PLACEMENTS), size=count, replace=False).tolist(),
-                        key=list(PLACEMENTS).index)
+    placements = sorted(rng.choice(list(PLACEMENTS), size=count, replace=False).tolist(), key=list(PLACEMENTS).index)
     seed = int(rng.integers(0, 2**31 - 1))
     for _ in range(50):
         sizes = [_pick(rng, list(SIZES)) for _ in range(count)]

@@ -46,8 +46,12 @@ class SceneSpec:
             raise ValueError(f"two subjects share a placement: {placements}")
 
     def to_dict(self) -> dict:
-        return {"type": "scene", "background": self.background, "seed": self.seed,
-                "subjects": [s.to_dict() for s in self.subjects]}
+        return {
+            "type": "scene",
+            "background": self.background,
+            "seed": self.seed,
+            "subjects": [s.to_dict() for s in self.subjects],
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> SceneSpec:

@@ -75,7 +75,9 @@ class Identity:
         )
 
 
-def make_identity(seed: int, shape: str | None = None, colour: str | None = None, pattern: str | None = None) -> Identity:
+def make_identity(
+    seed: int, shape: str | None = None, colour: str | None = None, pattern: str | None = None
+) -> Identity:
     """The identity of `seed`. A look field left as None is drawn from the seed too.
 
     Details depend on the seed only (not on the look), so fixing the look and varying the seed
@@ -84,8 +86,11 @@ def make_identity(seed: int, shape: str | None = None, colour: str | None = None
     if seed < 0:
         raise ValueError(f"identity seed must be >= 0, got {seed}")
     look_rng = np.random.default_rng([seed, 1])
-    drawn = (SHAPES[look_rng.integers(len(SHAPES))], list(COLOURS)[look_rng.integers(len(COLOURS))],
-             PATTERNS[look_rng.integers(len(PATTERNS))])
+    drawn = (
+        SHAPES[look_rng.integers(len(SHAPES))],
+        list(COLOURS)[look_rng.integers(len(COLOURS))],
+        PATTERNS[look_rng.integers(len(PATTERNS))],
+    )
     shape, colour, pattern = shape or drawn[0], colour or drawn[1], pattern or drawn[2]
     for value, allowed, what in ((shape, SHAPES, "shape"), (colour, COLOURS, "colour"), (pattern, PATTERNS, "pattern")):
         if value not in allowed:
@@ -93,8 +98,13 @@ def make_identity(seed: int, shape: str | None = None, colour: str | None = None
 
     rng = np.random.default_rng([seed, 2])
     warp = tuple(
-        (_r(rng.uniform(-0.022, 0.022)), _r(rng.uniform(-0.022, 0.022)), _r(rng.uniform(0.5, 1.6)),
-         _r(rng.uniform(0.5, 1.6)), _r(rng.uniform(0, 2 * math.pi)))
+        (
+            _r(rng.uniform(-0.022, 0.022)),
+            _r(rng.uniform(-0.022, 0.022)),
+            _r(rng.uniform(0.5, 1.6)),
+            _r(rng.uniform(0.5, 1.6)),
+            _r(rng.uniform(0, 2 * math.pi)),
+        )
         for _ in range(3)
     )
     emblem = EMBLEMS[rng.integers(len(EMBLEMS))]
@@ -109,8 +119,18 @@ def make_identity(seed: int, shape: str | None = None, colour: str | None = None
     )
     radius = rng.uniform(0.075, 0.11)
     xy, radius = _emblem_spot(shape, warp, emblem, radius, rng)
-    return Identity(seed=seed, shape=shape, colour=colour, pattern=pattern, warp=warp, emblem=emblem,
-                    emblem_xy=xy, emblem_radius=_r(radius), accent=accent, **details)
+    return Identity(
+        seed=seed,
+        shape=shape,
+        colour=colour,
+        pattern=pattern,
+        warp=warp,
+        emblem=emblem,
+        emblem_xy=xy,
+        emblem_radius=_r(radius),
+        accent=accent,
+        **details,
+    )
 
 
 def _r(value: float) -> float:
@@ -151,8 +171,23 @@ def canonical_outline(shape: str) -> np.ndarray:
         return np.stack([outer, inner], axis=1).reshape(-1, 2)
     if shape == "cross":
         a = 0.36
-        return np.array([[-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a], [a, 1], [-a, 1], [-a, a],
-                         [-1, a], [-1, -a], [-a, -a]], float)
+        return np.array(
+            [
+                [-a, -1],
+                [a, -1],
+                [a, -a],
+                [1, -a],
+                [1, a],
+                [a, a],
+                [a, 1],
+                [-a, 1],
+                [-a, a],
+                [-1, a],
+                [-1, -a],
+                [-a, -a],
+            ],
+            float,
+        )
     if shape == "heart":
         x = 16 * np.sin(t) ** 3
         y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
@@ -165,8 +200,9 @@ def canonical_outline(shape: str) -> np.ndarray:
         a_in = math.atan2(math.sqrt(1 - x_meet**2), x_meet - d)
         outer = np.linspace(a_out, 2 * math.pi - a_out, 160)
         inner = np.linspace(2 * math.pi - a_in, a_in, 100)
-        return np.vstack([np.stack([np.cos(outer), np.sin(outer)], 1),
-                          np.stack([d + r * np.cos(inner), r * np.sin(inner)], 1)])
+        return np.vstack(
+            [np.stack([np.cos(outer), np.sin(outer)], 1), np.stack([d + r * np.cos(inner), r * np.sin(inner)], 1)]
+        )
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -198,8 +234,9 @@ def outline_mask(shape: str, warp: tuple, size: int) -> np.ndarray:
     return np.asarray(img) > 127
 
 
-def _emblem_spot(shape: str, warp: tuple, emblem: str, radius: float,
-                 rng: np.random.Generator) -> tuple[tuple[float, float], float]:
+def _emblem_spot(
+    shape: str, warp: tuple, emblem: str, radius: float, rng: np.random.Generator
+) -> tuple[tuple[float, float], float]:
     """A centre deep enough inside the body for the emblem; shrinks the emblem for thin shapes."""
     grid = 64
     mask = outline_mask(shape, warp, grid)
