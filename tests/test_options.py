@@ -110,3 +110,17 @@ def test_the_pipeline_takes_options_and_diffusers_names(tiny_pipe):
     assert c.settings["steps"] == 1
     with pytest.raises(TypeError, match="unexpected keyword argument 'stepz'"):
         tiny_pipe("a cat", stepz=3)
+
+
+def test_options_must_be_options_not_a_size(tiny_pipe):
+    with pytest.raises(TypeError, match="options must be a SamplingOptions, not int"):
+        tiny_pipe("a cat", None, 32)
+
+
+def test_the_demo_runs_every_held_out_prompt_and_example_through_the_options(tiny_pipe, tmp_path, capsys):
+    """``make run``'s code path (``unoflux demo``), on the tiny model: every image written, each with a verdict."""
+    from unoflux.demo import run_demo
+
+    paths = run_demo(tiny_pipe, tmp_path, size=32, steps=1)
+    assert paths and all(p.is_file() for p in paths)
+    assert len(capsys.readouterr().out.strip().splitlines()) >= len(paths)

@@ -23,6 +23,7 @@ import argparse
 from tqdm import tqdm
 
 from unoflux.evaluate.world import generate_and_check, summarize
+from unoflux.options import SamplingOptions
 from unoflux.world.checker import TwoPanelVerdict
 from unoflux.world.heldout import heldout_prompts, tuning_prompts
 
@@ -81,12 +82,14 @@ def main() -> None:
                     pipe,
                     p,
                     size,
-                    args.steps,
-                    float(guidance),
-                    float(true_cfg),
-                    schedule,
-                    time_shift,
-                    float(stochasticity),
+                    SamplingOptions(
+                        steps=args.steps,
+                        guidance=float(guidance),
+                        true_cfg=float(true_cfg),
+                        schedule=schedule,
+                        time_shift=time_shift,
+                        stochasticity=float(stochasticity),
+                    ),
                 )[1],
             )
             for p in tqdm(prompts, desc=setting, leave=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 from .evaluate.subject import judge_case, reference_shots
 from .evaluate.world import generate_and_check
 from .images import load_image, save_png
+from .options import SamplingOptions
 from .world.checker import TwoPanelVerdict
 from .world.heldout import heldout_prompts, heldout_subject_pairs
 
@@ -67,7 +68,7 @@ def run_demo(pipe, out_dir: Path, size: int, steps: int = 25) -> list[Path]:
     prompts = {p.id: p for p in heldout_prompts()}
     for prompt_id in DEMO_PROMPTS:
         prompt = prompts[prompt_id]
-        output, verdict = generate_and_check(pipe, prompt, size, steps)
+        output, verdict = generate_and_check(pipe, prompt, size, SamplingOptions(steps=steps))
         path = save_png(
             output.images[0], out_dir / f"{prompt_id}.png", {**output.settings, "verdict": verdict.to_dict()}
         )
@@ -83,9 +84,9 @@ def run_demo(pipe, out_dir: Path, size: int, steps: int = 25) -> list[Path]:
         output = pipe(
             example["prompt"],
             [load_image(r) for r in references],
+            SamplingOptions(steps=steps),
             width=size,
             height=size,
-            num_inference_steps=steps,
             seed=pair.seed,
         )
         result = judge_case(output.images[0], pair)

@@ -366,6 +366,10 @@ def call_options(options: SamplingOptions | None, values: dict[str, Any]) -> Sam
     unknown = sorted(set(renamed) - known)
     if unknown:
         raise TypeError(f"unexpected keyword argument {unknown[0]!r}; the options are: {', '.join(sorted(known))}")
+    if options is not None and not isinstance(options, SamplingOptions):
+        raise TypeError(
+            f"options must be a SamplingOptions, not {type(options).__name__} (sizes and steps are keywords)"
+        )
     base = SamplingOptions() if options is None else options.sampling_options()
     return dataclasses.replace(base, **renamed)
 
