@@ -7,11 +7,12 @@ A name -> method table; a model folder's ``unoflux.json`` may declare its method
 from __future__ import annotations
 
 from ..errors import UnofluxError
+from ..options import FLUX_DEV_DEFAULTS
 from .base import Conditioning, Method, open_references
 from .uno import UnoMethod
 
 METHODS: dict[str, Method] = {method.name: method for method in (UnoMethod(),)}
-DEFAULT_METHOD = "uno"
+DEFAULT_METHOD = FLUX_DEV_DEFAULTS["method"]  # one place says it: the options' model defaults
 
 
 def get_method(method: str | Method) -> Method:
