@@ -219,8 +219,13 @@ def test_bad_batch_files(tmp_path, capsys):
     cases = {
         "notjson.json": ("{", "not valid JSON"),
         "empty.json": ("[]", "non-empty list"),
-        "noprompt.json": (json.dumps([{"image_paths": []}]), "needs a non-empty 'prompt'"),
-        "badpaths.json": (json.dumps([{"prompt": "x", "image_paths": "a.png"}]), "not a list of strings"),
+        "noprompt.json": (json.dumps([{"image_paths": []}]), "needs a 'prompt' string"),
+        "emptyprompt.json": (json.dumps([{"prompt": " ", "image_paths": []}]), "has an empty prompt; only a USO"),
+        "badpaths.json": (json.dumps([{"prompt": "x", "image_paths": "a.png"}]), "not a list of paths"),
+        "badrole.json": (
+            json.dumps([{"prompt": "x", "image_paths": [{"image": "a.png", "role": "colour"}]}]),
+            "reference role 'colour' is not one of: subject, style",
+        ),
         "missingref.json": (json.dumps([{"prompt": "x", "image_paths": ["refs/none.png"]}]), "does not exist"),
     }
     for name, (content, message) in cases.items():

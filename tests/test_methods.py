@@ -11,6 +11,7 @@ import torch
 from unoflux import UnofluxError, engine, flow
 from unoflux.methods import METHODS, Conditioning, get_method
 from unoflux.methods.uno import UnoMethod
+from unoflux.references import Reference
 
 from .conftest import random_image
 
@@ -125,7 +126,7 @@ def test_the_pipeline_samples_a_methods_conditioning_and_its_unconditional_branc
     out = pipe("a red cup", [reference], method=method, output_type="latent", **settings)
     assert out.settings["method"] == "test-embedding-prefix"
 
-    images = method.preprocess_references([reference], 32)
+    images = method.preprocess_references([Reference(reference)], 32)
     conditioning = method.prepare(pipe, images, (2, 3), "diagonal", torch.device("cpu"), torch.float32)
     text, pooled, text_ids = pipe.encode_prompt(prompt=["a red cup"], prompt_2=None, max_sequence_length=16)
     negative, negative_pooled, _ = pipe.encode_prompt(prompt=["a blue dog"], prompt_2=None, max_sequence_length=16)
@@ -150,10 +151,10 @@ def test_the_pipeline_samples_a_methods_conditioning_and_its_unconditional_branc
 
 
 def test_method_table_and_bad_names(tiny_pipe):
-    assert list(METHODS) == ["uno"] and get_method("uno") is METHODS["uno"]
+    assert list(METHODS) == ["uno", "uso"] and get_method("uno") is METHODS["uno"]
     custom = EmbeddingAndPrefixMethod()
     assert get_method(custom) is custom
-    with pytest.raises(UnofluxError, match="method 'dreamo-typo' is not one of: uno"):
+    with pytest.raises(UnofluxError, match="method 'dreamo-typo' is not one of: uno, uso"):
         get_method("dreamo-typo")
     with pytest.raises(UnofluxError, match="method 'nope' is not one of"):
         tiny_pipe("a cat", method="nope", width=32, height=32, num_inference_steps=1)
@@ -161,9 +162,15 @@ def test_method_table_and_bad_names(tiny_pipe):
 
 def test_a_method_refuses_too_many_references_before_any_model_runs():
     class OneReference(UnoMethod):
-        name, max_references = "one-reference", 1
+        name, limits = "one-reference", {"subject": 1}
 
-    with pytest.raises(UnofluxError, match="method 'one-reference' takes at most 1 reference images, not 2"):
-        OneReference().check(2)
-    OneReference().check(1)
-    UnoMethod().check(10)  # UNO takes any number: the token budget (MAX_IMAGE_TOKENS) is its limit
+    two, one = [Reference("a.png"), Reference("b.png")], [Reference("a.png")]
+    with pytest.raises(UnofluxError, match="method 'one-reference' takes at most 1 subject references, not 2"):
+        OneReference().check(two)
+    OneReference().check(one)
+    UnoMethod().check(one * 10)  # UNO takes any number: the token budget (MAX_IMAGE_TOKENS) is its limit
+    with pytest.raises(UnofluxError, match=r"method 'uno' takes no style references \(use --method uso\)"):
+        UnoMethod().check([Reference("s.png", "style")])
+    with pytest.raises(UnofluxError, match="method 'uso' takes at most 1 subject references, not 2"):
+        get_method("uso").check(two)
+    get_method("uso").check([*one, Reference("s.png", "style"), Reference("t.png", "style")])

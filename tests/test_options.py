@@ -9,6 +9,7 @@ import pytest
 
 from unoflux import UnofluxError
 from unoflux.options import (
+    EMPTY_PROMPT_METHODS,
     FLUX_DEV_DEFAULTS,
     METHOD_NAMES,
     POSITION_MODES,
@@ -27,6 +28,7 @@ def test_torch_free_mirrors_match_the_library():
     from unoflux import conditioning, methods
 
     assert METHOD_NAMES == tuple(methods.METHODS) and POSITION_MODES == conditioning.POSITION_MODES
+    assert EMPTY_PROMPT_METHODS == tuple(name for name, m in methods.METHODS.items() if m.accepts_empty_prompt)
     assert SCHEDULES == ("uno", "flux")
     assert set(model_default_names()) <= set(FLUX_DEV_DEFAULTS)  # every declarable option has FLUX.1-dev's value
 

@@ -11,10 +11,13 @@ from pathlib import Path
 
 from .errors import UnofluxError
 from .options import POSITION_MODES, SCHEDULES  # noqa: F401  (re-exported: evaluate's CLI and the app use them)
+from .references import STYLE, SUBJECT, Reference
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model (local files only; explicit flags win over FLUX_DEV, AE, T5, CLIP, LORA)")
+    g = p.add_argument_group(
+        "model (local files only; explicit flags win over FLUX_DEV, AE, T5, CLIP, LORA, PROJECTION_MODEL, SIGLIP_PATH)"
+    )
     g.add_argument(
         "--model", metavar="DIR", help="a diffusers FLUX folder (model_index.json); default: the embedded model"
     )
@@ -27,9 +30,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--lora",
         metavar="PATH",
-        help="UNO LoRA: dit_lora.safetensors (XLabs layout) or a diffusers LoRA "
+        help="UNO or USO LoRA: dit_lora.safetensors (XLabs layout) or a diffusers LoRA "
         "(replaces the LoRA a model folder ships, as the embedded model does)",
     )
+    g.add_argument(
+        "--uso-projector",
+        metavar="PATH",
+        help="USO's projector.safetensors: with --siglip, style references (--style) and method uso at 1024 px",
+    )
+    g.add_argument("--siglip", metavar="DIR", help="SigLIP folder for USO (google/siglip-so400m-patch14-384)")
     g.add_argument(
         "--base-only",
         action="store_true",
@@ -59,7 +68,16 @@ def default_image_size(pipe) -> int:
 def model_paths(args: argparse.Namespace):
     from .checkpoints import ModelPaths
 
-    return ModelPaths(model=args.model, flux=args.flux, ae=args.ae, t5=args.t5, clip=args.clip, lora=args.lora)
+    return ModelPaths(
+        model=args.model,
+        flux=args.flux,
+        ae=args.ae,
+        t5=args.t5,
+        clip=args.clip,
+        lora=args.lora,
+        projector=getattr(args, "uso_projector", None),
+        siglip=getattr(args, "siglip", None),
+    )
 
 
 def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None):
@@ -93,7 +111,17 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", help="what to generate")
-    g.add_argument("--ref", action="append", default=[], metavar="IMAGE", help="a reference image (repeat for several)")
+    g.add_argument(
+        "--ref", action="append", default=[], metavar="IMAGE", help="a subject reference image (repeat for several)"
+    )
+    g.add_argument(
+        "--style",
+        action="append",
+        dest="ref",
+        type=lambda path: Reference(path, STYLE),
+        metavar="IMAGE",
+        help="a style reference image (method uso; repeat for several)",
+    )
     add_option_arguments(g)
     g.add_argument("--out", help="a .png file, or a folder (default outputs/; batch: outputs/batch)")
     g.add_argument(
@@ -101,6 +129,13 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
         metavar="FILE.json",
         help="UNO eval JSON: [{prompt, image_paths}, ...]; resumable, shards under accelerate launch",
     )
+
+
+def resolved_reference(value: str | Reference) -> str | Reference:
+    """A reference with an absolute path; a subject stays a plain path (UNO's form)."""
+    reference = value if isinstance(value, Reference) else Reference(value)
+    path = str(Path(reference.image).resolve())
+    return path if reference.role == SUBJECT else Reference(path, reference.role)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -114,7 +149,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args,
         GenerationRequest,
         prompt="(from the batch file)" if args.batch else args.prompt,
-        references=[str(Path(r).resolve()) for r in args.ref],
+        references=[resolved_reference(r) for r in args.ref],
     )
     request.validate()  # bad input fails here, before minutes of model loading
     items = read_batch(args.batch) if args.batch else None

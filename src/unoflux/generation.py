@@ -17,6 +17,7 @@ from .errors import UnofluxError
 from .images import load_image, save_json, save_png
 from .options import GenerationRequest
 from .pipeline import UnoFluxPipeline, UnoOutput
+from .references import STYLE, as_reference, reference_record
 
 
 def generate(pipe: UnoFluxPipeline, request: GenerationRequest, **call_kwargs) -> UnoOutput:
@@ -65,8 +66,10 @@ def generate_to_files(
 
 # ----------------------------------------------------------------------------------- batch mode
 def read_batch(path: str | Path) -> list[dict[str, Any]]:
-    """UNO's eval JSON: a list of ``{"prompt": str, "image_paths": [str, ...]}``, paths relative to the
-    JSON file. Validated whole before any generation; paths are returned resolved."""
+    """UNO's eval JSON: a list of ``{"prompt": str, "image_paths": [str, ...]}``, paths relative to the JSON file.
+    A reference of another role than subject is an object: ``{"image": "style.png", "role": "style"}`` (USO's
+    positional ``["content", "style", ...]`` is not guessed at). Validated whole before any generation; paths are
+    returned resolved."""
     path = Path(path)
     try:
         items = json.loads(path.read_text())
@@ -78,15 +81,26 @@ def read_batch(path: str | Path) -> list[dict[str, Any]]:
         raise UnofluxError(f"batch file {str(path)!r} must hold a non-empty list of {{prompt, image_paths}} items")
     resolved = []
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
-            raise UnofluxError(f"batch item {i} in {str(path)!r} needs a non-empty 'prompt' string")
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+            raise UnofluxError(f"batch item {i} in {str(path)!r} needs a 'prompt' string")
         refs = item.get("image_paths", [])
-        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
-            raise UnofluxError(f"batch item {i} in {str(path)!r} has 'image_paths' that is not a list of strings")
-        refs = [str(path.parent / r) for r in refs]
-        for k, ref in enumerate(refs):
-            load_image(ref, what=f"batch item {i} reference {k + 1}")
-        resolved.append({"prompt": item["prompt"], "image_paths": refs})
+        if not isinstance(refs, list) or not all(isinstance(r, (str, dict)) for r in refs):
+            raise UnofluxError(
+                f"batch item {i} in {str(path)!r} has 'image_paths' that is not a list of paths "
+                "or {'image': path, 'role': role} objects"
+            )
+        try:
+            references = [as_reference(r) for r in refs]
+        except UnofluxError as err:
+            raise UnofluxError(f"batch item {i} in {str(path)!r}: {err}") from None
+        references = [r.with_image(str(path.parent / r.image)) for r in references]
+        if not item["prompt"].strip() and not any(r.role == STYLE for r in references):
+            raise UnofluxError(
+                f"batch item {i} in {str(path)!r} has an empty prompt; only a USO item with a style reference may"
+            )
+        for k, ref in enumerate(references):
+            load_image(ref.image, what=f"batch item {i} reference {k + 1}")
+        resolved.append({"prompt": item["prompt"], "image_paths": [reference_record(r) for r in references]})
     return resolved
 
 

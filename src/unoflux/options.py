@@ -24,7 +24,8 @@ from typing import Any
 MAX_SIDE = 2048  # FLUX.1 is trained up to ~2 MP
 POSITION_MODES = ("diagonal", "height", "width", "none")  # UnoPE offsets (conditioning.PositionMode)
 SCHEDULES = ("uno", "flux")  # the time shift's resolution rule (flow.image_seq_len)
-METHOD_NAMES = ("uno",)  # mirrors unoflux.methods.METHODS (which imports torch); a test pins them equal
+METHOD_NAMES = ("uno", "uso")  # mirrors unoflux.methods.METHODS (which imports torch); a test pins them equal
+EMPTY_PROMPT_METHODS = ("uso",)  # mirrors Method.accepts_empty_prompt (pinned by the same test)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ class SamplingOptions:
     method: str | None = option(
         None,
         "method",
-        "how references become conditioning (default: the model's; uno)",
+        "how references become conditioning: uno (subjects) or uso (a subject and style images); default: the "
+        "model's (uno for FLUX.1-dev, uso once USO's style models are loaded)",
         choices=METHOD_NAMES,
         model_default=True,
     )
@@ -206,16 +208,24 @@ class GenerationRequest(SamplingOptions):
     """Everything that determines the images, given the model: a prompt, reference image paths, the options."""
 
     prompt: str
-    references: list[str] = field(default_factory=list)  # image paths
+    # image paths (subjects), or unoflux.references.Reference for another role (a style image)
+    references: list[Any] = field(default_factory=list)
 
     def validate(self) -> None:
         """Check the prompt, the options and that every reference opens, before any model work."""
         from .images import load_image
+        from .references import STYLE, as_references
 
-        check_prompt(self.prompt)
+        references = as_references(self.references)
+        # the method may still be the model's (None): then a style reference says USO is meant
+        empty_ok = self.method in EMPTY_PROMPT_METHODS or (
+            self.method is None and any(r.role == STYLE for r in references)
+        )
+        check_prompt(self.prompt, allow_empty=empty_ok)
         super().validate()
-        for i, path in enumerate(self.references):
-            load_image(path, what=f"reference image {i + 1}")
+        for i, reference in enumerate(references):
+            what = "reference" if reference.role == "subject" else f"{reference.role} reference"
+            load_image(reference.image, what=f"{what} image {i + 1}")
 
 
 # FLUX.1-dev's values, what a model folder's unoflux.json overrides (keys: SamplingOptions field names).
@@ -224,11 +234,14 @@ FLUX_DEV_DEFAULTS: dict[str, Any] = dict(
 )
 
 
-def check_prompt(prompt: Any) -> None:
+def check_prompt(prompt: Any, allow_empty: bool = False) -> None:
+    """A prompt is text; empty only where the method gives it a meaning (USO: keep the subject's layout)."""
     from .errors import UnofluxError
 
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise UnofluxError("the prompt is empty; describe the image to generate")
+    if not isinstance(prompt, str):
+        raise UnofluxError(f"the prompt {prompt!r} must be text")
+    if not allow_empty and not prompt.strip():
+        raise UnofluxError("the prompt is empty; describe the image to generate (only --method uso takes an empty one)")
 
 
 def resolve_time_shift(

@@ -55,6 +55,7 @@ from .options import (  # noqa: F401  (MAX_SIDE, SCHEDULES: re-exported for call
     check_prompt,
     option_fields,
 )
+from .references import STYLE, SUBJECT, Reference, as_references
 
 MAX_IMAGE_TOKENS = 2 * (MAX_SIDE // 16) ** 2  # target + references; beyond this attention memory explodes
 
@@ -82,6 +83,17 @@ class UnoFluxPipeline(FluxPipeline):
         from .checkpoints.lora import load_lora_into_pipeline
 
         load_lora_into_pipeline(self, path, adapter_name=adapter_name)
+
+    def load_uso_style(self, projector: str, siglip: str) -> None:
+        """Attach USO's style models (``projector.safetensors`` and a SigLIP folder) for style references; the
+        calls then default to method ``uso`` at USO's 1024 px. USO's ``dit_lora.safetensors`` loads with
+        :meth:`load_uno_lora` (same layout)."""
+        from .checkpoints.loading import load_uso_style_models
+
+        load_uso_style_models(self, projector, siglip)
+
+    # USO's style encoder (methods.uso.StyleEncoder: SigLIP + projector), set by load_uso_style / load_pipeline
+    style_encoder = None
 
     @property
     def text_sequence_length(self) -> int:
@@ -196,13 +208,15 @@ class UnoFluxPipeline(FluxPipeline):
         max_sequence_length: int | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[[Any, int, float, dict], dict] | None = None,
+        style_images: Sequence[ImageInput] | None = None,
         **option_values: Any,
     ) -> UnoOutput:
         r"""Generate images for ``prompt`` keeping the subjects of ``reference_images``.
 
         Args:
             prompt: one prompt or a list; each gives ``num_images`` images.
-            reference_images: PIL images or paths; empty or None = plain text-to-image.
+            reference_images: PIL images or paths (subjects), or :class:`~unoflux.references.Reference`\ s that say
+                their role; empty or None = plain text-to-image.
             options: a :class:`~unoflux.options.SamplingOptions` (every field documented there); keyword arguments
                 named like its fields override it: ``width``, ``height``, ``steps``, ``guidance``, ``true_cfg``,
                 ``negative_prompt`` (one, or one per prompt), ``seed`` (image ``j`` of every prompt uses ``seed + j``;
@@ -215,16 +229,19 @@ class UnoFluxPipeline(FluxPipeline):
             output_type: ``pil``, ``pt`` ((B, 3, H, W) in [0, 1]) or ``latent`` (packed latents).
             callback_on_step_end: ``fn(pipe, step, t, {"latents": ...}) -> dict`` after each step; a
                 returned ``latents`` replaces the current ones.
+            style_images: style references (USO), after ``reference_images``: the same as passing
+                ``Reference(image, "style")`` there.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        for text in prompts:
-            check_prompt(text)
-        references = list(reference_images or [])
+        references = as_references(reference_images) + [Reference(image, STYLE) for image in style_images or []]
         method = option_values.pop("method", None) if isinstance(option_values.get("method"), Method) else None
         options = call_options(options, option_values).resolved(self.model_defaults)
         options.validate()
         method = get_method(method or options.method)
-        method.check(len(references))
+        for text in prompts:
+            check_prompt(text, allow_empty=method.accepts_empty_prompt)
+        method.check(references)
+        num_subjects = sum(r.role == SUBJECT for r in references)
         if self.vae_scale_factor != 8:
             raise UnofluxError(f"the VAE downsamples by {self.vae_scale_factor}; UNO needs a FLUX-style VAE (8x)")
         if output_type not in ("pil", "pt", "latent"):
@@ -236,7 +253,7 @@ class UnoFluxPipeline(FluxPipeline):
                 f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one, or one per prompt"
             )
         width, height = output_size(options.width, options.height)
-        long_side = options.reference_long_side or self.default_reference_long_side(len(references))
+        long_side = options.reference_long_side or self.default_reference_long_side(num_subjects)
         seed = random.randrange(2**31) if options.seed is None else options.seed
         options = dataclasses.replace(
             options, width=width, height=height, reference_long_side=long_side, seed=seed, method=method.name
@@ -253,13 +270,13 @@ class UnoFluxPipeline(FluxPipeline):
         self._warn_if_truncated(text_prompts, max_sequence_length)
 
         # 1. References (opened and checked before any model runs), then the method's own preprocessing.
-        ref_images = method.preprocess_references(open_references(references), long_side)
-        ref_grids = [(image.height // 16, image.width // 16) for image in ref_images]
+        prepared = method.preprocess_references(open_references(references), long_side)
+        ref_grids = [(r.image.height // 16, r.image.width // 16) for r in prepared if r.role == SUBJECT]
         target_grid = (height // 16, width // 16)
         n_image = target_grid[0] * target_grid[1] + sum(r * c for r, c in ref_grids)
         if n_image > MAX_IMAGE_TOKENS:
             raise UnofluxError(
-                f"{len(references)} references at long side {long_side} plus a {width}x{height} output make "
+                f"{num_subjects} references at long side {long_side} plus a {width}x{height} output make "
                 f"{n_image} image tokens, more than the {MAX_IMAGE_TOKENS} allowed; use fewer or smaller references"
             )
 
@@ -280,7 +297,7 @@ class UnoFluxPipeline(FluxPipeline):
                 num_images_per_prompt=num_images_per_prompt,
                 max_sequence_length=max_sequence_length,
             )[:2]
-        conditioning = method.prepare(self, ref_images, target_grid, position_mode, device, dtype).to(device)
+        conditioning = method.prepare(self, prepared, target_grid, position_mode, device, dtype).to(device)
 
         # 3. Noise and schedule.
         seeds = [seed + j for _ in prompts for j in range(num_images_per_prompt)]
@@ -338,7 +355,8 @@ class UnoFluxPipeline(FluxPipeline):
         settings = {  # what ran: GenerationRequest's fields, resolved
             "prompt": prompts[0] if len(prompts) == 1 else prompts,
             **dataclasses.asdict(options),
-            "num_references": len(references),
+            "num_references": num_subjects,
+            **({"num_style_references": len(references) - num_subjects} if len(references) > num_subjects else {}),
             "noise_device": noise_device,
         }
         if output_type == "latent":

@@ -8,9 +8,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..options import GenerationRequest, cli_flags
+from ..references import SUBJECT, as_references
 
 # CLI flag for each ModelPaths field (see cli.add_model_args).
-_PATH_FLAGS = {"model": "--model", "flux": "--flux", "ae": "--ae", "t5": "--t5", "clip": "--clip", "lora": "--lora"}
+_PATH_FLAGS = {
+    "model": "--model",
+    "flux": "--flux",
+    "ae": "--ae",
+    "t5": "--t5",
+    "clip": "--clip",
+    "lora": "--lora",
+    "projector": "--uso-projector",
+    "siglip": "--siglip",
+}
+_ARG_NAMES = {"projector": "uso_projector"}  # argparse dest where it differs from the ModelPaths field
 
 
 def model_flags(args: argparse.Namespace) -> list[str]:
@@ -18,7 +29,8 @@ def model_flags(args: argparse.Namespace) -> list[str]:
     so the command works from any folder and any shell."""
     from ..checkpoints import ModelPaths
 
-    paths = ModelPaths(**{name: getattr(args, name) for name in _PATH_FLAGS}).with_environment()
+    paths = ModelPaths(**{name: getattr(args, _ARG_NAMES.get(name, name), None) for name in _PATH_FLAGS})
+    paths = paths.with_environment()
     flags = []
     for name, flag in _PATH_FLAGS.items():
         if getattr(paths, name):
@@ -35,7 +47,7 @@ def generate_command(request: GenerationRequest, model_flags: Sequence[str], out
     """A shell-quoted ``unoflux generate`` line giving the same images as ``request`` (seed resolved): every option
     the request sets, from :func:`unoflux.options.cli_flags` (those left to the model stay out)."""
     argv = ["unoflux", "generate", "--prompt", request.prompt]
-    for reference in request.references:
-        argv += ["--ref", str(reference)]
+    for reference in as_references(request.references):
+        argv += ["--ref" if reference.role == SUBJECT else f"--{reference.role}", str(reference.image)]
     argv += [*cli_flags(request), *model_flags, "--out", str(out)]
     return shlex.join(argv)

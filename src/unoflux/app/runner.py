@@ -17,6 +17,7 @@ from typing import Any
 from ..generation import generate, output_paths, settings_record
 from ..images import save_png
 from ..options import GenerationRequest
+from ..references import SUBJECT, as_references
 from .command import generate_command
 
 StepReporter = Callable[[int, int], None]  # (steps done, total steps)
@@ -53,16 +54,18 @@ class AppRunner:
             save_png(image, path, settings_record(request, output, j, self.model))
         return AppResult(paths, generate_command(request, self.model_flags, self.out_dir))
 
-    def _keep_references(self, references: Sequence[str], run_id: str) -> list[str]:
+    def _keep_references(self, references: Sequence, run_id: str) -> list:
         """Copy uploads (which live in Gradio's temporary cache) next to the outputs, so the settings in
         each PNG and the CLI command keep pointing at files that exist."""
         folder = self.out_dir / "references"
         folder.mkdir(parents=True, exist_ok=True)
         kept = []
-        for k, source in enumerate(references, start=1):
-            target = folder / f"{run_id}_ref{k}{Path(source).suffix.lower() or '.png'}"
+        for k, reference in enumerate(as_references(references), start=1):
+            source = str(reference.image)
+            kind = "ref" if reference.role == SUBJECT else reference.role
+            target = folder / f"{run_id}_{kind}{k}{Path(source).suffix.lower() or '.png'}"
             shutil.copyfile(source, target)
-            kept.append(str(target))
+            kept.append(str(target) if reference.role == SUBJECT else reference.with_image(str(target)))
         return kept
 
 

@@ -21,9 +21,11 @@ from ..demo import EXAMPLES_DIR  # noqa: E402
 from ..errors import UnofluxError  # noqa: E402
 from ..options import MAX_SIDE, METHOD_NAMES, POSITION_MODES, SCHEDULES, GenerationRequest  # noqa: E402
 from ..pipeline import model_defaults_of  # noqa: E402
+from ..references import STYLE, Reference  # noqa: E402
 from .runner import AppRunner  # noqa: E402
 
 MAX_REFERENCES = 4
+MAX_STYLES = 2  # USO's app has two style slots
 LONG_SIDE_CHOICES = ["auto", "256", "320", "384", "512", "640", "768", "1024"]
 DEFAULTS = GenerationRequest(prompt="")  # as `unoflux generate`
 API_NAME = "generate"  # gradio_client: client.predict(..., api_name="/generate")
@@ -106,14 +108,18 @@ def make_generate(runner: AppRunner):
         time_shift: float | None = DEFAULTS.time_shift,
         stochasticity: float | None = DEFAULTS.stochasticity,
         method: str | None = DEFAULTS.method,
+        style_1: dict | None = None,
+        style_2: dict | None = None,
         progress=gr.Progress(),
     ) -> tuple[list[str], str, str]:
-        """Generate images from a prompt and up to four reference images; returns the saved PNGs, the
-        equivalent `unoflux generate` command, and a one-line status."""
+        """Generate images from a prompt, up to four subject reference images and (USO) two style images; returns
+        the saved PNGs, the equivalent `unoflux generate` command, and a one-line status."""
         try:
+            subjects = [upload_path(r) for r in (reference_1, reference_2, reference_3, reference_4) if r]
+            styles = [Reference(upload_path(r), STYLE) for r in (style_1, style_2) if r]
             request = GenerationRequest(
                 prompt=prompt or "",
-                references=[upload_path(r) for r in (reference_1, reference_2, reference_3, reference_4) if r],
+                references=subjects + styles,
                 width=None if width is None else _as_int(width, "width"),  # None: the model's size
                 height=None if height is None else _as_int(height, "height"),
                 steps=_as_int(steps, "steps"),
@@ -144,9 +150,9 @@ def make_generate(runner: AppRunner):
     return generate
 
 
-def _form_inputs(defaults: dict[str, Any]) -> list[gr.Component]:
+def _form_inputs(defaults: dict[str, Any], styles: bool = False) -> list[gr.Component]:
     """The form, laid out in the current column, starting at the model's ``defaults``; returned in
-    ``make_generate``'s parameter order."""
+    ``make_generate``'s parameter order. ``styles``: show the style slots (USO's style models are loaded)."""
     default_size, default_guidance, default_true_cfg = defaults["width"], defaults["guidance"], defaults["true_cfg"]
     default_time_shift, default_stochasticity = defaults["time_shift"], defaults["stochasticity"]
     prompt = gr.Textbox(
@@ -162,6 +168,17 @@ def _form_inputs(defaults: dict[str, Any]) -> list[gr.Component]:
                 elem_id=f"reference-{k}",
             )  # "upload" includes drag and drop
             for k in range(1, MAX_REFERENCES + 1)
+        ]
+    with gr.Row(visible=styles):
+        style_images = [
+            gr.Image(
+                label=f"Style {k} (USO)",
+                type="filepath",
+                height=160,
+                sources=["upload", "clipboard"],
+                elem_id=f"style-{k}",
+            )
+            for k in range(1, MAX_STYLES + 1)
         ]
     with gr.Row():
         width = gr.Slider(16, MAX_SIDE, value=default_size, step=16, label="Width")
@@ -216,6 +233,7 @@ def _form_inputs(defaults: dict[str, Any]) -> list[gr.Component]:
         time_shift,
         stochasticity,
         method,
+        *style_images,
     ]
 
 
@@ -257,7 +275,8 @@ def build_app(
         )
         with gr.Row():
             with gr.Column(scale=3):
-                inputs = _form_inputs({**model_defaults_of(pipe), "width": default_size})
+                styles = getattr(pipe, "style_encoder", None) is not None
+                inputs = _form_inputs({**model_defaults_of(pipe), "width": default_size}, styles=styles)
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 outputs = _result_outputs()

@@ -5,8 +5,10 @@ Accepted layouts (DESIGN section 5):
   ``transformer/`` folder, or a whole diffusers FLUX folder (``--model``);
 - VAE: BFL ``ae.safetensors`` or a diffusers ``vae/`` folder;
 - text encoders: a T5 encoder folder and a CLIP-L text folder in transformers layout, tokenizer beside;
-- UNO LoRA: ``dit_lora.safetensors`` (XLabs layout) or a diffusers/PEFT LoRA file.
-Explicit arguments win over UNO's environment variables (FLUX_DEV, AE, T5, CLIP, LORA).
+- UNO LoRA: ``dit_lora.safetensors`` (XLabs layout) or a diffusers/PEFT LoRA file (USO's is the same layout);
+- USO's style models: ``projector.safetensors`` and a SigLIP folder (:mod:`.uso`).
+Explicit arguments win over UNO's and USO's environment variables (FLUX_DEV, AE, T5, CLIP, LORA,
+PROJECTION_MODEL, SIGLIP_PATH).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..pipeline import UnoFluxPipeline
 from . import bfl
 from .files import read_tensors
 from .specs import EMBEDDED_MODEL_DIR, ENV_AE, ENV_CLIP, ENV_LORA, ENV_T5, SPECS, model_defaults, scheduler_config_for
+from .uso import ENV_PROJECTOR, ENV_SIGLIP, load_style_encoder
 
 Offload = Literal["none", "model", "sequential"]
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.json")
@@ -45,6 +48,8 @@ class ModelPaths:
     t5: str | None = None
     clip: str | None = None
     lora: str | None = None
+    projector: str | None = None  # USO's projector.safetensors
+    siglip: str | None = None  # USO's SigLIP folder
 
     def with_environment(self) -> ModelPaths:
         """Fill unset paths from UNO's environment variables (explicit values win)."""
@@ -57,6 +62,8 @@ class ModelPaths:
             t5=self.t5 or env(ENV_T5),
             clip=self.clip or env(ENV_CLIP),
             lora=self.lora or env(ENV_LORA),
+            projector=self.projector or env(ENV_PROJECTOR),
+            siglip=self.siglip or env(ENV_SIGLIP),
         )
 
 
@@ -205,6 +212,27 @@ def sampling_defaults_from(declared: dict) -> dict:
     return values
 
 
+# USO's sampling defaults (its inference.py): 1024 x 1024; 25 steps, guidance 4 and the content long side 512 are
+# FLUX.1-dev's / UNO's already.
+USO_DEFAULTS = {"method": "uso", "width": 1024, "height": 1024}
+
+
+def load_uso_style_models(pipe, projector: str, siglip: str, offload: bool = False, declared: dict | None = None):
+    """Attach USO's style encoder (projector + SigLIP) to ``pipe`` as ``pipe.style_encoder``; the pipeline then
+    samples with USO's defaults (method ``uso``, 1024 px) where its model folder declares none."""
+    transformer = pipe.transformer
+    hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    pipe.style_encoder = load_style_encoder(projector, siglip, hidden, pipe.transformer.dtype, offload=offload)
+    declared = declared or {}
+    overrides = {
+        k: v
+        for k, v in USO_DEFAULTS.items()
+        if k not in declared and not ("image_size" in declared and k in ("width", "height"))
+    }
+    pipe.model_defaults = {**pipe.model_defaults, **overrides}
+    return pipe.style_encoder
+
+
 def model_folder(paths: ModelPaths) -> str | None:
     """The diffusers folder the pipeline comes from: ``paths.model``, or the embedded model when no
     component is named at all (environment variables already applied); None for single files."""
@@ -255,6 +283,9 @@ def load_pipeline(
         raise UnofluxError(f"offload {offload!r} moves models onto a GPU; it needs --device cuda, not {device!r}")
     if weights_dtype not in (None, "fp8"):
         raise UnofluxError(f"weights dtype {weights_dtype!r} is not supported; use fp8 or leave it unset")
+    if bool(paths.projector) != bool(paths.siglip):
+        given, needed = ("--uso-projector", "--siglip DIR") if paths.projector else ("--siglip", "--uso-projector FILE")
+        raise UnofluxError(f"{given} needs {needed} too: USO's style tokens come from SigLIP through the projector")
 
     model = model_folder(paths)
     if model is not None and not Path(model, "model_index.json").is_file():
@@ -295,6 +326,8 @@ def load_pipeline(
     if "reference_long_side" in defaults:
         sides = defaults["reference_long_side"]
         pipe.reference_long_sides = (int(sides["one"]), int(sides["several"]))
+    if paths.projector:
+        load_uso_style_models(pipe, paths.projector, paths.siglip, offload=offload != "none", declared=defaults)
     lora = paths.lora or (str(Path(model, defaults["lora"])) if model_lora and defaults.get("lora") else None)
     if lora:
         pipe.load_uno_lora(lora)

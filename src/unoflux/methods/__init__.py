@@ -1,7 +1,8 @@
 """Methods: how references become tokens, embeddings and text-stream additions (see :mod:`.base`).
 
-A name -> method table; a model folder's ``unoflux.json`` may declare its method (``"method": "uno"``), and
-``--method`` / the app's method field / ``GenerationRequest.method`` choose one per call.
+A name -> method table: ``uno`` (subjects, :mod:`.uno`) and ``uso`` (a subject and style images, :mod:`.uso`). A model
+folder's ``unoflux.json`` may declare its method (``"method": "uno"``), loading USO's style models makes ``uso`` the
+default, and ``--method`` / the app's method field / ``GenerationRequest.method`` choose one per call.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from ..errors import UnofluxError
 from ..options import FLUX_DEV_DEFAULTS
 from .base import Conditioning, Method, open_references
 from .uno import UnoMethod
+from .uso import UsoMethod
 
-METHODS: dict[str, Method] = {method.name: method for method in (UnoMethod(),)}
+METHODS: dict[str, Method] = {method.name: method for method in (UnoMethod(), UsoMethod())}
 DEFAULT_METHOD = FLUX_DEV_DEFAULTS["method"]  # one place says it: the options' model defaults
 
 

@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 
 from ..errors import UnofluxError
-from ..images import ImageInput
+from ..references import ROLES, SUBJECT, Reference, as_references, count_roles
 
 
 @dataclass
@@ -66,26 +65,35 @@ class Method:
     plain text-to-image FLUX (no reference accepted)."""
 
     name: str = ""
-    max_references: int | None = 0  # None: any number
+    # The most references of each role (:mod:`unoflux.references`) a call may give (None: any number); a role not
+    # named here is refused.
+    limits: dict[str, int | None] = {}
+    accepts_empty_prompt: bool = False  # USO: an empty prompt with a subject and a style keeps the subject's layout
 
-    def check(self, num_references: int) -> None:
+    def check(self, references: Sequence[Reference]) -> None:
         """Refuse what this method cannot do, in one sentence, before any model loads."""
-        if self.max_references is not None and num_references > self.max_references:
-            raise UnofluxError(
-                f"method {self.name!r} takes at most {self.max_references} reference images, not {num_references}"
-            )
+        for role, count in count_roles(references).items():
+            if not count:
+                continue
+            if role not in self.limits:
+                takers = [m.name for m in _methods_taking(role)]
+                hint = f" (use --method {takers[0]})" if takers else ""
+                raise UnofluxError(f"method {self.name!r} takes no {role} references{hint}")
+            limit = self.limits[role]
+            if limit is not None and count > limit:
+                raise UnofluxError(f"method {self.name!r} takes at most {limit} {role} references, not {count}")
 
     def edit_prompt(self, prompt: str, num_references: int) -> str:
         """The prompt the text encoders see (DreamO's placeholders go here); unchanged by default."""
         return prompt
 
-    def preprocess_references(self, images: Sequence[Image.Image], long_side: int) -> list[Image.Image]:
+    def preprocess_references(self, references: Sequence[Reference], long_side: int) -> list[Reference]:
         """Opened RGB references -> the images the model encodes (cheap; no model runs)."""
-        return list(images)
+        return list(references)
 
     def encode_references(self, pipe, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Preprocessed references of one size (B, 3, h, w) in [-1, 1] -> tokens (B, h*w/256, 64): what the training
-        cache stores. Default: the target's VAE encoding (UNO's)."""
+        """Preprocessed subject references of one size (B, 3, h, w) in [-1, 1] -> tokens (B, h*w/256, 64): what the
+        training cache stores. Default: the target's VAE encoding (UNO's)."""
         return pipe.encode_pixels(pixels, dtype)
 
     def conditioning(
@@ -95,8 +103,8 @@ class Method:
         reference_grids: Sequence[tuple[int, int]],
         position_mode: str,
     ) -> Conditioning:
-        """Encoded references (1 | B, N_ref, 64) with their token grids (rows, cols) next to a target grid -> the
-        conditioning of one call; used by sampling and by training (cached or not) alike."""
+        """Encoded subject references (1 | B, N_ref, 64) with their token grids (rows, cols) next to a target grid
+        -> the conditioning of one call; used by sampling and by training (cached or not) alike."""
         from ..conditioning import grid_position_ids
 
         return Conditioning(image_ids=grid_position_ids(*target_grid))
@@ -104,23 +112,41 @@ class Method:
     def prepare(
         self,
         pipe,
-        references: Sequence[Image.Image],
+        references: Sequence[Reference],
         target_grid: tuple[int, int],
         position_mode: str,
         device: torch.device,
         dtype: torch.dtype,
     ) -> Conditioning:
-        """Preprocessed references -> the conditioning of a generation: :meth:`encode_references` of each, then
-        :meth:`conditioning`. ``pipe`` gives the models and what the model folder declares."""
+        """Preprocessed references -> the conditioning of a generation: :meth:`encode_references` of each subject,
+        then :meth:`conditioning`. ``pipe`` gives the models and what the model folder declares."""
         from ..conditioning import image_to_tensor
 
-        tokens = [self.encode_references(pipe, image_to_tensor(image).to(device), dtype) for image in references]
-        grids = [(image.height // 16, image.width // 16) for image in references]
+        subjects = [r.image for r in references if r.role == SUBJECT]
+        tokens = [self.encode_references(pipe, image_to_tensor(image).to(device), dtype) for image in subjects]
+        grids = [(image.height // 16, image.width // 16) for image in subjects]
         return self.conditioning(target_grid, torch.cat(tokens, dim=1) if tokens else None, grids, position_mode)
 
 
-def open_references(references: Sequence[ImageInput]) -> list[Image.Image]:
-    """Every reference opened as RGB, each error naming its slot (cheap; no model runs)."""
+def _methods_taking(role: str) -> list[Method]:
+    from . import METHODS
+
+    return [m for m in METHODS.values() if role in m.limits]
+
+
+def open_references(references: Sequence) -> list[Reference]:
+    """Every reference (a path, an image or a :class:`~unoflux.references.Reference`) opened as RGB, each error
+    naming its slot (cheap; no model runs)."""
     from ..images import load_image
 
-    return [load_image(ref, what=f"reference image {i + 1}") for i, ref in enumerate(references)]
+    return [
+        ref.with_image(load_image(ref.image, what=f"{_slot_name(ref)} image {i + 1}"))
+        for i, ref in enumerate(as_references(references))
+    ]
+
+
+def _slot_name(reference: Reference) -> str:
+    return "reference" if reference.role == SUBJECT else f"{reference.role} reference"
+
+
+__all__ = ["Conditioning", "Method", "ROLES", "Reference", "open_references"]

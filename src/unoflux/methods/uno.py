@@ -12,22 +12,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from PIL import Image
-
 from ..conditioning import preprocess_reference, sequence_position_ids
 from ..errors import UnofluxError
+from ..references import SUBJECT, Reference
 from .base import Conditioning, Method
 
 
 class UnoMethod(Method):
     name = "uno"
-    max_references = None  # UNO's code takes up to 4; the token budget (pipeline.MAX_IMAGE_TOKENS) is the limit
+    # UNO's code takes up to 4 subjects; the token budget (pipeline.MAX_IMAGE_TOKENS) is the limit
+    limits = {SUBJECT: None}
 
-    def preprocess_references(self, images: Sequence[Image.Image], long_side: int) -> list[Image.Image]:
+    def preprocess_references(self, references: Sequence[Reference], long_side: int) -> list[Reference]:
         prepared = []
-        for i, image in enumerate(images):
+        for i, reference in enumerate(references):
             try:
-                prepared.append(preprocess_reference(image, long_side))
+                prepared.append(reference.with_image(preprocess_reference(reference.image, long_side)))
             except ValueError as err:
                 raise UnofluxError(f"reference image {i + 1}: {err}") from None
         return prepared
