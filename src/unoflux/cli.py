@@ -152,6 +152,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         references=[resolved_reference(r) for r in args.ref],
     )
     request.validate()  # bad input fails here, before minutes of model loading
+    if request.method is not None:  # (None: the model's, known once it is loaded)
+        from .methods import get_method
+        from .references import as_references
+
+        get_method(request.method).check(as_references(request.references))
     items = read_batch(args.batch) if args.batch else None
 
     device, process_index, num_processes = args.device, 0, 1

@@ -173,3 +173,76 @@ def save_official_layout(components: dict, root: str | Path, lora: dict | None =
         clip=str(clip_dir),
         lora=str(lora_path) if lora_path else None,
     )
+
+
+# ------------------------------------------------------------------------------------------------ USO
+TINY_SIGLIP_VISION = dict(  # 20 layers: USO reads hidden states -2, -11 and -20
+    hidden_size=16, intermediate_size=32, num_hidden_layers=20, num_attention_heads=2, image_size=28, patch_size=14
+)
+
+
+def tiny_siglip(seed: int = 0, **vision: int):
+    """A full ``SiglipModel`` (vision and text towers, as ``google/siglip-so400m-patch14-384`` is published) at
+    tiny sizes (``vision`` overrides :data:`TINY_SIGLIP_VISION`), random weights."""
+    from transformers import SiglipConfig, SiglipModel
+
+    torch.manual_seed(seed)
+    text = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return SiglipModel(SiglipConfig(vision_config={**TINY_SIGLIP_VISION, **vision}, text_config=text)).eval()
+
+
+def save_siglip(model, folder: str | Path, vision_only: bool = False) -> Path:
+    """Write a SigLIP folder in transformers layout with its image processor: the full model, or (``vision_only``)
+    a ``SiglipVisionModel`` folder."""
+    from transformers import SiglipImageProcessor, SiglipVisionModel
+
+    folder = Path(folder)
+    if vision_only:
+        vision = SiglipVisionModel(model.config.vision_config)
+        vision.load_state_dict(model.vision_model.state_dict())
+        vision.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder)
+    size = model.config.vision_config.image_size
+    SiglipImageProcessor(size={"height": size, "width": size}).save_pretrained(folder)
+    return folder
+
+
+def random_uso_projector(siglip, hidden: int, style_tokens: int = 2, seed: int = 2, std: float = 0.2) -> dict:
+    """USO's ``projector.safetensors`` (``feature_embedder.*`` keys) for ``siglip`` and a transformer of width
+    ``hidden``, random weights (USO's has 64 style tokens per level; tiny tests use fewer)."""
+    vision = siglip.config.vision_config
+    tokens, width = (vision.image_size // vision.patch_size) ** 2, vision.hidden_size
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for level in ("high", "mid", "low"):
+        p = f"feature_embedder.{level}_"
+        state[p + "embedding_linear.0.weight"] = torch.randn(style_tokens, tokens, generator=g) * std
+        state[p + "embedding_linear.0.bias"] = torch.randn(style_tokens, generator=g) * std
+        state[p + "layer_norm.weight"] = 1 + torch.randn(width, generator=g) * std
+        state[p + "layer_norm.bias"] = torch.randn(width, generator=g) * std
+        state[p + "projection.weight"] = torch.randn(hidden, width, generator=g) * std
+        state[p + "projection.bias"] = torch.randn(hidden, generator=g) * std
+    return state
+
+
+def save_uso_layout(components: dict, root: str | Path, siglip=None, lora_rank: int = 4) -> ModelPaths:
+    """:func:`save_official_layout` plus USO's files: a rank-``lora_rank`` ``dit_lora.safetensors`` (UNO's layout),
+    ``projector.safetensors`` and a ``siglip/`` folder (full SiglipModel)."""
+    root = Path(root)
+    transformer = components["transformer"]
+    siglip = siglip if siglip is not None else tiny_siglip()
+    paths = save_official_layout(components, root, lora=random_uno_lora(transformer, rank=lora_rank, std=0.2))
+    hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    projector = write_safetensors(random_uso_projector(siglip, hidden), root / "projector.safetensors")
+    siglip_dir = save_siglip(siglip, root / "siglip")
+    return ModelPaths(**{**vars(paths), "projector": str(projector), "siglip": str(siglip_dir)})

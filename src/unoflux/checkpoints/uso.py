@@ -58,6 +58,7 @@ def load_style_projector(path: str | Path, hidden: int, dtype: torch.dtype) -> S
 def load_siglip(path: str | Path):
     """A SigLIP folder -> (image processor, vision tower in float32). A folder without ``preprocessor_config.json``
     gets SigLIP's own processor at the model's image size."""
+    import transformers
     from transformers import SiglipImageProcessor, SiglipVisionModel
 
     folder = Path(path)
@@ -66,10 +67,14 @@ def load_siglip(path: str | Path):
             f"SigLIP {str(folder)!r} must be a folder in transformers layout with config.json "
             "(google/siglip-so400m-patch14-384)"
         )
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # a full SiglipModel folder: its text tower is left out on purpose
     try:
         vision = SiglipVisionModel.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         raise UnofluxError(f"SigLIP folder {str(folder)!r} cannot be loaded as a SigLIP vision model ({err})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     size = vision.config.image_size
     if (folder / "preprocessor_config.json").is_file():
         processor = SiglipImageProcessor.from_pretrained(str(folder), local_files_only=True)
