@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -66,10 +67,11 @@ def tiny_clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def tiny_components(seed: int = 0, guidance_embeds: bool = True) -> dict:
-    """The seven FluxPipeline components at tiny sizes, with deterministic random weights."""
+def tiny_components(seed: int = 0, guidance_embeds: bool = True, **transformer: Any) -> dict:
+    """The seven FluxPipeline components at tiny sizes, with deterministic random weights; ``transformer`` overrides
+    :data:`TINY_TRANSFORMER` (e.g. FLUX's head width: ``attention_head_dim=128, axes_dims_rope=[16, 56, 56]``)."""
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(**{**TINY_TRANSFORMER, "guidance_embeds": guidance_embeds})
+    transformer = FluxTransformer2DModel(**{**TINY_TRANSFORMER, "guidance_embeds": guidance_embeds, **transformer})
     vae = AutoencoderKL(**TINY_VAE)
     t5_tokenizer, clip_tokenizer = tiny_t5_tokenizer(), tiny_clip_tokenizer()
     t5 = T5EncoderModel(
