@@ -190,6 +190,18 @@ def test_the_modes_and_the_empty_prompt(uso_pipe, content, styles):
         pipe("a cup", [content, content], **SMALL)
 
 
+def test_keep_size_gives_the_subjects_aspect_at_usos_long_side(uso_pipe, content, styles):
+    """USO's keep_size / --instruct_edit: output = the preprocessed subject's size x 1024 / its long side."""
+    settings = {**SMALL, "num_inference_steps": 1}
+    out = uso_pipe(
+        "make it ghibli", [content], style_images=styles[:1], keep_size=True, output_type="latent", **settings
+    )
+    assert (out.settings["width"], out.settings["height"]) == (1024, 512)  # 64x48 -> 32x24 -> cropped to 32x16 -> x 32
+    assert out.images.shape == (1, 64 * 32, 64)
+    with pytest.raises(UnofluxError, match="keep size takes the output's aspect from a subject reference"):
+        uso_pipe("a cup", style_images=styles[:1], keep_size=True, **settings)
+
+
 def test_siglip_runs_once_per_call_and_once_per_style_image_across_calls(uso_pipe, content, styles):
     encoder = uso_pipe.style_encoder
     encoder._cache.clear()

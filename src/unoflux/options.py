@@ -54,6 +54,10 @@ class OptionSpec:
             if value not in self.choices:
                 raise UnofluxError(f"{self.label} {value!r} is not one of: {', '.join(self.choices)}")
             return
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise UnofluxError(f"{self.label} {value!r} must be true or false")
+            return
         if kind is str:  # (the pipeline also takes one text per prompt)
             if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
                 raise UnofluxError(f"{self.label} {value!r} must be text")
@@ -169,6 +173,12 @@ class SamplingOptions:
         metavar="S",
         model_default=True,
     )
+    keep_size: bool = option(
+        False,
+        "keep size",
+        "the output takes the subject reference's aspect, its long side the model's default width "
+        "(USO's keep_size / --instruct_edit: 1024 px; for instructive edits of the subject)",
+    )
     stochasticity: float | None = option(
         None,
         "stochasticity",
@@ -270,9 +280,12 @@ def typed(name: str, value: Any) -> Any:
 
 
 def _kind(f: dataclasses.Field) -> type:
-    """int, float or str, from the field's annotation (a string under ``from __future__ import annotations``)."""
+    """bool, int, float or str, from the field's annotation (a string under ``from __future__ import annotations``)."""
     annotation = str(f.type)
-    return int if annotation.startswith("int") else float if annotation.startswith("float") else str
+    for kind in (bool, int, float):
+        if annotation.startswith(kind.__name__):
+            return kind
+    return str
 
 
 def flag(name: str) -> str:
@@ -298,6 +311,8 @@ def add_option_arguments(
         kwargs: dict[str, Any] = dict(dest=f.name, default=default, help=spec.help, metavar=spec.metavar)
         if spec.choices is not None:
             kwargs.update(choices=spec.choices, metavar=None)
+        elif kind is bool:  # a switch: given = true
+            kwargs = dict(dest=f.name, default=default, help=spec.help, action="store_true")
         elif kind is not str:
             kwargs.update(type=kind)
         parser.add_argument(flag(f.name), **kwargs)
@@ -314,7 +329,10 @@ def cli_flags(options: SamplingOptions) -> list[str]:
     argv = []
     for f in option_fields():
         value = getattr(options, f.name)
-        if value is None or value == "":
+        if value is None or value == "" or value is False:
+            continue
+        if value is True:
+            argv.append(flag(f.name))
             continue
         argv += [flag(f.name), f"{value:g}" if isinstance(value, float) else str(value)]
     return argv

@@ -272,6 +272,12 @@ class UnoFluxPipeline(FluxPipeline):
         # 1. References (opened and checked before any model runs), then the method's own preprocessing.
         prepared = method.preprocess_references(open_references(references), long_side)
         ref_grids = [(r.image.height // 16, r.image.width // 16) for r in prepared if r.role == SUBJECT]
+        if options.keep_size:  # USO: the subject's preprocessed size x (its default 1024 / the long side)
+            if not ref_grids:
+                raise UnofluxError("keep size takes the output's aspect from a subject reference; give one (--ref)")
+            scale = self.model_defaults["width"] / long_side
+            width, height = output_size(int(16 * ref_grids[0][1] * scale), int(16 * ref_grids[0][0] * scale))
+            options = dataclasses.replace(options, width=width, height=height)
         target_grid = (height // 16, width // 16)
         n_image = target_grid[0] * target_grid[1] + sum(r * c for r, c in ref_grids)
         if n_image > MAX_IMAGE_TOKENS:

@@ -205,7 +205,9 @@ def tiny_siglip(seed: int = 0, **vision: int):
 def save_siglip(model, folder: str | Path, vision_only: bool = False) -> Path:
     """Write a SigLIP folder in transformers layout with its image processor: the full model, or (``vision_only``)
     a ``SiglipVisionModel`` folder."""
-    from transformers import SiglipImageProcessor, SiglipVisionModel
+    from transformers import SiglipVisionModel
+
+    from .checkpoints.uso import siglip_processor_class
 
     folder = Path(folder)
     if vision_only:
@@ -215,7 +217,7 @@ def save_siglip(model, folder: str | Path, vision_only: bool = False) -> Path:
     else:
         model.save_pretrained(folder)
     size = model.config.vision_config.image_size
-    SiglipImageProcessor(size={"height": size, "width": size}).save_pretrained(folder)
+    siglip_processor_class()(size={"height": size, "width": size}).save_pretrained(folder)
     return folder
 
 

@@ -110,6 +110,7 @@ def make_generate(runner: AppRunner):
         method: str | None = DEFAULTS.method,
         style_1: dict | None = None,
         style_2: dict | None = None,
+        keep_size: bool = DEFAULTS.keep_size,
         progress=gr.Progress(),
     ) -> tuple[list[str], str, str]:
         """Generate images from a prompt, up to four subject reference images and (USO) two style images; returns
@@ -134,6 +135,7 @@ def make_generate(runner: AppRunner):
                 time_shift=_optional_number(time_shift, "time shift"),
                 stochasticity=None if stochasticity is None else float(stochasticity),
                 method=method or None,
+                keep_size=bool(keep_size),
             )
             progress(0, desc="starting")
             result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
@@ -215,6 +217,9 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False) -> list[gr.Comp
             value="", label="Negative prompt (used when True CFG > 1)", elem_id="negative-prompt"
         )
         method = gr.Radio(list(METHOD_NAMES), value=defaults["method"], label="Method", elem_id="method")
+        keep_size = gr.Checkbox(
+            value=False, label="Keep the subject's size (USO: its aspect at the default long side)", elem_id="keep-size"
+        )
     return [
         prompt,
         *references,
@@ -234,6 +239,7 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False) -> list[gr.Comp
         stochasticity,
         method,
         *style_images,
+        keep_size,
     ]
 
 

@@ -55,11 +55,21 @@ def load_style_projector(path: str | Path, hidden: int, dtype: torch.dtype) -> S
     return projector.to(dtype).eval().requires_grad_(False)
 
 
+def siglip_processor_class():
+    """SigLIP's PIL image processor: transformers 5 names it ``SiglipImageProcessorPil`` (``SiglipImageProcessor``
+    wants torchvision, and falls back to the PIL one with a warning); the same resize and scaling either way."""
+    import transformers
+
+    return getattr(transformers, "SiglipImageProcessorPil", transformers.SiglipImageProcessor)
+
+
 def load_siglip(path: str | Path):
     """A SigLIP folder -> (image processor, vision tower in float32). A folder without ``preprocessor_config.json``
     gets SigLIP's own processor at the model's image size."""
     import transformers
-    from transformers import SiglipImageProcessor, SiglipVisionModel
+    from transformers import SiglipVisionModel
+
+    processor_class = siglip_processor_class()
 
     folder = Path(path)
     if not (folder / "config.json").is_file():
@@ -77,9 +87,9 @@ def load_siglip(path: str | Path):
         transformers.logging.set_verbosity(verbosity)
     size = vision.config.image_size
     if (folder / "preprocessor_config.json").is_file():
-        processor = SiglipImageProcessor.from_pretrained(str(folder), local_files_only=True)
+        processor = processor_class.from_pretrained(str(folder), local_files_only=True)
     else:  # the so400m processor's settings (bicubic resize to the square size, [-1, 1])
-        processor = SiglipImageProcessor(size={"height": size, "width": size})
+        processor = processor_class(size={"height": size, "width": size})
     return processor, vision.eval().requires_grad_(False)
 
 
