@@ -320,3 +320,27 @@ def test_batch_items_say_each_references_role(tmp_path, uso_layout, content, sty
     assert first["references"] == [str(tmp_path / "c.png"), {"image": str(tmp_path / "s.png"), "role": "style"}]
     second = json.loads((tmp_path / "out" / "1_0.json").read_text())
     assert second["num_references"] == 0 and second["num_style_references"] == 1
+
+
+def test_the_apps_style_slots_reach_the_pipeline_and_the_cli_line(uso_pipe, tmp_path, content, styles):
+    """The endpoint's style_1/style_2 become style references: kept beside the outputs, recorded with their role,
+    and written as --style in the copy-as-CLI line; the keep-size box is passed through."""
+    pytest.importorskip("gradio")
+    from unoflux.app.runner import AppRunner
+    from unoflux.app.ui import make_generate
+
+    content.save(tmp_path / "c.png")
+    styles[0].save(tmp_path / "s.png")
+    runner = AppRunner(uso_pipe, {"model": "tiny-uso"}, tmp_path / "out", ["--model", "/m"])
+    generate = make_generate(runner)
+    common = dict(width=32, height=32, steps=1, seed=3, reference_long_side="32", progress=lambda *a, **k: None)
+    images, command, _ = generate(
+        "", {"path": str(tmp_path / "c.png")}, style_1={"path": str(tmp_path / "s.png")}, **common
+    )
+    settings = json.loads(Image.open(images[0]).text["unoflux"])
+    subject, style = settings["references"]
+    assert settings["method"] == "uso" and style["role"] == "style" and "_style2" in style["image"]
+    assert Image.open(style["image"]).size == styles[0].size and subject.startswith(str(tmp_path / "out"))
+    assert f"--style {style['image']}" in command and f"--ref {subject}" in command and "--prompt ''" in command
+    images, command, _ = generate("edit it", {"path": str(tmp_path / "c.png")}, keep_size=True, **common)
+    assert Image.open(images[0]).size == (1024, 512) and "--keep-size" in command

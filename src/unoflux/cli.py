@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -123,6 +124,13 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
         help="a style reference image (method uso; repeat for several)",
     )
     add_option_arguments(g)
+    g.add_argument(
+        "--noise-device",
+        default="cpu",
+        metavar="DEVICE",
+        help="where the initial noise is drawn: cpu (default; a seed gives the same image on any machine) or cuda "
+        "(the noise UNO's and USO's own code draw on a GPU)",
+    )
     g.add_argument("--out", help="a .png file, or a folder (default outputs/; batch: outputs/batch)")
     g.add_argument(
         "--batch",
@@ -152,6 +160,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         references=[resolved_reference(r) for r in args.ref],
     )
     request.validate()  # bad input fails here, before minutes of model loading
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.noise_device):
+        raise UnofluxError(f"noise device {args.noise_device!r} is not one of: cpu, cuda, cuda:N")
     if request.method is not None:  # (None: the model's, known once it is loaded)
         from .methods import get_method
         from .references import as_references
@@ -175,13 +185,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from .generation import run_batch
 
         out = Path(args.out or "outputs/batch")
-        made, skipped = run_batch(pipe, items, request, out, model, process_index, num_processes)
+        made, skipped = run_batch(
+            pipe, items, request, out, model, process_index, num_processes, noise_device=args.noise_device
+        )
         print(f"{made} images written to {out}/ ({skipped} already there)")
         return 0
 
     from .generation import generate_to_files
 
-    for path in generate_to_files(pipe, request, args.out, model):
+    for path in generate_to_files(pipe, request, args.out, model, noise_device=args.noise_device):
         print(path)
     return 0
 

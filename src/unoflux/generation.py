@@ -52,12 +52,16 @@ def output_paths(out: str | Path | None, request: GenerationRequest) -> list[Pat
 
 
 def generate_to_files(
-    pipe: UnoFluxPipeline, request: GenerationRequest, out: str | Path | None, model: dict[str, Any]
+    pipe: UnoFluxPipeline,
+    request: GenerationRequest,
+    out: str | Path | None,
+    model: dict[str, Any],
+    noise_device: str = "cpu",
 ) -> list[Path]:
     if request.seed is None:  # one drawn now, so that the file names carry it
         request = replace(request, seed=random.randrange(2**31))
     paths = output_paths(out, request)
-    output = generate(pipe, request)
+    output = generate(pipe, request, noise_device=noise_device)
     return [
         save_png(img, p, settings_record(request, output, j, model))
         for j, (img, p) in enumerate(zip(output.images, paths))
@@ -120,6 +124,7 @@ def run_batch(
     model: dict[str, Any],
     process_index: int = 0,
     num_processes: int = 1,
+    noise_device: str = "cpu",
 ) -> tuple[int, int]:
     """Render ``{i}_{j}.png`` + ``{i}_{j}.json`` for this process's share; finished pairs are skipped, so
     a rerun resumes. Image ``j`` of item ``i`` uses seed ``template.seed + j``. Returns (made, skipped)."""
@@ -138,7 +143,7 @@ def run_batch(
             seed=template.seed + j,
             num_images=1,
         )
-        output = generate(pipe, request)
+        output = generate(pipe, request, noise_device=noise_device)
         settings = {**settings_record(request, output, 0, model), "batch_item": i, "batch_image": j}
         save_png(output.images[0], png, settings)
         save_json(settings, meta)  # written last: its presence marks the pair finished
