@@ -344,3 +344,14 @@ def test_the_apps_style_slots_reach_the_pipeline_and_the_cli_line(uso_pipe, tmp_
     assert f"--style {style['image']}" in command and f"--ref {subject}" in command and "--prompt ''" in command
     images, command, _ = generate("edit it", {"path": str(tmp_path / "c.png")}, keep_size=True, **common)
     assert Image.open(images[0]).size == (1024, 512) and "--keep-size" in command
+
+
+def test_a_batch_takes_an_empty_prompt_only_for_uso(tmp_path, content):
+    from unoflux.generation import read_batch
+
+    content.save(tmp_path / "c.png")
+    (tmp_path / "b.json").write_text(json.dumps([{"prompt": "", "image_paths": ["c.png"]}]))
+    assert read_batch(tmp_path / "b.json", method="uso")[0]["image_paths"] == [str(tmp_path / "c.png")]
+    for method in (None, "uno"):  # left to the model with no style reference: not known to be USO
+        with pytest.raises(UnofluxError, match="has an empty prompt; only a USO item"):
+            read_batch(tmp_path / "b.json", method=method)

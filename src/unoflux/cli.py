@@ -167,7 +167,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from .references import as_references
 
         get_method(request.method).check(as_references(request.references))
-    items = read_batch(args.batch) if args.batch else None
+    items = read_batch(args.batch, method=request.method) if args.batch else None
 
     device, process_index, num_processes = args.device, 0, 1
     if items is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .errors import UnofluxError
 from .images import load_image, save_json, save_png
-from .options import GenerationRequest
+from .options import EMPTY_PROMPT_METHODS, GenerationRequest
 from .pipeline import UnoFluxPipeline, UnoOutput
 from .references import STYLE, as_reference, reference_record
 
@@ -69,11 +69,12 @@ def generate_to_files(
 
 
 # ----------------------------------------------------------------------------------- batch mode
-def read_batch(path: str | Path) -> list[dict[str, Any]]:
+def read_batch(path: str | Path, method: str | None = None) -> list[dict[str, Any]]:
     """UNO's eval JSON: a list of ``{"prompt": str, "image_paths": [str, ...]}``, paths relative to the JSON file.
     A reference of another role than subject is an object: ``{"image": "style.png", "role": "style"}`` (USO's
-    positional ``["content", "style", ...]`` is not guessed at). Validated whole before any generation; paths are
-    returned resolved."""
+    positional ``["content", "style", ...]`` is not guessed at). Validated whole before any generation (an empty
+    prompt only for ``method`` uso, or, the method left to the model, an item with a style); paths are returned
+    resolved."""
     path = Path(path)
     try:
         items = json.loads(path.read_text())
@@ -98,9 +99,11 @@ def read_batch(path: str | Path) -> list[dict[str, Any]]:
         except UnofluxError as err:
             raise UnofluxError(f"batch item {i} in {str(path)!r}: {err}") from None
         references = [r.with_image(str(path.parent / r.image)) for r in references]
-        if not item["prompt"].strip() and not any(r.role == STYLE for r in references):
+        empty_ok = method in EMPTY_PROMPT_METHODS or (method is None and any(r.role == STYLE for r in references))
+        if not item["prompt"].strip() and not empty_ok:
             raise UnofluxError(
-                f"batch item {i} in {str(path)!r} has an empty prompt; only a USO item with a style reference may"
+                f"batch item {i} in {str(path)!r} has an empty prompt; only a USO item (--method uso, or a style "
+                "reference) may"
             )
         for k, ref in enumerate(references):
             load_image(ref.image, what=f"batch item {i} reference {k + 1}")
