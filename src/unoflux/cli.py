@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import UnofluxError
 from .options import POSITION_MODES, SCHEDULES  # noqa: F401  (re-exported: evaluate's CLI and the app use them)
-from .references import STYLE, SUBJECT, Reference
+from .references import IDENTITY, STYLE, SUBJECT, Reference
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -40,6 +40,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="USO's projector.safetensors: with --siglip, style references (--style) and method uso at 1024 px",
     )
     g.add_argument("--siglip", metavar="DIR", help="SigLIP folder for USO (google/siglip-so400m-patch14-384)")
+    g.add_argument(
+        "--dreamo",
+        metavar="DIR",
+        help="a folder with ByteDance/DreamO's files (dreamo.safetensors, dreamo_cfg_distill.safetensors, v1.1/...): "
+        "method dreamo at 1024 px",
+    )
+    g.add_argument("--dreamo-version", choices=("v1.1", "v1"), default="v1.1", help="DreamO's quality LoRAs (v1.1)")
+    g.add_argument("--turbo", metavar="PATH", help="FLUX.1-Turbo-Alpha's LoRA file for DreamO: 12 steps by default")
+    g.add_argument(
+        "--fuse-lora", action="store_true", help="fuse the LoRAs into the weights (faster; DreamO's own choice)"
+    )
     g.add_argument(
         "--base-only",
         action="store_true",
@@ -78,6 +89,8 @@ def model_paths(args: argparse.Namespace):
         lora=args.lora,
         projector=getattr(args, "uso_projector", None),
         siglip=getattr(args, "siglip", None),
+        dreamo=getattr(args, "dreamo", None),
+        turbo=getattr(args, "turbo", None),
     )
 
 
@@ -99,10 +112,14 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
         offload=args.offload,
         weights_dtype=args.weights_dtype,
         model_lora=not base_only,
+        dreamo_version=getattr(args, "dreamo_version", "v1.1"),
+        fuse_lora=getattr(args, "fuse_lora", False),
     )
     model = {k: str(Path(v).resolve()) for k, v in vars(paths.with_environment()).items() if v} or {"model": "embedded"}
     if base_only:
         model["base_only"] = True
+    if paths.dreamo:
+        model.update(dreamo_version=args.dreamo_version, fuse_lora=args.fuse_lora)
     model.update(dtype=str(pipe.transformer.dtype).removeprefix("torch."), weights_dtype=args.weights_dtype)
     return pipe, model
 
@@ -121,7 +138,15 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
         dest="ref",
         type=lambda path: Reference(path, STYLE),
         metavar="IMAGE",
-        help="a style reference image (method uso; repeat for several)",
+        help="a style reference image (methods uso and dreamo; repeat for several)",
+    )
+    g.add_argument(
+        "--id",
+        action="append",
+        dest="ref",
+        type=lambda path: Reference(path, IDENTITY),
+        metavar="IMAGE",
+        help="a face whose identity to keep (method dreamo: its aligned 512 x 512 face crop; repeat for several)",
     )
     add_option_arguments(g)
     g.add_argument(

@@ -128,16 +128,22 @@ def sequence_position_ids(
 
 
 def reference_noise(
-    seed: int, height: int, width: int, device: str | torch.device = "cpu", channels: int = LATENT_CHANNELS
+    seed: int,
+    height: int,
+    width: int,
+    device: str | torch.device = "cpu",
+    channels: int = LATENT_CHANNELS,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
-    """The initial latent noise UNO draws for ``seed``: (1, C, 2*ceil(H/16), 2*ceil(W/16)), bfloat16.
+    """The initial latent noise UNO draws for ``seed``: (1, C, 2*ceil(H/16), 2*ceil(W/16)), bfloat16 (DreamO, through
+    diffusers, draws the same shape in the compute dtype: pass ``dtype``).
 
     The default CPU generator makes a seed give the same image on every device. The reference draws
     with a generator on the compute device; pass ``device="cuda"`` to reproduce its GPU outputs.
     """
     return torch.randn(
         (1, channels, 2 * math.ceil(height / 16), 2 * math.ceil(width / 16)),
-        dtype=torch.bfloat16,
+        dtype=dtype,
         device=device,
         generator=torch.Generator(device).manual_seed(seed),
     )

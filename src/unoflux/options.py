@@ -24,7 +24,7 @@ from typing import Any
 MAX_SIDE = 2048  # FLUX.1 is trained up to ~2 MP
 POSITION_MODES = ("diagonal", "height", "width", "none")  # UnoPE offsets (conditioning.PositionMode)
 SCHEDULES = ("uno", "flux")  # the time shift's resolution rule (flow.image_seq_len)
-METHOD_NAMES = ("uno", "uso")  # mirrors unoflux.methods.METHODS (which imports torch); a test pins them equal
+METHOD_NAMES = ("uno", "uso", "dreamo")  # mirrors unoflux.methods.METHODS (which imports torch); a test pins them equal
 EMPTY_PROMPT_METHODS = ("uso",)  # mirrors Method.accepts_empty_prompt (pinned by the same test)
 
 
@@ -115,12 +115,24 @@ class SamplingOptions:
         maximum=MAX_SIDE,
         model_default=True,
     )
-    steps: int = option(25, "steps", "denoising steps (UNO's 25)", minimum=1)
+    steps: int | None = option(
+        None,
+        "steps",
+        "denoising steps (default: the model's; UNO's 25, DreamO's turbo 12)",
+        minimum=1,
+        model_default=True,
+    )
     guidance: float | None = option(
         None,
         "guidance",
         "guidance input of a guidance-distilled model (default: the model's; 4 for FLUX.1-dev, as UNO)",
         model_default=True,
+    )
+    first_step_guidance: float | None = option(
+        None,
+        "first-step guidance",
+        "the guidance input of the first step only (DreamO's first_step_guidance_scale; default: the same as guidance)",
+        metavar="G",
     )
     true_cfg: float | None = option(
         None,
@@ -196,15 +208,16 @@ class SamplingOptions:
         for f in option_fields(type(self)):
             f.metadata["option"].check(f.name, getattr(self, f.name), _kind(f))
 
-    def resolved(self, model_defaults: dict[str, Any]) -> SamplingOptions:
+    def resolved(self, model_defaults: dict[str, Any], default_schedule: str = "uno") -> SamplingOptions:
         """Every ``None`` a model may fill replaced by ``model_defaults`` (the pipeline's), and the time shift's
-        precedence applied (:func:`resolve_time_shift`): what actually runs, as settings records say it."""
+        precedence applied (:func:`resolve_time_shift`; ``default_schedule``: the method's): what actually runs, as
+        settings records say it."""
         values = {f.name: getattr(self, f.name) for f in option_fields(type(self))}
         for f in option_fields(type(self)):
             if f.metadata["option"].model_default and values[f.name] is None and f.name != "time_shift":
                 values[f.name] = model_defaults.get(f.name)
         values["schedule"], values["time_shift"] = resolve_time_shift(
-            self.schedule, self.time_shift, model_defaults.get("time_shift")
+            self.schedule, self.time_shift, model_defaults.get("time_shift"), default_schedule
         )
         return dataclasses.replace(self, **values)
 
@@ -240,7 +253,7 @@ class GenerationRequest(SamplingOptions):
 
 # FLUX.1-dev's values, what a model folder's unoflux.json overrides (keys: SamplingOptions field names).
 FLUX_DEV_DEFAULTS: dict[str, Any] = dict(
-    width=512, height=512, guidance=4.0, true_cfg=1.0, method="uno", time_shift=None, stochasticity=0.0
+    width=512, height=512, steps=25, guidance=4.0, true_cfg=1.0, method="uno", time_shift=None, stochasticity=0.0
 )
 
 
@@ -255,13 +268,13 @@ def check_prompt(prompt: Any, allow_empty: bool = False) -> None:
 
 
 def resolve_time_shift(
-    schedule: str | None, time_shift: float | None, default_time_shift: float | None
+    schedule: str | None, time_shift: float | None, default_time_shift: float | None, default_schedule: str = "uno"
 ) -> tuple[str | None, float | None]:
     """(schedule, time shift) a call samples with: an explicit shift, else an explicit schedule's resolution
-    rule, else the model's shift, else UNO's rule. Exactly one of the two is None."""
+    rule, else the model's shift, else the method's rule (UNO's unless it says another). Exactly one is None."""
     if time_shift is None and schedule is None:
         time_shift = default_time_shift
-    return (None, time_shift) if time_shift is not None else (schedule or "uno", None)
+    return (None, time_shift) if time_shift is not None else (schedule or default_schedule, None)
 
 
 def option_fields(cls: type = SamplingOptions) -> list[dataclasses.Field]:

@@ -118,10 +118,19 @@ class UnoFluxPipeline(FluxPipeline):
         return pack_latents(latent.to(dtype))
 
     def prepare_noise(
-        self, seeds: list[int], height: int, width: int, device: torch.device, dtype: torch.dtype, noise_device: str
+        self,
+        seeds: list[int],
+        height: int,
+        width: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        noise_device: str,
+        noise_dtype: torch.dtype | None = torch.bfloat16,
     ) -> torch.Tensor:
-        """Packed initial noise, one seed per image, drawn exactly as UNO draws it."""
-        noise = torch.cat([reference_noise(s, height, width, device=noise_device) for s in seeds])
+        """Packed initial noise, one seed per image, drawn as UNO draws it (in bf16; ``noise_dtype=None``: in
+        ``dtype``, as DreamO's diffusers pipeline draws it)."""
+        draw_dtype = noise_dtype or dtype
+        noise = torch.cat([reference_noise(s, height, width, device=noise_device, dtype=draw_dtype) for s in seeds])
         return pack_latents(noise.to(device=device, dtype=dtype))
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -138,6 +147,7 @@ class UnoFluxPipeline(FluxPipeline):
         text_ids: torch.Tensor,
         guidance_scale: float,
         cache_name: str = "cond",
+        first_step_guidance: float | None = None,
     ) -> sampling.Velocity:
         """The transformer as a velocity ``v(x, t, step)`` for one text and conditioning (:mod:`unoflux.sampling`).
         Each call runs inside diffusers' ``cache_context(cache_name)``, so its cache hooks (FirstBlockCache, ...)
@@ -147,9 +157,8 @@ class UnoFluxPipeline(FluxPipeline):
 
         def velocity(x: torch.Tensor, t: float, step: int) -> torch.Tensor:
             timestep = torch.full((len(x),), t, device=x.device, dtype=x.dtype)
-            guidance = (
-                torch.full((len(x),), guidance_scale, device=x.device, dtype=x.dtype) if guidance_embeds else None
-            )
+            scale = first_step_guidance if step == 0 and first_step_guidance is not None else guidance_scale
+            guidance = torch.full((len(x),), scale, device=x.device, dtype=x.dtype) if guidance_embeds else None
             with transformer.cache_context(cache_name):
                 return engine.predict_velocity(
                     transformer, transformer, conditioning, x, timestep, guidance, text, pooled, text_ids
@@ -235,9 +244,10 @@ class UnoFluxPipeline(FluxPipeline):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         references = as_references(reference_images) + [Reference(image, STYLE) for image in style_images or []]
         method = option_values.pop("method", None) if isinstance(option_values.get("method"), Method) else None
-        options = call_options(options, option_values).resolved(self.model_defaults)
+        options = call_options(options, option_values)
+        method = get_method(method or options.method or self.model_defaults["method"])
+        options = options.resolved(self.model_defaults, default_schedule=method.default_schedule)
         options.validate()
-        method = get_method(method or options.method)
         for text in prompts:
             check_prompt(text, allow_empty=method.accepts_empty_prompt)
         method.check(references)
@@ -253,13 +263,14 @@ class UnoFluxPipeline(FluxPipeline):
                 f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one, or one per prompt"
             )
         width, height = output_size(options.width, options.height)
-        long_side = options.reference_long_side or self.default_reference_long_side(num_subjects)
+        long_side = options.reference_long_side or method.reference_side(self, references)
         seed = random.randrange(2**31) if options.seed is None else options.seed
         options = dataclasses.replace(
             options, width=width, height=height, reference_long_side=long_side, seed=seed, method=method.name
         )
         num_inference_steps, num_images_per_prompt = options.steps, options.num_images
         guidance_scale, true_cfg_scale = float(options.guidance), float(options.true_cfg)
+        first_step = None if options.first_step_guidance is None else float(options.first_step_guidance)
         schedule, time_shift, stochasticity = options.schedule, options.time_shift, float(options.stochasticity)
         position_mode = options.position_mode
         device = self._execution_device
@@ -307,7 +318,7 @@ class UnoFluxPipeline(FluxPipeline):
 
         # 3. Noise and schedule.
         seeds = [seed + j for _ in prompts for j in range(num_images_per_prompt)]
-        latents = self.prepare_noise(seeds, height, width, device, dtype, noise_device)
+        latents = self.prepare_noise(seeds, height, width, device, dtype, noise_device, method.noise_dtype)
         noise_generators = (
             [sampling.step_noise_generator(s, noise_device) for s in seeds] if stochasticity > 0 else None
         )
@@ -320,7 +331,9 @@ class UnoFluxPipeline(FluxPipeline):
 
         # 4. The velocity (with classifier-free guidance around it) integrated from noise to data.
         if negative is None:
-            velocity = self.velocity(conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale)
+            velocity = self.velocity(
+                conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale, first_step_guidance=first_step
+            )
         elif conditioning.unconditional is None:  # both branches see the same images: one forward, doubled batch
             both = self.velocity(
                 conditioning,
@@ -329,11 +342,14 @@ class UnoFluxPipeline(FluxPipeline):
                 text_ids,
                 guidance_scale,
                 "cond_uncond",
+                first_step_guidance=first_step,
             )
             velocity = sampling.classifier_free_batched(both, true_cfg_scale)
         else:
             velocity = sampling.classifier_free(
-                self.velocity(conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale),
+                self.velocity(
+                    conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale, first_step_guidance=first_step
+                ),
                 self.velocity(conditioning.unconditional, *negative, text_ids, guidance_scale, "uncond"),
                 true_cfg_scale,
             )

@@ -1,9 +1,9 @@
 """A reference image and the role it plays: what the subject looks like (``subject``) or how the image should look
-(``style``). Torch-free, so the CLI checks references before the heavy imports.
+(``style``), or whose face it is (``id``). Torch-free, so the CLI checks references before the heavy imports.
 
 A plain path or PIL image is a subject reference (UNO's only kind). A method says which roles it takes
 (:attr:`unoflux.methods.Method.roles`): UNO subjects only; USO one subject (its "content" image) and any number
-of styles. The role is always said, never guessed from a position: ``--ref a.png --style s.png`` on the command
+of styles; DreamO subjects, faces and styles in any order (the order numbers them). The role is always said, never guessed from a position: ``--ref a.png --style s.png`` on the command
 line, ``Reference("s.png", "style")`` (or ``style_images=``) in Python, ``{"image": "s.png", "role": "style"}``
 in a batch file.
 """
@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-SUBJECT, STYLE = "subject", "style"
-ROLES = (SUBJECT, STYLE)
+SUBJECT, STYLE, IDENTITY = "subject", "style", "id"
+ROLES = (SUBJECT, STYLE, IDENTITY)  # id: a face whose identity to keep (DreamO)
 
 
 @dataclass(frozen=True)

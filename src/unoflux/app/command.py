@@ -20,6 +20,8 @@ _PATH_FLAGS = {
     "lora": "--lora",
     "projector": "--uso-projector",
     "siglip": "--siglip",
+    "dreamo": "--dreamo",
+    "turbo": "--turbo",
 }
 _ARG_NAMES = {"projector": "uso_projector"}  # argparse dest where it differs from the ModelPaths field
 
@@ -40,6 +42,8 @@ def model_flags(args: argparse.Namespace) -> list[str]:
             flags += [flag, value]
     if args.offload != "none":
         flags += ["--offload", args.offload]
+    if getattr(args, "dreamo", None):
+        flags += ["--dreamo-version", args.dreamo_version] + (["--fuse-lora"] if args.fuse_lora else [])
     return flags
 
 

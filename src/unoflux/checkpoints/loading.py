@@ -29,6 +29,8 @@ from ..methods import get_method
 from ..options import FLUX_DEV_DEFAULTS, model_default_names, typed
 from ..pipeline import UnoFluxPipeline
 from . import bfl
+from .dreamo import DEFAULT_GUIDANCE as DREAMO_GUIDANCE
+from .dreamo import load_dreamo
 from .files import read_tensors
 from .specs import EMBEDDED_MODEL_DIR, ENV_AE, ENV_CLIP, ENV_LORA, ENV_T5, SPECS, model_defaults, scheduler_config_for
 from .uso import ENV_PROJECTOR, ENV_SIGLIP, load_style_encoder
@@ -50,6 +52,8 @@ class ModelPaths:
     lora: str | None = None
     projector: str | None = None  # USO's projector.safetensors
     siglip: str | None = None  # USO's SigLIP folder
+    dreamo: str | None = None  # a folder with DreamO's files (dreamo.safetensors, ...)
+    turbo: str | None = None  # FLUX.1-Turbo-Alpha's LoRA file (DreamO's turbo)
 
     def with_environment(self) -> ModelPaths:
         """Fill unset paths from UNO's environment variables (explicit values win)."""
@@ -64,6 +68,8 @@ class ModelPaths:
             lora=self.lora or env(ENV_LORA),
             projector=self.projector or env(ENV_PROJECTOR),
             siglip=self.siglip or env(ENV_SIGLIP),
+            dreamo=self.dreamo,
+            turbo=self.turbo,
         )
 
 
@@ -223,14 +229,25 @@ def load_uso_style_models(pipe, projector: str, siglip: str, offload: bool = Fal
     transformer = pipe.transformer
     hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
     pipe.style_encoder = load_style_encoder(projector, siglip, hidden, pipe.transformer.dtype, offload=offload)
-    declared = declared or {}
-    overrides = {
-        k: v
-        for k, v in USO_DEFAULTS.items()
-        if k not in declared and not ("image_size" in declared and k in ("width", "height"))
-    }
-    pipe.model_defaults = {**pipe.model_defaults, **overrides}
+    _set_method_defaults(pipe, USO_DEFAULTS, declared or {})
     return pipe.style_encoder
+
+
+def load_dreamo_models(pipe, folder: str, version: str, turbo: str | None, fuse: bool, declared: dict | None = None):
+    """DreamO's checkpoints onto ``pipe`` (:func:`.dreamo.load_dreamo`); the pipeline then samples with DreamO's
+    app defaults where its model folder declares none: method dreamo, 1024 px, guidance 4.5 (v1.1) or 3.5 (v1),
+    12 steps with turbo (25 without)."""
+    load_dreamo(pipe, folder, version=version, turbo=turbo, fuse=fuse)
+    defaults = {"method": "dreamo", "width": 1024, "height": 1024, "guidance": DREAMO_GUIDANCE[version]}
+    defaults["steps"] = 12 if turbo else 25
+    _set_method_defaults(pipe, defaults, declared or {})
+
+
+def _set_method_defaults(pipe, defaults: dict, declared: dict) -> None:
+    """``defaults`` over the pipeline's sampling defaults, except what its model folder declares."""
+    sized = "image_size" in declared
+    kept = {k: v for k, v in defaults.items() if k not in declared and not (sized and k in ("width", "height"))}
+    pipe.model_defaults = {**pipe.model_defaults, **kept}
 
 
 def model_folder(paths: ModelPaths) -> str | None:
@@ -255,6 +272,8 @@ def load_pipeline(
     weights_dtype: str | None = None,
     use_environment: bool = True,
     model_lora: bool = True,
+    dreamo_version: str = "v1.1",
+    fuse_lora: bool = False,
 ) -> UnoFluxPipeline:
     """Build the pipeline from local files (nothing is downloaded).
 
@@ -267,6 +286,9 @@ def load_pipeline(
     ``reference_long_side``), as the embedded model does; ``paths.lora`` replaces that LoRA and
     ``model_lora=False`` leaves it out (the text-to-image base alone). ``"lora_for": "references"`` applies
     the folder's LoRA only to calls with references (text-only calls run the base).
+
+    ``paths.dreamo`` loads DreamO's checkpoints (version ``dreamo_version``, FLUX.1-Turbo-Alpha from ``paths.turbo``;
+    ``fuse_lora`` fuses every LoRA into the weights, as DreamO does) and makes ``dreamo`` the default method.
     """
     paths = paths or ModelPaths()
     if use_environment:
@@ -326,6 +348,10 @@ def load_pipeline(
     if "reference_long_side" in defaults:
         sides = defaults["reference_long_side"]
         pipe.reference_long_sides = (int(sides["one"]), int(sides["several"]))
+    if paths.turbo and not paths.dreamo:
+        raise UnofluxError("--turbo is DreamO's turbo LoRA; it needs --dreamo DIR")
+    if paths.dreamo:
+        load_dreamo_models(pipe, paths.dreamo, dreamo_version, paths.turbo, fuse_lora, declared=defaults)
     if paths.projector:
         load_uso_style_models(pipe, paths.projector, paths.siglip, offload=offload != "none", declared=defaults)
     lora = paths.lora or (str(Path(model, defaults["lora"])) if model_lora and defaults.get("lora") else None)

@@ -69,6 +69,9 @@ class Method:
     # named here is refused.
     limits: dict[str, int | None] = {}
     accepts_empty_prompt: bool = False  # USO: an empty prompt with a subject and a style keeps the subject's layout
+    default_schedule: str = "uno"  # the time shift's resolution rule unless the call or the model says (flow)
+    noise_dtype: torch.dtype | None = torch.bfloat16  # the initial noise is drawn in this dtype (None: the compute
+    # dtype), then cast: UNO's and USO's code draw bf16 noise, DreamO's (diffusers') draws in the compute dtype
 
     def check(self, references: Sequence[Reference]) -> None:
         """Refuse what this method cannot do, in one sentence, before any model loads."""
@@ -82,6 +85,11 @@ class Method:
             limit = self.limits[role]
             if limit is not None and count > limit:
                 raise UnofluxError(f"method {self.name!r} takes at most {limit} {role} references, not {count}")
+
+    def reference_side(self, pipe, references: Sequence[Reference]) -> int:
+        """The reference size when the call gives none: the model's long side for this many subjects (UNO: 512
+        for one, 320 for several)."""
+        return pipe.default_reference_long_side(sum(r.role == SUBJECT for r in references))
 
     def edit_prompt(self, prompt: str, num_references: int) -> str:
         """The prompt the text encoders see (DreamO's placeholders go here); unchanged by default."""

@@ -1,0 +1,111 @@
+"""DreamO (arXiv 2504.16915, bytedance/DreamO): references of any task as VAE tokens, told apart by embeddings.
+
+Every reference (a subject, ``ip`` in DreamO; a face, ``id``; a style image) is VAE-encoded and packed like the
+target, its tokens follow the target's with UnoPE's diagonal ids (cumulative offsets, as UNO), and per-token
+embeddings are added right after ``x_embedder``: the target's tokens get ``task_embedding[1]``, every token of the
+reference in slot k (1-based, in the order given) gets ``task_embedding[0] + idx_embedding[k]``. DreamO's task
+string selects preprocessing only: its code gives task index 0 to every task. The prompt may name references with
+the T5 placeholders ``[ref#1]`` .. ``[ref#9]`` (added to the tokenizer when DreamO's checkpoint loads); nothing
+inserts them. CFG's negative branch sees the target alone, with no embedding. DreamO samples on the true token
+count's shift (schedule "flux") and draws its noise in the compute dtype (diffusers' ``prepare_latents``).
+
+Preprocessing as DreamO's app does it, minus its models: a subject or style image is resized to an area of
+``ref_res``\\ ² (512² by default; each side floored to a multiple of 16), a face is taken as DreamO's aligned 512 x 512
+crop and only cropped to multiples of 16. Background removal (BEN2) and face alignment/parsing (facexlib) are
+expected already done ("already preprocessed" input), or done by a ``preprocessors`` step you pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from ..conditioning import grid_position_ids, image_to_tensor, sequence_position_ids
+from ..errors import UnofluxError
+from ..references import IDENTITY, STYLE, SUBJECT, Reference
+from .base import Conditioning, Method
+
+MAX_DREAMO_REFERENCES = 9  # idx_embedding has 10 rows, slots are 1-based; placeholders go to [ref#9]
+DREAMO_REFERENCE_SIDE = 512  # DreamO's ref_res: subjects and styles are resized to this side's area
+
+
+@dataclasses.dataclass
+class DreamOEmbeddings:
+    """DreamO's learned embeddings from ``dreamo.safetensors``: task (2, D) and reference index (10, D)."""
+
+    task: torch.Tensor
+    index: torch.Tensor
+
+
+def resize_to_area(image: Image.Image, side: int) -> Image.Image:
+    """DreamO's ``resize_numpy_image_area``: scale by sqrt(side² / (h w)) (up or down), each side floored to a
+    multiple of 16. Area-averaging (BOX) when shrinking, as cv2's INTER_AREA; bilinear when growing."""
+    k = math.sqrt(side * side / (image.width * image.height))
+    width, height = int(image.width * k), int(image.height * k)
+    width, height = width - width % 16, height - height % 16
+    if width < 16 or height < 16:
+        raise UnofluxError(f"a {image.width}x{image.height} reference is too thin to resize to {side}x{side} px area")
+    if (width, height) == image.size:
+        return image
+    return image.resize((width, height), Image.BOX if k < 1 else Image.BILINEAR)
+
+
+def crop_to_16(image: Image.Image) -> Image.Image:
+    width, height = image.width - image.width % 16, image.height - image.height % 16
+    if width < 16 or height < 16:
+        raise UnofluxError(f"a {image.width}x{image.height} face image is smaller than 16 px")
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+class DreamOMethod(Method):
+    name = "dreamo"
+    limits = {SUBJECT: None, IDENTITY: None, STYLE: None}  # together at most MAX_DREAMO_REFERENCES
+    default_schedule = "flux"  # diffusers' calculate_shift on the target's token count
+    noise_dtype = None  # diffusers' prepare_latents draws in the compute dtype
+
+    def __init__(self, preprocessors: dict[str, Callable[[Image.Image], Image.Image]] | None = None):
+        # role -> a step run before the resize (e.g. background removal for subjects, face alignment for faces)
+        self.preprocessors = dict(preprocessors or {})
+
+    def check(self, references: Sequence[Reference]) -> None:
+        super().check(references)
+        if len(references) > MAX_DREAMO_REFERENCES:
+            raise UnofluxError(f"DreamO takes at most {MAX_DREAMO_REFERENCES} references, not {len(references)}")
+
+    def reference_side(self, pipe, references: Sequence[Reference]) -> int:
+        return DREAMO_REFERENCE_SIDE
+
+    def preprocess_references(self, references: Sequence[Reference], long_side: int) -> list[Reference]:
+        prepared = []
+        for reference in references:
+            image = reference.image
+            step = self.preprocessors.get(reference.role)
+            if step is not None:
+                image = step(image)
+            image = crop_to_16(image) if reference.role == IDENTITY else resize_to_area(image, long_side)
+            prepared.append(reference.with_image(image))
+        return prepared
+
+    def prepare(self, pipe, references, target_grid, position_mode, device, dtype) -> Conditioning:
+        embeddings = getattr(pipe, "dreamo_embeddings", None)
+        if embeddings is None:
+            raise UnofluxError("method 'dreamo' needs DreamO's checkpoint: pass --dreamo DIR (its dreamo.safetensors)")
+        images = [r.image for r in references]  # every task is VAE tokens
+        tokens = [self.encode_references(pipe, image_to_tensor(image).to(device), dtype) for image in images]
+        grids = [(image.height // 16, image.width // 16) for image in images]
+        task, index = embeddings.task.to(device, dtype), embeddings.index.to(device, dtype)
+        rows = [task[1].expand(target_grid[0] * target_grid[1], -1)]
+        for slot, (rows_k, cols_k) in enumerate(grids, start=1):
+            rows.append((task[0] + index[slot]).expand(rows_k * cols_k, -1))
+        target_only = Conditioning(image_ids=grid_position_ids(*target_grid))  # DreamO's negative pass
+        return Conditioning(
+            image_ids=sequence_position_ids(target_grid, grids, position_mode),
+            reference_tokens=torch.cat(tokens, dim=1) if tokens else None,
+            token_embeddings=torch.cat(rows)[None],
+            unconditional=target_only,
+        )
