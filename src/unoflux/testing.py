@@ -7,6 +7,7 @@ text-encoder folders, diffusers folders, UNO's XLabs LoRA). Same classes as FLUX
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,50 @@ def save_uso_layout(components: dict, root: str | Path, siglip=None, lora_rank: 
     projector = write_safetensors(random_uso_projector(siglip, hidden), root / "projector.safetensors")
     siglip_dir = save_siglip(siglip, root / "siglip")
     return ModelPaths(**{**vars(paths), "projector": str(projector), "siglip": str(siglip_dir)})
+
+
+# ---------------------------------------------------------------------------------------------- DreamO
+def random_dreamo_lora(transformer: FluxTransformer2DModel, rank: int = 4, seed: int = 3, std: float = 0.05) -> dict:
+    """A LoRA in DreamO's key layout (``double_blocks_{i}.processor.qkv_lora1.down.weight``, ...), random weights."""
+    xlabs = random_uno_lora(transformer, rank=rank, seed=seed, std=std)
+    return {re.sub(r"(double|single)_blocks\.(\d+)", r"\1_blocks_\2", k): v for k, v in xlabs.items()}
+
+
+def random_diffusers_lora(transformer: FluxTransformer2DModel, rank: int = 2, seed: int = 4, std: float = 0.05) -> dict:
+    """A diffusers-format FLUX LoRA (``transformer.<module>.lora_{A,B}.weight``) on every attention projection."""
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name, module in transformer.named_modules():
+        if name.endswith(("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.to_add_out")):
+            lora[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=g) * std
+            lora[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=g) * std
+    return lora
+
+
+def save_dreamo_layout(components: dict, root: str | Path, seed: int = 5) -> tuple[ModelPaths, Path]:
+    """:func:`save_official_layout` plus a folder laid out as ByteDance/DreamO publishes it (``dreamo.safetensors``
+    with its embeddings, ``dreamo_cfg_distill.safetensors``, the v1 and v1.1 quality LoRAs) and a turbo LoRA file.
+    Returns the FLUX paths (``turbo`` set) and the DreamO folder."""
+    root = Path(root)
+    transformer, t5 = components["transformer"], components["text_encoder_2"]
+    paths = save_official_layout(components, root)
+    folder = root / "DreamO"
+    g = torch.Generator().manual_seed(seed)
+    hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    t5_rows = t5.get_input_embeddings().weight.shape[0] + 10
+    main = random_dreamo_lora(transformer, seed=seed)
+    main["dreamo_t5_embedding.weight"] = torch.randn(t5_rows, t5.config.d_model, generator=g)
+    main["dreamo_task_embedding.weight"] = torch.randn(2, hidden, generator=g)
+    main["dreamo_idx_embedding.weight"] = torch.randn(10, hidden, generator=g)
+    write_safetensors(main, folder / "dreamo.safetensors")
+    write_safetensors(random_dreamo_lora(transformer, seed=seed + 1), folder / "dreamo_cfg_distill.safetensors")
+    write_safetensors(random_dreamo_lora(transformer, seed=seed + 2), folder / "dreamo_quality_lora_pos.safetensors")
+    write_safetensors(random_dreamo_lora(transformer, seed=seed + 3), folder / "dreamo_quality_lora_neg.safetensors")
+    write_safetensors(
+        random_diffusers_lora(transformer, seed=seed + 4), folder / "v1.1" / "dreamo_sft_lora.safetensors"
+    )
+    write_safetensors(
+        random_diffusers_lora(transformer, seed=seed + 5), folder / "v1.1" / "dreamo_dpo_lora.safetensors"
+    )
+    turbo = write_safetensors(random_diffusers_lora(transformer, seed=seed + 6), root / "turbo.safetensors")
+    return ModelPaths(**{**vars(paths), "turbo": str(turbo)}), folder

@@ -20,6 +20,7 @@ an up matrix split in three equal row blocks; no alpha (scale 1). Adapters are c
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -86,10 +87,10 @@ def add_placeholders(pipe, t5_rows: torch.Tensor) -> list[int]:
     tokenizer, encoder = pipe.tokenizer_2, pipe.text_encoder_2
     if all(tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id for t in PLACEHOLDERS):
         ids = tokenizer.convert_tokens_to_ids(PLACEHOLDERS)
-    else:
-        encoder.resize_token_embeddings(len(tokenizer))
+    else:  # (the new rows are set below: no need for transformers' mean resizing)
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         tokenizer.add_tokens(PLACEHOLDERS, special_tokens=False)
-        encoder.resize_token_embeddings(len(tokenizer))
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         ids = tokenizer.convert_tokens_to_ids(PLACEHOLDERS)
     weight = encoder.get_input_embeddings().weight
     with torch.no_grad():
@@ -147,6 +148,12 @@ def load_dreamo(
     if turbo is not None and not Path(turbo).is_file():
         raise UnofluxError(f"turbo LoRA {str(turbo)!r} does not exist (FLUX.1-Turbo-Alpha's safetensors file)")
 
+    with warnings.catch_warnings():  # peft notes that a model with several adapters has several adapters
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        return _load_dreamo(pipe, folder, version, turbo, fuse)
+
+
+def _load_dreamo(pipe, folder: Path, version: str, turbo, fuse: bool) -> list[tuple[str, float]]:
     main, _ = read_tensors(folder / MAIN_FILE, what="DreamO checkpoint")
     t5_rows, embeddings = read_embeddings(main, pipe, str(folder / MAIN_FILE))
     adapters = [("dreamo", 1.0), ("cfg", 1.0)]
