@@ -274,8 +274,81 @@ def test_cli_try_on_with_a_face_and_a_garment(dreamo_files, tmp_path, refs):
     flags = ["--flux", paths.flux, "--ae", paths.ae, "--t5", paths.t5, "--clip", paths.clip, "--device", "cpu"]
     argv = ["generate", "--prompt", "[ref#1] wears [ref#2]", "--id", str(tmp_path / "face.png"), "--ref",
             str(tmp_path / "shirt.png"), "--width", "32", "--height", "32", "--out", str(out)]  # fmt: skip
-    assert main([*argv, *flags, "--dreamo", str(folder), "--turbo", paths.turbo]) == 0
+    pre = tmp_path / "pre"
+    assert main([*argv, *flags, "--dreamo", str(folder), "--turbo", paths.turbo, "--save-preprocessed", str(pre)]) == 0
+    k = (512 * 512 / (48 * 40)) ** 0.5  # the garment at DreamO's ref_res 512; the face as it is
+    assert Image.open(pre / "ref1_id.png").size == (32, 32)
+    assert Image.open(pre / "ref2_subject.png").size == (int(48 * k) // 16 * 16, int(40 * k) // 16 * 16)
     settings = json.loads(Image.open(out).text["unoflux"])
     assert settings["references"] == [{"image": str(tmp_path / "face.png"), "role": "id"}, str(tmp_path / "shirt.png")]
     assert (settings["method"], settings["steps"], settings["schedule"]) == ("dreamo", 12, "flux")
     assert settings["model"]["dreamo"] == str(folder) and settings["model"]["dreamo_version"] == "v1.1"
+
+
+def test_the_apps_task_per_slot_reaches_the_pipeline(dreamo_pipe, tmp_path, refs):
+    pytest.importorskip("gradio")
+    from unoflux.app.runner import AppRunner
+    from unoflux.app.ui import make_generate
+
+    refs[0].save(tmp_path / "shirt.png")
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "face.png")
+    generate = make_generate(AppRunner(dreamo_pipe, {"model": "tiny-dreamo"}, tmp_path / "out"))
+    images, command, _ = generate(
+        "[ref#1] wears [ref#2]",
+        {"path": str(tmp_path / "face.png")},
+        {"path": str(tmp_path / "shirt.png")},
+        width=32,
+        height=32,
+        steps=1,
+        seed=3,
+        task_1="id",
+        progress=lambda *a, **k: None,
+    )
+    face, shirt = json.loads(Image.open(images[0]).text["unoflux"])["references"]
+    assert face["role"] == "id" and isinstance(shirt, str) and "_id1" in face["image"]
+    assert f"--id {face['image']} --ref {shirt}" in command
+
+
+CELEBAMASK_HQ = ["background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
+                 "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth"]  # fmt: skip
+
+
+def save_tiny_face_parser(folder) -> None:
+    """A tiny random Segformer with CelebAMask-HQ's labels, as transformers' face-parsing models are published."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(0)
+    config = SegformerConfig(
+        num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], patch_sizes=[7], strides=[4],
+        num_attention_heads=[1], mlp_ratios=[2], decoder_hidden_size=8, num_labels=len(CELEBAMASK_HQ),
+        id2label=dict(enumerate(CELEBAMASK_HQ)), label2id={n: i for i, n in enumerate(CELEBAMASK_HQ)},
+    )  # fmt: skip
+    SegformerForSemanticSegmentation(config).save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+
+
+def test_the_face_parser_paints_what_dreamo_paints_white(dreamo_files, tmp_path):
+    from unoflux.checkpoints.dreamo import load_face_parser
+    from unoflux.methods.dreamo import FACE_PARSING_WHITE
+
+    save_tiny_face_parser(tmp_path / "parser")
+    parser = load_face_parser(tmp_path / "parser")
+    face = random_image(48, 48, seed=9)
+    labels = parser.labels(face).numpy()
+    white = np.isin(labels, [CELEBAMASK_HQ.index(n) for n in FACE_PARSING_WHITE])
+    assert 0 < white.mean() < 1  # the random model paints some pixels, not all (else the test shows nothing)
+    painted = np.asarray(parser(face))
+    assert (painted[white] == 255).all() and (painted[~white] == np.asarray(face)[~white]).all()
+    # through the pipeline: --face-parser applies it to id references only, before the crop to 16
+    paths, folder = dreamo_files
+    pipe = load_pipeline(
+        ModelPaths(**{**vars(paths), "dreamo": str(folder), "turbo": None, "face_parser": str(tmp_path / "parser")}),
+        device="cpu",
+        use_environment=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("[ref#1] and [ref#2]", [Reference(face, "id"), face], **SMALL)
+    parsed, subject = out.references
+    assert np.array_equal(np.asarray(parsed.image), painted[:48, :48]) and subject.image.size == (32, 32)
+    with pytest.raises(UnofluxError, match="must be a transformers model folder with config.json"):
+        load_face_parser(tmp_path)

@@ -151,10 +151,10 @@ def test_the_pipeline_samples_a_methods_conditioning_and_its_unconditional_branc
 
 
 def test_method_table_and_bad_names(tiny_pipe):
-    assert list(METHODS) == ["uno", "uso"] and get_method("uno") is METHODS["uno"]
+    assert list(METHODS) == ["uno", "uso", "dreamo"] and get_method("uno") is METHODS["uno"]
     custom = EmbeddingAndPrefixMethod()
     assert get_method(custom) is custom
-    with pytest.raises(UnofluxError, match="method 'dreamo-typo' is not one of: uno, uso"):
+    with pytest.raises(UnofluxError, match="method 'dreamo-typo' is not one of: uno, uso, dreamo"):
         get_method("dreamo-typo")
     with pytest.raises(UnofluxError, match="method 'nope' is not one of"):
         tiny_pipe("a cat", method="nope", width=32, height=32, num_inference_steps=1)

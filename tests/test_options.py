@@ -80,7 +80,7 @@ def test_every_option_is_a_flag_and_the_copied_cli_line_gives_the_same_options()
         (dict(stochasticity=1.5), "stochasticity 1.5 must be a number from 0 to 1"),
         (dict(position_mode="d"), "position mode 'd' is not one of: diagonal, height, width, none"),
         (dict(schedule="karras"), "schedule 'karras' is not one of: uno, flux"),
-        (dict(method="dreamo"), "method 'dreamo' is not one of: uno"),
+        (dict(method="instantid"), "method 'instantid' is not one of: uno, uso, dreamo"),
         (dict(reference_long_side=8), "reference long side 8 is out of range"),
         (dict(negative_prompt=3), "negative prompt 3 must be text"),
     ],

@@ -52,6 +52,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--fuse-lora", action="store_true", help="fuse the LoRAs into the weights (faster; DreamO's own choice)"
     )
     g.add_argument(
+        "--face-parser",
+        metavar="DIR",
+        help="a face-parsing model folder (transformers, CelebAMask-HQ labels) for DreamO's --id images: background, "
+        "neck, clothes and hat painted white as DreamO does",
+    )
+    g.add_argument(
         "--base-only",
         action="store_true",
         help="leave out the LoRA the model folder ships: its text-to-image base alone",
@@ -91,6 +97,7 @@ def model_paths(args: argparse.Namespace):
         siglip=getattr(args, "siglip", None),
         dreamo=getattr(args, "dreamo", None),
         turbo=getattr(args, "turbo", None),
+        face_parser=getattr(args, "face_parser", None),
     )
 
 
@@ -158,6 +165,11 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--out", help="a .png file, or a folder (default outputs/; batch: outputs/batch)")
     g.add_argument(
+        "--save-preprocessed",
+        metavar="DIR",
+        help="also write each reference as the model saw it (after the method's resize and crop): ref{k}_{role}.png",
+    )
+    g.add_argument(
         "--batch",
         metavar="FILE.json",
         help="UNO eval JSON: [{prompt, image_paths}, ...]; resumable, shards under accelerate launch",
@@ -211,14 +223,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         out = Path(args.out or "outputs/batch")
         made, skipped = run_batch(
-            pipe, items, request, out, model, process_index, num_processes, noise_device=args.noise_device
+            pipe,
+            items,
+            request,
+            out,
+            model,
+            process_index,
+            num_processes,
+            noise_device=args.noise_device,
+            save_preprocessed=args.save_preprocessed,
         )
         print(f"{made} images written to {out}/ ({skipped} already there)")
         return 0
 
     from .generation import generate_to_files
 
-    for path in generate_to_files(pipe, request, args.out, model, noise_device=args.noise_device):
+    kept = dict(noise_device=args.noise_device, save_preprocessed=args.save_preprocessed)
+    for path in generate_to_files(pipe, request, args.out, model, **kept):
         print(path)
     return 0
 

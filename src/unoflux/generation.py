@@ -57,14 +57,25 @@ def generate_to_files(
     out: str | Path | None,
     model: dict[str, Any],
     noise_device: str = "cpu",
+    save_preprocessed: str | Path | None = None,
 ) -> list[Path]:
     if request.seed is None:  # one drawn now, so that the file names carry it
         request = replace(request, seed=random.randrange(2**31))
     paths = output_paths(out, request)
     output = generate(pipe, request, noise_device=noise_device)
+    if save_preprocessed is not None:
+        save_references(output, save_preprocessed)
     return [
         save_png(img, p, settings_record(request, output, j, model))
         for j, (img, p) in enumerate(zip(output.images, paths))
+    ]
+
+
+def save_references(output: UnoOutput, folder: str | Path, prefix: str = "") -> list[Path]:
+    """The references as the model saw them (after the method's preprocessing): ``{prefix}ref{k}_{role}.png``."""
+    return [
+        save_png(ref.image, Path(folder) / f"{prefix}ref{k}_{ref.role}.png", {"role": ref.role, "slot": k})
+        for k, ref in enumerate(output.references, start=1)
     ]
 
 
@@ -128,6 +139,7 @@ def run_batch(
     process_index: int = 0,
     num_processes: int = 1,
     noise_device: str = "cpu",
+    save_preprocessed: str | Path | None = None,
 ) -> tuple[int, int]:
     """Render ``{i}_{j}.png`` + ``{i}_{j}.json`` for this process's share; finished pairs are skipped, so
     a rerun resumes. Image ``j`` of item ``i`` uses seed ``template.seed + j``. Returns (made, skipped)."""
@@ -147,6 +159,8 @@ def run_batch(
             num_images=1,
         )
         output = generate(pipe, request, noise_device=noise_device)
+        if save_preprocessed is not None:
+            save_references(output, save_preprocessed, prefix=f"{i}_{j}_")
         settings = {**settings_record(request, output, 0, model), "batch_item": i, "batch_image": j}
         save_png(output.images[0], png, settings)
         save_json(settings, meta)  # written last: its presence marks the pair finished

@@ -63,11 +63,13 @@ MAX_IMAGE_TOKENS = 2 * (MAX_SIDE // 16) ** 2  # target + references; beyond this
 @dataclass
 class UnoOutput:
     """What a call returns: images (PIL list, or a tensor for ``output_type`` 'pt'/'latent'), the seed
-    of each image, and the settings that reproduce them."""
+    of each image, the settings that reproduce them, and the references as the model saw them (after the method's
+    preprocessing; ``--save-preprocessed`` writes them)."""
 
     images: Any
     seeds: list[int]
     settings: dict[str, Any] = field(default_factory=dict)
+    references: list[Reference] = field(default_factory=list)
 
 
 class UnoFluxPipeline(FluxPipeline):
@@ -94,6 +96,10 @@ class UnoFluxPipeline(FluxPipeline):
 
     # USO's style encoder (methods.uso.StyleEncoder: SigLIP + projector), set by load_uso_style / load_pipeline
     style_encoder = None
+    # DreamO's embeddings (methods.dreamo.DreamOEmbeddings) and preprocessing steps per role (role -> image -> image),
+    # set by load_pipeline (--dreamo, --face-parser)
+    dreamo_embeddings = None
+    reference_preprocessors: dict = {}
 
     @property
     def text_sequence_length(self) -> int:
@@ -281,7 +287,7 @@ class UnoFluxPipeline(FluxPipeline):
         self._warn_if_truncated(text_prompts, max_sequence_length)
 
         # 1. References (opened and checked before any model runs), then the method's own preprocessing.
-        prepared = method.preprocess_references(open_references(references), long_side)
+        prepared = method.preprocess_references(open_references(references), long_side, pipe=self)
         ref_grids = [(r.image.height // 16, r.image.width // 16) for r in prepared if r.role == SUBJECT]
         if options.keep_size:  # USO: the subject's preprocessed size x (its default 1024 / the long side)
             if not ref_grids:
@@ -387,7 +393,7 @@ class UnoFluxPipeline(FluxPipeline):
             decoded = self.decode(latents, height, width)
             images = tensor_to_images(decoded) if output_type == "pil" else (decoded.float().clamp(-1, 1) + 1) / 2
         self.maybe_free_model_hooks()
-        return UnoOutput(images=images, seeds=seeds, settings=settings)
+        return UnoOutput(images=images, seeds=seeds, settings=settings, references=prepared)
 
 
 # diffusers' names of options (FluxPipeline's arguments) -> SamplingOptions field names

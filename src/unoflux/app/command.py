@@ -22,6 +22,7 @@ _PATH_FLAGS = {
     "siglip": "--siglip",
     "dreamo": "--dreamo",
     "turbo": "--turbo",
+    "face_parser": "--face-parser",
 }
 _ARG_NAMES = {"projector": "uso_projector"}  # argparse dest where it differs from the ModelPaths field
 

@@ -21,7 +21,7 @@ from ..demo import EXAMPLES_DIR  # noqa: E402
 from ..errors import UnofluxError  # noqa: E402
 from ..options import MAX_SIDE, METHOD_NAMES, POSITION_MODES, SCHEDULES, GenerationRequest  # noqa: E402
 from ..pipeline import model_defaults_of  # noqa: E402
-from ..references import STYLE, Reference  # noqa: E402
+from ..references import ROLES, STYLE, SUBJECT, Reference  # noqa: E402
 from .runner import AppRunner  # noqa: E402
 
 MAX_REFERENCES = 4
@@ -111,12 +111,17 @@ def make_generate(runner: AppRunner):
         style_1: dict | None = None,
         style_2: dict | None = None,
         keep_size: bool = DEFAULTS.keep_size,
+        task_1: str = SUBJECT,
+        task_2: str = SUBJECT,
+        task_3: str = SUBJECT,
+        task_4: str = SUBJECT,
         progress=gr.Progress(),
     ) -> tuple[list[str], str, str]:
         """Generate images from a prompt, up to four subject reference images and (USO) two style images; returns
         the saved PNGs, the equivalent `unoflux generate` command, and a one-line status."""
         try:
-            subjects = [upload_path(r) for r in (reference_1, reference_2, reference_3, reference_4) if r]
+            slots = zip((reference_1, reference_2, reference_3, reference_4), (task_1, task_2, task_3, task_4))
+            subjects = [Reference(upload_path(r), task or SUBJECT) for r, task in slots if r]  # DreamO: a task each
             styles = [Reference(upload_path(r), STYLE) for r in (style_1, style_2) if r]
             request = GenerationRequest(
                 prompt=prompt or "",
@@ -152,9 +157,10 @@ def make_generate(runner: AppRunner):
     return generate
 
 
-def _form_inputs(defaults: dict[str, Any], styles: bool = False) -> list[gr.Component]:
+def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = False) -> list[gr.Component]:
     """The form, laid out in the current column, starting at the model's ``defaults``; returned in
-    ``make_generate``'s parameter order. ``styles``: show the style slots (USO's style models are loaded)."""
+    ``make_generate``'s parameter order. ``styles``: show the style slots (USO's style models are loaded);
+    ``tasks``: a task per reference slot (DreamO's checkpoint is loaded)."""
     default_size, default_guidance, default_true_cfg = defaults["width"], defaults["guidance"], defaults["true_cfg"]
     default_time_shift, default_stochasticity = defaults["time_shift"], defaults["stochasticity"]
     prompt = gr.Textbox(
@@ -171,6 +177,12 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False) -> list[gr.Comp
             )  # "upload" includes drag and drop
             for k in range(1, MAX_REFERENCES + 1)
         ]
+    with gr.Row(visible=tasks):
+        slot_tasks = [
+            gr.Dropdown(list(ROLES), value=SUBJECT, label=f"Task {k} (DreamO: subject, id = face, style)",
+                        elem_id=f"task-{k}")
+            for k in range(1, MAX_REFERENCES + 1)
+        ]  # fmt: skip
     with gr.Row(visible=styles):
         style_images = [
             gr.Image(
@@ -240,6 +252,7 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False) -> list[gr.Comp
         method,
         *style_images,
         keep_size,
+        *slot_tasks,
     ]
 
 
@@ -276,13 +289,14 @@ def build_app(
         raise UnofluxError(f"concurrency ({concurrency}) and queue size ({max_queue}) must be at least 1")
     with gr.Blocks(title="unoflux", analytics_enabled=False) as demo:
         gr.Markdown(
-            "## unoflux: subject-driven generation (UNO on FLUX)\nDescribe the image; add up to four "
+            "## unoflux: subject-driven generation on FLUX (UNO, USO, DreamO)\nDescribe the image; add up to four "
             "reference images of the subjects to keep (upload, drag and drop, or paste)."
         )
         with gr.Row():
             with gr.Column(scale=3):
                 styles = getattr(pipe, "style_encoder", None) is not None
-                inputs = _form_inputs({**model_defaults_of(pipe), "width": default_size}, styles=styles)
+                tasks = getattr(pipe, "dreamo_embeddings", None) is not None
+                inputs = _form_inputs({**model_defaults_of(pipe), "width": default_size}, styles=styles, tasks=tasks)
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 outputs = _result_outputs()

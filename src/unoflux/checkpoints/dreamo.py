@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnofluxError
-from ..methods.dreamo import DreamOEmbeddings
+from ..methods.dreamo import DreamOEmbeddings, FaceParsing
 from .files import read_tensors
 from .lora import _XLABS_PARTS, check_lora_fits, load_lora_into_pipeline
 
@@ -175,3 +175,24 @@ def _load_dreamo(pipe, folder: Path, version: str, turbo, fuse: bool) -> list[tu
     add_placeholders(pipe, t5_rows)
     pipe.dreamo_embeddings = embeddings
     return adapters
+
+
+def load_face_parser(folder: str | Path) -> FaceParsing:
+    """A face-parsing model folder in transformers layout (a semantic-segmentation model with CelebAMask-HQ's label
+    names, e.g. a Segformer) -> DreamO's parsing step for ``id`` references."""
+    import transformers
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise UnofluxError(f"face parser {str(folder)!r} must be a transformers model folder with config.json")
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model = AutoModelForSemanticSegmentation.from_pretrained(str(folder), local_files_only=True)
+        processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, use_fast=False)
+    except (OSError, ValueError, KeyError) as err:
+        raise UnofluxError(f"face parser {str(folder)!r} cannot be loaded as a segmentation model ({err})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return FaceParsing(model.requires_grad_(False), processor)

@@ -30,7 +30,7 @@ from ..options import FLUX_DEV_DEFAULTS, model_default_names, typed
 from ..pipeline import UnoFluxPipeline
 from . import bfl
 from .dreamo import DEFAULT_GUIDANCE as DREAMO_GUIDANCE
-from .dreamo import load_dreamo
+from .dreamo import load_dreamo, load_face_parser
 from .files import read_tensors
 from .specs import EMBEDDED_MODEL_DIR, ENV_AE, ENV_CLIP, ENV_LORA, ENV_T5, SPECS, model_defaults, scheduler_config_for
 from .uso import ENV_PROJECTOR, ENV_SIGLIP, load_style_encoder
@@ -54,6 +54,7 @@ class ModelPaths:
     siglip: str | None = None  # USO's SigLIP folder
     dreamo: str | None = None  # a folder with DreamO's files (dreamo.safetensors, ...)
     turbo: str | None = None  # FLUX.1-Turbo-Alpha's LoRA file (DreamO's turbo)
+    face_parser: str | None = None  # a face-parsing model folder for DreamO's id references
 
     def with_environment(self) -> ModelPaths:
         """Fill unset paths from UNO's environment variables (explicit values win)."""
@@ -70,6 +71,7 @@ class ModelPaths:
             siglip=self.siglip or env(ENV_SIGLIP),
             dreamo=self.dreamo,
             turbo=self.turbo,
+            face_parser=self.face_parser,
         )
 
 
@@ -352,6 +354,8 @@ def load_pipeline(
         raise UnofluxError("--turbo is DreamO's turbo LoRA; it needs --dreamo DIR")
     if paths.dreamo:
         load_dreamo_models(pipe, paths.dreamo, dreamo_version, paths.turbo, fuse_lora, declared=defaults)
+    if paths.face_parser:
+        pipe.reference_preprocessors = {**pipe.reference_preprocessors, "id": load_face_parser(paths.face_parser)}
     if paths.projector:
         load_uso_style_models(pipe, paths.projector, paths.siglip, offload=offload != "none", declared=defaults)
     lora = paths.lora or (str(Path(model, defaults["lora"])) if model_lora and defaults.get("lora") else None)

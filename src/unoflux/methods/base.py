@@ -95,8 +95,9 @@ class Method:
         """The prompt the text encoders see (DreamO's placeholders go here); unchanged by default."""
         return prompt
 
-    def preprocess_references(self, references: Sequence[Reference], long_side: int) -> list[Reference]:
-        """Opened RGB references -> the images the model encodes (cheap; no model runs)."""
+    def preprocess_references(self, references: Sequence[Reference], long_side: int, pipe=None) -> list[Reference]:
+        """Opened RGB references -> the images the model encodes (cheap by default; ``pipe`` gives the preprocessing
+        models loaded with it, such as DreamO's face parser)."""
         return list(references)
 
     def encode_references(self, pipe, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -62,6 +62,42 @@ def crop_to_16(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + width, top + height))
 
 
+# What DreamO paints white on an aligned face crop (facexlib's BiSeNet labels 0, 7, 8, 9, 14, 15, 16, 18), by the
+# CelebAMask-HQ names both BiSeNet and transformers' face-parsing models use: hair and face stay.
+FACE_PARSING_WHITE = ("background", "l_ear", "r_ear", "ear_r", "neck", "neck_l", "cloth", "hat")
+
+
+class FaceParsing:
+    """DreamO's face parsing step for ``id`` references: a semantic-segmentation model (transformers, e.g. a
+    Segformer trained on CelebAMask-HQ) labels every pixel; background, ears, earrings, neck, necklace, clothes and
+    hat are painted white. Labels are matched by name (``config.id2label``), so any model with CelebAMask-HQ's names
+    works. Runs on an aligned face crop (DreamO's facexlib alignment is not built: pass the crop)."""
+
+    def __init__(self, model, processor):
+        names = {int(i): str(n).lower() for i, n in model.config.id2label.items()}
+        self.white = torch.tensor([i for i, n in names.items() if n in FACE_PARSING_WHITE], dtype=torch.long)
+        if "background" not in names.values() or "cloth" not in names.values():
+            raise UnofluxError(
+                f"face parser labels {sorted(names.values())} are not CelebAMask-HQ's (background, skin, ..., cloth)"
+            )
+        self.model, self.processor = model.eval(), processor
+
+    def labels(self, image: Image.Image) -> torch.Tensor:
+        """(H, W) label of every pixel of ``image``."""
+        inputs = self.processor(images=image, return_tensors="pt")
+        with torch.no_grad():
+            logits = self.model(pixel_values=inputs["pixel_values"].to(self.model.dtype)).logits
+        logits = torch.nn.functional.interpolate(logits.float(), size=(image.height, image.width), mode="bilinear")
+        return logits[0].argmax(0)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import numpy as np
+
+        painted = np.asarray(image.convert("RGB")).copy()
+        painted[torch.isin(self.labels(image), self.white).numpy()] = 255
+        return Image.fromarray(painted)
+
+
 class DreamOMethod(Method):
     name = "dreamo"
     limits = {SUBJECT: None, IDENTITY: None, STYLE: None}  # together at most MAX_DREAMO_REFERENCES
@@ -80,11 +116,13 @@ class DreamOMethod(Method):
     def reference_side(self, pipe, references: Sequence[Reference]) -> int:
         return DREAMO_REFERENCE_SIDE
 
-    def preprocess_references(self, references: Sequence[Reference], long_side: int) -> list[Reference]:
+    def preprocess_references(self, references: Sequence[Reference], long_side: int, pipe=None) -> list[Reference]:
+        # the steps given to this method, else the ones loaded with the pipeline (--face-parser)
+        steps = {**getattr(pipe, "reference_preprocessors", {}), **self.preprocessors}
         prepared = []
         for reference in references:
             image = reference.image
-            step = self.preprocessors.get(reference.role)
+            step = steps.get(reference.role)
             if step is not None:
                 image = step(image)
             image = crop_to_16(image) if reference.role == IDENTITY else resize_to_area(image, long_side)

@@ -23,7 +23,7 @@ class UnoMethod(Method):
     # UNO's code takes up to 4 subjects; the token budget (pipeline.MAX_IMAGE_TOKENS) is the limit
     limits = {SUBJECT: None}
 
-    def preprocess_references(self, references: Sequence[Reference], long_side: int) -> list[Reference]:
+    def preprocess_references(self, references: Sequence[Reference], long_side: int, pipe=None) -> list[Reference]:
         prepared = []
         for i, reference in enumerate(references):
             try:

@@ -127,7 +127,7 @@ class UsoMethod(UnoMethod):
     limits = {SUBJECT: 1, STYLE: None}  # USO's code takes one content image and any number of styles
     accepts_empty_prompt = True
 
-    def preprocess_references(self, references: Sequence[Reference], long_side: int) -> list[Reference]:
+    def preprocess_references(self, references: Sequence[Reference], long_side: int, pipe=None) -> list[Reference]:
         # subjects as UNO's (long side 512 by default: USO's content_ref), except that USO passes a 16 x 16 image
         # through untouched; style images stay as they are (SigLIP's processor resizes them)
         prepared = []
