@@ -327,8 +327,8 @@ def save_tiny_face_parser(folder) -> None:
     SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
 
 
-def test_the_face_parser_paints_what_dreamo_paints_white(dreamo_files, tmp_path):
-    from unoflux.checkpoints.dreamo import load_face_parser
+def test_the_face_parser_and_background_remover_paint_what_dreamo_paints_white(dreamo_files, tmp_path):
+    from unoflux.checkpoints.dreamo import load_background_remover, load_face_parser
     from unoflux.methods.dreamo import FACE_PARSING_WHITE
 
     save_tiny_face_parser(tmp_path / "parser")
@@ -342,13 +342,28 @@ def test_the_face_parser_paints_what_dreamo_paints_white(dreamo_files, tmp_path)
     # through the pipeline: --face-parser applies it to id references only, before the crop to 16
     paths, folder = dreamo_files
     pipe = load_pipeline(
-        ModelPaths(**{**vars(paths), "dreamo": str(folder), "turbo": None, "face_parser": str(tmp_path / "parser")}),
+        ModelPaths(
+            **{
+                **vars(paths),
+                "dreamo": str(folder),
+                "turbo": None,
+                "face_parser": str(tmp_path / "parser"),
+                "background_remover": str(tmp_path / "parser"),
+            }
+        ),  # fmt: skip
         device="cpu",
         use_environment=False,
     )
     pipe.set_progress_bar_config(disable=True)
     out = pipe("[ref#1] and [ref#2]", [Reference(face, "id"), face], **SMALL)
     parsed, subject = out.references
-    assert np.array_equal(np.asarray(parsed.image), painted[:48, :48]) and subject.image.size == (32, 32)
+    assert np.array_equal(np.asarray(parsed.image), painted[:48, :48])
+    remover = load_background_remover(tmp_path / "parser")  # subjects: the background alone becomes white
+    background = parser.labels(face).numpy() == 0
+    no_background = np.asarray(remover(face))
+    assert (no_background[background] == 255).all() and (
+        no_background[~background] == np.asarray(face)[~background]
+    ).all()
+    assert np.array_equal(np.asarray(subject.image), np.asarray(resize_to_area(remover(face), 32)))
     with pytest.raises(UnofluxError, match="must be a transformers model folder with config.json"):
         load_face_parser(tmp_path)

@@ -58,6 +58,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "neck, clothes and hat painted white as DreamO does",
     )
     g.add_argument(
+        "--background-remover",
+        metavar="DIR",
+        help="a segmentation model folder (transformers, with a 'background' label) for DreamO's subject images: "
+        "the background painted white, as DreamO composites BEN2's foreground",
+    )
+    g.add_argument(
         "--base-only",
         action="store_true",
         help="leave out the LoRA the model folder ships: its text-to-image base alone",
@@ -98,6 +104,7 @@ def model_paths(args: argparse.Namespace):
         dreamo=getattr(args, "dreamo", None),
         turbo=getattr(args, "turbo", None),
         face_parser=getattr(args, "face_parser", None),
+        background_remover=getattr(args, "background_remover", None),
     )
 
 

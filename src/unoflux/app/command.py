@@ -23,6 +23,7 @@ _PATH_FLAGS = {
     "dreamo": "--dreamo",
     "turbo": "--turbo",
     "face_parser": "--face-parser",
+    "background_remover": "--background-remover",
 }
 _ARG_NAMES = {"projector": "uso_projector"}  # argparse dest where it differs from the ModelPaths field
 

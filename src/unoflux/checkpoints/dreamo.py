@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnofluxError
-from ..methods.dreamo import DreamOEmbeddings, FaceParsing
+from ..methods.dreamo import FACE_PARSING_WHITE, DreamOEmbeddings, PaintWhite
 from .files import read_tensors
 from .lora import _XLABS_PARTS, check_lora_fits, load_lora_into_pipeline
 
@@ -177,22 +177,31 @@ def _load_dreamo(pipe, folder: Path, version: str, turbo, fuse: bool) -> list[tu
     return adapters
 
 
-def load_face_parser(folder: str | Path) -> FaceParsing:
-    """A face-parsing model folder in transformers layout (a semantic-segmentation model with CelebAMask-HQ's label
-    names, e.g. a Segformer) -> DreamO's parsing step for ``id`` references."""
+def load_segmentation_step(folder: str | Path, white: tuple[str, ...], what: str) -> PaintWhite:
+    """A semantic-segmentation model folder in transformers layout -> a step painting the ``white`` labels white."""
     import transformers
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise UnofluxError(f"face parser {str(folder)!r} must be a transformers model folder with config.json")
+        raise UnofluxError(f"{what} {str(folder)!r} must be a transformers model folder with config.json")
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
         model = AutoModelForSemanticSegmentation.from_pretrained(str(folder), local_files_only=True)
         processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, use_fast=False)
     except (OSError, ValueError, KeyError) as err:
-        raise UnofluxError(f"face parser {str(folder)!r} cannot be loaded as a segmentation model ({err})") from None
+        raise UnofluxError(f"{what} {str(folder)!r} cannot be loaded as a segmentation model ({err})") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
-    return FaceParsing(model.requires_grad_(False), processor)
+    return PaintWhite(model.requires_grad_(False), processor, white, what)
+
+
+def load_face_parser(folder: str | Path) -> PaintWhite:
+    """DreamO's face parsing for ``id`` references (CelebAMask-HQ label names, e.g. a Segformer face parser)."""
+    return load_segmentation_step(folder, FACE_PARSING_WHITE, "face parser")
+
+
+def load_background_remover(folder: str | Path) -> PaintWhite:
+    """Background removal for subject references: every pixel labelled ``background`` becomes white."""
+    return load_segmentation_step(folder, ("background",), "background remover")

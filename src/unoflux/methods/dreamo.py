@@ -67,19 +67,23 @@ def crop_to_16(image: Image.Image) -> Image.Image:
 FACE_PARSING_WHITE = ("background", "l_ear", "r_ear", "ear_r", "neck", "neck_l", "cloth", "hat")
 
 
-class FaceParsing:
-    """DreamO's face parsing step for ``id`` references: a semantic-segmentation model (transformers, e.g. a
-    Segformer trained on CelebAMask-HQ) labels every pixel; background, ears, earrings, neck, necklace, clothes and
-    hat are painted white. Labels are matched by name (``config.id2label``), so any model with CelebAMask-HQ's names
-    works. Runs on an aligned face crop (DreamO's facexlib alignment is not built: pass the crop)."""
+class PaintWhite:
+    """A preprocessing step on a semantic-segmentation model (transformers): every pixel whose label is one of
+    ``white`` (matched by name in ``config.id2label``) becomes white. Two of DreamO's steps are this:
 
-    def __init__(self, model, processor):
+    - face parsing for ``id`` references (:data:`FACE_PARSING_WHITE`: background, ears, earrings, neck, necklace,
+      clothes, hat; hair and face stay), with any model that uses CelebAMask-HQ's label names; on an aligned face crop
+      (DreamO's facexlib alignment is not built: pass the crop);
+    - background removal for subjects (``("background",)``; DreamO composites BEN2's foreground on white), with any
+      segmentation model that has a ``background`` label.
+    """
+
+    def __init__(self, model, processor, white: Sequence[str], what: str = "segmentation model"):
         names = {int(i): str(n).lower() for i, n in model.config.id2label.items()}
-        self.white = torch.tensor([i for i, n in names.items() if n in FACE_PARSING_WHITE], dtype=torch.long)
-        if "background" not in names.values() or "cloth" not in names.values():
-            raise UnofluxError(
-                f"face parser labels {sorted(names.values())} are not CelebAMask-HQ's (background, skin, ..., cloth)"
-            )
+        missing = [n for n in ("background",) if n not in names.values()]
+        if missing:
+            raise UnofluxError(f"{what} labels {sorted(names.values())} have no 'background'")
+        self.white = torch.tensor([i for i, n in names.items() if n in white], dtype=torch.long)
         self.model, self.processor = model.eval(), processor
 
     def labels(self, image: Image.Image) -> torch.Tensor:
