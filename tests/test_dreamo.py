@@ -367,3 +367,51 @@ def test_the_face_parser_and_background_remover_paint_what_dreamo_paints_white(d
     assert np.array_equal(np.asarray(subject.image), np.asarray(resize_to_area(remover(face), 32)))
     with pytest.raises(UnofluxError, match="must be a transformers model folder with config.json"):
         load_face_parser(tmp_path)
+
+
+def save_tiny_face_detector(folder) -> None:
+    """A tiny random DETR with one "face" label, as transformers' detection models are published."""
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor
+
+    torch.manual_seed(0)
+    backbone = dict(model_type="resnet", num_channels=3, embedding_size=8, hidden_sizes=[8, 8, 8, 8],
+                    depths=[1, 1, 1, 1], out_features=["stage4"])  # fmt: skip
+    config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=16,
+                        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=5, id2label={0: "face"},
+                        label2id={"face": 0})  # fmt: skip
+    model = DetrForObjectDetection(config)
+    with torch.no_grad():  # confident that there is no face: nothing passes the default threshold 0.5
+        model.class_labels_classifier.bias.copy_(torch.tensor([-4.0, 4.0]))
+    model.save_pretrained(folder)
+    DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(folder)
+
+
+def test_the_face_detector_crops_the_best_face_square_and_a_faceless_image_is_an_error(dreamo_files, tmp_path):
+    from unoflux.checkpoints.dreamo import load_face_detector
+    from unoflux.methods.dreamo import FaceCrop
+
+    save_tiny_face_detector(tmp_path / "detector")
+    strict = load_face_detector(tmp_path / "detector")  # threshold 0.5: the random model finds no face
+    photo = random_image(80, 60, seed=11)
+    with pytest.raises(UnofluxError, match="no face found in a 80x60 id reference"):
+        strict(photo)
+    paths, folder = dreamo_files
+    pipe = load_pipeline(
+        ModelPaths(
+            **{**vars(paths), "dreamo": str(folder), "turbo": None, "face_detector": str(tmp_path / "detector")}
+        ),
+        device="cpu",
+        use_environment=False,
+    )
+    with pytest.raises(UnofluxError, match=r"reference 1 \(id\): no face found"):
+        pipe("[ref#1]", [Reference(photo, "id")], **SMALL)  # before any model runs on it: one sentence
+
+    lenient = FaceCrop(strict.model, strict.processor, threshold=0.0, size=64)
+    x0, y0, x1, y1 = lenient.box(photo)
+    side = 1.7 * max(x1 - x0, y1 - y0)
+    left, top = round((x0 + x1) / 2 - side / 2), round((y0 + y1) / 2 - side / 2)
+    canvas = Image.new("RGB", (round((x0 + x1) / 2 + side / 2) - left, round((y0 + y1) / 2 + side / 2) - top), "white")
+    canvas.paste(photo, (-left, -top))
+    expected = canvas.resize((64, 64), Image.BICUBIC)
+    assert np.array_equal(np.asarray(lenient(photo)), np.asarray(expected))

@@ -52,6 +52,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--fuse-lora", action="store_true", help="fuse the LoRAs into the weights (faster; DreamO's own choice)"
     )
     g.add_argument(
+        "--face-detector",
+        metavar="DIR",
+        help="an object-detection model folder (transformers, a 'face' label) for DreamO's --id images: the face is "
+        "cropped to 512 x 512 (no face: an error)",
+    )
+    g.add_argument(
         "--face-parser",
         metavar="DIR",
         help="a face-parsing model folder (transformers, CelebAMask-HQ labels) for DreamO's --id images: background, "
@@ -103,6 +109,7 @@ def model_paths(args: argparse.Namespace):
         siglip=getattr(args, "siglip", None),
         dreamo=getattr(args, "dreamo", None),
         turbo=getattr(args, "turbo", None),
+        face_detector=getattr(args, "face_detector", None),
         face_parser=getattr(args, "face_parser", None),
         background_remover=getattr(args, "background_remover", None),
     )

@@ -22,6 +22,7 @@ _PATH_FLAGS = {
     "siglip": "--siglip",
     "dreamo": "--dreamo",
     "turbo": "--turbo",
+    "face_detector": "--face-detector",
     "face_parser": "--face-parser",
     "background_remover": "--background-remover",
 }

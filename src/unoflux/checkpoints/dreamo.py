@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnofluxError
-from ..methods.dreamo import FACE_PARSING_WHITE, DreamOEmbeddings, PaintWhite
+from ..methods.dreamo import FACE_PARSING_WHITE, DreamOEmbeddings, FaceCrop, PaintWhite
 from .files import read_tensors
 from .lora import _XLABS_PARTS, check_lora_fits, load_lora_into_pipeline
 
@@ -177,10 +177,9 @@ def _load_dreamo(pipe, folder: Path, version: str, turbo, fuse: bool) -> list[tu
     return adapters
 
 
-def load_segmentation_step(folder: str | Path, white: tuple[str, ...], what: str) -> PaintWhite:
-    """A semantic-segmentation model folder in transformers layout -> a step painting the ``white`` labels white."""
+def _load_vision_model(folder: str | Path, auto_class: str, what: str):
+    """(model, image processor) of a transformers folder, loaded with ``transformers.<auto_class>``."""
     import transformers
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -188,13 +187,25 @@ def load_segmentation_step(folder: str | Path, white: tuple[str, ...], what: str
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        model = AutoModelForSemanticSegmentation.from_pretrained(str(folder), local_files_only=True)
-        processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, use_fast=False)
+        model = getattr(transformers, auto_class).from_pretrained(str(folder), local_files_only=True)
+        processor = transformers.AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, use_fast=False)
     except (OSError, ValueError, KeyError) as err:
-        raise UnofluxError(f"{what} {str(folder)!r} cannot be loaded as a segmentation model ({err})") from None
+        raise UnofluxError(f"{what} {str(folder)!r} cannot be loaded ({err})") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
-    return PaintWhite(model.requires_grad_(False), processor, white, what)
+    return model.requires_grad_(False), processor
+
+
+def load_segmentation_step(folder: str | Path, white: tuple[str, ...], what: str) -> PaintWhite:
+    """A semantic-segmentation model folder in transformers layout -> a step painting the ``white`` labels white."""
+    model, processor = _load_vision_model(folder, "AutoModelForSemanticSegmentation", what)
+    return PaintWhite(model, processor, white, what)
+
+
+def load_face_detector(folder: str | Path) -> FaceCrop:
+    """An object-detection model folder (transformers, a "face" label) -> the face crop for ``id`` references."""
+    model, processor = _load_vision_model(folder, "AutoModelForObjectDetection", "face detector")
+    return FaceCrop(model, processor)
 
 
 def load_face_parser(folder: str | Path) -> PaintWhite:

@@ -30,7 +30,7 @@ from ..options import FLUX_DEV_DEFAULTS, model_default_names, typed
 from ..pipeline import UnoFluxPipeline
 from . import bfl
 from .dreamo import DEFAULT_GUIDANCE as DREAMO_GUIDANCE
-from .dreamo import load_background_remover, load_dreamo, load_face_parser
+from .dreamo import load_background_remover, load_dreamo, load_face_detector, load_face_parser
 from .files import read_tensors
 from .specs import EMBEDDED_MODEL_DIR, ENV_AE, ENV_CLIP, ENV_LORA, ENV_T5, SPECS, model_defaults, scheduler_config_for
 from .uso import ENV_PROJECTOR, ENV_SIGLIP, load_style_encoder
@@ -54,6 +54,7 @@ class ModelPaths:
     siglip: str | None = None  # USO's SigLIP folder
     dreamo: str | None = None  # a folder with DreamO's files (dreamo.safetensors, ...)
     turbo: str | None = None  # FLUX.1-Turbo-Alpha's LoRA file (DreamO's turbo)
+    face_detector: str | None = None  # an object-detection model folder: DreamO's id references are face-cropped
     face_parser: str | None = None  # a face-parsing model folder for DreamO's id references
     background_remover: str | None = None  # a segmentation model folder for DreamO's subject references
 
@@ -72,6 +73,7 @@ class ModelPaths:
             siglip=self.siglip or env(ENV_SIGLIP),
             dreamo=self.dreamo,
             turbo=self.turbo,
+            face_detector=self.face_detector,
             face_parser=self.face_parser,
             background_remover=self.background_remover,
         )
@@ -356,11 +358,13 @@ def load_pipeline(
         raise UnofluxError("--turbo is DreamO's turbo LoRA; it needs --dreamo DIR")
     if paths.dreamo:
         load_dreamo_models(pipe, paths.dreamo, dreamo_version, paths.turbo, fuse_lora, declared=defaults)
-    steps = {}
+    steps = {}  # role -> preprocessing steps in order (DreamO: crop the face, then parse it)
+    if paths.face_detector:
+        steps.setdefault("id", []).append(load_face_detector(paths.face_detector))
     if paths.face_parser:
-        steps["id"] = load_face_parser(paths.face_parser)
+        steps.setdefault("id", []).append(load_face_parser(paths.face_parser))
     if paths.background_remover:
-        steps["subject"] = load_background_remover(paths.background_remover)
+        steps["subject"] = [load_background_remover(paths.background_remover)]
     if steps:
         pipe.reference_preprocessors = {**pipe.reference_preprocessors, **steps}
     if paths.projector:

@@ -29,6 +29,13 @@ from ..errors import UnofluxError
 from ..references import IDENTITY, STYLE, SUBJECT, Reference
 from .base import Conditioning, Method
 
+Step = Callable[[Image.Image], Image.Image]  # a preprocessing step: an RGB image in, an RGB image out
+
+
+def _steps(steps: Step | Sequence[Step]) -> list[Step]:
+    return [steps] if callable(steps) else list(steps)
+
+
 MAX_DREAMO_REFERENCES = 9  # idx_embedding has 10 rows, slots are 1-based; placeholders go to [ref#9]
 DREAMO_REFERENCE_SIDE = 512  # DreamO's ref_res: subjects and styles are resized to this side's area
 
@@ -102,15 +109,59 @@ class PaintWhite:
         return Image.fromarray(painted)
 
 
+class FaceCrop:
+    """A face crop for ``id`` references from an object-detection model (transformers, a label whose name contains
+    "face"): the most confident face box, widened to a square of ``scale`` times its longer side around its centre
+    (white where it leaves the image) and resized to ``size`` x ``size``. It stands in for facexlib's aligned crop
+    (DreamO: retinaface, 5 landmarks, FFHQ template at 512): no rotation, a fixed margin. No face above ``threshold``
+    is an error naming the reference, never a crash."""
+
+    def __init__(self, model, processor, threshold: float = 0.5, scale: float = 1.7, size: int = 512):
+        labels = [int(i) for i, n in model.config.id2label.items() if "face" in str(n).lower()]
+        if not labels:
+            raise UnofluxError(f"face detector labels {sorted(model.config.id2label.values())} name no face")
+        self.model, self.processor, self.labels = model.eval(), processor, labels
+        self.threshold, self.scale, self.size = threshold, scale, size
+
+    def box(self, image: Image.Image) -> tuple[float, float, float, float] | None:
+        """The most confident face box (x0, y0, x1, y1) in pixels, or None."""
+        inputs = self.processor(images=image, return_tensors="pt")
+        with torch.no_grad():
+            out = self.model(pixel_values=inputs["pixel_values"].to(self.model.dtype))
+        found = self.processor.post_process_object_detection(
+            out, threshold=self.threshold, target_sizes=[(image.height, image.width)]
+        )[0]
+        faces = [i for i, label in enumerate(found["labels"].tolist()) if label in self.labels]
+        if not faces:
+            return None
+        best = max(faces, key=lambda i: found["scores"][i].item())
+        return tuple(found["boxes"][best].tolist())
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        box = self.box(image)
+        if box is None:
+            raise UnofluxError(
+                f"no face found in a {image.width}x{image.height} id reference (detector threshold {self.threshold}); "
+                "give a face photo, or an aligned face crop without --face-detector"
+            )
+        x0, y0, x1, y1 = box
+        side = self.scale * max(x1 - x0, y1 - y0)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        square = (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
+        canvas = Image.new("RGB", (square[2] - square[0], square[3] - square[1]), "white")
+        canvas.paste(image, (-square[0], -square[1]))  # white outside the photo
+        return canvas.resize((self.size, self.size), Image.BICUBIC)
+
+
 class DreamOMethod(Method):
     name = "dreamo"
     limits = {SUBJECT: None, IDENTITY: None, STYLE: None}  # together at most MAX_DREAMO_REFERENCES
     default_schedule = "flux"  # diffusers' calculate_shift on the target's token count
     noise_dtype = None  # diffusers' prepare_latents draws in the compute dtype
 
-    def __init__(self, preprocessors: dict[str, Callable[[Image.Image], Image.Image]] | None = None):
-        # role -> a step run before the resize (e.g. background removal for subjects, face alignment for faces)
-        self.preprocessors = dict(preprocessors or {})
+    def __init__(self, preprocessors: dict[str, Step | Sequence[Step]] | None = None):
+        # role -> steps run in order before the resize (e.g. background removal for subjects, face crop + parsing)
+        self.preprocessors = {role: _steps(s) for role, s in (preprocessors or {}).items()}
 
     def check(self, references: Sequence[Reference]) -> None:
         super().check(references)
@@ -124,11 +175,13 @@ class DreamOMethod(Method):
         # the steps given to this method, else the ones loaded with the pipeline (--face-parser)
         steps = {**getattr(pipe, "reference_preprocessors", {}), **self.preprocessors}
         prepared = []
-        for reference in references:
+        for k, reference in enumerate(references, start=1):
             image = reference.image
-            step = steps.get(reference.role)
-            if step is not None:
-                image = step(image)
+            for step in _steps(steps.get(reference.role, [])):
+                try:
+                    image = step(image)
+                except UnofluxError as err:
+                    raise UnofluxError(f"reference {k} ({reference.role}): {err}") from None
             image = crop_to_16(image) if reference.role == IDENTITY else resize_to_area(image, long_side)
             prepared.append(reference.with_image(image))
         return prepared
