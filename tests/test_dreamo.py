@@ -415,3 +415,8 @@ def test_the_face_detector_crops_the_best_face_square_and_a_faceless_image_is_an
     canvas.paste(photo, (-left, -top))
     expected = canvas.resize((64, 64), Image.BICUBIC)
     assert np.array_equal(np.asarray(lenient(photo)), np.asarray(expected))
+
+
+def test_training_with_dreamo_is_refused_rather_than_silently_reference_free():
+    with pytest.raises(UnofluxError, match="training with method 'dreamo' is not built yet"):
+        get_method("dreamo").conditioning((2, 2), None, [], "diagonal")

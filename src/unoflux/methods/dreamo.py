@@ -9,10 +9,11 @@ the T5 placeholders ``[ref#1]`` .. ``[ref#9]`` (added to the tokenizer when Drea
 inserts them. CFG's negative branch sees the target alone, with no embedding. DreamO samples on the true token
 count's shift (schedule "flux") and draws its noise in the compute dtype (diffusers' ``prepare_latents``).
 
-Preprocessing as DreamO's app does it, minus its models: a subject or style image is resized to an area of
-``ref_res``\\ ² (512² by default; each side floored to a multiple of 16), a face is taken as DreamO's aligned 512 x 512
-crop and only cropped to multiples of 16. Background removal (BEN2) and face alignment/parsing (facexlib) are
-expected already done ("already preprocessed" input), or done by a ``preprocessors`` step you pass.
+Preprocessing as DreamO's app does it: a subject or style image is resized to an area of ``ref_res``\\ ² (512² by
+default; each side floored to a multiple of 16), a face is taken as an aligned 512 x 512 crop and only cropped to
+multiples of 16. Before that, per role, optional steps on transformers models stand in for DreamO's BEN2 and
+facexlib (:class:`FaceCrop`, :class:`PaintWhite`; loaded with ``--face-detector``, ``--face-parser``,
+``--background-remover``, or passed as ``preprocessors``); without them the input is taken as already preprocessed.
 """
 
 from __future__ import annotations
@@ -185,6 +186,10 @@ class DreamOMethod(Method):
             image = crop_to_16(image) if reference.role == IDENTITY else resize_to_area(image, long_side)
             prepared.append(reference.with_image(image))
         return prepared
+
+    def conditioning(self, target_grid, reference_tokens, reference_grids, position_mode) -> Conditioning:
+        # training's entry (cached tokens, no slots or embeddings yet): refuse rather than train without references
+        raise UnofluxError("training with method 'dreamo' is not built yet; generation is (see docs/dreamo.md)")
 
     def prepare(self, pipe, references, target_grid, position_mode, device, dtype) -> Conditioning:
         embeddings = getattr(pipe, "dreamo_embeddings", None)
