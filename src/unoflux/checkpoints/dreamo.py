@@ -28,7 +28,7 @@ import torch
 from ..errors import UnofluxError
 from ..methods.dreamo import FACE_PARSING_WHITE, DreamOEmbeddings, FaceCrop, PaintWhite
 from .files import read_tensors
-from .lora import _XLABS_PARTS, check_lora_fits, load_lora_into_pipeline
+from .lora import XLABS_PARTS, check_lora_fits, load_lora_into_pipeline
 
 Tensors = dict[str, torch.Tensor]
 PLACEHOLDERS = [f"[ref#{i}]" for i in range(1, 10)] + ["[res]"]  # DreamO's order: ids len(tokenizer) + 0..9
@@ -52,8 +52,7 @@ _DIFFUSERS_BLOCKS = {"double": "transformer_blocks", "single": "single_transform
 def dreamo_lora_to_diffusers(state: Tensors, path: str) -> Tensors:
     """A LoRA in DreamO's layout -> diffusers keys (``transformer.<module>.lora_{A,B}.weight``); any key it cannot
     place is an error naming it."""
-    parts = {kind: dict(table) for kind, table in (("double", _XLABS_PARTS["double_blocks"]),
-                                                   ("single", _XLABS_PARTS["single_blocks"]))}  # fmt: skip
+    parts = {"double": dict(XLABS_PARTS["double_blocks"]), "single": dict(XLABS_PARTS["single_blocks"])}
     out: Tensors = {}
     for key, tensor in state.items():
         block = _BLOCK.search(key)

@@ -77,10 +77,11 @@ def load_lora_into_pipeline(pipe, path: str | Path, adapter_name: str = "uno") -
 
 # ------------------------------------------------------------------------------ export: PEFT -> XLabs
 # Per block kind: (XLabs processor part, the diffusers modules whose outputs it fuses, in row order). The same
-# mapping as diffusers' XLabs converter (1 = image stream, 2 = text stream; single proj = proj_out).
+# mapping as diffusers' XLabs converter (1 = image stream, 2 = text stream; single proj = proj_out); DreamO's layout
+# uses the same parts (checkpoints/dreamo.py).
 UNO_LORA_FILE = "dit_lora.safetensors"  # UNO's name for its XLabs-layout LoRA
 
-_XLABS_PARTS = {
+XLABS_PARTS = {
     "double_blocks": [
         ("qkv_lora1", ["attn.to_q", "attn.to_k", "attn.to_v"]),
         ("proj_lora1", ["attn.to_out.0"]),
@@ -160,7 +161,7 @@ def to_xlabs_lora(peft_state_dict: Tensors, transformer: torch.nn.Module, scale:
     used = set()
     for xlabs_kind, (diff_kind, count) in blocks.items():
         for i in range(count):
-            for part, modules in _XLABS_PARTS[xlabs_kind]:
+            for part, modules in XLABS_PARTS[xlabs_kind]:
                 names = [f"{diff_kind}.{i}.{m}" for m in modules]
                 layers = [transformer.get_submodule(n) for n in names]
                 layers = [getattr(layer, "base_layer", layer) for layer in layers]  # a PEFT-wrapped layer
