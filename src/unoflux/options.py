@@ -161,7 +161,8 @@ class SamplingOptions:
     reference_long_side: int | None = option(
         None,
         "reference long side",
-        "references are resized to this long side in px (default: the model's; 512 for one reference, 320 for several)",
+        "references are resized to this long side in px (default: the model's; 512 for one reference, 320 for "
+        "several; DreamO: to an area of this side squared, 512)",
         minimum=16,
         maximum=MAX_SIDE,
         flag="--ref-long-side",
