@@ -283,3 +283,53 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     Image.new("RGB", (200, 200)).save(tmp_path / "bomb.png")
     with pytest.raises(images.UnofluxError, match="too large to decode safely"):
         load_image(tmp_path / "bomb.png")
+
+
+# ------------------------------------------------------------------------------------- devices
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Any attempt to load a model fails the test: a bad device must be refused before that."""
+    import unoflux.checkpoints
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(unoflux.checkpoints, "load_pipeline", refuse)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "--prompt", "a cat", "--device", "cuda"],
+        ["demo", "--device", "cuda"],
+        ["app", "--device", "cuda", "--port", "1"],
+    ],
+    ids=["generate", "demo", "app"],
+)
+def test_a_missing_gpu_is_refused_before_any_model_loads(monkeypatch, no_model_loading, capsys, tmp_path, argv):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this CPU machine, also on a GPU one
+    if argv[0] == "app":
+        pytest.importorskip("gradio")
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "unoflux: error: device 'cuda' is not available here (no CUDA GPU); use --device cpu"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--device", "cuda:2"], "device 'cuda:2' is not available here: this machine has cuda:0 to cuda:1"),
+        (["--device", "gpu"], "device 'gpu' is not a torch device; use cpu, cuda or cuda:N"),
+        (["--device", "cpu", "--noise-device", "cuda:5"], "noise device 'cuda:5' is not available here"),
+    ],
+)
+def test_a_bad_device_index_or_name_is_refused(monkeypatch, no_model_loading, capsys, flags, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert main(["generate", "--prompt", "a cat", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"unoflux: error: {message}") and "\n" not in err

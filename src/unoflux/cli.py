@@ -108,8 +108,30 @@ def model_paths(args: argparse.Namespace):
     )
 
 
+def check_device(device: str | None, what: str = "device", flag: str = "--device") -> None:
+    """Refuse a device this machine lacks now, in one sentence, rather than after minutes of model loading
+    (or with torch's traceback). ``None`` is the default device, always available."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UnofluxError(f"{what} {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise UnofluxError(f"{what} {device!r} is not available here (no CUDA GPU); use {flag} cpu")
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise UnofluxError(f"{what} {device!r} is not available here: this machine has cuda:0 to cuda:{count - 1}")
+
+
 def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None):
-    """The pipeline the model flags describe, and a record of them for output metadata."""
+    """The pipeline the model flags describe, and a record of them for output metadata; a device this machine
+    lacks is refused before anything loads."""
+    check_device(device or args.device)
     import diffusers
     import transformers
 
@@ -206,6 +228,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     request.validate()  # bad input fails here, before minutes of model loading
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.noise_device):
         raise UnofluxError(f"noise device {args.noise_device!r} is not one of: cpu, cuda, cuda:N")
+    check_device(args.device)  # before the batch file's images are read, and minutes before the model loads
+    check_device(args.noise_device, "noise device", "--noise-device")
     if request.method is not None:  # (None: the model's, known once it is loaded)
         from .methods import get_method
         from .references import as_references
