@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from unoflux.cli import main
+from unoflux.errors import UnofluxError
 from unoflux.generation import batch_jobs
 from unoflux.images import load_image, read_settings
 
@@ -333,3 +334,27 @@ def test_a_bad_device_index_or_name_is_refused(monkeypatch, no_model_loading, ca
     assert main(["generate", "--prompt", "a cat", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"unoflux: error: {message}") and "\n" not in err
+
+
+# ------------------------------------------------------------------------------------- outputs
+def test_an_output_png_that_is_a_folder_is_refused_before_any_model_loads(no_model_loading, tmp_path, capsys):
+    (tmp_path / "x.png").mkdir()
+    assert main(["generate", "--prompt", "a cat", "--out", str(tmp_path / "x.png"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"unoflux: error: output {str(tmp_path / 'x.png')!r} is an existing folder; give a .png path that is not a folder"
+    )
+
+
+def test_output_paths_refuse_folders_in_the_way(tmp_path):
+    from unoflux.generation import output_paths
+    from unoflux.options import GenerationRequest
+
+    (tmp_path / "x_1.png").mkdir()  # the second of two images would land on a folder
+    with pytest.raises(UnofluxError, match="x_1.png' is an existing folder"):
+        output_paths(tmp_path / "x.png", GenerationRequest(prompt="a cat", num_images=2))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UnofluxError, match="exists and is not a folder"):
+        output_paths(tmp_path / "file", GenerationRequest(prompt="a cat", seed=1))
+    assert output_paths(tmp_path / "y.png", GenerationRequest(prompt="a cat", num_images=2))[1].name == "y_1.png"

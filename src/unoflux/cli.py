@@ -214,7 +214,7 @@ def resolved_reference(value: str | Reference) -> str | Reference:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate images from a prompt and reference images (or a batch file)."""
-    from .generation import read_batch
+    from .generation import check_output, read_batch
     from .options import GenerationRequest, options_from_args
 
     if (args.prompt is None) == (args.batch is None):
@@ -236,6 +236,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         get_method(request.method).check(as_references(request.references))
     items = read_batch(args.batch, method=request.method) if args.batch else None
+    if items is None:
+        check_output(args.out)  # a .png path that is a folder fails now, not after the model has loaded
 
     device, process_index, num_processes = args.device, 0, 1
     if items is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun

@@ -40,14 +40,27 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "image"
 
 
+def check_output(out: str | Path | None) -> Path:
+    """``out`` as :func:`output_paths` reads it, refused in one sentence where it cannot be written: a .png
+    path that is an existing folder, or a folder path that is an existing file. Cheap, so the CLI calls it
+    before loading the model."""
+    out = Path(out or "outputs")
+    if out.suffix.lower() == ".png" and out.is_dir():
+        raise UnofluxError(f"output {str(out)!r} is an existing folder; give a .png path that is not a folder")
+    if out.suffix.lower() != ".png" and out.exists() and not out.is_dir():
+        raise UnofluxError(f"output {str(out)!r} exists and is not a folder; give a .png path or a folder")
+    return out
+
+
 def output_paths(out: str | Path | None, request: GenerationRequest) -> list[Path]:
     """``out`` is a .png file (several images get ``_j`` suffixes) or a folder (default ``outputs/``)."""
     n = request.num_images
-    out = Path(out or "outputs")
+    out = check_output(out)
     if out.suffix.lower() == ".png":
-        return [out] if n == 1 else [out.with_name(f"{out.stem}_{j}.png") for j in range(n)]
-    if out.exists() and not out.is_dir():
-        raise UnofluxError(f"output {str(out)!r} exists and is not a folder; give a .png path or a folder")
+        paths = [out] if n == 1 else [out.with_name(f"{out.stem}_{j}.png") for j in range(n)]
+        for path in paths[1:]:  # the suffixed names may be folders too
+            check_output(path)
+        return paths
     return [out / f"{_slug(request.prompt)}_{request.seed + j}.png" for j in range(n)]
 
 
