@@ -358,3 +358,19 @@ def test_output_paths_refuse_folders_in_the_way(tmp_path):
     with pytest.raises(UnofluxError, match="exists and is not a folder"):
         output_paths(tmp_path / "file", GenerationRequest(prompt="a cat", seed=1))
     assert output_paths(tmp_path / "y.png", GenerationRequest(prompt="a cat", num_images=2))[1].name == "y_1.png"
+
+
+# ------------------------------------------------------------------------------------- fast failures
+@pytest.mark.parametrize("reference, message", [("missing.png", "does not exist"), ("empty.png", "cannot be read")])
+def test_a_bad_reference_is_reported_before_torch_is_imported(tmp_path, reference, message):
+    """Importing torch takes seconds; a typo in a path should not cost them."""
+    (tmp_path / "empty.png").write_bytes(b"")
+    script = (
+        "import sys; from unoflux.cli import main; "
+        f"code = main(['generate', '--prompt', 'a cat', '--ref', {str(tmp_path / reference)!r}]); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    src = str(Path(__file__).parents[1] / "src")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": src})
+    assert result.stdout.split() == ["2", "False"], result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1

@@ -225,11 +225,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt="(from the batch file)" if args.batch else args.prompt,
         references=[resolved_reference(r) for r in args.ref],
     )
-    request.validate()  # bad input fails here, before minutes of model loading
+    request.validate()  # bad input fails here, before minutes of model loading (and before torch is imported)
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.noise_device):
         raise UnofluxError(f"noise device {args.noise_device!r} is not one of: cpu, cuda, cuda:N")
-    check_device(args.device)  # before the batch file's images are read, and minutes before the model loads
-    check_device(args.noise_device, "noise device", "--noise-device")
     if request.method is not None:  # (None: the model's, known once it is loaded)
         from .methods import get_method
         from .references import as_references
@@ -238,6 +236,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     items = read_batch(args.batch, method=request.method) if args.batch else None
     if items is None:
         check_output(args.out)  # a .png path that is a folder fails now, not after the model has loaded
+    # The checks above import no torch (except a --method's), so bad input is reported in a moment; the device
+    # checks import it, still minutes before the model loads.
+    check_device(args.device)
+    check_device(args.noise_device, "noise device", "--noise-device")
 
     device, process_index, num_processes = args.device, 0, 1
     if items is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun

@@ -8,7 +8,7 @@ import random
 import re
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -16,8 +16,10 @@ from . import __version__
 from .errors import UnofluxError
 from .images import load_image, save_json, save_png
 from .options import EMPTY_PROMPT_METHODS, GenerationRequest
-from .pipeline import UnoFluxPipeline, UnoOutput
 from .references import STYLE, as_reference, reference_record
+
+if TYPE_CHECKING:  # annotations only: importing the pipeline imports torch, which the CLI's early checks avoid
+    from .pipeline import UnoFluxPipeline, UnoOutput
 
 
 def generate(pipe: UnoFluxPipeline, request: GenerationRequest, **call_kwargs) -> UnoOutput:
