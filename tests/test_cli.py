@@ -238,6 +238,21 @@ def test_bad_batch_files(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_batch_messages_count_items_and_references_from_1(tmp_path, capsys):
+    random_image(32, 32).save(tmp_path / "good.png")
+    cases = {
+        "second_item_first_ref.json": (
+            [{"prompt": "x", "image_paths": ["good.png"]}, {"prompt": "y", "image_paths": ["none.png", "good.png"]}],
+            "batch item 2 reference 1 ",
+        ),
+        "first_item.json": ([{"image_paths": []}], "batch item 1 in "),
+    }
+    for name, (items, message) in cases.items():
+        (tmp_path / name).write_text(json.dumps(items))
+        assert main(["generate", "--batch", str(tmp_path / name), "--device", "cpu"]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_a_crashed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     from unoflux.images import save_png
 

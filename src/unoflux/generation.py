@@ -111,7 +111,7 @@ def read_batch(path: str | Path, method: str | None = None) -> list[dict[str, An
     if not isinstance(items, list) or not items:
         raise UnofluxError(f"batch file {str(path)!r} must hold a non-empty list of {{prompt, image_paths}} items")
     resolved = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(items, start=1):  # messages count items and references from 1, as people do
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
             raise UnofluxError(f"batch item {i} in {str(path)!r} needs a 'prompt' string")
         refs = item.get("image_paths", [])
@@ -131,8 +131,8 @@ def read_batch(path: str | Path, method: str | None = None) -> list[dict[str, An
                 f"batch item {i} in {str(path)!r} has an empty prompt; only a USO item (--method uso, or a style "
                 "reference) may"
             )
-        for k, ref in enumerate(references):
-            load_image(ref.image, what=f"batch item {i} reference {k + 1}")
+        for k, ref in enumerate(references, start=1):
+            load_image(ref.image, what=f"batch item {i} reference {k}")
         resolved.append({"prompt": item["prompt"], "image_paths": [reference_record(r) for r in references]})
     return resolved
 
