@@ -60,6 +60,18 @@ def test_a_time_shift_reaches_the_pngs_and_the_command_and_a_bad_one_is_refused(
         generate(client, time_shift=-2)
 
 
+def test_the_time_shift_box_takes_text(client):
+    """The page's time shift is a text box (a number box showed 0 for "the model's"): blank or a number."""
+    from gradio_client.exceptions import AppError
+
+    gallery, command, _ = generate(client, time_shift="")
+    assert read_settings(gallery[0]["image"])["time_shift"] is None and "--time-shift" not in command
+    gallery, command, _ = generate(client, time_shift=" 2.5 ")
+    assert read_settings(gallery[0]["image"])["time_shift"] == 2.5 and "--time-shift 2.5" in command
+    with pytest.raises(AppError, match="time shift 'fast' must be a number, or blank for the default"):
+        generate(client, time_shift="fast")
+
+
 def test_stochasticity_reaches_the_pngs_and_the_command(client):
     gallery, command, _ = generate(client, stochasticity=0.5)
     assert read_settings(gallery[0]["image"])["stochasticity"] == 0.5 and "--stochasticity 0.5" in command

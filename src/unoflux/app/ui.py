@@ -105,7 +105,7 @@ def make_generate(runner: AppRunner):
         reference_long_side: str = "auto",
         schedule: str | None = DEFAULTS.schedule,
         negative_prompt: str = DEFAULTS.negative_prompt,
-        time_shift: float | None = DEFAULTS.time_shift,
+        time_shift: str | float | None = DEFAULTS.time_shift,  # a text box: blank (or None) is the model's
         stochasticity: float | None = DEFAULTS.stochasticity,
         method: str | None = DEFAULTS.method,
         style_1: dict | None = None,
@@ -214,8 +214,13 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
             label="Reference long side (auto: 512 for one reference, 320 for several)",
         )
         schedule = gr.Radio(list(SCHEDULES), value="uno", label="Schedule (time shift by resolution)")
-        time_shift = gr.Number(
-            value=default_time_shift, minimum=0.01, label="Time shift (blank: by the schedule)", elem_id="time-shift"
+        # A text box, not gr.Number: a Number box shows None as 0, which the model refuses ("must be a positive
+        # number"), so every generation with Advanced opened failed. Blank here means the model's.
+        time_shift = gr.Textbox(
+            value="" if default_time_shift is None else str(default_time_shift),
+            placeholder="the model's",
+            label="Time shift (blank: the model's, by the schedule unless it declares one)",
+            elem_id="time-shift",
         )
         stochasticity = gr.Slider(
             0,
