@@ -115,3 +115,11 @@ def test_bad_settings_get_a_clear_error(client):
         generate(client, reference_long_side="huge")
     with pytest.raises(Exception, match="seed None must be a whole number"):
         generate(client, seed=None)  # the seed box left empty
+
+
+def test_the_api_is_one_endpoint_with_three_outputs(client):
+    """The seed the page copies into its Seed box travels in a state, invisible here: callers that unpack
+    (gallery, command, status) keep working."""
+    api = client.view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/generate"] and not api["unnamed_endpoints"]
+    assert len(api["named_endpoints"]["/generate"]["returns"]) == 3

@@ -85,7 +85,8 @@ def _optional_number(value: Any, name: str) -> float | None:
 
 def make_generate(runner: AppRunner):
     """The endpoint behind the Generate button and ``/generate``: raw form values in (see ``build_app``),
-    (saved PNGs, CLI command, status line) out. Its parameter names are the API's keyword arguments."""
+    (saved PNGs, CLI command, status line, seed used) out. Its parameter names are the API's keyword arguments;
+    the seed goes to a ``gr.State``, which API clients do not see, so they still get three values."""
 
     def generate(
         prompt: str,
@@ -116,7 +117,7 @@ def make_generate(runner: AppRunner):
         task_3: str = SUBJECT,
         task_4: str = SUBJECT,
         progress=gr.Progress(),
-    ) -> tuple[list[str], str, str]:
+    ) -> tuple[list[str], str, str, int]:
         """Generate images from a prompt, up to four subject reference images and (USO) two style images; returns
         the saved PNGs, the equivalent `unoflux generate` command, and a one-line status."""
         try:
@@ -152,7 +153,7 @@ def make_generate(runner: AppRunner):
             ) from None
         noun = "image" if len(result.images) == 1 else "images"
         status = f"Saved {len(result.images)} {noun} to `{runner.out_dir}` (seed {request.seed})."
-        return [str(p) for p in result.images], result.command, status
+        return [str(p) for p in result.images], result.command, status, request.seed
 
     return generate
 
@@ -202,7 +203,7 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
         guidance = gr.Slider(0, 10, value=default_guidance, step=0.1, label="Guidance")
         true_cfg = gr.Slider(1, 10, value=default_true_cfg, step=0.1, label="True CFG (1 = off)")
     with gr.Row():
-        seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
+        seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed", elem_id="seed")
         random_seed = gr.Checkbox(value=False, label="Random seed")
         num_images = gr.Slider(1, 4, value=DEFAULTS.num_images, step=1, label="Number of images")
     with gr.Accordion("Advanced", open=False):
@@ -262,7 +263,8 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
 
 
 def _result_outputs() -> list[gr.Component]:
-    """Where results appear, in the order ``make_generate`` returns them."""
+    """Where results appear, in the order ``make_generate`` returns them (the seed used, last, in a state
+    that ``build_app`` copies into the Seed box)."""
     gallery = gr.Gallery(
         label="Results",
         format="png",
@@ -273,7 +275,7 @@ def _result_outputs() -> list[gr.Component]:
     )
     command = gr.Textbox(label="Copy as CLI command", lines=3, buttons=["copy"], interactive=False, elem_id="command")
     status = gr.Markdown(label="Status", elem_id="status")
-    return [gallery, command, status]
+    return [gallery, command, status, gr.State()]
 
 
 def build_app(
@@ -314,7 +316,12 @@ def build_app(
         generate = make_generate(AppRunner(pipe, model, out_dir, model_flags))
         # Raw inputs (preprocess=False): Gradio's image preprocessing opens uploads with PIL and fails with a
         # bare "Error" on a corrupt one; unopened, they reach images.load_image, which names the problem.
-        run.click(generate, inputs=inputs, outputs=outputs, api_name=API_NAME, preprocess=False)
+        event = run.click(generate, inputs=inputs, outputs=outputs, api_name=API_NAME, preprocess=False)
+        # The seed used (a random one included) goes back into the Seed box, so the next run can repeat it. Through a
+        # state and a second, private step, because a fourth output of /generate would break API callers that
+        # unpack three values; queue=False so that it does not wait behind other people's generations.
+        seed_box, seed_used = next(c for c in inputs if c.elem_id == "seed"), outputs[-1]
+        event.success(lambda seed: seed, inputs=seed_used, outputs=seed_box, queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo
 
