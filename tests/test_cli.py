@@ -4,6 +4,7 @@ resume and sharding, and every bad-input case exiting 2 with one sentence and no
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -318,7 +319,7 @@ def no_model_loading(monkeypatch):
     [
         ["generate", "--prompt", "a cat", "--device", "cuda"],
         ["demo", "--device", "cuda"],
-        ["app", "--device", "cuda", "--port", "1"],
+        ["app", "--device", "cuda", "--port", "0"],  # 0: a free port, replaced below
     ],
     ids=["generate", "demo", "app"],
 )
@@ -328,6 +329,9 @@ def test_a_missing_gpu_is_refused_before_any_model_loads(monkeypatch, no_model_l
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this CPU machine, also on a GPU one
     if argv[0] == "app":
         pytest.importorskip("gradio")
+        with socket.socket() as s:  # a port nothing listens on, so that the app's address check passes
+            s.bind(("127.0.0.1", 0))
+            argv = [*argv[:-1], str(s.getsockname()[1])]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "unoflux: error: device 'cuda' is not available here (no CUDA GPU); use --device cpu"

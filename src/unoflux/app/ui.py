@@ -333,14 +333,16 @@ def launch(
     port: int = 7860,
     max_upload: str = "50mb",
     block: bool = True,
+    auth: tuple[str, str] | None = None,
 ):
-    """Serve ``demo`` on ``host:port``; never a public share link. ``out_dir`` is where the results
-    the page shows live (Gradio serves only folders it is told about). ``block=False`` returns at once
-    (tests); close with ``demo.close()``."""
+    """Serve ``demo`` on ``host:port``; never a public share link. ``out_dir`` is where the results the page
+    shows live (Gradio serves only folders it is told about); ``auth``: the (user, password) the page asks for.
+    ``block=False`` returns at once (tests); close with ``demo.close()``."""
     return demo.launch(
         server_name=host,
         server_port=port,
         share=False,
+        auth=auth,
         inbrowser=False,
         show_error=True,  # unexpected errors reach the page with their message, not a bare "Error"
         allowed_paths=[str(Path(out_dir).resolve())],
