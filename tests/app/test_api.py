@@ -123,3 +123,15 @@ def test_the_api_is_one_endpoint_with_three_outputs(client):
     api = client.view_api(print_info=False, return_format="dict")
     assert list(api["named_endpoints"]) == ["/generate"] and not api["unnamed_endpoints"]
     assert len(api["named_endpoints"]["/generate"]["returns"]) == 3
+
+
+def test_a_refused_request_logs_one_line_and_no_traceback(client, caplog, capfd):
+    from gradio_client.exceptions import AppError
+
+    capfd.readouterr()  # what earlier tests left
+    with caplog.at_level("WARNING", logger="unoflux.app"), pytest.raises(AppError, match="the prompt is empty"):
+        generate(client, prompt="  ")
+    records = [r for r in caplog.records if r.name == "unoflux.app"]
+    assert [r.levelname for r in records] == ["WARNING"]
+    assert records[0].getMessage().startswith("request refused: the prompt is empty")
+    assert "Traceback" not in capfd.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,6 +30,7 @@ MAX_STYLES = 2  # USO's app has two style slots
 LONG_SIDE_CHOICES = ["auto", "256", "320", "384", "512", "640", "768", "1024"]
 DEFAULTS = GenerationRequest(prompt="")  # as `unoflux generate`
 API_NAME = "generate"  # gradio_client: client.predict(..., api_name="/generate")
+log = logging.getLogger("unoflux.app")
 
 
 def upload_path(payload: dict | None) -> str | None:
@@ -81,6 +83,13 @@ def _optional_number(value: Any, name: str) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         raise UnofluxError(f"{name} {value!r} must be a number, or blank for the default") from None
+
+
+def refused(message: str) -> gr.Error:
+    """The page's error for a request we refuse on purpose (bad input, too little memory): one line in the server
+    log, not Gradio's traceback, which would only point at this function. Unexpected errors keep theirs."""
+    log.warning("request refused: %s", message)
+    return gr.Error(message, print_exception=False)
 
 
 def make_generate(runner: AppRunner):
@@ -146,9 +155,9 @@ def make_generate(runner: AppRunner):
             progress(0, desc="starting")
             result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
         except UnofluxError as err:
-            raise gr.Error(user_message(err)) from None
+            raise refused(user_message(err)) from None
         except torch.OutOfMemoryError:
-            raise gr.Error(
+            raise refused(
                 "out of GPU memory; use a smaller size, fewer references or images, or restart with --offload model"
             ) from None
         noun = "image" if len(result.images) == 1 else "images"
