@@ -4,6 +4,7 @@ resume and sharding, and every bad-input case exiting 2 with one sentence and no
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from unoflux.cli import main
+from unoflux.errors import UnofluxError
 from unoflux.generation import batch_jobs
 from unoflux.images import load_image, read_settings
 
@@ -237,6 +239,21 @@ def test_bad_batch_files(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_batch_messages_count_items_and_references_from_1(tmp_path, capsys):
+    random_image(32, 32).save(tmp_path / "good.png")
+    cases = {
+        "second_item_first_ref.json": (
+            [{"prompt": "x", "image_paths": ["good.png"]}, {"prompt": "y", "image_paths": ["none.png", "good.png"]}],
+            "batch item 2 reference 1 ",
+        ),
+        "first_item.json": ([{"image_paths": []}], "batch item 1 in "),
+    }
+    for name, (items, message) in cases.items():
+        (tmp_path / name).write_text(json.dumps(items))
+        assert main(["generate", "--batch", str(tmp_path / name), "--device", "cpu"]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_a_crashed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     from unoflux.images import save_png
 
@@ -283,3 +300,96 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     Image.new("RGB", (200, 200)).save(tmp_path / "bomb.png")
     with pytest.raises(images.UnofluxError, match="too large to decode safely"):
         load_image(tmp_path / "bomb.png")
+
+
+# ------------------------------------------------------------------------------------- devices
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Any attempt to load a model fails the test: a bad device must be refused before that."""
+    import unoflux.checkpoints
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(unoflux.checkpoints, "load_pipeline", refuse)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "--prompt", "a cat", "--device", "cuda"],
+        ["demo", "--device", "cuda"],
+        ["app", "--device", "cuda", "--port", "0"],  # 0: a free port, replaced below
+    ],
+    ids=["generate", "demo", "app"],
+)
+def test_a_missing_gpu_is_refused_before_any_model_loads(monkeypatch, no_model_loading, capsys, tmp_path, argv):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this CPU machine, also on a GPU one
+    if argv[0] == "app":
+        pytest.importorskip("gradio")
+        with socket.socket() as s:  # a port nothing listens on, so that the app's address check passes
+            s.bind(("127.0.0.1", 0))
+            argv = [*argv[:-1], str(s.getsockname()[1])]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "unoflux: error: device 'cuda' is not available here (no CUDA GPU); use --device cpu"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--device", "cuda:2"], "device 'cuda:2' is not available here: this machine has cuda:0 to cuda:1"),
+        (["--device", "gpu"], "device 'gpu' is not a torch device; use cpu, cuda or cuda:N"),
+        (["--device", "cpu", "--noise-device", "cuda:5"], "noise device 'cuda:5' is not available here"),
+    ],
+)
+def test_a_bad_device_index_or_name_is_refused(monkeypatch, no_model_loading, capsys, flags, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert main(["generate", "--prompt", "a cat", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"unoflux: error: {message}") and "\n" not in err
+
+
+# ------------------------------------------------------------------------------------- outputs
+def test_an_output_png_that_is_a_folder_is_refused_before_any_model_loads(no_model_loading, tmp_path, capsys):
+    (tmp_path / "x.png").mkdir()
+    assert main(["generate", "--prompt", "a cat", "--out", str(tmp_path / "x.png"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"unoflux: error: output {str(tmp_path / 'x.png')!r} is an existing folder; give a .png path that is not a folder"
+    )
+
+
+def test_output_paths_refuse_folders_in_the_way(tmp_path):
+    from unoflux.generation import output_paths
+    from unoflux.options import GenerationRequest
+
+    (tmp_path / "x_1.png").mkdir()  # the second of two images would land on a folder
+    with pytest.raises(UnofluxError, match="x_1.png' is an existing folder"):
+        output_paths(tmp_path / "x.png", GenerationRequest(prompt="a cat", num_images=2))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UnofluxError, match="exists and is not a folder"):
+        output_paths(tmp_path / "file", GenerationRequest(prompt="a cat", seed=1))
+    assert output_paths(tmp_path / "y.png", GenerationRequest(prompt="a cat", num_images=2))[1].name == "y_1.png"
+
+
+# ------------------------------------------------------------------------------------- fast failures
+@pytest.mark.parametrize("reference, message", [("missing.png", "does not exist"), ("empty.png", "cannot be read")])
+def test_a_bad_reference_is_reported_before_torch_is_imported(tmp_path, reference, message):
+    """Importing torch takes seconds; a typo in a path should not cost them."""
+    (tmp_path / "empty.png").write_bytes(b"")
+    script = (
+        "import sys; from unoflux.cli import main; "
+        f"code = main(['generate', '--prompt', 'a cat', '--ref', {str(tmp_path / reference)!r}]); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    src = str(Path(__file__).parents[1] / "src")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": src})
+    assert result.stdout.split() == ["2", "False"], result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1

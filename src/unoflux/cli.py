@@ -115,8 +115,30 @@ def model_paths(args: argparse.Namespace):
     )
 
 
+def check_device(device: str | None, what: str = "device", flag: str = "--device") -> None:
+    """Refuse a device this machine lacks now, in one sentence, rather than after minutes of model loading
+    (or with torch's traceback). ``None`` is the default device, always available."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UnofluxError(f"{what} {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise UnofluxError(f"{what} {device!r} is not available here (no CUDA GPU); use {flag} cpu")
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise UnofluxError(f"{what} {device!r} is not available here: this machine has cuda:0 to cuda:{count - 1}")
+
+
 def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None):
-    """The pipeline the model flags describe, and a record of them for output metadata."""
+    """The pipeline the model flags describe, and a record of them for output metadata; a device this machine
+    lacks is refused before anything loads."""
+    check_device(device or args.device)
     import diffusers
     import transformers
 
@@ -199,7 +221,7 @@ def resolved_reference(value: str | Reference) -> str | Reference:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate images from a prompt and reference images (or a batch file)."""
-    from .generation import read_batch
+    from .generation import check_output, read_batch
     from .options import GenerationRequest, options_from_args
 
     if (args.prompt is None) == (args.batch is None):
@@ -210,7 +232,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt="(from the batch file)" if args.batch else args.prompt,
         references=[resolved_reference(r) for r in args.ref],
     )
-    request.validate()  # bad input fails here, before minutes of model loading
+    request.validate()  # bad input fails here, before minutes of model loading (and before torch is imported)
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.noise_device):
         raise UnofluxError(f"noise device {args.noise_device!r} is not one of: cpu, cuda, cuda:N")
     if request.method is not None:  # (None: the model's, known once it is loaded)
@@ -219,6 +241,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         get_method(request.method).check(as_references(request.references))
     items = read_batch(args.batch, method=request.method) if args.batch else None
+    if items is None:
+        check_output(args.out)  # a .png path that is a folder fails now, not after the model has loaded
+    # The checks above import no torch (except a --method's), so bad input is reported in a moment; the device
+    # checks import it, still minutes before the model loads.
+    check_device(args.device)
+    check_device(args.noise_device, "noise device", "--noise-device")
 
     device, process_index, num_processes = args.device, 0, 1
     if items is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun

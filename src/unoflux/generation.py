@@ -8,7 +8,7 @@ import random
 import re
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -16,8 +16,10 @@ from . import __version__
 from .errors import UnofluxError
 from .images import load_image, save_json, save_png
 from .options import EMPTY_PROMPT_METHODS, GenerationRequest
-from .pipeline import UnoFluxPipeline, UnoOutput
 from .references import STYLE, as_reference, reference_record
+
+if TYPE_CHECKING:  # annotations only: importing the pipeline imports torch, which the CLI's early checks avoid
+    from .pipeline import UnoFluxPipeline, UnoOutput
 
 
 def generate(pipe: UnoFluxPipeline, request: GenerationRequest, **call_kwargs) -> UnoOutput:
@@ -40,14 +42,27 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "image"
 
 
+def check_output(out: str | Path | None) -> Path:
+    """``out`` as :func:`output_paths` reads it, refused in one sentence where it cannot be written: a .png
+    path that is an existing folder, or a folder path that is an existing file. Cheap, so the CLI calls it
+    before loading the model."""
+    out = Path(out or "outputs")
+    if out.suffix.lower() == ".png" and out.is_dir():
+        raise UnofluxError(f"output {str(out)!r} is an existing folder; give a .png path that is not a folder")
+    if out.suffix.lower() != ".png" and out.exists() and not out.is_dir():
+        raise UnofluxError(f"output {str(out)!r} exists and is not a folder; give a .png path or a folder")
+    return out
+
+
 def output_paths(out: str | Path | None, request: GenerationRequest) -> list[Path]:
     """``out`` is a .png file (several images get ``_j`` suffixes) or a folder (default ``outputs/``)."""
     n = request.num_images
-    out = Path(out or "outputs")
+    out = check_output(out)
     if out.suffix.lower() == ".png":
-        return [out] if n == 1 else [out.with_name(f"{out.stem}_{j}.png") for j in range(n)]
-    if out.exists() and not out.is_dir():
-        raise UnofluxError(f"output {str(out)!r} exists and is not a folder; give a .png path or a folder")
+        paths = [out] if n == 1 else [out.with_name(f"{out.stem}_{j}.png") for j in range(n)]
+        for path in paths[1:]:  # the suffixed names may be folders too
+            check_output(path)
+        return paths
     return [out / f"{_slug(request.prompt)}_{request.seed + j}.png" for j in range(n)]
 
 
@@ -96,7 +111,7 @@ def read_batch(path: str | Path, method: str | None = None) -> list[dict[str, An
     if not isinstance(items, list) or not items:
         raise UnofluxError(f"batch file {str(path)!r} must hold a non-empty list of {{prompt, image_paths}} items")
     resolved = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(items, start=1):  # messages count items and references from 1, as people do
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
             raise UnofluxError(f"batch item {i} in {str(path)!r} needs a 'prompt' string")
         refs = item.get("image_paths", [])
@@ -116,8 +131,8 @@ def read_batch(path: str | Path, method: str | None = None) -> list[dict[str, An
                 f"batch item {i} in {str(path)!r} has an empty prompt; only a USO item (--method uso, or a style "
                 "reference) may"
             )
-        for k, ref in enumerate(references):
-            load_image(ref.image, what=f"batch item {i} reference {k + 1}")
+        for k, ref in enumerate(references, start=1):
+            load_image(ref.image, what=f"batch item {i} reference {k}")
         resolved.append({"prompt": item["prompt"], "image_paths": [reference_record(r) for r in references]})
     return resolved
 

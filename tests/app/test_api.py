@@ -60,6 +60,18 @@ def test_a_time_shift_reaches_the_pngs_and_the_command_and_a_bad_one_is_refused(
         generate(client, time_shift=-2)
 
 
+def test_the_time_shift_box_takes_text(client):
+    """The page's time shift is a text box (a number box showed 0 for "the model's"): blank or a number."""
+    from gradio_client.exceptions import AppError
+
+    gallery, command, _ = generate(client, time_shift="")
+    assert read_settings(gallery[0]["image"])["time_shift"] is None and "--time-shift" not in command
+    gallery, command, _ = generate(client, time_shift=" 2.5 ")
+    assert read_settings(gallery[0]["image"])["time_shift"] == 2.5 and "--time-shift 2.5" in command
+    with pytest.raises(AppError, match="time shift 'fast' must be a number, or blank for the default"):
+        generate(client, time_shift="fast")
+
+
 def test_stochasticity_reaches_the_pngs_and_the_command(client):
     gallery, command, _ = generate(client, stochasticity=0.5)
     assert read_settings(gallery[0]["image"])["stochasticity"] == 0.5 and "--stochasticity 0.5" in command
@@ -103,3 +115,23 @@ def test_bad_settings_get_a_clear_error(client):
         generate(client, reference_long_side="huge")
     with pytest.raises(Exception, match="seed None must be a whole number"):
         generate(client, seed=None)  # the seed box left empty
+
+
+def test_the_api_is_one_endpoint_with_three_outputs(client):
+    """The seed the page copies into its Seed box travels in a state, invisible here: callers that unpack
+    (gallery, command, status) keep working."""
+    api = client.view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/generate"] and not api["unnamed_endpoints"]
+    assert len(api["named_endpoints"]["/generate"]["returns"]) == 3
+
+
+def test_a_refused_request_logs_one_line_and_no_traceback(client, caplog, capfd):
+    from gradio_client.exceptions import AppError
+
+    capfd.readouterr()  # what earlier tests left
+    with caplog.at_level("WARNING", logger="unoflux.app"), pytest.raises(AppError, match="the prompt is empty"):
+        generate(client, prompt="  ")
+    records = [r for r in caplog.records if r.name == "unoflux.app"]
+    assert [r.levelname for r in records] == ["WARNING"]
+    assert records[0].getMessage().startswith("request refused: the prompt is empty")
+    assert "Traceback" not in capfd.readouterr().err

@@ -111,3 +111,30 @@ def test_an_example_fills_the_form(page, examples):
     page.get_by_text(two_references["prompt"][:40]).first.click()  # the examples table may shorten long prompts
     expect(page.locator("#prompt textarea")).to_have_value(two_references["prompt"])
     page.locator("#reference-2 img").wait_for()
+
+
+def test_generate_with_advanced_open_leaves_the_time_shift_to_the_model(page):
+    page.get_by_role("button", name="Advanced").click()
+    time_shift = page.locator("#time-shift input, #time-shift textarea").first
+    time_shift.wait_for()
+    expect(time_shift).to_have_value("")  # blank: the model's (not a 0 the model would refuse)
+    page.locator("#prompt textarea").fill("a red ball")
+    set_slider(page, "Width", 32)
+    set_slider(page, "Height", 32)
+    set_slider(page, "Steps", 1)
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_contain_text("Saved 1 image")
+    assert page.locator("#results img").count() == 1
+
+
+def test_a_random_seed_is_written_back_into_the_seed_box(page):
+    seed_box = page.locator("#seed input")
+    page.get_by_label("Random seed").check()
+    page.locator("#prompt textarea").fill("a red ball")
+    set_slider(page, "Width", 32)
+    set_slider(page, "Height", 32)
+    set_slider(page, "Steps", 1)
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_contain_text("Saved 1 image")
+    seed = re.search(r"\(seed (\d+)\)", page.locator("#status").inner_text()).group(1)
+    expect(seed_box).to_have_value(seed)  # the next run (Random seed unticked) can repeat it

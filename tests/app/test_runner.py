@@ -103,12 +103,93 @@ def test_model_flags_spell_out_environment_paths(monkeypatch, tmp_path):
     assert ["--offload", "model"] == flags[flags.index("--offload") :][:2]
 
 
-def test_app_without_a_model_says_so_and_exits_2(monkeypatch, capsys, tmp_path):
+def test_app_without_a_model_says_so_and_exits_2(monkeypatch, capsys, tmp_path, free_port):
     import unoflux.checkpoints.loading as loading
     from unoflux.cli import main
 
     for name in ("FLUX_DEV", "FLUX_SCHNELL", "FLUX_DEV_FP8", "AE", "T5", "CLIP", "LORA"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(loading, "EMBEDDED_MODEL_DIR", tmp_path / "no-embedded-model")
-    assert main(["app", "--port", "1"]) == 2
+    assert main(["app", "--port", str(free_port())]) == 2
     assert "no model given" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Loading a model fails the test: the server checks must come before it."""
+    import unoflux.checkpoints
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(unoflux.checkpoints, "load_pipeline", refuse)
+
+
+def test_a_busy_port_is_refused_before_the_model_loads(no_model_loading, capsys, tmp_path):
+    import socket
+    import time
+
+    from unoflux.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        assert main(["app", "--port", str(port), "--out", str(tmp_path)]) == 2
+        assert time.monotonic() - started < 5
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"unoflux: error: cannot serve on 127.0.0.1:{port} (") and "\n" not in err
+    assert err.endswith("is another app running there? Choose another --port")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--port", "70000"], "--port 70000 must be a port number from 1 to 65535"),
+        (["--auth", "alice"], "--auth 'alice' must be USER:PASSWORD, both non-empty"),
+        (["--auth", ":secret"], "--auth ':secret' must be USER:PASSWORD"),
+        (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' with --port"),
+    ],
+)
+def test_bad_server_flags_are_refused_before_the_model_loads(no_model_loading, capsys, tmp_path, flags, message):
+    from unoflux.cli import main
+
+    assert main(["app", "--out", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"unoflux: error: {message}") and "\n" not in err
+
+
+def test_an_address_other_machines_reach_gets_a_one_line_warning(monkeypatch, capsys, tmp_path, free_port):
+    import unoflux.checkpoints
+    from unoflux.cli import main
+
+    def stop(*args, **kwargs):  # the warning comes before the model loads; stop there
+        raise UnofluxError("stopped before loading")
+
+    monkeypatch.setattr(unoflux.checkpoints, "load_pipeline", stop)
+    assert main(["app", "--host", "0.0.0.0", "--port", str(free_port()), "--out", str(tmp_path)]) == 2
+    warning, error = capsys.readouterr().err.strip().split("\n")
+    assert warning.startswith("unoflux: warning: --host 0.0.0.0 lets other machines reach the app")
+    assert "--auth USER:PASSWORD" in warning and error == "unoflux: error: stopped before loading"
+    assert main(["app", "--host", "localhost", "--port", str(free_port()), "--out", str(tmp_path)]) == 2
+    assert "warning" not in capsys.readouterr().err  # loopback: no warning
+
+
+def test_auth_asks_for_the_password(tiny_model_dir, app_args, tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
+
+    from unoflux.app.cli import serve
+
+    args = app_args(tiny_model_dir, tmp_path, "--auth", "alice:s3cret:x")
+    demo = serve(args, block=False)
+    try:
+        url = f"http://127.0.0.1:{args.port}/"
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
+            Client(url, verbose=False)
+        with pytest.raises(ValueError, match="Could not login"):
+            Client(url, auth=("alice", "s3cret"), verbose=False)
+        Client(url, auth=("alice", "s3cret:x"), verbose=False)  # the password is everything after the first colon
+    finally:
+        demo.close()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import ipaddress
+import socket
+import sys
 
 from ..cli import add_model_args, default_image_size, load_pipeline_from_args
 from ..errors import UnofluxError
@@ -20,6 +23,11 @@ def register(subparsers) -> None:
         "--max-queue", type=int, default=16, help="requests allowed to wait; beyond this, 'queue is full' (default 16)"
     )
     g.add_argument("--max-upload", default="50mb", help="largest reference upload (default 50mb)")
+    g.add_argument(
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="ask for this user name and password before showing the page (for a --host other machines reach)",
+    )
     add_model_args(p)
     p.set_defaults(func=cmd_app)
 
@@ -35,9 +43,48 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """``--auth user:password`` -> ("user", "password") for Gradio's login (the password may hold colons)."""
+    if value is None:
+        return None
+    user, colon, password = value.partition(":")
+    if not (user and colon and password):
+        raise UnofluxError(f"--auth {value!r} must be USER:PASSWORD, both non-empty")
+    return user, password
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse a port something already listens on, now rather than after minutes of model loading; warn
+    (one line) when the address is reachable from other machines."""
+    if not 1 <= port <= 65535:
+        raise UnofluxError(f"--port {port} must be a port number from 1 to 65535")
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError, OverflowError):
+        raise UnofluxError(f"--host {host!r} with --port {port} is not an address this machine can bind") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # as the server binds: SO_REUSEADDR passes a port a closed server left in TIME_WAIT, not one in use
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise UnofluxError(
+                f"cannot serve on {host}:{port} ({err.strerror or err}); is another app running there? "
+                "Choose another --port"
+            ) from None
+    if not ipaddress.ip_address(address[0]).is_loopback:
+        print(
+            f"unoflux: warning: --host {host} lets other machines reach the app (and every result in its --out "
+            "folder); add --auth USER:PASSWORD unless the network is yours alone",
+            file=sys.stderr,
+        )
+
+
 def serve(args: argparse.Namespace, block: bool = True):
     """Load the model the flags name and serve the app; ``block=False`` returns the running
-    ``gr.Blocks`` at once (tests close it with ``.close()``)."""
+    ``gr.Blocks`` at once (tests close it with ``.close()``). The address and ``--auth`` are checked first."""
+    auth = parse_auth(getattr(args, "auth", None))
+    check_address(args.host, args.port)
     pipe, model = load_pipeline_from_args(args)
 
     from .command import model_flags
@@ -52,5 +99,5 @@ def serve(args: argparse.Namespace, block: bool = True):
         model_flags(args),
         default_size=default_image_size(pipe),
     )
-    launch(demo, args.out, host=args.host, port=args.port, max_upload=args.max_upload, block=block)
+    launch(demo, args.out, host=args.host, port=args.port, max_upload=args.max_upload, block=block, auth=auth)
     return demo

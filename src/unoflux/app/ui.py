@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,6 +30,7 @@ MAX_STYLES = 2  # USO's app has two style slots
 LONG_SIDE_CHOICES = ["auto", "256", "320", "384", "512", "640", "768", "1024"]
 DEFAULTS = GenerationRequest(prompt="")  # as `unoflux generate`
 API_NAME = "generate"  # gradio_client: client.predict(..., api_name="/generate")
+log = logging.getLogger("unoflux.app")
 
 
 def upload_path(payload: dict | None) -> str | None:
@@ -83,9 +85,17 @@ def _optional_number(value: Any, name: str) -> float | None:
         raise UnofluxError(f"{name} {value!r} must be a number, or blank for the default") from None
 
 
+def refused(message: str) -> gr.Error:
+    """The page's error for a request we refuse on purpose (bad input, too little memory): one line in the server
+    log, not Gradio's traceback, which would only point at this function. Unexpected errors keep theirs."""
+    log.warning("request refused: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
 def make_generate(runner: AppRunner):
     """The endpoint behind the Generate button and ``/generate``: raw form values in (see ``build_app``),
-    (saved PNGs, CLI command, status line) out. Its parameter names are the API's keyword arguments."""
+    (saved PNGs, CLI command, status line, seed used) out. Its parameter names are the API's keyword arguments;
+    the seed goes to a ``gr.State``, which API clients do not see, so they still get three values."""
 
     def generate(
         prompt: str,
@@ -105,7 +115,7 @@ def make_generate(runner: AppRunner):
         reference_long_side: str = "auto",
         schedule: str | None = DEFAULTS.schedule,
         negative_prompt: str = DEFAULTS.negative_prompt,
-        time_shift: float | None = DEFAULTS.time_shift,
+        time_shift: str | float | None = DEFAULTS.time_shift,  # a text box: blank (or None) is the model's
         stochasticity: float | None = DEFAULTS.stochasticity,
         method: str | None = DEFAULTS.method,
         style_1: dict | None = None,
@@ -116,7 +126,7 @@ def make_generate(runner: AppRunner):
         task_3: str = SUBJECT,
         task_4: str = SUBJECT,
         progress=gr.Progress(),
-    ) -> tuple[list[str], str, str]:
+    ) -> tuple[list[str], str, str, int]:
         """Generate images from a prompt, up to four subject reference images and (USO) two style images; returns
         the saved PNGs, the equivalent `unoflux generate` command, and a one-line status."""
         try:
@@ -145,14 +155,14 @@ def make_generate(runner: AppRunner):
             progress(0, desc="starting")
             result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
         except UnofluxError as err:
-            raise gr.Error(user_message(err)) from None
+            raise refused(user_message(err)) from None
         except torch.OutOfMemoryError:
-            raise gr.Error(
+            raise refused(
                 "out of GPU memory; use a smaller size, fewer references or images, or restart with --offload model"
             ) from None
         noun = "image" if len(result.images) == 1 else "images"
         status = f"Saved {len(result.images)} {noun} to `{runner.out_dir}` (seed {request.seed})."
-        return [str(p) for p in result.images], result.command, status
+        return [str(p) for p in result.images], result.command, status, request.seed
 
     return generate
 
@@ -202,7 +212,7 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
         guidance = gr.Slider(0, 10, value=default_guidance, step=0.1, label="Guidance")
         true_cfg = gr.Slider(1, 10, value=default_true_cfg, step=0.1, label="True CFG (1 = off)")
     with gr.Row():
-        seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
+        seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed", elem_id="seed")
         random_seed = gr.Checkbox(value=False, label="Random seed")
         num_images = gr.Slider(1, 4, value=DEFAULTS.num_images, step=1, label="Number of images")
     with gr.Accordion("Advanced", open=False):
@@ -214,8 +224,13 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
             label="Reference long side (auto: 512 for one reference, 320 for several)",
         )
         schedule = gr.Radio(list(SCHEDULES), value="uno", label="Schedule (time shift by resolution)")
-        time_shift = gr.Number(
-            value=default_time_shift, minimum=0.01, label="Time shift (blank: by the schedule)", elem_id="time-shift"
+        # A text box, not gr.Number: a Number box shows None as 0, which the model refuses ("must be a positive
+        # number"), so every generation with Advanced opened failed. Blank here means the model's.
+        time_shift = gr.Textbox(
+            value="" if default_time_shift is None else str(default_time_shift),
+            placeholder="the model's",
+            label="Time shift (blank: the model's, by the schedule unless it declares one)",
+            elem_id="time-shift",
         )
         stochasticity = gr.Slider(
             0,
@@ -257,7 +272,8 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
 
 
 def _result_outputs() -> list[gr.Component]:
-    """Where results appear, in the order ``make_generate`` returns them."""
+    """Where results appear, in the order ``make_generate`` returns them (the seed used, last, in a state
+    that ``build_app`` copies into the Seed box)."""
     gallery = gr.Gallery(
         label="Results",
         format="png",
@@ -268,7 +284,7 @@ def _result_outputs() -> list[gr.Component]:
     )
     command = gr.Textbox(label="Copy as CLI command", lines=3, buttons=["copy"], interactive=False, elem_id="command")
     status = gr.Markdown(label="Status", elem_id="status")
-    return [gallery, command, status]
+    return [gallery, command, status, gr.State()]
 
 
 def build_app(
@@ -309,7 +325,12 @@ def build_app(
         generate = make_generate(AppRunner(pipe, model, out_dir, model_flags))
         # Raw inputs (preprocess=False): Gradio's image preprocessing opens uploads with PIL and fails with a
         # bare "Error" on a corrupt one; unopened, they reach images.load_image, which names the problem.
-        run.click(generate, inputs=inputs, outputs=outputs, api_name=API_NAME, preprocess=False)
+        event = run.click(generate, inputs=inputs, outputs=outputs, api_name=API_NAME, preprocess=False)
+        # The seed used (a random one included) goes back into the Seed box, so the next run can repeat it. Through a
+        # state and a second, private step, because a fourth output of /generate would break API callers that
+        # unpack three values; queue=False so that it does not wait behind other people's generations.
+        seed_box, seed_used = next(c for c in inputs if c.elem_id == "seed"), outputs[-1]
+        event.success(lambda seed: seed, inputs=seed_used, outputs=seed_box, queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo
 
@@ -321,14 +342,16 @@ def launch(
     port: int = 7860,
     max_upload: str = "50mb",
     block: bool = True,
+    auth: tuple[str, str] | None = None,
 ):
-    """Serve ``demo`` on ``host:port``; never a public share link. ``out_dir`` is where the results
-    the page shows live (Gradio serves only folders it is told about). ``block=False`` returns at once
-    (tests); close with ``demo.close()``."""
+    """Serve ``demo`` on ``host:port``; never a public share link. ``out_dir`` is where the results the page
+    shows live (Gradio serves only folders it is told about); ``auth``: the (user, password) the page asks for.
+    ``block=False`` returns at once (tests); close with ``demo.close()``."""
     return demo.launch(
         server_name=host,
         server_port=port,
         share=False,
+        auth=auth,
         inbrowser=False,
         show_error=True,  # unexpected errors reach the page with their message, not a bare "Error"
         allowed_paths=[str(Path(out_dir).resolve())],

@@ -26,9 +26,12 @@ from typing import Any
 
 import yaml
 
-from ..conditioning import POSITION_MODES
 from ..errors import UnofluxError
-from ..methods import METHODS
+
+# The torch-free copies (tests pin them to conditioning's and methods'): `unoflux` finds its subcommands by
+# importing this package, and importing torch there would cost every command, even a failing one, seconds.
+from ..options import METHOD_NAMES as METHODS
+from ..options import POSITION_MODES
 
 MODES = ("full", "lora")
 MIXED_PRECISION = ("no", "bf16")
