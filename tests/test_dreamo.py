@@ -293,7 +293,7 @@ def test_the_apps_task_per_slot_reaches_the_pipeline(dreamo_pipe, tmp_path, refs
     refs[0].save(tmp_path / "shirt.png")
     Image.new("RGB", (32, 32), "white").save(tmp_path / "face.png")
     generate = make_generate(AppRunner(dreamo_pipe, {"model": "tiny-dreamo"}, tmp_path / "out"))
-    images, command, _ = generate(
+    images, command, *_ = generate(
         "[ref#1] wears [ref#2]",
         {"path": str(tmp_path / "face.png")},
         {"path": str(tmp_path / "shirt.png")},

@@ -334,7 +334,7 @@ def test_the_apps_style_slots_reach_the_pipeline_and_the_cli_line(uso_pipe, tmp_
     runner = AppRunner(uso_pipe, {"model": "tiny-uso"}, tmp_path / "out", ["--model", "/m"])
     generate = make_generate(runner)
     common = dict(width=32, height=32, steps=1, seed=3, reference_long_side="32", progress=lambda *a, **k: None)
-    images, command, _ = generate(
+    images, command, *_ = generate(
         "", {"path": str(tmp_path / "c.png")}, style_1={"path": str(tmp_path / "s.png")}, **common
     )
     settings = json.loads(Image.open(images[0]).text["unoflux"])
@@ -342,7 +342,7 @@ def test_the_apps_style_slots_reach_the_pipeline_and_the_cli_line(uso_pipe, tmp_
     assert settings["method"] == "uso" and style["role"] == "style" and "_style2" in style["image"]
     assert Image.open(style["image"]).size == styles[0].size and subject.startswith(str(tmp_path / "out"))
     assert f"--style {style['image']}" in command and f"--ref {subject}" in command and "--prompt ''" in command
-    images, command, _ = generate("edit it", {"path": str(tmp_path / "c.png")}, keep_size=True, **common)
+    images, command, *_ = generate("edit it", {"path": str(tmp_path / "c.png")}, keep_size=True, **common)
     assert Image.open(images[0]).size == (1024, 512) and "--keep-size" in command
 
 
