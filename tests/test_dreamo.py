@@ -420,3 +420,18 @@ def test_the_face_detector_crops_the_best_face_square_and_a_faceless_image_is_an
 def test_training_with_dreamo_is_refused_rather_than_silently_reference_free():
     with pytest.raises(UnofluxError, match="training with method 'dreamo' is not built yet"):
         get_method("dreamo").conditioning((2, 2), None, [], "diagonal")
+
+
+def test_method_files_are_checked_before_the_base_model_loads(tmp_path):
+    """A typo in a method's path is one sentence at once, not after minutes of loading FLUX (here the FLUX file
+    does not even exist: the method's check comes first)."""
+    (tmp_path / "empty").mkdir()
+    base = dict(flux=str(tmp_path / "no-flux.safetensors"), ae="x", t5="x", clip="x")
+    cases = {
+        "lacks dreamo.safetensors": dict(dreamo=str(tmp_path / "empty")),
+        "--face-parser": dict(face_parser=str(tmp_path / "empty")),
+        "USO projector file": dict(projector=str(tmp_path / "p.safetensors"), siglip=str(tmp_path / "empty")),
+    }
+    for message, extra in cases.items():
+        with pytest.raises(UnofluxError, match=message):
+            load_pipeline(ModelPaths(**base, **extra), device="cpu", use_environment=False)

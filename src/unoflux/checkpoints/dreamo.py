@@ -130,11 +130,8 @@ def _load_dreamo_layout(pipe, path: Path, adapter: str, state: Tensors | None = 
     pipe.load_lora_weights(lora, adapter_name=adapter)
 
 
-def load_dreamo(
-    pipe, folder: str | Path, version: str = "v1.1", turbo: str | Path | None = None, fuse: bool = False
-) -> list[tuple[str, float]]:
-    """Load DreamO's checkpoints from ``folder`` onto ``pipe`` as DreamO combines them; returns (adapter, weight)
-    in order. Sets ``pipe.dreamo_embeddings`` and adds the T5 placeholders."""
+def check_dreamo_files(folder: str | Path, version: str, turbo: str | Path | None) -> None:
+    """Every file DreamO ``version`` needs is there (cheap: run before the base model loads)."""
     folder = Path(folder)
     if version not in VERSIONS:
         raise UnofluxError(f"DreamO version {version!r} is not one of: {', '.join(VERSIONS)}")
@@ -147,6 +144,14 @@ def load_dreamo(
     if turbo is not None and not Path(turbo).is_file():
         raise UnofluxError(f"turbo LoRA {str(turbo)!r} does not exist (FLUX.1-Turbo-Alpha's safetensors file)")
 
+
+def load_dreamo(
+    pipe, folder: str | Path, version: str = "v1.1", turbo: str | Path | None = None, fuse: bool = False
+) -> list[tuple[str, float]]:
+    """Load DreamO's checkpoints from ``folder`` onto ``pipe`` as DreamO combines them; returns (adapter, weight)
+    in order. Sets ``pipe.dreamo_embeddings`` and adds the T5 placeholders."""
+    folder = Path(folder)
+    check_dreamo_files(folder, version, turbo)
     with warnings.catch_warnings():  # peft notes that a model with several adapters has several adapters
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         return _load_dreamo(pipe, folder, version, turbo, fuse)

@@ -30,7 +30,7 @@ from ..options import FLUX_DEV_DEFAULTS, model_default_names, typed
 from ..pipeline import UnoFluxPipeline
 from . import bfl
 from .dreamo import DEFAULT_GUIDANCE as DREAMO_GUIDANCE
-from .dreamo import load_background_remover, load_dreamo, load_face_detector, load_face_parser
+from .dreamo import check_dreamo_files, load_background_remover, load_dreamo, load_face_detector, load_face_parser
 from .files import read_tensors
 from .specs import EMBEDDED_MODEL_DIR, ENV_AE, ENV_CLIP, ENV_LORA, ENV_T5, SPECS, model_defaults, scheduler_config_for
 from .uso import ENV_PROJECTOR, ENV_SIGLIP, load_style_encoder
@@ -311,9 +311,24 @@ def load_pipeline(
         raise UnofluxError(f"offload {offload!r} moves models onto a GPU; it needs --device cuda, not {device!r}")
     if weights_dtype not in (None, "fp8"):
         raise UnofluxError(f"weights dtype {weights_dtype!r} is not supported; use fp8 or leave it unset")
+    # the methods' files first: a typo must not cost minutes of base-model loading
     if bool(paths.projector) != bool(paths.siglip):
         given, needed = ("--uso-projector", "--siglip DIR") if paths.projector else ("--siglip", "--uso-projector FILE")
         raise UnofluxError(f"{given} needs {needed} too: USO's style tokens come from SigLIP through the projector")
+    if paths.projector and not Path(paths.projector).is_file():
+        raise UnofluxError(f"USO projector file {paths.projector!r} does not exist")
+    if paths.turbo and not paths.dreamo:
+        raise UnofluxError("--turbo is DreamO's turbo LoRA; it needs --dreamo DIR")
+    if paths.dreamo:
+        check_dreamo_files(paths.dreamo, dreamo_version, paths.turbo)
+    for flag, folder in (
+        ("--siglip", paths.siglip),
+        ("--face-detector", paths.face_detector),
+        ("--face-parser", paths.face_parser),
+        ("--background-remover", paths.background_remover),
+    ):
+        if folder and not Path(folder, "config.json").is_file():
+            raise UnofluxError(f"{flag} {folder!r} must be a transformers model folder with config.json")
 
     model = model_folder(paths)
     if model is not None and not Path(model, "model_index.json").is_file():
@@ -354,8 +369,6 @@ def load_pipeline(
     if "reference_long_side" in defaults:
         sides = defaults["reference_long_side"]
         pipe.reference_long_sides = (int(sides["one"]), int(sides["several"]))
-    if paths.turbo and not paths.dreamo:
-        raise UnofluxError("--turbo is DreamO's turbo LoRA; it needs --dreamo DIR")
     if paths.dreamo:
         load_dreamo_models(pipe, paths.dreamo, dreamo_version, paths.turbo, fuse_lora, declared=defaults)
     steps = {}  # role -> preprocessing steps in order (DreamO: crop the face, then parse it)
