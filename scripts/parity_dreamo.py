@@ -16,7 +16,8 @@ LoRA layout, ``dreamo_cfg_distill.safetensors``, ``v1.1/dreamo_sft_lora.safetens
   ``dreamo_generator.py`` builds them and a CPU generator seeded as its app does.
 
 Cases: text only, one subject (ip), two references of different tasks (id + ip, try-on), a style reference (with
-DreamO's "generate a same style image." prefix), and true CFG (one subject, a negative prompt, scale 2.5). It
+DreamO's "generate a same style image." prefix), true CFG (one subject, a negative prompt, scale 2.5, every step)
+and true CFG in DreamO's window (steps 1 and 2 of 4, negative guidance 3.5). It
 compares the final packed latents (relative error, < ``--tol``) and the decoded 8-bit images (<= ``--max-pixel``,
 default 2); sanity checks: the references change the result, and the reference with the loaded weights differs from
 the base without DreamO's LoRAs.
@@ -221,26 +222,32 @@ def main(argv: list[str] | None = None) -> int:
         ("id + ip (try-on)", "[ref#1] wears [ref#2]", [(face, "id"), (garment, "ip")], 1.0),
         ("style", style_prompt, [(style, "style")], 1.0),
         ("true CFG 2.5", "a [ref#1] on the beach", [(subject, "ip")], 2.5),
+        ("true CFG, DreamO's window", "a [ref#1] on the beach", [(subject, "ip")], 2.5),
     ]
+    # the window case: CFG on steps [1, 3) only, the negative branch at DreamO's neg_guidance 3.5
+    window = {"true CFG, DreamO's window": (1, 3, 3.5)}
     roles = {"ip": "subject", "id": "id", "style": "style"}
     size = dict(width=args.width, height=args.height)
     print(
         f"\n{args.width}x{args.height}, {args.steps} steps, guidance {args.guidance}, seed {args.seed}, float32, CPU\n"
     )
-    header = f"{'case':>18} | {'rel err latents':>15} {'fused':>9} {'max|px|':>7} | {'refs effect':>11} {'vs base':>9}"
+    header = f"{'case':>25} | {'rel err latents':>15} {'fused':>9} {'max|px|':>7} | {'refs effect':>11} {'vs base':>9}"
     print(header)
     print("-" * len(header))
     failures = []
     for name, prompt, refs, cfg in cases:
         negative = "blurry, lowres" if cfg > 1 else ""
         ours_refs = [Reference(image, roles[task]) for image, task in refs]
+        start, end, neg_guidance = window.get(name, (0, args.steps, args.guidance))
         common_ours = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                           reference_long_side=32, true_cfg_scale=cfg, negative_prompt=negative, **size)  # fmt: skip
+                           reference_long_side=32, true_cfg_scale=cfg, negative_prompt=negative, true_cfg_start=start,
+                           true_cfg_end=end, negative_guidance=neg_guidance, **size)  # fmt: skip
         out = ours(prompt, ours_refs, output_type="latent", **common_ours).images.float()
         out_pil = ours(prompt, ours_refs, **common_ours).images[0]
         out_fused = fused(prompt, ours_refs, output_type="latent", **common_ours).images.float()
 
-        def run_reference(output_type, refs=refs, prompt=prompt, negative=negative, cfg=cfg):
+        def run_reference(output_type, refs=refs, prompt=prompt, negative=negative, cfg=cfg, start=start, end=end,
+                          neg_guidance=neg_guidance):  # fmt: skip
             ref_conds = [{"img": to_tensor(image), "task": task, "idx": k} for k, (image, task) in enumerate(refs, 1)]
             return ref(
                 prompt=prompt,
@@ -249,10 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                 ref_conds=ref_conds,
                 generator=torch.Generator(device="cpu").manual_seed(args.seed),
                 true_cfg_scale=cfg,
-                true_cfg_start_step=0,
-                true_cfg_end_step=args.steps,  # every step, as ours
+                true_cfg_start_step=start,
+                true_cfg_end_step=end,
                 negative_prompt=negative,
-                neg_guidance_scale=args.guidance,  # ours guides both branches alike
+                neg_guidance_scale=neg_guidance,
                 first_step_guidance_scale=args.guidance,  # as DreamO's app passes it
                 output_type=output_type,
                 **size,
@@ -270,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             if effect <= args.tol:
                 failures.append(f"{name}: the references have no effect ({effect:.1e})")
         vs_base = common.rel_err(base(prompt, [], output_type="latent", **common_ours).images.float(), ref_latents)
-        print(f"{name:>18} | {err:15.2e} {err_fused:9.2e} {px:>7} | {refs_effect:>11} {vs_base:9.2e}")
+        print(f"{name:>25} | {err:15.2e} {err_fused:9.2e} {px:>7} | {refs_effect:>11} {vs_base:9.2e}")
         for label, e in (("", err), ("fused ", err_fused)):
             if not e < args.tol:
                 failures.append(f"{name}: {label}relative error {e:.2e} >= {args.tol}")

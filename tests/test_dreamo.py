@@ -435,3 +435,20 @@ def test_method_files_are_checked_before_the_base_model_loads(tmp_path):
     for message, extra in cases.items():
         with pytest.raises(UnofluxError, match=message):
             load_pipeline(ModelPaths(**base, **extra), device="cpu", use_environment=False)
+
+
+def test_dreamos_true_cfg_window_and_negative_guidance(dreamo_pipe, refs):
+    """true_cfg_start/end: CFG only on steps in [start, end) (DreamO's app: 0, 0 = never); negative_guidance: the
+    negative branch's own guidance input (DreamO's neg_guidance_scale)."""
+    common = dict(output_type="latent", **{**SMALL, "num_inference_steps": 3})
+    plain = dreamo_pipe("a cup", refs[:1], **common).images
+    never = dreamo_pipe("a cup", refs[:1], true_cfg_scale=2.5, negative_prompt="x", true_cfg_end=0, **common).images
+    torch.testing.assert_close(never, plain, rtol=0, atol=0)
+    seen = []
+    handle = dreamo_pipe.transformer.time_text_embed.register_forward_pre_hook(lambda m, a: seen.append(a[1][0].item()))
+    try:
+        dreamo_pipe("a cup", refs[:1], true_cfg_scale=2.5, negative_prompt="x", true_cfg_start=1, true_cfg_end=2,
+                    negative_guidance=3.5, **common)  # fmt: skip
+    finally:
+        handle.remove()
+    assert seen == [4500.0, 3500.0, 4500.0, 4500.0]  # step 0: positive only; step 1: negative, positive; step 2

@@ -145,6 +145,19 @@ class SamplingOptions:
         model_default=True,
     )
     negative_prompt: str = option("", "negative prompt", "the unconditional prompt of true CFG (default empty)")
+    negative_guidance: float | None = option(
+        None,
+        "negative guidance",
+        "the guidance input of true CFG's negative branch (DreamO's neg_guidance_scale, 3.5 in its app; default: the "
+        "same as guidance)",
+        metavar="G",
+    )
+    true_cfg_start: int = option(
+        0, "true CFG start", "the first step with true CFG (0-based; DreamO's window)", minimum=0
+    )
+    true_cfg_end: int | None = option(
+        None, "true CFG end", "true CFG on steps before this one (default: to the end)", minimum=0
+    )
     seed: int | None = option(3407, "seed", "image j uses seed + j (UNO's 3407); None: a random one")
     num_images: int = option(1, "number of images", "images per prompt", minimum=1)
     method: str | None = option(

@@ -336,11 +336,20 @@ class UnoFluxPipeline(FluxPipeline):
         sigmas = flow.sigmas(num_inference_steps, mu).tolist()
 
         # 4. The velocity (with classifier-free guidance around it) integrated from noise to data.
+        cfg_end = num_inference_steps if options.true_cfg_end is None else options.true_cfg_end
+        cfg_steps = (
+            None
+            if (options.true_cfg_start, cfg_end) == (0, num_inference_steps)
+            else range(options.true_cfg_start, cfg_end)
+        )
+        negative_guidance = guidance_scale if options.negative_guidance is None else float(options.negative_guidance)
+        conditional = self.velocity(
+            conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale, first_step_guidance=first_step
+        )
         if negative is None:
-            velocity = self.velocity(
-                conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale, first_step_guidance=first_step
-            )
-        elif conditioning.unconditional is None:  # both branches see the same images: one forward, doubled batch
+            velocity = conditional
+        elif conditioning.unconditional is None and negative_guidance == guidance_scale:
+            # both branches see the same images and guidance: one forward over the doubled batch
             both = self.velocity(
                 conditioning,
                 torch.cat([prompt_embeds, negative[0]]),
@@ -350,14 +359,14 @@ class UnoFluxPipeline(FluxPipeline):
                 "cond_uncond",
                 first_step_guidance=first_step,
             )
-            velocity = sampling.classifier_free_batched(both, true_cfg_scale)
+            velocity = sampling.classifier_free_batched(both, true_cfg_scale, cfg_steps, conditional)
         else:
+            unconditional = conditioning.unconditional or conditioning
             velocity = sampling.classifier_free(
-                self.velocity(
-                    conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale, first_step_guidance=first_step
-                ),
-                self.velocity(conditioning.unconditional, *negative, text_ids, guidance_scale, "uncond"),
+                conditional,
+                self.velocity(unconditional, *negative, text_ids, negative_guidance, "uncond"),
                 true_cfg_scale,
+                cfg_steps,
             )
         with self.progress_bar(total=num_inference_steps) as progress, self.active_adapters(conditioning.adapters):
 

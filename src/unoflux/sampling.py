@@ -51,22 +51,32 @@ def sample(
     return x
 
 
-def classifier_free(conditional: Velocity, unconditional: Velocity, scale: float) -> Velocity:
-    """``v_uncond + scale * (v_cond - v_uncond)`` from two calls (the branches see different inputs)."""
+def classifier_free(
+    conditional: Velocity, unconditional: Velocity, scale: float, steps: range | None = None
+) -> Velocity:
+    """``v_uncond + scale * (v_cond - v_uncond)`` from two calls (the branches see different inputs); only on the
+    ``steps`` given (None: all; DreamO's window), the conditional velocity alone elsewhere."""
 
     def guided(x, t, step):
+        if steps is not None and step not in steps:
+            return conditional(x, t, step)
         uncond = unconditional(x, t, step)
         return uncond + scale * (conditional(x, t, step) - uncond)
 
     return guided
 
 
-def classifier_free_batched(both: Velocity, scale: float) -> Velocity:
+def classifier_free_batched(
+    both: Velocity, scale: float, steps: range | None = None, conditional: Velocity | None = None
+) -> Velocity:
     """The same from one call over the doubled batch ``[x | x]`` whose first half is conditional (the branches share
-    every input but the text)."""
+    every input but the text); outside ``steps`` the ``conditional`` velocity alone (one forward; needed with
+    ``steps``)."""
 
     def guided(x, t, step):
-        conditional, unconditional = both(torch.cat([x, x]), t, step).chunk(2)
-        return unconditional + scale * (conditional - unconditional)
+        if steps is not None and step not in steps:
+            return conditional(x, t, step)
+        cond, uncond = both(torch.cat([x, x]), t, step).chunk(2)
+        return uncond + scale * (cond - uncond)
 
     return guided
