@@ -11,7 +11,15 @@ following the DreamBooth protocol (Ruiz et al., CVPR 2023), with every choice wr
     print(mean_scores(scores))  # {'dino': ..., 'clip_i': ..., 'clip_t': ..., 'dino_masked': None}
 """
 
-from .backbones import ClipBackbone, DinoBackbone, dino_protocol_processor, load_clip, load_dino
+from .backbones import (
+    ClipBackbone,
+    DinoBackbone,
+    EvalTransform,
+    clip_protocol_processor,
+    dino_protocol_processor,
+    load_clip,
+    load_dino,
+)
 from .scorer import (
     METRICS,
     Case,
@@ -30,8 +38,10 @@ __all__ = [
     "CaseScore",
     "ClipBackbone",
     "DinoBackbone",
+    "EvalTransform",
     "Scorer",
     "apply_mask",
+    "clip_protocol_processor",
     "default_device",
     "dino_protocol_processor",
     "load_clip",

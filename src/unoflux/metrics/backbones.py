@@ -6,15 +6,19 @@ Protocol choices made here (each also in docs/metrics.md):
   :class:`~unoflux.errors.UnofluxError` sentence.
 - The DINO family is read from the folder's ``config.json``: ``model_type`` ``vit`` -> ``ViTModel`` (DINO v1,
   ``facebook/dino-vits16`` by default in the protocol), ``dinov2`` -> ``Dinov2Model`` (``facebook/dinov2-base``).
-- DINO preprocessing defaults to DINO's own evaluation transforms, which the DreamBooth authors say reproduce their
-  numbers (google/dreambooth issue #3): shorter side to 256 (bicubic), centre crop 224, ImageNet mean/std. The Hub
-  folder of ``facebook/dino-vits16`` instead squashes to 224x224 (bilinear, aspect ratio lost), which the same
-  thread reports does *not* reproduce the paper, so it is used only when asked (``dino_preprocess="folder"``).
-  ``facebook/dinov2-base``'s own folder says exactly the protocol transforms, so both settings agree there.
-- CLIP preprocessing is the folder's ``preprocessor_config.json`` (for ``openai/clip-vit-base-patch32``: shorter side
-  to 224 bicubic, centre crop 224, CLIP mean/std, i.e. OpenAI's ``clip.load`` preprocessing); a folder without one
-  gets the same CLIP settings at the model's image size.
-- Everything is run through the PIL image processors (no torchvision needed).
+- DINO preprocessing defaults to DINO's own evaluation transforms (``eval_knn.py``), which the DreamBooth authors
+  give as what reproduces their numbers (google/dreambooth issue #3): shorter side to 256 (bicubic), centre crop
+  224, ImageNet mean/std. The Hub folder of ``facebook/dino-vits16`` holds a ``ViTImageProcessor``, which squashes
+  every image to 224 x 224 without keeping its aspect ratio; the same thread reports that it does *not* reproduce
+  the paper, so a folder's processor is used only when asked (``dino_preprocess="folder"``). ``facebook/dinov2-base``'s
+  folder says the protocol's transforms itself (256 bicubic / crop 224 / ImageNet), so both settings agree there
+  up to the crop rounding below. DINOv2 is run at 224 px, as its processor says (not its 518 px training size).
+- CLIP preprocessing defaults to OpenAI's ``clip.load`` transforms at the model's input size: shorter side to 224
+  (ViT-B/32; 336 for a -336 model) bicubic, centre crop, CLIP mean/std. ``openai/clip-vit-base-patch32``'s folder
+  says the same settings (``clip_preprocess="folder"`` uses it).
+- Both "protocol" transforms are :class:`EvalTransform`: torchvision's exact arithmetic on PIL images (PIL's
+  bicubic resize, centre-crop offsets rounded as torchvision rounds them), so no torchvision is needed; transformers'
+  PIL processors give the same pixels except a one-pixel crop shift when the margin is odd.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -30,10 +35,12 @@ from ..errors import UnofluxError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DINO_RESIZE = 256  # shorter side, bicubic (DINO's eval_knn.py transforms)
 DINO_CROP = 224  # centre crop
 DINO_KINDS = {"vit": "ViTModel", "dinov2": "Dinov2Model"}
-DINO_PREPROCESS = ("protocol", "folder")
+PREPROCESS = ("protocol", "folder")
 
 
 def pil_processor_class(name: str):
@@ -74,23 +81,56 @@ def _from_pretrained(load, folder: Path, what: str):
         transformers.logging.set_verbosity(verbosity)
 
 
-def dino_protocol_processor():
-    """DINO's evaluation transforms as a transformers PIL processor: shorter side 256 (bicubic), centre crop 224,
-    rescale to [0, 1], ImageNet mean/std (``torchvision`` Resize(256, interpolation=3), CenterCrop(224), ToTensor,
-    Normalize in DINO's ``eval_knn.py``; the same PIL bicubic resize)."""
-    return pil_processor_class("BitImageProcessor")(
-        do_resize=True,
-        size={"shortest_edge": DINO_RESIZE},
-        resample=Image.Resampling.BICUBIC,
-        do_center_crop=True,
-        crop_size={"height": DINO_CROP, "width": DINO_CROP},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-        do_convert_rgb=True,
-    )
+class EvalTransform:
+    """The evaluation transforms DINO's and OpenAI CLIP's code run, exactly as torchvision runs them on PIL images:
+    ``Resize(resize, interpolation=BICUBIC)``, ``CenterCrop(crop)``, ``ToTensor()``, ``Normalize(mean, std)``:
+
+    - resize so the shorter side is ``resize``, the longer ``int(resize * long / short)`` (torchvision's rounding),
+      with PIL's bicubic filter (which antialiases when downscaling, as torchvision does on PIL images);
+    - centre crop ``crop`` x ``crop`` at torchvision's offsets ``int(round((side - crop) / 2))`` (transformers'
+      ``center_crop`` floors instead: the same pixels for even margins, one pixel shifted for odd ones, which is the
+      only difference from transformers' PIL processors and the reason for this small class);
+    - pixels / 255, then ``(x - mean) / std``.
+
+    Called like a transformers image processor: ``processor(images=[...], return_tensors="pt")["pixel_values"]``.
+    """
+
+    def __init__(self, resize: int, crop: int, mean: tuple[float, ...], std: tuple[float, ...]):
+        if resize < crop:
+            raise UnofluxError(f"an evaluation resize of {resize} px cannot be centre-cropped to {crop} px")
+        self.resize, self.crop = resize, crop
+        self.image_mean, self.image_std = list(mean), list(std)
+
+    def transform(self, image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        new_short, new_long = self.resize, int(self.resize * long / short)
+        image = image.resize((new_short, new_long) if width <= height else (new_long, new_short), Image.BICUBIC)
+        width, height = image.size
+        top, left = int(round((height - self.crop) / 2.0)), int(round((width - self.crop) / 2.0))
+        image = image.crop((left, top, left + self.crop, top + self.crop))
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean, std = torch.tensor(self.image_mean)[:, None, None], torch.tensor(self.image_std)[:, None, None]
+        return (pixels - mean) / std
+
+    def __call__(self, images, return_tensors: str = "pt") -> dict[str, torch.Tensor]:
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        return {"pixel_values": torch.stack([self.transform(image) for image in images])}
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(resize={self.resize}, crop={self.crop}, mean={self.image_mean}, std={self.image_std})"
+
+
+def dino_protocol_processor() -> EvalTransform:
+    """DINO's ``eval_knn.py`` transforms: shorter side 256 (bicubic), centre crop 224, ImageNet mean/std."""
+    return EvalTransform(DINO_RESIZE, DINO_CROP, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def clip_protocol_processor(image_size: int) -> EvalTransform:
+    """OpenAI CLIP's ``clip.load`` preprocessing at the model's input size (224 for ViT-B/32): shorter side to
+    ``image_size`` (bicubic), centre crop ``image_size``, CLIP's mean/std."""
+    return EvalTransform(image_size, image_size, CLIP_MEAN, CLIP_STD)
 
 
 @dataclass
@@ -112,6 +152,7 @@ class ClipBackbone:
     processor: object
     tokenizer: object
     folder: str
+    preprocess: str  # "protocol" or "folder"
 
 
 def load_dino(folder: str | Path, preprocess: str = "protocol", dtype: torch.dtype = torch.float32) -> DinoBackbone:
@@ -122,8 +163,8 @@ def load_dino(folder: str | Path, preprocess: str = "protocol", dtype: torch.dty
     """
     import transformers
 
-    if preprocess not in DINO_PREPROCESS:
-        raise UnofluxError(f"DINO preprocessing {preprocess!r} is not one of {', '.join(DINO_PREPROCESS)}")
+    if preprocess not in PREPROCESS:
+        raise UnofluxError(f"DINO preprocessing {preprocess!r} is not one of {', '.join(PREPROCESS)}")
     folder = Path(folder)
     kind = _read_config(folder, "DINO", "facebook/dino-vits16 or facebook/dinov2-base").get("model_type")
     if kind not in DINO_KINDS:
@@ -152,10 +193,16 @@ def load_dino(folder: str | Path, preprocess: str = "protocol", dtype: torch.dty
     return DinoBackbone(model.eval().requires_grad_(False), processor, kind, str(folder), preprocess)
 
 
-def load_clip(folder: str | Path, dtype: torch.dtype = torch.float32) -> ClipBackbone:
-    """A CLIP folder (``CLIPModel``: config, weights, tokenizer, image processor) -> :class:`ClipBackbone`."""
+def load_clip(folder: str | Path, preprocess: str = "protocol", dtype: torch.dtype = torch.float32) -> ClipBackbone:
+    """A CLIP folder (``CLIPModel``: config, weights, tokenizer[, image processor]) -> :class:`ClipBackbone`.
+
+    ``preprocess="protocol"`` (default) uses :func:`clip_protocol_processor` at the model's image size;
+    ``"folder"`` the folder's ``preprocessor_config.json`` (CLIP's defaults at the model's size if it has none).
+    """
     import transformers
 
+    if preprocess not in PREPROCESS:
+        raise UnofluxError(f"CLIP preprocessing {preprocess!r} is not one of {', '.join(PREPROCESS)}")
     folder = Path(folder)
     kind = _read_config(folder, "CLIP", "openai/clip-vit-base-patch32").get("model_type")
     if kind != "clip":
@@ -175,11 +222,13 @@ def load_clip(folder: str | Path, dtype: torch.dtype = torch.float32) -> ClipBac
         lambda: transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True), folder, "CLIP"
     )
     processor_class = pil_processor_class("CLIPImageProcessor")
-    if (folder / "preprocessor_config.json").is_file():
+    if preprocess == "protocol":
+        processor = clip_protocol_processor(model.config.vision_config.image_size)
+    elif (folder / "preprocessor_config.json").is_file():
         processor = _from_pretrained(
             lambda: processor_class.from_pretrained(str(folder), local_files_only=True), folder, "CLIP"
         )
     else:  # OpenAI's CLIP preprocessing (the class defaults) at the model's image size
         size = model.config.vision_config.image_size
         processor = processor_class(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    return ClipBackbone(model.eval().requires_grad_(False), processor, tokenizer, str(folder))
+    return ClipBackbone(model.eval().requires_grad_(False), processor, tokenizer, str(folder), preprocess)

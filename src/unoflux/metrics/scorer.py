@@ -119,7 +119,9 @@ class Scorer:
     ``dino``: a ViT DINO (``facebook/dino-vits16``, the protocol's) or DINOv2 folder; ``clip``: a CLIP folder
     (``openai/clip-vit-base-patch32``, the protocol's); either may be left out. ``device`` defaults to CUDA when
     present, ``batch_size`` images (or prompts) go through a backbone at a time, ``progress`` shows a tqdm bar per
-    backbone. ``dino_preprocess``: ``"protocol"`` (DINO's eval transforms, default) or ``"folder"``.
+    backbone. ``dino_preprocess`` / ``clip_preprocess``: ``"protocol"`` (DINO's / OpenAI CLIP's evaluation
+    transforms, the default) or ``"folder"`` (the folder's ``preprocessor_config.json``). ``dtype``: the backbones'
+    weights (float32 by default; embeddings and cosines are always computed in float32).
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class Scorer:
         batch_size: int = 32,
         progress: bool = True,
         dino_preprocess: str = "protocol",
+        clip_preprocess: str = "protocol",
         dtype: torch.dtype = torch.float32,
     ):
         if dino is None and clip is None:
@@ -140,7 +143,7 @@ class Scorer:
         self.batch_size = batch_size
         self.progress = progress
         self.dino: DinoBackbone | None = load_dino(dino, dino_preprocess, dtype) if dino is not None else None
-        self.clip: ClipBackbone | None = load_clip(clip, dtype) if clip is not None else None
+        self.clip: ClipBackbone | None = load_clip(clip, clip_preprocess, dtype) if clip is not None else None
         for backbone in (self.dino, self.clip):
             if backbone is not None:
                 backbone.model.to(self.device)
@@ -151,7 +154,7 @@ class Scorer:
             "dino": None
             if self.dino is None
             else {"folder": self.dino.folder, "kind": self.dino.kind, "preprocess": self.dino.preprocess},
-            "clip": None if self.clip is None else {"folder": self.clip.folder},
+            "clip": None if self.clip is None else {"folder": self.clip.folder, "preprocess": self.clip.preprocess},
             "device": str(self.device),
             "batch_size": self.batch_size,
         }
@@ -248,8 +251,9 @@ class Scorer:
             if not case.references:
                 raise UnofluxError(f"case {i} ({case.generated!r}) has no reference images")
             if case.reference_masks is not None and len(case.reference_masks) != len(case.references):
-                raise UnofluxError(f"case {i} has {len(case.reference_masks)} reference masks for "
-                                   f"{len(case.references)} references")
+                raise UnofluxError(
+                    f"case {i} has {len(case.reference_masks)} reference masks for {len(case.references)} references"
+                )
         images = [case.generated for case in cases] + [r for case in cases for r in case.references]
         results = [CaseScore() for _ in cases]
         if self.dino is not None:
@@ -285,7 +289,13 @@ class Scorer:
         for i in masked:
             case = cases[i]
             masks = case.reference_masks or [None] * len(case.references)
-            plan.append((i, key(case.generated, case.generated_mask), [key(r, m) for r, m in zip(case.references, masks, strict=True)]))
+            plan.append(
+                (
+                    i,
+                    key(case.generated, case.generated_mask),
+                    [key(r, m) for r, m in zip(case.references, masks, strict=True)],
+                )
+            )
         keys = list(items)
         embeddings = self.dino_embeddings([items[k][0] for k in keys], [items[k][1] for k in keys])
         table = dict(zip(keys, embeddings, strict=True))
@@ -315,5 +325,3 @@ def score_cases(
     protocol says -> (per-case scores, overall means)."""
     scores = Scorer(dino=dino, clip=clip, **scorer).score(cases)
     return scores, mean_scores(scores)
-
-

@@ -65,7 +65,12 @@ def save_tiny_clip(folder: str | Path, seed: int = 0, image_size: int = 224, pat
     tokenizer = tiny_clip_tokenizer()
     torch.manual_seed(seed)
     text = dict(
-        TINY_WIDTH, vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1
+        TINY_WIDTH,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
     )
     vision = dict(TINY_WIDTH, image_size=image_size, patch_size=patch_size)
     model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
