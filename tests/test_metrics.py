@@ -223,6 +223,33 @@ def test_masked_dino(scorer, images):
     assert scores[3].dino_masked is None
 
 
+def test_a_bad_image_is_recorded_not_fatal(scorer, images, tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not a png")
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (4, 4)).save(tiny)
+    cases = [
+        Case(images[0], [images[1]], "a dog"),
+        Case(corrupt, [images[1]], "a dog"),  # bad generated image
+        Case(images[2], [images[1], tiny], "a dog"),  # one bad reference
+        Case(images[3], [images[1]], generated_mask=tmp_path / "missing_mask.png"),  # bad mask
+    ]
+    with pytest.raises(UnofluxError, match="cannot be read as an image"):
+        scorer.score(cases)
+    scores = scorer.score(cases, errors="record")
+    assert scores[0].error is None and scores[0].dino is not None and scores[0].clip_t is not None
+    assert "cannot be read" in scores[1].error and scores[1].dino is None and scores[1].clip_t is None
+    assert "at least 16 px" in scores[2].error and scores[2].clip_i is None
+    assert "does not exist" in scores[3].error and scores[3].dino_masked is None and scores[3].dino is None
+    means = mean_scores(scores)
+    assert means["failed"] == 3 and means["dino"] == pytest.approx(scores[0].dino)
+    alone = scorer.score(cases[:1])[0]  # the bad ones do not disturb the good one
+    for name in ("dino", "clip_i", "clip_t"):
+        assert getattr(alone, name) == pytest.approx(getattr(scores[0], name), abs=ATOL)
+    with pytest.raises(UnofluxError, match="not one of raise, record"):
+        scorer.score(cases, errors="skip")
+
+
 def test_bad_folders_are_one_sentence(folders, tmp_path):
     (tmp_path / "empty").mkdir()
     cases = [

@@ -98,15 +98,17 @@ class CaseScore:
     dino_per_reference: list[float] = field(default_factory=list)
     clip_i_per_reference: list[float] = field(default_factory=list)
     dino_masked_per_reference: list[float] = field(default_factory=list)
+    error: str | None = None  # why this case has no scores (an unreadable image), with ``errors="record"``
 
     def as_dict(self) -> dict:
-        return {name: getattr(self, name) for name in METRICS}
+        return {**{name: getattr(self, name) for name in METRICS}, "error": self.error}
 
 
 def mean_scores(scores: Iterable[CaseScore]) -> dict[str, float | None]:
-    """The protocol's overall numbers: each metric's mean over the generated images that have it (``None`` if none)."""
+    """The protocol's overall numbers: each metric's mean over the generated images that have it (``None`` if none),
+    and ``failed``: how many cases had no scores (an unreadable image)."""
     scores = list(scores)
-    out = {}
+    out: dict = {"failed": sum(s.error is not None for s in scores)}
     for name in METRICS:
         values = [getattr(s, name) for s in scores if getattr(s, name) is not None]
         out[name] = float(np.mean(values)) if values else None
@@ -175,32 +177,49 @@ class Scorer:
             raise UnofluxError(f"{name} needs a {flag} backbone folder; make the Scorer with {flag}=DIR")
         return backbone
 
-    @torch.no_grad()
-    def dino_embeddings(self, images: Sequence[ImageInput], masks: Sequence[ImageInput | None] | None = None):
-        """L2-normalised DINO CLS embeddings (float32, CPU), one row per image; ``masks`` grey out backgrounds."""
-        dino = self._need(self.dino, "DINO", "dino")
-        loaded = [load_image(image, "image") for image in images]
-        if masks is not None:
-            fill = dino.processor.image_mean
-            loaded = [im if m is None else apply_mask(im, m, fill) for im, m in zip(loaded, masks, strict=True)]
-        dtype = next(dino.model.parameters()).dtype
-        rows = []
-        for batch in self._batches(loaded, "DINO"):
-            hidden = dino.model(pixel_values=self._pixels(dino.processor, batch, dtype)).last_hidden_state
-            rows.append(hidden[:, 0].float().cpu())
-        return F.normalize(torch.cat(rows), dim=-1) if rows else torch.empty(0)
+    def _encode_images(self, sources, model, processor, run, desc, masks=None, failures=None) -> torch.Tensor:
+        """Load ``sources`` a batch at a time (never all at once), encode with ``run(pixel_values)``, L2-normalise.
+        With a ``failures`` dict, an image that cannot be read gets a NaN row and its one-sentence message under its
+        index instead of stopping the run."""
+        rows: list[torch.Tensor | None] = [None] * len(sources)
+        dtype = next(model.parameters()).dtype
+        for indices in self._batches(list(range(len(sources))), desc):
+            kept, pictures = [], []
+            for i in indices:
+                try:
+                    picture = load_image(sources[i], "image")
+                    if masks is not None and masks[i] is not None:
+                        picture = apply_mask(picture, masks[i], processor.image_mean)
+                except UnofluxError as err:
+                    if failures is None:
+                        raise
+                    failures[i] = str(err)
+                    continue
+                kept.append(i)
+                pictures.append(picture)
+            if pictures:
+                for i, row in zip(kept, run(self._pixels(processor, pictures, dtype)).float().cpu(), strict=True):
+                    rows[i] = row
+        done = [row for row in rows if row is not None]
+        if not done:
+            return torch.full((len(sources), 0), float("nan"))
+        nan = torch.full_like(done[0], float("nan"))
+        return F.normalize(torch.stack([nan if row is None else row for row in rows]), dim=-1)
 
     @torch.no_grad()
-    def clip_image_embeddings(self, images: Sequence[ImageInput]) -> torch.Tensor:
+    def dino_embeddings(self, images: Sequence[ImageInput], masks=None, failures: dict | None = None) -> torch.Tensor:
+        """L2-normalised DINO CLS embeddings (``last_hidden_state[:, 0]``; float32, CPU), one row per image;
+        ``masks`` (one per image, ``None`` for none) set backgrounds to the processor's mean colour first."""
+        dino = self._need(self.dino, "DINO", "dino")
+        run = lambda pixels: dino.model(pixel_values=pixels).last_hidden_state[:, 0]  # noqa: E731
+        return self._encode_images(list(images), dino.model, dino.processor, run, "DINO", masks, failures)
+
+    @torch.no_grad()
+    def clip_image_embeddings(self, images: Sequence[ImageInput], failures: dict | None = None) -> torch.Tensor:
         """L2-normalised CLIP image embeddings (``get_image_features``; float32, CPU), one row per image."""
         clip = self._need(self.clip, "CLIP-I/CLIP-T", "clip")
-        loaded = [load_image(image, "image") for image in images]
-        dtype = next(clip.model.parameters()).dtype
-        rows = []
-        for batch in self._batches(loaded, "CLIP image"):
-            out = clip.model.get_image_features(pixel_values=self._pixels(clip.processor, batch, dtype))
-            rows.append(_features(out).float().cpu())
-        return F.normalize(torch.cat(rows), dim=-1) if rows else torch.empty(0)
+        run = lambda pixels: _features(clip.model.get_image_features(pixel_values=pixels))  # noqa: E731
+        return self._encode_images(list(images), clip.model, clip.processor, run, "CLIP image", None, failures)
 
     @torch.no_grad()
     def clip_text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -243,9 +262,15 @@ class Scorer:
         return [float(table[_key(im)] @ texts[i]) for i, im in enumerate(images)]
 
     # ------------------------------------------------------------------------------------------- cases
-    def score(self, cases: Sequence[Case]) -> list[CaseScore]:
+    def score(self, cases: Sequence[Case], errors: str = "raise") -> list[CaseScore]:
         """Every metric the Scorer's backbones allow for each case (see :class:`CaseScore`); every distinct image is
-        encoded once. CLIP-T is scored for cases with a prompt, masked DINO for cases with masks."""
+        encoded once. CLIP-T is scored for cases with a prompt, masked DINO for cases with masks.
+
+        ``errors="raise"`` stops at the first unreadable image (one :class:`UnofluxError` sentence);
+        ``errors="record"`` scores everything else and gives each case that needs a bad image (its generated image,
+        a reference or a mask) no scores and that image's message in :attr:`CaseScore.error`."""
+        if errors not in ("raise", "record"):
+            raise UnofluxError(f"errors={errors!r} is not one of raise, record")
         cases = list(cases)
         for i, case in enumerate(cases):
             if not case.references:
@@ -254,16 +279,17 @@ class Scorer:
                 raise UnofluxError(
                     f"case {i} has {len(case.reference_masks)} reference masks for {len(case.references)} references"
                 )
+        bad: dict[tuple, str] | None = {} if errors == "record" else None
         images = [case.generated for case in cases] + [r for case in cases for r in case.references]
         results = [CaseScore() for _ in cases]
         if self.dino is not None:
-            table = _unique_embeddings(self.dino_embeddings, images)
+            table = _unique_embeddings(self.dino_embeddings, images, bad)
             for case, out in zip(cases, results, strict=True):
                 out.dino_per_reference = [float(table[_key(case.generated)] @ table[_key(r)]) for r in case.references]
                 out.dino = float(np.mean(out.dino_per_reference))
-            self._score_masked(cases, results)
+            self._score_masked(cases, results, bad)
         if self.clip is not None:
-            table = _unique_embeddings(self.clip_image_embeddings, images)
+            table = _unique_embeddings(self.clip_image_embeddings, images, bad)
             for case, out in zip(cases, results, strict=True):
                 g = table[_key(case.generated)]
                 out.clip_i_per_reference = [float(g @ table[_key(r)]) for r in case.references]
@@ -272,9 +298,14 @@ class Scorer:
             texts = self.clip_text_embeddings([cases[i].prompt for i in prompted])
             for row, i in enumerate(prompted):
                 results[i].clip_t = float(table[_key(cases[i].generated)] @ texts[row])
+        for i, case in enumerate(cases):
+            needed = [case.generated, *case.references, case.generated_mask, *(case.reference_masks or [])]
+            messages = [bad[_key(x)] for x in needed if bad and x is not None and _key(x) in bad]
+            if messages:
+                results[i] = CaseScore(error=messages[0])
         return results
 
-    def _score_masked(self, cases: list[Case], results: list[CaseScore]) -> None:
+    def _score_masked(self, cases: list[Case], results: list[CaseScore], bad: dict | None) -> None:
         masked = [i for i, c in enumerate(cases) if c.generated_mask is not None or c.reference_masks is not None]
         if not masked:
             return
@@ -289,15 +320,15 @@ class Scorer:
         for i in masked:
             case = cases[i]
             masks = case.reference_masks or [None] * len(case.references)
-            plan.append(
-                (
-                    i,
-                    key(case.generated, case.generated_mask),
-                    [key(r, m) for r, m in zip(case.references, masks, strict=True)],
-                )
-            )
+            refs = [key(r, m) for r, m in zip(case.references, masks, strict=True)]
+            plan.append((i, key(case.generated, case.generated_mask), refs))
         keys = list(items)
-        embeddings = self.dino_embeddings([items[k][0] for k in keys], [items[k][1] for k in keys])
+        failures = None if bad is None else {}
+        embeddings = self.dino_embeddings([items[k][0] for k in keys], [items[k][1] for k in keys], failures)
+        for index, message in (failures or {}).items():  # a bad mask (the images themselves were read before)
+            mask = items[keys[index]][1]
+            if mask is not None:
+                bad.setdefault(_key(mask), message)
         table = dict(zip(keys, embeddings, strict=True))
         for i, g, refs in plan:
             results[i].dino_masked_per_reference = [float(table[g] @ table[r]) for r in refs]
@@ -310,12 +341,18 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def _unique_embeddings(embed, images: list[ImageInput]) -> dict[tuple, torch.Tensor]:
+def _unique_embeddings(embed, images: list[ImageInput], bad: dict | None = None) -> dict[tuple, torch.Tensor]:
+    """``{image key: embedding}`` with each distinct image encoded once; unreadable ones go to ``bad`` (key ->
+    message) when it is given."""
     unique: dict[tuple, ImageInput] = {}
     for image in images:
         unique.setdefault(_key(image), image)
     keys = list(unique)
-    return dict(zip(keys, embed([unique[k] for k in keys]), strict=True))
+    failures = None if bad is None else {}
+    table = dict(zip(keys, embed([unique[k] for k in keys], failures=failures), strict=True))
+    for index, message in (failures or {}).items():
+        bad.setdefault(keys[index], message)
+    return table
 
 
 def score_cases(
