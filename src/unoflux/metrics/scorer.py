@@ -9,17 +9,19 @@ Protocol choices made here (each also in docs/metrics.md):
   L2-normalised, cosine between a generated and a reference image.
 - CLIP-T: ``get_text_features`` of the prompt (projected end-of-text token, as OpenAI's ``encode_text``),
   L2-normalised, cosine with the generated image's CLIP embedding. Reported as a plain cosine in [-1, 1], which is
-  the scale of DreamBooth's and UNO's tables (0.305, 0.304); see :func:`scale_clip_t` for the x100 and
+  the scale of DreamBooth's and UNO's tables (about 0.3; UNO: 0.304); see :func:`scale_clip_t` for the x100 and
   CLIPScore (2.5 * max(cos, 0)) scales other papers use. The prompt is scored as given (no rare-token identifier
   is added or removed here); longer prompts are truncated to the text tower's 77 tokens.
 - Averaging: per generated image, DINO and CLIP-I are the mean over that subject's reference images; the overall
   number is the mean over generated images (:func:`mean_scores`). With the same number of references for every
   image this equals DreamBooth's "average pairwise similarity" over all (generated, real) pairs.
-- Each distinct image (same path, or same PIL object) is encoded once; encoding is in batches of ``batch_size``
-  with a tqdm bar per backbone.
+- Images are read by the reference loader users hit (:func:`unoflux.images.load_image`: EXIF orientation applied,
+  any mode to 8-bit RGB, transparency on white); each distinct image (same path, or same PIL object) is encoded
+  once, read and encoded ``batch_size`` at a time (never all in memory), with a tqdm bar per backbone. An unreadable
+  image stops the run, or with ``errors="record"`` only takes its cases' scores away (:attr:`CaseScore.error`).
 - Optional masked DINO: pixels outside a subject mask (mask value < 128 after conversion to greyscale, resized
   to the image with nearest neighbour) are set to the DINO processor's mean colour (ImageNet mean in 8 bits), so
-  they normalise to zero, before the usual preprocessing.
+  they normalise to (almost, 8-bit rounding) zero, before the usual preprocessing.
 """
 
 from __future__ import annotations
