@@ -260,10 +260,13 @@ def test_bad_folders_are_one_sentence(folders, tmp_path):
         (dict(clip=tmp_path / "missing"), "does not exist"),
         ({}, "needs a DINO folder"),
         (dict(dino=folders["vit"], batch_size=0), "batch_size"),
+        (dict(dino=folders["vit"], device="gpu0"), "not a torch device"),
     ]
+    if not torch.cuda.is_available():
+        cases.append((dict(dino=folders["vit"], device="cuda"), "sees no CUDA GPU"))
     for kwargs, message in cases:
         with pytest.raises(UnofluxError, match=message) as err:
-            Scorer(progress=False, device="cpu", **kwargs)
+            Scorer(progress=False, **{"device": "cpu", **kwargs})
         assert "\n" not in str(err.value)
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -143,7 +143,12 @@ class Scorer:
             raise UnofluxError("a Scorer needs a DINO folder (dino=DIR), a CLIP folder (clip=DIR), or both")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UnofluxError(f"batch_size {batch_size!r} must be a whole number of at least 1")
-        self.device = torch.device(device if device is not None else default_device())
+        try:
+            self.device = torch.device(device if device is not None else default_device())
+        except (RuntimeError, TypeError):
+            raise UnofluxError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UnofluxError(f"device {device!r} asks for CUDA, but torch sees no CUDA GPU here; use device='cpu'")
         self.batch_size = batch_size
         self.progress = progress
         self.dino: DinoBackbone | None = load_dino(dino, dino_preprocess, dtype) if dino is not None else None
@@ -296,10 +301,11 @@ class Scorer:
                 g = table[_key(case.generated)]
                 out.clip_i_per_reference = [float(g @ table[_key(r)]) for r in case.references]
                 out.clip_i = float(np.mean(out.clip_i_per_reference))
-            prompted = [i for i, case in enumerate(cases) if case.prompt is not None]
-            texts = self.clip_text_embeddings([cases[i].prompt for i in prompted])
-            for row, i in enumerate(prompted):
-                results[i].clip_t = float(table[_key(cases[i].generated)] @ texts[row])
+            prompts = list(dict.fromkeys(case.prompt for case in cases if case.prompt is not None))
+            texts = dict(zip(prompts, self.clip_text_embeddings(prompts), strict=True))  # each prompt encoded once
+            for case, out in zip(cases, results, strict=True):
+                if case.prompt is not None:
+                    out.clip_t = float(table[_key(case.generated)] @ texts[case.prompt])
         for i, case in enumerate(cases):
             needed = [case.generated, *case.references, case.generated_mask, *(case.reference_masks or [])]
             messages = [bad[_key(x)] for x in needed if bad and x is not None and _key(x) in bad]
