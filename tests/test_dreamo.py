@@ -299,12 +299,14 @@ def test_the_apps_task_per_slot_reaches_the_pipeline(dreamo_pipe, tmp_path, refs
         {"path": str(tmp_path / "shirt.png")},
         width=32,
         height=32,
-        steps=1,
+        steps=None,  # the model's: DreamO's turbo 12
         seed=3,
         task_1="id",
         progress=lambda *a, **k: None,
     )
-    face, shirt = json.loads(Image.open(images[0]).text["unoflux"])["references"]
+    settings = json.loads(Image.open(images[0]).text["unoflux"])
+    assert settings["steps"] == 12
+    face, shirt = settings["references"]
     assert face["role"] == "id" and isinstance(shirt, str) and "_id1" in face["image"]
     assert f"--id {face['image']} --ref {shirt}" in command
 

@@ -17,6 +17,7 @@ from typing import Any
 from ..generation import generate, output_paths, settings_record
 from ..images import save_png
 from ..options import GenerationRequest
+from ..pipeline import model_defaults_of
 from ..references import SUBJECT, as_references
 from .command import generate_command
 
@@ -48,7 +49,8 @@ class AppRunner:
         request.validate()  # bad settings and unreadable uploads stop here with one clear sentence
         run_id = new_run_id()
         request = replace(request, references=self._keep_references(request.references, run_id))
-        output = generate(self.pipe, request, callback_on_step_end=_step_callback(on_step, request.steps))
+        total = request.steps or model_defaults_of(self.pipe)["steps"]  # (None: the model's)
+        output = generate(self.pipe, request, callback_on_step_end=_step_callback(on_step, total))
         paths = [self.out_dir / f"{run_id}_{p.name}" for p in output_paths(self.out_dir, request)]
         for j, (image, path) in enumerate(zip(output.images, paths)):
             save_png(image, path, settings_record(request, output, j, self.model))

@@ -105,7 +105,7 @@ def make_generate(runner: AppRunner):
         reference_4: dict | None = None,
         width: float = DEFAULTS.width,
         height: float = DEFAULTS.height,
-        steps: float = DEFAULTS.steps,
+        steps: float | None = DEFAULTS.steps,  # None: the model's (25; DreamO's turbo 12)
         guidance: float | None = DEFAULTS.guidance,
         true_cfg: float | None = DEFAULTS.true_cfg,
         seed: float | None = DEFAULTS.seed,
@@ -138,7 +138,7 @@ def make_generate(runner: AppRunner):
                 references=subjects + styles,
                 width=None if width is None else _as_int(width, "width"),  # None: the model's size
                 height=None if height is None else _as_int(height, "height"),
-                steps=_as_int(steps, "steps"),
+                steps=None if steps is None else _as_int(steps, "steps"),
                 guidance=None if guidance is None else float(guidance),
                 true_cfg=None if true_cfg is None else float(true_cfg),
                 negative_prompt=negative_prompt or "",
@@ -208,7 +208,7 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
         width = gr.Slider(16, MAX_SIDE, value=default_size, step=16, label="Width")
         height = gr.Slider(16, MAX_SIDE, value=default_size, step=16, label="Height")
     with gr.Row():
-        steps = gr.Slider(1, 100, value=DEFAULTS.steps, step=1, label="Steps")
+        steps = gr.Slider(1, 100, value=defaults["steps"], step=1, label="Steps")
         guidance = gr.Slider(0, 10, value=default_guidance, step=0.1, label="Guidance")
         true_cfg = gr.Slider(1, 10, value=default_true_cfg, step=0.1, label="True CFG (1 = off)")
     with gr.Row():
