@@ -96,14 +96,21 @@ def test_generate_in_the_browser(page, app_server, examples, artifacts_dir):
     assert page.hosts == {urlparse(app_server[0]).netloc}, "the page reached beyond the local server"
 
 
-def test_a_corrupt_upload_shows_an_error_in_the_page(page, tmp_path):
+def test_a_corrupt_upload_is_named_once_at_upload_time_and_cleared(page, tmp_path):
     broken = tmp_path / "broken.png"
-    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    broken.write_text("this is a text file, not a picture")
     upload_reference(page, 1, broken)
+    # before any Generate: the status line names the file once, and the slot is empty again
+    status = page.locator("#status")
+    expect(status).to_contain_text("reference image 1 'broken.png' cannot be read as an image", timeout=TIMEOUT_MS)
+    assert status.inner_text().count("broken.png") == 1
+    expect(page.locator("#reference-1 img")).to_have_count(0)
     page.locator("#prompt textarea").fill("a red ball")
-    set_slider(page, "Steps", 2)
-    page.locator("#generate").click()
-    page.get_by_text("reference image 1 'broken.png' cannot be read as an image").first.wait_for()
+    set_slider(page, "Width", 32)
+    set_slider(page, "Height", 32)
+    set_slider(page, "Steps", 1)
+    page.locator("#generate").click()  # the cleared slot does not hold the generation up
+    expect(status).to_contain_text("Saved 1 image")
 
 
 def test_an_example_fills_the_form(page, examples):

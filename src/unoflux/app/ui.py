@@ -20,6 +20,7 @@ from gradio.utils import get_upload_folder  # noqa: E402
 
 from ..demo import EXAMPLES_DIR  # noqa: E402
 from ..errors import UnofluxError  # noqa: E402
+from ..images import load_image  # noqa: E402
 from ..options import MAX_SIDE, METHOD_NAMES, POSITION_MODES, SCHEDULES, GenerationRequest  # noqa: E402
 from ..pipeline import model_defaults_of  # noqa: E402
 from ..references import ROLES, STYLE, SUBJECT, Reference  # noqa: E402
@@ -83,6 +84,28 @@ def _optional_number(value: Any, name: str) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         raise UnofluxError(f"{name} {value!r} must be a number, or blank for the default") from None
+
+
+def check_upload(what: str):
+    """The event behind an image slot's upload: open the file as a generation would
+    (:func:`unoflux.images.load_image`); one that does not open is cleared from the slot and named, once, in a
+    warning and the status line, now rather than at Generate. Raw payloads, as for Generate: Gradio's own
+    preprocessing would fail on a corrupt file with a bare "Error"."""
+
+    def check(payload: dict | None):
+        path = upload_path(payload)
+        if not path:
+            return gr.skip(), gr.skip()
+        try:
+            load_image(path, what=what)
+        except UnofluxError as err:
+            message = f"{user_message(err)}; the slot was cleared, choose another file."
+            log.warning("upload refused: %s", message)
+            gr.Warning(message)
+            return None, message
+        return gr.skip(), gr.skip()
+
+    return check
 
 
 def refused(message: str) -> gr.Error:
@@ -331,6 +354,19 @@ def build_app(
         # unpack three values; queue=False so that it does not wait behind other people's generations.
         seed_box, seed_used = next(c for c in inputs if c.elem_id == "seed"), outputs[-1]
         event.success(lambda seed: seed, inputs=seed_used, outputs=seed_box, queue=False, api_visibility="private")
+        # Each image slot opens its upload at once, so a corrupt file is named now, not at Generate. Not limited by
+        # the generation concurrency: checking an upload must not wait behind other people's generations.
+        for slot in inputs:
+            kind, _, k = (slot.elem_id or "").rpartition("-")
+            if isinstance(slot, gr.Image) and kind in ("reference", "style"):
+                slot.upload(
+                    check_upload(f"{kind} image {k}"),
+                    inputs=slot,
+                    outputs=[slot, outputs[2]],
+                    preprocess=False,
+                    concurrency_limit=None,
+                    api_visibility="private",
+                )
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo
 
