@@ -88,8 +88,8 @@ def _optional_number(value: Any, name: str) -> float | None:
 
 def check_upload(what: str):
     """The event behind an image slot's upload: open the file as a generation would
-    (:func:`unoflux.images.load_image`); one that does not open is cleared from the slot and named, once, in a
-    warning and the status line, now rather than at Generate. Raw payloads, as for Generate: Gradio's own
+    (:func:`unoflux.images.load_image`); one that does not open is cleared from the slot and named, once, in the
+    status line, now rather than at Generate. Raw payloads, as for Generate: Gradio's own
     preprocessing would fail on a corrupt file with a bare "Error"."""
 
     def check(payload: dict | None):
@@ -101,7 +101,6 @@ def check_upload(what: str):
         except UnofluxError as err:
             message = f"{user_message(err)}; the slot was cleared, choose another file."
             log.warning("upload refused: %s", message)
-            gr.Warning(message)
             return None, message
         return gr.skip(), gr.skip()
 
@@ -354,8 +353,9 @@ def build_app(
         # unpack three values; queue=False so that it does not wait behind other people's generations.
         seed_box, seed_used = next(c for c in inputs if c.elem_id == "seed"), outputs[-1]
         event.success(lambda seed: seed, inputs=seed_used, outputs=seed_box, queue=False, api_visibility="private")
-        # Each image slot opens its upload at once, so a corrupt file is named now, not at Generate. Not limited by
-        # the generation concurrency: checking an upload must not wait behind other people's generations.
+        # Each image slot opens its upload at once, so a corrupt file is named now, not at Generate. Outside the queue
+        # (queue=False): checking an upload must neither wait behind other people's generations nor be refused as
+        # "busy" when the queue is full.
         for slot in inputs:
             kind, _, k = (slot.elem_id or "").rpartition("-")
             if isinstance(slot, gr.Image) and kind in ("reference", "style"):
@@ -364,7 +364,7 @@ def build_app(
                     inputs=slot,
                     outputs=[slot, outputs[2]],
                     preprocess=False,
-                    concurrency_limit=None,
+                    queue=False,
                     api_visibility="private",
                 )
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
