@@ -145,3 +145,43 @@ def test_a_random_seed_is_written_back_into_the_seed_box(page):
     expect(page.locator("#status")).to_contain_text("Saved 1 image")
     seed = re.search(r"\(seed (\d+)\)", page.locator("#status").inner_text()).group(1)
     expect(seed_box).to_have_value(seed)  # the next run (Random seed unticked) can repeat it
+
+
+def test_a_full_queue_tells_the_page_it_is_busy(browser, serve_pipeline):
+    """One generation running and one waiting fill a --max-queue 1 app: the page's Generate is refused with Gradio's
+    own words (docs/app.md quotes them; the page cannot say "Queue is full", its text is built into Gradio's page)."""
+    import threading
+
+    from gradio_client import Client
+    from gradio_client.utils import Status
+
+    from unoflux.testing import tiny_pipeline
+
+    gate = threading.Event()
+    pipe = tiny_pipeline()
+
+    def gated(*args, **kwargs):
+        gate.wait(timeout=60)
+        return pipe(*args, **kwargs)
+
+    class Gated:  # the tiny pipeline, held at its first call until the page has been refused
+        def __getattr__(self, name):
+            return getattr(pipe, name)
+
+        __call__ = staticmethod(gated)
+
+    url = serve_pipeline(Gated(), concurrency=1, max_queue=1)
+    tiny = dict(width=32, height=32, steps=1)
+    jobs = [Client(url, verbose=False).submit(prompt=f"ball {i}", **tiny, api_name="/generate") for i in range(2)]
+    page = browser.new_page()
+    try:
+        while any(job.status().code in (Status.STARTING, Status.JOINING_QUEUE) for job in jobs):
+            page.wait_for_timeout(50)  # until one runs and one waits
+        page.goto(url)
+        page.locator("#prompt textarea").fill("a red ball")
+        page.locator("#generate").click()
+        expect(page.get_by_text("This application is currently busy").first).to_be_visible()
+    finally:
+        gate.set()
+        page.close()
+    assert all(job.result(timeout=60)[0] for job in jobs)  # the queued requests still get their images

@@ -320,7 +320,8 @@ def build_app(
 ) -> gr.Blocks:
     """The web app for a loaded pipeline. ``model`` is the record stored in each PNG, ``model_flags`` the
     flags that reload the same model in ``unoflux generate``; at most ``concurrency`` generations run at
-    once and ``max_queue`` more wait; beyond that a request is refused with "queue is full". The size
+    once and ``max_queue`` more wait; beyond that a request is refused (the page shows Gradio's "This application
+    is currently busy", gradio_client raises "Queue is full"). The size
     sliders start at ``default_size`` (the model's native size), the guidance sliders, the time shift and the
     stochasticity at the pipeline's defaults (the model's own, from its unoflux.json)."""
     if concurrency < 1 or max_queue < 1:
