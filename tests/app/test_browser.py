@@ -185,3 +185,19 @@ def test_a_full_queue_tells_the_page_it_is_busy(browser, serve_pipeline):
         gate.set()
         page.close()
     assert all(job.result(timeout=60)[0] for job in jobs)  # the queued requests still get their images
+
+
+def test_the_reference_long_side_label_gives_the_models_own_sizes(browser, serve_pipeline):
+    from unoflux.testing import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    pipe.reference_long_sides = (128, 80)  # as the embedded model's unoflux.json sets them
+    page = browser.new_page()
+    try:
+        page.goto(serve_pipeline(pipe))
+        page.get_by_role("button", name="Advanced").click()
+        expect(page.get_by_text("Reference long side (auto: 128 for one reference, 80 for several)")).to_be_visible()
+        page.locator("#reference-long-side input").click()
+        expect(page.get_by_role("option", name="128", exact=True)).to_be_visible()  # and offered in the list
+    finally:
+        page.close()

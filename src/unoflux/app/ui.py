@@ -18,6 +18,7 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 
+from ..conditioning import default_reference_long_side  # noqa: E402
 from ..demo import EXAMPLES_DIR  # noqa: E402
 from ..errors import UnofluxError  # noqa: E402
 from ..images import load_image  # noqa: E402
@@ -47,6 +48,19 @@ def example_rows() -> list[list[Any]]:
         references = [str(EXAMPLES_DIR / name) for name in item["references"]]
         rows.append([item["prompt"], *references, *[None] * (MAX_REFERENCES - len(references))])
     return rows
+
+
+def auto_long_sides(pipe) -> tuple[int, int]:
+    """The reference long side 'auto' gives for one reference and for several: the model's own
+    (``pipe.reference_long_sides``, e.g. the embedded model's (128, 80)) or UNO's (512, 320)."""
+    sides = getattr(pipe, "default_reference_long_side", None) or default_reference_long_side  # wrapped pipes: UNO's
+    return int(sides(1)), int(sides(2))
+
+
+def long_side_label(sides: tuple[int, int]) -> str:
+    one, several = sides
+    auto = f"{one}" if one == several else f"{one} for one reference, {several} for several"
+    return f"Reference long side (auto: {auto})"
 
 
 def parse_long_side(value: Any) -> int | None:
@@ -239,11 +253,14 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
         num_images = gr.Slider(1, 4, value=DEFAULTS.num_images, step=1, label="Number of images")
     with gr.Accordion("Advanced", open=False):
         position_mode = gr.Radio(list(POSITION_MODES), value=DEFAULTS.position_mode, label="Position mode (UnoPE)")
+        auto_sides = defaults.get("reference_long_sides", (512, 320))
+        model_sides = {str(side) for side in auto_sides} - set(LONG_SIDE_CHOICES)  # the model's own sizes, offered
         long_side = gr.Dropdown(
-            LONG_SIDE_CHOICES,
+            ["auto", *sorted(model_sides, key=int), *LONG_SIDE_CHOICES[1:]],
             value="auto",
             allow_custom_value=True,
-            label="Reference long side (auto: 512 for one reference, 320 for several)",
+            label=long_side_label(auto_sides),
+            elem_id="reference-long-side",
         )
         schedule = gr.Radio(list(SCHEDULES), value="uno", label="Schedule (time shift by resolution)")
         # A text box, not gr.Number: a Number box shows None as 0, which the model refuses ("must be a positive
@@ -335,7 +352,12 @@ def build_app(
             with gr.Column(scale=3):
                 styles = getattr(pipe, "style_encoder", None) is not None
                 tasks = getattr(pipe, "dreamo_embeddings", None) is not None
-                inputs = _form_inputs({**model_defaults_of(pipe), "width": default_size}, styles=styles, tasks=tasks)
+                defaults = {
+                    **model_defaults_of(pipe),
+                    "width": default_size,
+                    "reference_long_sides": auto_long_sides(pipe),
+                }
+                inputs = _form_inputs(defaults, styles=styles, tasks=tasks)
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 outputs = _result_outputs()
