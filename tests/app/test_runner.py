@@ -193,3 +193,28 @@ def test_auth_asks_for_the_password(tiny_model_dir, app_args, tmp_path):
         Client(url, auth=("alice", "s3cret:x"), verbose=False)  # the password is everything after the first colon
     finally:
         demo.close()
+
+
+def test_a_floored_size_reaches_the_command_and_is_said(runner, tiny_request):
+    from unoflux.cli import build_parser
+
+    result = runner.run(tiny_request(width=100, height=50))
+    assert Image.open(result.images[0]).size == (96, 48)
+    parsed = build_parser().parse_args(shlex.split(result.command)[1:])
+    assert (parsed.width, parsed.height) == (96, 48)  # the size that ran, as the PNG's settings say it
+    assert read_settings(result.images[0])["width"] == 96
+    assert result.size == (96, 48) and result.floored == ["width 100 became 96", "height 50 became 48"]
+    exact = runner.run(tiny_request(width=48, height=32))
+    assert (exact.size, exact.floored) == ((48, 32), []) and "--width 48 --height 32" in exact.command
+
+
+def test_the_status_line_gives_the_native_size_and_what_was_floored(runner, examples):
+    from unoflux.app.ui import make_generate
+
+    generate = make_generate(runner)
+    _, command, status, seed = generate("a red ball", width=100, height=48, steps=1, seed=5)
+    assert "1 image, 96 x 48 px, to" in status and "(seed 5)" in status
+    assert status.endswith("Width 100 became 96: sizes are floored to multiples of 16.")
+    assert "--width 96 --height 48" in command
+    _, _, status, _ = generate("a red ball", width=64, height=48, steps=1, seed=5)
+    assert "64 x 48 px" in status and "floored" not in status

@@ -10,7 +10,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ StepReporter = Callable[[int, int], None]  # (steps done, total steps)
 @dataclass
 class AppResult:
     images: list[Path]  # the saved PNGs, each carrying its settings
-    command: str  # `unoflux generate ...` reproducing them
+    command: str  # `unoflux generate ...` reproducing them, with the size actually used
+    size: tuple[int, int] | None = None  # (width, height) of each image, in px
+    floored: list[str] = field(default_factory=list)  # e.g. "width 100 became 96": the sizes the model floored
 
 
 def new_run_id() -> str:
@@ -52,7 +54,19 @@ class AppRunner:
         paths = [self.out_dir / f"{run_id}_{p.name}" for p in output_paths(self.out_dir, request)]
         for j, (image, path) in enumerate(zip(output.images, paths)):
             save_png(image, path, settings_record(request, output, j, self.model))
-        return AppResult(paths, generate_command(request, self.model_flags, self.out_dir))
+        # the size that ran (floored to multiples of 16), so the command reproduces it without the model flooring again;
+        # a size left to the model stays out of the command, as every option left to it does
+        used = {name: output.settings.get(name) for name in ("width", "height")}
+        floored = [
+            f"{name} {getattr(request, name)} became {used[name]}"
+            for name in ("width", "height")
+            if getattr(request, name) is not None and used[name] is not None and used[name] != getattr(request, name)
+        ]
+        command_request = replace(
+            request, **{n: v for n, v in used.items() if v is not None and getattr(request, n) is not None}
+        )
+        size = (used["width"], used["height"]) if None not in used.values() else None
+        return AppResult(paths, generate_command(command_request, self.model_flags, self.out_dir), size, floored)
 
     def _keep_references(self, references: Sequence, run_id: str) -> list:
         """Copy uploads (which live in Gradio's temporary cache) next to the outputs, so the settings in

@@ -197,7 +197,11 @@ def make_generate(runner: AppRunner):
                 "out of GPU memory; use a smaller size, fewer references or images, or restart with --offload model"
             ) from None
         noun = "image" if len(result.images) == 1 else "images"
-        status = f"Saved {len(result.images)} {noun} to `{runner.out_dir}` (seed {request.seed})."
+        # the images' own pixels: the gallery may show a small result larger than it is
+        size = f", {result.size[0]} x {result.size[1]} px," if result.size else ""
+        status = f"Saved {len(result.images)} {noun}{size} to `{runner.out_dir}` (seed {request.seed})."
+        if result.floored:
+            status += f" {' and '.join(result.floored).capitalize()}: sizes are floored to multiples of 16."
         return [str(p) for p in result.images], result.command, status, request.seed
 
     return generate
