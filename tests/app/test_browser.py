@@ -92,6 +92,7 @@ def test_generate_in_the_browser(page, app_server, examples, artifacts_dir):
     assert (image.format, image.size) == ("PNG", (64, 48))
     assert '"prompt": "a red ball on a wooden table"' in image.text[SETTINGS_KEY]  # the PNG carries its settings
     expect(page.locator("#command textarea")).to_have_value(re.compile(r"--ref .* --width 64 --height 48 --steps 2 "))
+    expect(page.locator("#status")).to_contain_text("64 x 48 px")  # the gallery may show it larger; this says its size
     page.screenshot(path=artifacts_dir / "app-after-generation.png", full_page=True)
     assert page.hosts == {urlparse(app_server[0]).netloc}, "the page reached beyond the local server"
 
@@ -115,9 +116,13 @@ def test_a_corrupt_upload_is_named_once_at_upload_time_and_cleared(page, tmp_pat
 
 def test_an_example_fills_the_form(page, examples):
     two_references = next(e for e in json.loads((examples / "examples.json").read_text()) if len(e["references"]) == 2)
-    page.get_by_text(two_references["prompt"][:40]).first.click()  # the examples table may shorten long prompts
+    assert len(two_references["prompt"]) > 100
+    row = page.locator("#examples").get_by_text(two_references["prompt"], exact=True)  # the whole prompt, not cut
+    expect(row).to_be_visible()
+    row.click()
     expect(page.locator("#prompt textarea")).to_have_value(two_references["prompt"])
     page.locator("#reference-2 img").wait_for()
+    expect(page.locator("#reference-3 img")).to_have_count(0)
 
 
 def test_generate_with_advanced_open_leaves_the_time_shift_to_the_model(page):

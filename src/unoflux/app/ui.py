@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -330,6 +331,23 @@ def _result_outputs() -> list[gr.Component]:
     return [gallery, command, status, gr.State()]
 
 
+def _examples(fields: list[gr.Component]) -> gr.Dataset:
+    """The bundled examples as a table that fills ``fields`` (the prompt, then the reference slots) in one click.
+    Not gr.Examples: its prompt column (a Textbox's, or a Markdown's) cuts every prompt at 60 characters; an HTML
+    column shows the whole prompt."""
+    rows = example_rows()
+    table = gr.Dataset(
+        components=[gr.HTML(visible=False), *[gr.Image(type="filepath", visible=False) for _ in fields[1:]]],
+        samples=[[html.escape(row[0]), *row[1:]] for row in rows],
+        headers=["Prompt", *[f"Reference {k}" for k in range(1, len(fields))]],
+        type="index",
+        label="Examples (click one to fill the form)",
+        elem_id="examples",
+    )
+    table.click(lambda index: tuple(rows[index]), inputs=table, outputs=fields, queue=False, api_visibility="private")
+    return table
+
+
 def build_app(
     pipe,
     model: dict[str, Any],
@@ -365,12 +383,7 @@ def build_app(
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 outputs = _result_outputs()
-        gr.Examples(
-            example_rows(),
-            inputs=inputs[: 1 + MAX_REFERENCES],
-            cache_examples=False,
-            label="Examples (click one to fill the form)",
-        )
+        _examples(inputs[: 1 + MAX_REFERENCES])
         generate = make_generate(AppRunner(pipe, model, out_dir, model_flags))
         # Raw inputs (preprocess=False): Gradio's image preprocessing opens uploads with PIL and fails with a
         # bare "Error" on a corrupt one; unopened, they reach images.load_image, which names the problem.
@@ -417,7 +430,7 @@ def launch(
         auth=auth,
         inbrowser=False,
         show_error=True,  # unexpected errors reach the page with their message, not a bare "Error"
-        allowed_paths=[str(Path(out_dir).resolve())],
+        allowed_paths=[str(Path(out_dir).resolve()), str(EXAMPLES_DIR)],  # results; the examples' references
         max_file_size=max_upload,
         ssr_mode=False,
         mcp_server=False,
