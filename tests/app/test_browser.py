@@ -206,3 +206,43 @@ def test_the_reference_long_side_label_gives_the_models_own_sizes(browser, serve
         expect(page.get_by_role("option", name="128", exact=True)).to_be_visible()  # and offered in the list
     finally:
         page.close()
+
+
+def test_dropping_a_saved_png_fills_the_form(page, tmp_path):
+    page.locator("#prompt textarea").fill("a green cone in the snow")
+    set_slider(page, "Width", 48)
+    set_slider(page, "Height", 32)
+    set_slider(page, "Steps", 3)
+    page.locator("#seed input").fill("4242")
+    page.get_by_role("button", name="Advanced").click()
+    page.locator("#time-shift input, #time-shift textarea").first.fill("2.5")
+    page.locator("#negative-prompt textarea, #negative-prompt input").first.fill("a blurry picture")
+    page.locator("#generate").click()
+    result = page.locator("#results img").first
+    result.wait_for()
+    saved = tmp_path / "saved.png"
+    saved.write_bytes(page.request.get(result.get_attribute("src")).body())
+
+    page.reload()  # a fresh form, at the defaults
+    page.locator("#generate").wait_for()
+    page.get_by_label("Random seed").check()
+    page.locator("#load-settings input[type=file]").set_input_files(saved)
+    expect(page.locator("#status")).to_contain_text("Loaded the settings of 'saved.png' (seed 4242).")
+    expect(page.locator("#prompt textarea")).to_have_value("a green cone in the snow")
+    expect(page.get_by_label("number input for Width")).to_have_value("48")
+    expect(page.get_by_label("number input for Height")).to_have_value("32")
+    expect(page.get_by_label("number input for Steps")).to_have_value("3")
+    expect(page.locator("#seed input")).to_have_value("4242")
+    expect(page.get_by_label("Random seed")).not_to_be_checked()  # the loaded seed is the one used
+    page.get_by_role("button", name="Advanced").click()
+    expect(page.locator("#time-shift input, #time-shift textarea").first).to_have_value("2.5")
+    expect(page.locator("#negative-prompt textarea, #negative-prompt input").first).to_have_value("a blurry picture")
+
+
+def test_dropping_a_png_without_settings_says_so(page, tmp_path):
+    plain = tmp_path / "holiday.png"
+    Image.new("RGB", (32, 32), "white").save(plain)
+    page.locator("#prompt textarea").fill("kept as typed")
+    page.locator("#load-settings input[type=file]").set_input_files(plain)
+    expect(page.locator("#status")).to_contain_text("'holiday.png' carries no unoflux settings")
+    expect(page.locator("#prompt textarea")).to_have_value("kept as typed")

@@ -218,3 +218,29 @@ def test_the_status_line_gives_the_native_size_and_what_was_floored(runner, exam
     assert "--width 96 --height 48" in command
     _, _, status, _ = generate("a red ball", width=64, height=48, steps=1, seed=5)
     assert "64 x 48 px" in status and "floored" not in status
+
+
+def test_settings_from_a_png_give_the_form_values(runner, tiny_request, tmp_path):
+    from unoflux.app.ui import LOADED_SETTINGS, settings_from_png
+
+    (path,) = runner.run(tiny_request(seed=99, negative_prompt="fog", time_shift=3.0, stochasticity=0.5)).images
+    choices = {"position_mode": ["diagonal", "width", "height"], "schedule": ["uno", "flux"], "method": ["dreamo"]}
+    values, status = settings_from_png(str(path), choices)
+    assert (values["prompt"], values["width"], values["height"], values["steps"]) == ("a red ball", 48, 32, 2)
+    assert (values["seed"], values["negative_prompt"], values["time_shift"], values["stochasticity"]) == (
+        99,
+        "fog",
+        "3.0",
+        0.5,
+    )
+    # method: "uno" is not offered here; schedule: None, the explicit time shift rules, so the radio stays
+    assert set(values) == set(LOADED_SETTINGS) - {"method", "schedule"}
+    assert status == (
+        f"Loaded the settings of '{path.name}' (seed 99); add its references again, they are not loaded. "
+        "Not offered here, left as they were: method 'uno'."
+    )
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (16, 16)).save(plain)
+    assert settings_from_png(str(plain), choices)[0] == {}
+    (tmp_path / "notes.png").write_text("not a picture")
+    assert "'notes.png' carries no unoflux settings" in settings_from_png(str(tmp_path / "notes.png"), choices)[1]

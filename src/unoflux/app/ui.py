@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import inspect
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from gradio.utils import get_upload_folder  # noqa: E402
 from ..conditioning import default_reference_long_side  # noqa: E402
 from ..demo import EXAMPLES_DIR  # noqa: E402
 from ..errors import UnofluxError  # noqa: E402
-from ..images import load_image  # noqa: E402
+from ..images import load_image, read_settings  # noqa: E402
 from ..options import MAX_SIDE, METHOD_NAMES, POSITION_MODES, SCHEDULES, GenerationRequest  # noqa: E402
 from ..pipeline import model_defaults_of  # noqa: E402
 from ..references import ROLES, STYLE, SUBJECT, Reference  # noqa: E402
@@ -120,6 +121,53 @@ def check_upload(what: str):
         return gr.skip(), gr.skip()
 
     return check
+
+
+# The form fields "Load settings from a PNG" fills, as the PNG's settings record (and make_generate) names them.
+LOADED_SETTINGS = (
+    "prompt",
+    "width",
+    "height",
+    "steps",
+    "guidance",
+    "true_cfg",
+    "seed",
+    "negative_prompt",
+    "position_mode",
+    "schedule",
+    "time_shift",
+    "stochasticity",
+    "method",
+)
+
+
+def settings_from_png(path: str | None, choices: dict[str, list[str]]) -> tuple[dict[str, Any], str]:
+    """The form values a PNG saved by unoflux carries (``unoflux.images.read_settings``), and a one-line status;
+    ``({}, sentence)`` for a file without them. ``choices``: each radio's allowed values (a value the page does not
+    offer, e.g. a method this app has not loaded, is left as it is and named)."""
+    if not path:
+        return {}, ""
+    name = Path(path).name
+    try:
+        settings = read_settings(path)
+    except (OSError, KeyError, AttributeError, ValueError, SyntaxError, TypeError):
+        return {}, f"'{name}' carries no unoflux settings; drop a PNG the app or `unoflux generate` saved."
+    values, skipped = {}, []
+    for key in LOADED_SETTINGS:
+        if key not in settings or (settings[key] is None and key not in ("time_shift", "negative_prompt")):
+            continue
+        value = settings[key]
+        if key in choices and value not in choices[key]:
+            skipped.append(f"{key} {value!r}")
+            continue
+        if key == "time_shift":  # a text box: blank is the model's
+            value = "" if value is None else str(value)
+        values[key] = "" if value is None else value
+    status = f"Loaded the settings of '{name}'" + (f" (seed {values['seed']})" if "seed" in values else "")
+    status += "; add its references again, they are not loaded." if settings.get("references") else "."
+    if skipped:
+        status += f" Not offered here, left as they were: {', '.join(skipped)}."
+    return values, status
 
 
 def refused(message: str) -> gr.Error:
@@ -381,6 +429,13 @@ def build_app(
                 }
                 inputs = _form_inputs(defaults, styles=styles, tasks=tasks)
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
+                settings_png = gr.File(
+                    label="Load settings from a PNG (drop one this app saved: the form takes its settings)",
+                    file_types=[".png"],
+                    type="filepath",
+                    height=90,
+                    elem_id="load-settings",
+                )
             with gr.Column(scale=2):
                 outputs = _result_outputs()
         _examples(inputs[: 1 + MAX_REFERENCES])
@@ -393,6 +448,22 @@ def build_app(
         # unpack three values; queue=False so that it does not wait behind other people's generations.
         seed_box, seed_used = next(c for c in inputs if c.elem_id == "seed"), outputs[-1]
         event.success(lambda seed: seed, inputs=seed_used, outputs=seed_box, queue=False, api_visibility="private")
+        fields = dict(zip(inspect.signature(generate).parameters, inputs))  # make_generate's order
+        loaded = [fields[key] for key in LOADED_SETTINGS]
+        choices = {key: [value for value, _ in fields[key].choices] for key in ("position_mode", "schedule", "method")}
+
+        def load_settings(path):
+            values, status = settings_from_png(path, choices)
+            untick = [False] if values else [gr.skip()]  # a loaded seed is meant to be used
+            return [values.get(key, gr.skip()) for key in LOADED_SETTINGS] + untick + [status or gr.skip()]
+
+        settings_png.upload(
+            load_settings,
+            inputs=settings_png,
+            outputs=[*loaded, fields["random_seed"], outputs[2]],
+            queue=False,
+            api_visibility="private",
+        )
         # Each image slot opens its upload at once, so a corrupt file is named now, not at Generate. Outside the queue
         # (queue=False): checking an upload must neither wait behind other people's generations nor be refused as
         # "busy" when the queue is full.
