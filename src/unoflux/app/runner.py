@@ -54,18 +54,18 @@ class AppRunner:
         paths = [self.out_dir / f"{run_id}_{p.name}" for p in output_paths(self.out_dir, request)]
         for j, (image, path) in enumerate(zip(output.images, paths)):
             save_png(image, path, settings_record(request, output, j, self.model))
-        # the size that ran (floored to multiples of 16), so the command reproduces it without the model flooring again;
-        # a size left to the model stays out of the command, as every option left to it does
-        used = {name: output.settings.get(name) for name in ("width", "height")}
-        floored = [
-            f"{name} {getattr(request, name)} became {used[name]}"
-            for name in ("width", "height")
-            if getattr(request, name) is not None and used[name] is not None and used[name] != getattr(request, name)
-        ]
-        command_request = replace(
-            request, **{n: v for n, v in used.items() if v is not None and getattr(request, n) is not None}
-        )
-        size = (used["width"], used["height"]) if None not in used.values() else None
+        # A size the model floored to a multiple of 16 goes into the command as it ran (the PNG's settings say it so
+        # too) and is named in the status line. A size left to the model stays out of the command, as every option
+        # left to it does; one a method chose itself (USO's keep_size) is the method's to repeat.
+        floored, used = [], {}
+        for name in ("width", "height"):
+            asked, ran = getattr(request, name), output.settings.get(name)
+            if asked is not None and ran is not None and ran != asked and ran == 16 * (asked // 16):
+                floored.append(f"{name} {asked} became {ran}")
+                used[name] = ran
+        command_request = replace(request, **used)
+        first = output.images[0] if output.images else None
+        size = tuple(first.size) if hasattr(first, "size") and isinstance(first.size, tuple) else None  # PIL: (w, h)
         return AppResult(paths, generate_command(command_request, self.model_flags, self.out_dir), size, floored)
 
     def _keep_references(self, references: Sequence, run_id: str) -> list:
