@@ -103,7 +103,7 @@ def _optional_number(value: Any, name: str) -> float | None:
 
 
 def check_upload(what: str):
-    """The event behind an image slot's upload: open the file as a generation would
+    """The event behind an image slot's change (an upload, a drop, a paste): open the file as a generation would
     (:func:`unoflux.images.load_image`); one that does not open is cleared from the slot and named, once, in the
     status line, now rather than at Generate. Raw payloads, as for Generate: Gradio's own
     preprocessing would fail on a corrupt file with a bare "Error"."""
@@ -470,7 +470,7 @@ def build_app(
         for slot in inputs:
             kind, _, k = (slot.elem_id or "").rpartition("-")
             if isinstance(slot, gr.Image) and kind in ("reference", "style"):
-                slot.upload(
+                slot.change(  # not .upload alone: a paste from the clipboard lands here too
                     check_upload(f"{kind} image {k}"),
                     inputs=slot,
                     outputs=[slot, outputs[2]],
