@@ -46,7 +46,9 @@ def load_image(source: ImageInput, what: str = "reference image") -> Image.Image
                 f"{what} {name!r} is too large to decode safely; use one with at most {MAX_PIXELS:,} pixels"
             ) from None
         except (OSError, SyntaxError, ValueError) as err:
-            raise UnofluxError(f"{what} {name!r} cannot be read as an image ({err})") from None
+            # Pillow's message often repeats the path ("cannot identify image file '/x/a.png'"): name the file once
+            detail = str(err).replace(f" {name!r}", "").replace(name, "the file")
+            raise UnofluxError(f"{what} {name!r} cannot be read as an image ({detail})") from None
     if image.width < MIN_SIDE or image.height < MIN_SIDE:
         raise UnofluxError(
             f"{what} {name!r} is {image.width}x{image.height}; both sides must be at least {MIN_SIDE} px"

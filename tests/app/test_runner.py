@@ -193,3 +193,54 @@ def test_auth_asks_for_the_password(tiny_model_dir, app_args, tmp_path):
         Client(url, auth=("alice", "s3cret:x"), verbose=False)  # the password is everything after the first colon
     finally:
         demo.close()
+
+
+def test_a_floored_size_reaches_the_command_and_is_said(runner, tiny_request):
+    from unoflux.cli import build_parser
+
+    result = runner.run(tiny_request(width=100, height=50))
+    assert Image.open(result.images[0]).size == (96, 48)
+    parsed = build_parser().parse_args(shlex.split(result.command)[1:])
+    assert (parsed.width, parsed.height) == (96, 48)  # the size that ran, as the PNG's settings say it
+    assert read_settings(result.images[0])["width"] == 96
+    assert result.size == (96, 48) and result.floored == ["width 100 became 96", "height 50 became 48"]
+    exact = runner.run(tiny_request(width=48, height=32))
+    assert (exact.size, exact.floored) == ((48, 32), []) and "--width 48 --height 32" in exact.command
+
+
+def test_the_status_line_gives_the_native_size_and_what_was_floored(runner, examples):
+    from unoflux.app.ui import make_generate
+
+    generate = make_generate(runner)
+    _, command, status, seed = generate("a red ball", width=100, height=48, steps=1, seed=5)
+    assert "1 image, 96 x 48 px, to" in status and "(seed 5)" in status
+    assert status.endswith("Width 100 became 96: sizes are floored to multiples of 16.")
+    assert "--width 96 --height 48" in command
+    _, _, status, _ = generate("a red ball", width=64, height=48, steps=1, seed=5)
+    assert "64 x 48 px" in status and "floored" not in status
+
+
+def test_settings_from_a_png_give_the_form_values(runner, tiny_request, tmp_path):
+    from unoflux.app.ui import LOADED_SETTINGS, settings_from_png
+
+    (path,) = runner.run(tiny_request(seed=99, negative_prompt="fog", time_shift=3.0, stochasticity=0.5)).images
+    choices = {"position_mode": ["diagonal", "width", "height"], "schedule": ["uno", "flux"], "method": ["dreamo"]}
+    values, status = settings_from_png(str(path), choices)
+    assert (values["prompt"], values["width"], values["height"], values["steps"]) == ("a red ball", 48, 32, 2)
+    assert (values["seed"], values["negative_prompt"], values["time_shift"], values["stochasticity"]) == (
+        99,
+        "fog",
+        "3.0",
+        0.5,
+    )
+    # method: "uno" is not offered here; schedule: None, the explicit time shift rules, so the radio stays
+    assert set(values) == set(LOADED_SETTINGS) - {"method", "schedule"}
+    assert status == (
+        f"Loaded the settings of '{path.name}' (seed 99); add its references again, they are not loaded. "
+        "Not offered here, left as they were: method 'uno'."
+    )
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (16, 16)).save(plain)
+    assert settings_from_png(str(plain), choices)[0] == {}
+    (tmp_path / "notes.png").write_text("not a picture")
+    assert "'notes.png' carries no unoflux settings" in settings_from_png(str(tmp_path / "notes.png"), choices)[1]

@@ -20,7 +20,10 @@ def register(subparsers) -> None:
     g.add_argument("--out", default="outputs/app", help="folder for results and their references (default outputs/app)")
     g.add_argument("--concurrency", type=int, default=1, help="generations running at once (default 1 per device)")
     g.add_argument(
-        "--max-queue", type=int, default=16, help="requests allowed to wait; beyond this, 'queue is full' (default 16)"
+        "--max-queue",
+        type=int,
+        default=16,
+        help="requests allowed to wait; beyond this a request is refused (the page: 'currently busy') (default 16)",
     )
     g.add_argument("--max-upload", default="50mb", help="largest reference upload (default 50mb)")
     g.add_argument(

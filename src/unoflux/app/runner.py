@@ -10,7 +10,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ StepReporter = Callable[[int, int], None]  # (steps done, total steps)
 @dataclass
 class AppResult:
     images: list[Path]  # the saved PNGs, each carrying its settings
-    command: str  # `unoflux generate ...` reproducing them
+    command: str  # `unoflux generate ...` reproducing them, with the size actually used
+    size: tuple[int, int] | None = None  # (width, height) of each image, in px
+    floored: list[str] = field(default_factory=list)  # e.g. "width 100 became 96": the sizes the model floored
 
 
 def new_run_id() -> str:
@@ -54,7 +56,19 @@ class AppRunner:
         paths = [self.out_dir / f"{run_id}_{p.name}" for p in output_paths(self.out_dir, request)]
         for j, (image, path) in enumerate(zip(output.images, paths)):
             save_png(image, path, settings_record(request, output, j, self.model))
-        return AppResult(paths, generate_command(request, self.model_flags, self.out_dir))
+        # A size the model floored to a multiple of 16 goes into the command as it ran (the PNG's settings say it so
+        # too) and is named in the status line. A size left to the model stays out of the command, as every option
+        # left to it does; one a method chose itself (USO's keep_size) is the method's to repeat.
+        floored, used = [], {}
+        for name in ("width", "height"):
+            asked, ran = getattr(request, name), output.settings.get(name)
+            if asked is not None and ran is not None and ran != asked and ran == 16 * (asked // 16):
+                floored.append(f"{name} {asked} became {ran}")
+                used[name] = ran
+        command_request = replace(request, **used)
+        first = output.images[0] if output.images else None
+        size = tuple(first.size) if hasattr(first, "size") and isinstance(first.size, tuple) else None  # PIL: (w, h)
+        return AppResult(paths, generate_command(command_request, self.model_flags, self.out_dir), size, floored)
 
     def _keep_references(self, references: Sequence, run_id: str) -> list:
         """Copy uploads (which live in Gradio's temporary cache) next to the outputs, so the settings in

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import inspect
 import json
 import logging
 import os
@@ -18,8 +20,10 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 
+from ..conditioning import default_reference_long_side  # noqa: E402
 from ..demo import EXAMPLES_DIR  # noqa: E402
 from ..errors import UnofluxError  # noqa: E402
+from ..images import load_image, read_settings  # noqa: E402
 from ..options import MAX_SIDE, METHOD_NAMES, POSITION_MODES, SCHEDULES, GenerationRequest  # noqa: E402
 from ..pipeline import model_defaults_of  # noqa: E402
 from ..references import ROLES, STYLE, SUBJECT, Reference  # noqa: E402
@@ -46,6 +50,19 @@ def example_rows() -> list[list[Any]]:
         references = [str(EXAMPLES_DIR / name) for name in item["references"]]
         rows.append([item["prompt"], *references, *[None] * (MAX_REFERENCES - len(references))])
     return rows
+
+
+def auto_long_sides(pipe) -> tuple[int, int]:
+    """The reference long side 'auto' gives for one reference and for several: the model's own
+    (``pipe.reference_long_sides``, e.g. the embedded model's (128, 80)) or UNO's (512, 320)."""
+    sides = getattr(pipe, "default_reference_long_side", None) or default_reference_long_side  # wrapped pipes: UNO's
+    return int(sides(1)), int(sides(2))
+
+
+def long_side_label(sides: tuple[int, int]) -> str:
+    one, several = sides
+    auto = f"{one}" if one == several else f"{one} for one reference, {several} for several"
+    return f"Reference long side (auto: {auto})"
 
 
 def parse_long_side(value: Any) -> int | None:
@@ -83,6 +100,74 @@ def _optional_number(value: Any, name: str) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         raise UnofluxError(f"{name} {value!r} must be a number, or blank for the default") from None
+
+
+def check_upload(what: str):
+    """The event behind an image slot's change (an upload, a drop, a paste): open the file as a generation would
+    (:func:`unoflux.images.load_image`); one that does not open is cleared from the slot and named, once, in the
+    status line, now rather than at Generate. Raw payloads, as for Generate: Gradio's own
+    preprocessing would fail on a corrupt file with a bare "Error"."""
+
+    def check(payload: dict | None):
+        path = upload_path(payload)
+        if not path:
+            return gr.skip(), gr.skip()
+        try:
+            load_image(path, what=what)
+        except UnofluxError as err:
+            message = f"{user_message(err)}; the slot was cleared, choose another file."
+            log.warning("upload refused: %s", message)
+            return None, message
+        return gr.skip(), gr.skip()
+
+    return check
+
+
+# The form fields "Load settings from a PNG" fills, as the PNG's settings record (and make_generate) names them.
+LOADED_SETTINGS = (
+    "prompt",
+    "width",
+    "height",
+    "steps",
+    "guidance",
+    "true_cfg",
+    "seed",
+    "negative_prompt",
+    "position_mode",
+    "schedule",
+    "time_shift",
+    "stochasticity",
+    "method",
+)
+
+
+def settings_from_png(path: str | None, choices: dict[str, list[str]]) -> tuple[dict[str, Any], str]:
+    """The form values a PNG saved by unoflux carries (``unoflux.images.read_settings``), and a one-line status;
+    ``({}, sentence)`` for a file without them. ``choices``: each radio's allowed values (a value the page does not
+    offer, e.g. a method this app has not loaded, is left as it is and named)."""
+    if not path:
+        return {}, ""
+    name = Path(path).name
+    try:
+        settings = read_settings(path)
+    except (OSError, KeyError, AttributeError, ValueError, SyntaxError, TypeError):
+        return {}, f"'{name}' carries no unoflux settings; drop a PNG the app or `unoflux generate` saved."
+    values, skipped = {}, []
+    for key in LOADED_SETTINGS:
+        if key not in settings or (settings[key] is None and key not in ("time_shift", "negative_prompt")):
+            continue
+        value = settings[key]
+        if key in choices and value not in choices[key]:
+            skipped.append(f"{key} {value!r}")
+            continue
+        if key == "time_shift":  # a text box: blank is the model's
+            value = "" if value is None else str(value)
+        values[key] = "" if value is None else value
+    status = f"Loaded the settings of '{name}'" + (f" (seed {values['seed']})" if "seed" in values else "")
+    status += "; add its references again, they are not loaded." if settings.get("references") else "."
+    if skipped:
+        status += f" Not offered here, left as they were: {', '.join(skipped)}."
+    return values, status
 
 
 def refused(message: str) -> gr.Error:
@@ -161,7 +246,11 @@ def make_generate(runner: AppRunner):
                 "out of GPU memory; use a smaller size, fewer references or images, or restart with --offload model"
             ) from None
         noun = "image" if len(result.images) == 1 else "images"
-        status = f"Saved {len(result.images)} {noun} to `{runner.out_dir}` (seed {request.seed})."
+        # the images' own pixels: the gallery may show a small result larger than it is
+        size = f", {result.size[0]} x {result.size[1]} px," if result.size else ""
+        status = f"Saved {len(result.images)} {noun}{size} to `{runner.out_dir}` (seed {request.seed})."
+        if result.floored:
+            status += f" {' and '.join(result.floored).capitalize()}: sizes are floored to multiples of 16."
         return [str(p) for p in result.images], result.command, status, request.seed
 
     return generate
@@ -217,11 +306,14 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
         num_images = gr.Slider(1, 4, value=DEFAULTS.num_images, step=1, label="Number of images")
     with gr.Accordion("Advanced", open=False):
         position_mode = gr.Radio(list(POSITION_MODES), value=DEFAULTS.position_mode, label="Position mode (UnoPE)")
+        auto_sides = defaults.get("reference_long_sides", (512, 320))
+        model_sides = {str(side) for side in auto_sides} - set(LONG_SIDE_CHOICES)  # the model's own sizes, offered
         long_side = gr.Dropdown(
-            LONG_SIDE_CHOICES,
+            ["auto", *sorted(model_sides, key=int), *LONG_SIDE_CHOICES[1:]],
             value="auto",
             allow_custom_value=True,
-            label="Reference long side (auto: 512 for one reference, 320 for several)",
+            label=long_side_label(auto_sides),
+            elem_id="reference-long-side",
         )
         schedule = gr.Radio(list(SCHEDULES), value="uno", label="Schedule (time shift by resolution)")
         # A text box, not gr.Number: a Number box shows None as 0, which the model refuses ("must be a positive
@@ -287,6 +379,23 @@ def _result_outputs() -> list[gr.Component]:
     return [gallery, command, status, gr.State()]
 
 
+def _examples(fields: list[gr.Component]) -> gr.Dataset:
+    """The bundled examples as a table that fills ``fields`` (the prompt, then the reference slots) in one click.
+    Not gr.Examples: its prompt column (a Textbox's, or a Markdown's) cuts every prompt at 60 characters; an HTML
+    column shows the whole prompt."""
+    rows = example_rows()
+    table = gr.Dataset(
+        components=[gr.HTML(visible=False), *[gr.Image(type="filepath", visible=False) for _ in fields[1:]]],
+        samples=[[html.escape(row[0]), *row[1:]] for row in rows],
+        headers=["Prompt", *[f"Reference {k}" for k in range(1, len(fields))]],
+        type="index",
+        label="Examples (click one to fill the form)",
+        elem_id="examples",
+    )
+    table.click(lambda index: tuple(rows[index]), inputs=table, outputs=fields, queue=False, api_visibility="private")
+    return table
+
+
 def build_app(
     pipe,
     model: dict[str, Any],
@@ -298,7 +407,8 @@ def build_app(
 ) -> gr.Blocks:
     """The web app for a loaded pipeline. ``model`` is the record stored in each PNG, ``model_flags`` the
     flags that reload the same model in ``unoflux generate``; at most ``concurrency`` generations run at
-    once and ``max_queue`` more wait; beyond that a request is refused with "queue is full". The size
+    once and ``max_queue`` more wait; beyond that a request is refused (the page shows Gradio's "This application
+    is currently busy", gradio_client raises "Queue is full"). The size
     sliders start at ``default_size`` (the model's native size), the guidance sliders, the time shift and the
     stochasticity at the pipeline's defaults (the model's own, from its unoflux.json)."""
     if concurrency < 1 or max_queue < 1:
@@ -312,16 +422,23 @@ def build_app(
             with gr.Column(scale=3):
                 styles = getattr(pipe, "style_encoder", None) is not None
                 tasks = getattr(pipe, "dreamo_embeddings", None) is not None
-                inputs = _form_inputs({**model_defaults_of(pipe), "width": default_size}, styles=styles, tasks=tasks)
+                defaults = {
+                    **model_defaults_of(pipe),
+                    "width": default_size,
+                    "reference_long_sides": auto_long_sides(pipe),
+                }
+                inputs = _form_inputs(defaults, styles=styles, tasks=tasks)
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
+                settings_png = gr.File(
+                    label="Load settings from a PNG (drop one this app saved: the form takes its settings)",
+                    file_types=[".png"],
+                    type="filepath",
+                    height=90,
+                    elem_id="load-settings",
+                )
             with gr.Column(scale=2):
                 outputs = _result_outputs()
-        gr.Examples(
-            example_rows(),
-            inputs=inputs[: 1 + MAX_REFERENCES],
-            cache_examples=False,
-            label="Examples (click one to fill the form)",
-        )
+        _examples(inputs[: 1 + MAX_REFERENCES])
         generate = make_generate(AppRunner(pipe, model, out_dir, model_flags))
         # Raw inputs (preprocess=False): Gradio's image preprocessing opens uploads with PIL and fails with a
         # bare "Error" on a corrupt one; unopened, they reach images.load_image, which names the problem.
@@ -331,6 +448,36 @@ def build_app(
         # unpack three values; queue=False so that it does not wait behind other people's generations.
         seed_box, seed_used = next(c for c in inputs if c.elem_id == "seed"), outputs[-1]
         event.success(lambda seed: seed, inputs=seed_used, outputs=seed_box, queue=False, api_visibility="private")
+        fields = dict(zip(inspect.signature(generate).parameters, inputs))  # make_generate's order
+        loaded = [fields[key] for key in LOADED_SETTINGS]
+        choices = {key: [value for value, _ in fields[key].choices] for key in ("position_mode", "schedule", "method")}
+
+        def load_settings(path):
+            values, status = settings_from_png(path, choices)
+            untick = [False] if values else [gr.skip()]  # a loaded seed is meant to be used
+            return [values.get(key, gr.skip()) for key in LOADED_SETTINGS] + untick + [status or gr.skip()]
+
+        settings_png.upload(
+            load_settings,
+            inputs=settings_png,
+            outputs=[*loaded, fields["random_seed"], outputs[2]],
+            queue=False,
+            api_visibility="private",
+        )
+        # Each image slot opens its upload at once, so a corrupt file is named now, not at Generate. Outside the queue
+        # (queue=False): checking an upload must neither wait behind other people's generations nor be refused as
+        # "busy" when the queue is full.
+        for slot in inputs:
+            kind, _, k = (slot.elem_id or "").rpartition("-")
+            if isinstance(slot, gr.Image) and kind in ("reference", "style"):
+                slot.change(  # not .upload alone: a paste from the clipboard lands here too
+                    check_upload(f"{kind} image {k}"),
+                    inputs=slot,
+                    outputs=[slot, outputs[2]],
+                    preprocess=False,
+                    queue=False,
+                    api_visibility="private",
+                )
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo
 
@@ -354,7 +501,7 @@ def launch(
         auth=auth,
         inbrowser=False,
         show_error=True,  # unexpected errors reach the page with their message, not a bare "Error"
-        allowed_paths=[str(Path(out_dir).resolve())],
+        allowed_paths=[str(Path(out_dir).resolve()), str(EXAMPLES_DIR)],  # results; the examples' references
         max_file_size=max_upload,
         ssr_mode=False,
         mcp_server=False,
