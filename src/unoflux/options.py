@@ -152,8 +152,8 @@ class SamplingOptions:
         "same as guidance)",
         metavar="G",
     )
-    true_cfg_start: int = option(
-        0, "true CFG start", "the first step with true CFG (0-based; DreamO's window)", minimum=0
+    true_cfg_start: int | None = option(
+        None, "true CFG start", "the first step with true CFG (0-based; DreamO's window; default: 0)", minimum=0
     )
     true_cfg_end: int | None = option(
         None, "true CFG end", "true CFG on steps before this one (default: to the end)", minimum=0

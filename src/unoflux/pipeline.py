@@ -336,12 +336,9 @@ class UnoFluxPipeline(FluxPipeline):
         sigmas = flow.sigmas(num_inference_steps, mu).tolist()
 
         # 4. The velocity (with classifier-free guidance around it) integrated from noise to data.
+        cfg_start = options.true_cfg_start or 0
         cfg_end = num_inference_steps if options.true_cfg_end is None else options.true_cfg_end
-        cfg_steps = (
-            None
-            if (options.true_cfg_start, cfg_end) == (0, num_inference_steps)
-            else range(options.true_cfg_start, cfg_end)
-        )
+        cfg_steps = None if (cfg_start, cfg_end) == (0, num_inference_steps) else range(cfg_start, cfg_end)
         negative_guidance = guidance_scale if options.negative_guidance is None else float(options.negative_guidance)
         conditional = self.velocity(
             conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale, first_step_guidance=first_step
