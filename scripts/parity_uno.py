@@ -81,9 +81,13 @@ def torchvision_stub() -> dict[str, types.ModuleType]:
     return {"torchvision": tv, "torchvision.transforms": transforms, "torchvision.transforms.functional": functional}
 
 
-def import_reference(uno_repo: Path):
-    if not (uno_repo / "uno" / "flux" / "pipeline.py").is_file():
-        sys.exit(f"{uno_repo} does not look like a bytedance/UNO checkout (no uno/flux/pipeline.py)")
+def import_reference(repo: Path, package: str = "uno"):
+    """The reference's modules from a checkout: bytedance/UNO (``uno``), or bytedance/USO (``uso``), whose
+    ``uso/flux`` is UNO's code plus the style projector."""
+    import importlib
+
+    if not (repo / package / "flux" / "pipeline.py").is_file():
+        sys.exit(f"{repo} does not look like a bytedance/{package.upper()} checkout (no {package}/flux/pipeline.py)")
     # transformers/diffusers probe for torchvision with importlib.util.find_spec, which a stand-in module
     # breaks: import them first and keep the stand-in in sys.modules only while the reference imports.
     import diffusers  # noqa: F401
@@ -93,28 +97,25 @@ def import_reference(uno_repo: Path):
     if any(name in sys.modules for name in stub):
         sys.exit("torchvision is imported already; run this script where torchvision is not installed")
     sys.modules.update(stub)
-    sys.path.insert(0, str(uno_repo))
+    sys.path.insert(0, str(repo))
     try:
-        import uno.flux.pipeline as ref_pipeline
+        ref_pipeline = importlib.import_module(f"{package}.flux.pipeline")
     finally:
         for name in stub:
             sys.modules.pop(name, None)
-    import uno.flux.util as ref_util
-    from uno.flux.model import Flux, FluxParams
-    from uno.flux.modules.autoencoder import AutoEncoder, AutoEncoderParams
-    from uno.flux.modules.conditioner import HFEmbedder
-    from uno.flux.modules.layers import LoRALinearLayer, SingleStreamBlockLoraProcessor
-
+    model = importlib.import_module(f"{package}.flux.model")
+    autoencoder = importlib.import_module(f"{package}.flux.modules.autoencoder")
+    layers = importlib.import_module(f"{package}.flux.modules.layers")
     return types.SimpleNamespace(
         pipeline=ref_pipeline,
-        util=ref_util,
-        Flux=Flux,
-        FluxParams=FluxParams,
-        AutoEncoder=AutoEncoder,
-        AutoEncoderParams=AutoEncoderParams,
-        HFEmbedder=HFEmbedder,
-        LoRALinearLayer=LoRALinearLayer,
-        SingleStreamBlockLoraProcessor=SingleStreamBlockLoraProcessor,
+        util=importlib.import_module(f"{package}.flux.util"),
+        Flux=model.Flux,
+        FluxParams=model.FluxParams,
+        AutoEncoder=autoencoder.AutoEncoder,
+        AutoEncoderParams=autoencoder.AutoEncoderParams,
+        HFEmbedder=importlib.import_module(f"{package}.flux.modules.conditioner").HFEmbedder,
+        LoRALinearLayer=layers.LoRALinearLayer,
+        SingleStreamBlockLoraProcessor=layers.SingleStreamBlockLoraProcessor,
     )
 
 

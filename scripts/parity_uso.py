@@ -43,7 +43,6 @@ import os
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: the reference's loop has a bar
@@ -56,41 +55,6 @@ import parity_uno as common  # noqa: E402  (the UNO script's reference-side help
 SIGLIP_SO400M_SHAPE = dict(  # so400m's layer count, width, heads and token grid; thin MLPs to fit a CPU
     num_hidden_layers=27, hidden_size=1152, num_attention_heads=16, intermediate_size=64, image_size=384, patch_size=14
 )
-
-
-def import_reference(uso_repo: Path):
-    if not (uso_repo / "uso" / "flux" / "pipeline.py").is_file():
-        sys.exit(f"{uso_repo} does not look like a bytedance/USO checkout (no uso/flux/pipeline.py)")
-    import diffusers  # noqa: F401  (imported before the stand-in: they probe for torchvision)
-    import transformers  # noqa: F401
-
-    stub = common.torchvision_stub()
-    if any(name in sys.modules for name in stub):
-        sys.exit("torchvision is imported already; run this script where torchvision is not installed")
-    sys.modules.update(stub)
-    sys.path.insert(0, str(uso_repo))
-    try:
-        import uso.flux.pipeline as ref_pipeline
-    finally:
-        for name in stub:
-            sys.modules.pop(name, None)
-    import uso.flux.util as ref_util
-    from uso.flux.model import Flux, FluxParams
-    from uso.flux.modules.autoencoder import AutoEncoder, AutoEncoderParams
-    from uso.flux.modules.conditioner import HFEmbedder
-    from uso.flux.modules.layers import LoRALinearLayer, SingleStreamBlockLoraProcessor
-
-    return types.SimpleNamespace(
-        pipeline=ref_pipeline,
-        util=ref_util,
-        Flux=Flux,
-        FluxParams=FluxParams,
-        AutoEncoder=AutoEncoder,
-        AutoEncoderParams=AutoEncoderParams,
-        HFEmbedder=HFEmbedder,
-        LoRALinearLayer=LoRALinearLayer,
-        SingleStreamBlockLoraProcessor=SingleStreamBlockLoraProcessor,
-    )
 
 
 def build_reference_flux(ref, params, paths, lora_rank: int, load: bool = True):
@@ -209,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         tiny_siglip,
     )
 
-    ref = import_reference(args.uso_repo.resolve())
+    ref = common.import_reference(args.uso_repo.resolve(), package="uso")
 
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="unoflux-uso-parity-")
     root = args.workdir or Path(tmp.name)

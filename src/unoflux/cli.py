@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import os
@@ -175,22 +176,16 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--ref", action="append", default=[], metavar="IMAGE", help="a subject reference image (repeat for several)"
     )
-    g.add_argument(
-        "--style",
-        action="append",
-        dest="ref",
-        type=lambda path: Reference(path, STYLE),
-        metavar="IMAGE",
-        help="a style reference image (methods uso and dreamo; repeat for several)",
-    )
-    g.add_argument(
-        "--id",
-        action="append",
-        dest="ref",
-        type=lambda path: Reference(path, IDENTITY),
-        metavar="IMAGE",
-        help="a face whose identity to keep (method dreamo: its aligned 512 x 512 face crop; repeat for several)",
-    )
+    # one list for every role, so the command line's order is kept (DreamO numbers its references by it)
+    for role, help in (
+        (STYLE, "a style reference image (methods uso and dreamo; repeat for several)"),
+        (IDENTITY, "a face whose identity to keep (method dreamo: a photo with --face-detector, else its aligned face "
+                   "crop; repeat for several)"),
+    ):  # fmt: skip
+        g.add_argument(
+            f"--{role}", action="append", dest="ref", type=functools.partial(Reference, role=role), metavar="IMAGE",
+            help=help,
+        )  # fmt: skip
     add_option_arguments(g)
     g.add_argument(
         "--noise-device",
