@@ -137,3 +137,20 @@ def test_a_refused_request_logs_one_line_and_no_traceback(client, caplog, capfd)
     assert [r.levelname for r in records] == ["WARNING"]
     assert records[0].getMessage().startswith("request refused: the prompt is empty")
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_guidance_knobs_reach_the_settings_and_the_cli_line(client):
+    """First-step guidance, negative guidance and the true-CFG window (DreamO's knobs, for every method): text boxes,
+    blank = the default; a value reaches the PNG's settings and the copied command."""
+    gallery, command, _ = generate(
+        client, first_step_guidance="2.5", negative_guidance="3.5", true_cfg_start="1", true_cfg_end="2", true_cfg=2.0
+    )
+    settings = read_settings(gallery[0]["image"])
+    assert (settings["first_step_guidance"], settings["negative_guidance"]) == (2.5, 3.5)
+    assert (settings["true_cfg_start"], settings["true_cfg_end"]) == (1, 2)
+    assert "--first-step-guidance 2.5" in command and "--negative-guidance 3.5" in command
+    assert "--true-cfg-start 1 --true-cfg-end 2" in command
+    gallery, command, _ = generate(client)  # blank: defaults, and nothing in the command
+    settings = read_settings(gallery[0]["image"])
+    assert settings["first_step_guidance"] is None and "--true-cfg-start" not in command
+    assert settings["schedule"] == "uno"  # the page leaves the schedule to the method: UNO's rule

@@ -92,6 +92,11 @@ def _as_int(value: Any, name: str) -> int:
     raise UnofluxError(f"{name} {value!r} must be a whole number")
 
 
+def _optional_int(value: Any, name: str) -> int | None:
+    """A blank box -> None (the default); otherwise a whole number."""
+    return None if value is None or str(value).strip() == "" else _as_int(value, name)
+
+
 def _optional_number(value: Any, name: str) -> float | None:
     """A blank number box (None or "") -> None, the model's default; otherwise a number."""
     if value is None or str(value).strip() == "":
@@ -210,6 +215,10 @@ def make_generate(runner: AppRunner):
         task_2: str = SUBJECT,
         task_3: str = SUBJECT,
         task_4: str = SUBJECT,
+        first_step_guidance: str | float | None = None,  # text boxes: blank (or None) is the default
+        negative_guidance: str | float | None = None,
+        true_cfg_start: str | float | None = None,
+        true_cfg_end: str | float | None = None,
         progress=gr.Progress(),
     ) -> tuple[list[str], str, str, int]:
         """Generate images from a prompt, up to four subject reference images and (USO) two style images; returns
@@ -236,6 +245,10 @@ def make_generate(runner: AppRunner):
                 stochasticity=None if stochasticity is None else float(stochasticity),
                 method=method or None,
                 keep_size=bool(keep_size),
+                first_step_guidance=_optional_number(first_step_guidance, "first-step guidance"),
+                negative_guidance=_optional_number(negative_guidance, "negative guidance"),
+                true_cfg_start=_optional_int(true_cfg_start, "true CFG start"),
+                true_cfg_end=_optional_int(true_cfg_end, "true CFG end"),
             )
             progress(0, desc="starting")
             result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
@@ -315,7 +328,11 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
             label=long_side_label(auto_sides),
             elem_id="reference-long-side",
         )
-        schedule = gr.Radio(list(SCHEDULES), value="uno", label="Schedule (time shift by resolution)")
+        schedule = gr.Radio(
+            list(SCHEDULES),
+            value=None,
+            label="Schedule (time shift by resolution; none chosen: the method's, uno for UNO and USO, flux for DreamO)",
+        )
         # A text box, not gr.Number: a Number box shows None as 0, which the model refuses ("must be a positive
         # number"), so every generation with Advanced opened failed. Blank here means the model's.
         time_shift = gr.Textbox(
@@ -339,6 +356,16 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
         keep_size = gr.Checkbox(
             value=False, label="Keep the subject's size (USO: its aspect at the default long side)", elem_id="keep-size"
         )
+        with gr.Row():  # DreamO's guidance knobs, for every method; blank: the default
+            first_step_guidance = gr.Textbox(
+                placeholder="as guidance", label="First-step guidance", elem_id="first-step-guidance"
+            )
+            negative_guidance = gr.Textbox(
+                placeholder="as guidance", label="Negative guidance (true CFG's negative branch)",
+                elem_id="negative-guidance",
+            )  # fmt: skip
+            true_cfg_start = gr.Textbox(placeholder="0", label="True CFG from step", elem_id="true-cfg-start")
+            true_cfg_end = gr.Textbox(placeholder="the last", label="True CFG before step", elem_id="true-cfg-end")
     return [
         prompt,
         *references,
@@ -360,6 +387,10 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
         *style_images,
         keep_size,
         *slot_tasks,
+        first_step_guidance,
+        negative_guidance,
+        true_cfg_start,
+        true_cfg_end,
     ]
 
 
