@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
-from unoflux.images import SETTINGS_KEY
+from unoflux.images import SETTINGS_KEY, read_settings
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; `playwright install` would download one from the internet
 CHROMIUM_FLAGS = [
@@ -217,11 +217,13 @@ def test_dropping_a_saved_png_fills_the_form(page, tmp_path):
     page.get_by_role("button", name="Advanced").click()
     page.locator("#time-shift input, #time-shift textarea").first.fill("2.5")
     page.locator("#negative-prompt textarea, #negative-prompt input").first.fill("a blurry picture")
+    page.keyboard.press("Tab")  # leave the box, so its value is in the form before Generate reads it
     page.locator("#generate").click()
     result = page.locator("#results img").first
     result.wait_for()
     saved = tmp_path / "saved.png"
     saved.write_bytes(page.request.get(result.get_attribute("src")).body())
+    assert read_settings(saved)["time_shift"] == 2.5  # what the form sent (else the loading below proves nothing)
 
     page.reload()  # a fresh form, at the defaults
     page.locator("#generate").wait_for()
