@@ -278,17 +278,12 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
     prompt = gr.Textbox(
         label="Prompt", lines=2, placeholder="a little orange block at the left in a room", elem_id="prompt"
     )
+
+    def image_slot(label: str, elem_id: str) -> gr.Image:  # "upload" includes drag and drop
+        return gr.Image(label=label, type="filepath", height=160, sources=["upload", "clipboard"], elem_id=elem_id)
+
     with gr.Row():
-        references = [
-            gr.Image(
-                label=f"Reference {k}",
-                type="filepath",
-                height=160,
-                sources=["upload", "clipboard"],
-                elem_id=f"reference-{k}",
-            )  # "upload" includes drag and drop
-            for k in range(1, MAX_REFERENCES + 1)
-        ]
+        references = [image_slot(f"Reference {k}", f"reference-{k}") for k in range(1, MAX_REFERENCES + 1)]
     with gr.Row(visible=tasks):
         slot_tasks = [
             gr.Dropdown(list(ROLES), value=SUBJECT, label=f"Task {k} (DreamO: subject, id = face, style)",
@@ -296,16 +291,7 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
             for k in range(1, MAX_REFERENCES + 1)
         ]  # fmt: skip
     with gr.Row(visible=styles):
-        style_images = [
-            gr.Image(
-                label=f"Style {k} (USO)",
-                type="filepath",
-                height=160,
-                sources=["upload", "clipboard"],
-                elem_id=f"style-{k}",
-            )
-            for k in range(1, MAX_STYLES + 1)
-        ]
+        style_images = [image_slot(f"Style {k} (USO)", f"style-{k}") for k in range(1, MAX_STYLES + 1)]
     with gr.Row():
         width = gr.Slider(16, MAX_SIDE, value=default_size, step=16, label="Width")
         height = gr.Slider(16, MAX_SIDE, value=default_size, step=16, label="Height")
