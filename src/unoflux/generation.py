@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from . import __version__
 from .errors import UnofluxError
 from .images import load_image, save_json, save_png
-from .options import EMPTY_PROMPT_METHODS, GenerationRequest
-from .references import STYLE, as_reference, reference_record
+from .options import GenerationRequest, empty_prompt_allowed
+from .references import as_reference, reference_record
 
 if TYPE_CHECKING:  # annotations only: importing the pipeline imports torch, which the CLI's early checks avoid
     from .pipeline import UnoFluxPipeline, UnoOutput
@@ -125,8 +125,7 @@ def read_batch(path: str | Path, method: str | None = None) -> list[dict[str, An
         except UnofluxError as err:
             raise UnofluxError(f"batch item {i} in {str(path)!r}: {err}") from None
         references = [r.with_image(str(path.parent / r.image)) for r in references]
-        empty_ok = method in EMPTY_PROMPT_METHODS or (method is None and any(r.role == STYLE for r in references))
-        if not item["prompt"].strip() and not empty_ok:
+        if not item["prompt"].strip() and not empty_prompt_allowed(method, references):
             raise UnofluxError(
                 f"batch item {i} in {str(path)!r} has an empty prompt; only a USO item (--method uso, or a style "
                 "reference) may"

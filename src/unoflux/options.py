@@ -251,24 +251,27 @@ class GenerationRequest(SamplingOptions):
     def validate(self) -> None:
         """Check the prompt, the options and that every reference opens, before any model work."""
         from .images import load_image
-        from .references import STYLE, as_references
+        from .references import as_references, slot_name
 
         references = as_references(self.references)
-        # the method may still be the model's (None): then a style reference says USO is meant
-        empty_ok = self.method in EMPTY_PROMPT_METHODS or (
-            self.method is None and any(r.role == STYLE for r in references)
-        )
-        check_prompt(self.prompt, allow_empty=empty_ok)
+        check_prompt(self.prompt, allow_empty=empty_prompt_allowed(self.method, references))
         super().validate()
         for i, reference in enumerate(references):
-            what = "reference" if reference.role == "subject" else f"{reference.role} reference"
-            load_image(reference.image, what=f"{what} image {i + 1}")
+            load_image(reference.image, what=f"{slot_name(reference)} image {i + 1}")
 
 
 # FLUX.1-dev's values, what a model folder's unoflux.json overrides (keys: SamplingOptions field names).
 FLUX_DEV_DEFAULTS: dict[str, Any] = dict(
     width=512, height=512, steps=25, guidance=4.0, true_cfg=1.0, method="uno", time_shift=None, stochasticity=0.0
 )
+
+
+def empty_prompt_allowed(method: str | None, references: Iterable[Any]) -> bool:
+    """Before the model is loaded: the method takes an empty prompt, or it is still the model's (None) and a style
+    reference says USO is meant. The pipeline checks again with the method known."""
+    from .references import STYLE
+
+    return method in EMPTY_PROMPT_METHODS or (method is None and any(r.role == STYLE for r in references))
 
 
 def check_prompt(prompt: Any, allow_empty: bool = False) -> None:

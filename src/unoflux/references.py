@@ -65,3 +65,8 @@ def count_roles(references: Iterable[Reference]) -> dict[str, int]:
     for reference in references:
         counts[reference.role] += 1
     return counts
+
+
+def slot_name(reference: Reference) -> str:
+    """How messages name a reference's slot: "reference" for a subject, "style reference", "id reference"."""
+    return "reference" if reference.role == SUBJECT else f"{reference.role} reference"

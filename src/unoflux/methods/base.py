@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UnofluxError
-from ..references import ROLES, SUBJECT, Reference, as_references, count_roles
+from ..references import ROLES, SUBJECT, Reference, as_references, count_roles, slot_name
 
 
 @dataclass
@@ -149,13 +149,9 @@ def open_references(references: Sequence) -> list[Reference]:
     from ..images import load_image
 
     return [
-        ref.with_image(load_image(ref.image, what=f"{_slot_name(ref)} image {i + 1}"))
+        ref.with_image(load_image(ref.image, what=f"{slot_name(ref)} image {i + 1}"))
         for i, ref in enumerate(as_references(references))
     ]
-
-
-def _slot_name(reference: Reference) -> str:
-    return "reference" if reference.role == SUBJECT else f"{reference.role} reference"
 
 
 __all__ = ["Conditioning", "Method", "ROLES", "Reference", "open_references"]
