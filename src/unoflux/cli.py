@@ -257,7 +257,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_device(args.noise_device, "noise device", "--noise-device")
 
-    device, process_index, num_processes, _ = batch_share(args.device) if items is not None else (args.device, 0, 1, None)
+    device, process_index, num_processes, _ = (
+        batch_share(args.device) if items is not None else (args.device, 0, 1, None)
+    )
     pipe, model = load_pipeline_from_args(args, device=device)
 
     if items is not None:

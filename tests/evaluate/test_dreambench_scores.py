@@ -92,6 +92,12 @@ def test_scores_aggregate_as_the_protocol_says(tmp_path, tiny_backbones):
         assert overall["n"] == len(scores) - 1 and summary["scores"]["failed"][0]["path"] == "images/0_1.png"
         assert summary["unreadable_real_images"] == unreadable and summary["paper"]["dino"] in (0.76, 0.542)
         assert summary["backbones"]["dino"]["folder"] == str(tiny_backbones["dino"])
+        assert list(summary["scores"]["per_prompt"]) == (
+            ["a <subject> in the jungle", "a <subject> in the snow"]
+            if kind == "single"
+            else ["a <subject> in the jungle"]
+        )
+        assert set(summary["scores"]["per_subject"]) == {"can", "dog"}
         assert (run / kind / "report.html").is_file()
 
 
@@ -196,3 +202,40 @@ def test_reports_render_in_chromium_with_every_image(dreambench_runs, page):
         assert "UNO (paper)" in text and "0.760" in text and "can/01.jpg" in text
     else:
         assert "A - B (95% CI)" in text and "ours" in text
+
+
+@needs_dreambench
+def test_masks_give_masked_dino(tmp_path, tiny_backbones):
+    from PIL import Image
+
+    root = _dataset(tmp_path / "data", {"can": 2})
+    bench = single_subject_benchmark(root, prompts="0")
+    images, masks = tmp_path / "run" / "images", tmp_path / "masks"
+    images.mkdir(parents=True)
+    random_image(64, 64, seed=5).save(images / "0_0.png")
+    (masks / "can").mkdir(parents=True)
+    Image.new("L", (32, 32), 255).save(masks / "can" / "00.png")  # all subject: masked DINO = plain DINO
+    scorer = Scorer(dino=tiny_backbones["dino"], device="cpu", progress=False)
+    (score,), _ = score_benchmark(bench, images, 1, scorer, tmp_path / "run", masks_dir=masks)
+    assert score.error is None and score.dino is not None and score.clip_i is None
+    assert score.dino_masked == pytest.approx(score.dino, abs=1e-6)
+    Image.new("L", (32, 32), 0).save(masks / "can" / "00.png")  # all background: another number
+    (masked,), _ = score_benchmark(bench, images, 1, scorer, tmp_path / "run", masks_dir=masks)
+    assert masked.error is None, masked.error
+    assert masked.dino == pytest.approx(score.dino) and abs(masked.dino_masked - score.dino) > 1e-4
+
+
+@needs_dreambench
+def test_sharded_run_scores_once_every_share_is_written(tmp_path, tiny_backbones):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "unoflux", "evaluate", "dreambench", "--out", "run",
+         "--data", str(DREAMBENCH), "--subjects", "dog", "--prompts", "0-1", "--images-per-prompt", "2",
+         "--steps", "2", "--metric-dino", str(tiny_backbones["dino"]), "--device", "cpu"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(line.split()[0] for line in result.stdout.splitlines() if "generated" in line) == ["2", "2"]
+    assert result.stdout.count("images scored") == 1  # the main process scores, after both shares
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["scores"]["scored"] == 4 and not summary["scores"]["failed"]

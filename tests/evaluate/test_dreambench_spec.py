@@ -18,6 +18,7 @@ from unoflux.evaluate.dreambench import (
     multi_subject_benchmark,
     parse_indices,
     parse_pairs,
+    prompt_group,
     read_dreambench,
     save_benchmark,
     single_subject_benchmark,
@@ -41,6 +42,10 @@ def test_single_subject_benchmark_on_the_shared_folder():
     assert [i.prompt for i in bench.items if i.subjects == ["dog"]] == [
         i.prompt.replace("cat", "dog") for i in bench.items if i.subjects == ["cat"]
     ]
+    # reports group by DreamBooth prompt: index 10 is another prompt for live subjects
+    assert prompt_group(by_id["dog/10"].template) == "a <subject> wearing a red hat"
+    assert prompt_group(by_id["backpack/10"].template) == "a <subject> with a wheat field in the background"
+    assert by_id["dog/20"].template == by_id["backpack/20"].template == "a red {0} {1}"
     # the conditioning image is UNO's choice; scoring uses every image of the folder
     assert by_id["dog3/00"].references == ["dog3/05.jpg"] and by_id["backpack/07"].references == ["backpack/02.jpg"]
     assert all(i.references == [f"{i.subjects[0]}/{UNO_REFERENCE_IMAGES[i.subjects[0]]}"] for i in bench.items)

@@ -216,11 +216,25 @@ def cmd_dreambench(args: argparse.Namespace) -> int:
         )
         request.validate()
         check_device(args.noise_device, "noise device", "--noise-device")
+        if request.method is not None:  # e.g. a two-subject item for a one-subject method, before the model loads
+            from ..methods import get_method
+            from ..references import as_references
+
+            for item in benchmark.items:
+                get_method(request.method).check(as_references([str(p) for p in benchmark.reference_paths(item)]))
     score = not (args.spec_only or args.generate_only)
     if score and not (args.metric_dino or args.metric_clip):
         raise UnofluxError("give --metric-dino DIR and/or --metric-clip DIR to score (or --generate-only)")
     device, process_index, num_processes, state = batch_share(args.device)
     main_process = process_index == 0
+    scorer = None
+    if score and main_process:  # loaded first: a bad backbone folder fails in seconds
+        from ..metrics import Scorer
+
+        check_device(args.metric_device, "metric device", "--metric-device")
+        scorer = Scorer(
+            dino=args.metric_dino, clip=args.metric_clip, device=args.metric_device, batch_size=args.metric_batch_size
+        )
     if main_process:
         prepare_run(args.out, benchmark)
         print(f"{len(benchmark.items)} items x {args.images_per_prompt} images: {args.out / 'benchmark.json'}")
@@ -228,14 +242,6 @@ def cmd_dreambench(args: argparse.Namespace) -> int:
         if main_process:
             print(f"UNO eval JSON: {args.out / 'batch.json'}")
         return 0
-    scorer = None
-    if score and main_process:  # loaded before the generator, so a bad backbone folder fails in seconds
-        from ..metrics import Scorer
-
-        check_device(args.metric_device, "metric device", "--metric-device")
-        scorer = Scorer(
-            dino=args.metric_dino, clip=args.metric_clip, device=args.metric_device, batch_size=args.metric_batch_size
-        )
     if request is not None:
         from ..generation import read_batch, run_batch
 

@@ -20,13 +20,12 @@ Protocol (docs/evaluation.md says the same):
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UnofluxError
-from ..images import save_json
+from ..images import read_json, save_json
 
 FORMAT = "unoflux-benchmark/1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -81,6 +80,13 @@ class BenchmarkItem:
     prompt_index: int
     prompt: str
     references: list[str]  # the conditioning images, relative to the benchmark root
+    template: str = ""  # DreamBooth's prompt template it came from ("" for an imported eval JSON)
+
+
+def prompt_group(template: str) -> str:
+    """The name a prompt template is grouped under in reports: ``'a {0} {1} in the snow'`` -> ``a <subject> in the
+    snow``. Objects and live subjects share a group where their lists share the prompt."""
+    return " ".join(template.replace("{0} {1}", "<subject>").split())
 
 
 @dataclass
@@ -231,6 +237,7 @@ def single_subject_benchmark(
                     k,
                     render(templates[k], subject.class_name, unique_token),
                     [conditioning_image(subject)],
+                    templates[k],
                 )
             )
     protocol = {
@@ -293,6 +300,7 @@ def multi_subject_benchmark(
                     k,
                     compose_pair(templates[k], first, second, folder.object_prompts),
                     [conditioning_image(first), conditioning_image(second)],
+                    templates[k],
                 )
             )
     used = {name: folder.subjects[name] for pair in chosen for name in pair}
@@ -316,12 +324,7 @@ def load_benchmark(path: str | Path) -> Benchmark:
     """A spec :func:`save_benchmark` wrote, or UNO's eval JSON (``[{"prompt", "image_paths"}]``, see
     :func:`from_uno_json`)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UnofluxError(f"benchmark file {str(path)!r} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UnofluxError(f"benchmark file {str(path)!r} is not valid JSON ({err})") from None
+    data = read_json(path, "benchmark file")
     if isinstance(data, list):
         return from_uno_json(path, data)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -361,7 +364,7 @@ def from_uno_json(path: str | Path, rows: list | None = None) -> Benchmark:
     the subjects' folders share one root (whose prompts_and_classes.txt, if any, gives the classes), and an item's
     prompt index counts the items with the same references."""
     path = Path(path)
-    rows = json.loads(path.read_text()) if rows is None else rows
+    rows = read_json(path, "eval JSON") if rows is None else rows
     if not rows or not all(isinstance(r, dict) and isinstance(r.get("prompt"), str) for r in rows):
         raise UnofluxError(f"eval JSON {str(path)!r} must be a non-empty list of {{prompt, image_paths}} items")
     refs = []

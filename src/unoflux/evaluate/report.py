@@ -86,7 +86,7 @@ def _summary_table(summary: dict, kind: str, label: str = "this run") -> str:
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _breakdown_table(title: str, blocks: dict, metrics: list[str], names: dict | None = None) -> str:
+def _breakdown_table(title: str, blocks: dict, metrics: list[str]) -> str:
     head = "".join(f"<th>{METRIC_LABELS[m]} (95% CI)</th>" for m in metrics)
     rows = []
     for key, block in blocks.items():
@@ -98,7 +98,7 @@ def _breakdown_table(title: str, blocks: dict, metrics: list[str], names: dict |
                 f'<td class="num">{format_interval(stat)}<span class="bar" style="width:{width:.0f}px"></span></td>'
             )
         n = block[metrics[0]]["n"] if metrics else 0
-        rows.append(f"<tr><td>{_e((names or {}).get(key, key))}</td><td class='num'>{n}</td>{''.join(cells)}</tr>")
+        rows.append(f"<tr><td>{_e(key)}</td><td class='num'>{n}</td>{''.join(cells)}</tr>")
     return f"<h2>{_e(title)}</h2><table><tr><th></th><th>images</th>{head}</tr>{''.join(rows)}</table>"
 
 
@@ -120,10 +120,8 @@ def write_run_report(run_dir: str | Path, summary: dict, scores: list[ImageScore
     )
     parts.append(_problems(summary))
     parts.append(_breakdown_table("Per subject", summary["scores"]["per_subject"], metrics))
-    prompts = {}
-    for s in scores:
-        prompts.setdefault(str(s.prompt_index), f"{s.prompt_index}: {s.prompt}")
-    parts.append(_breakdown_table("Per prompt (example wording)", summary["scores"]["per_prompt"], metrics, prompts))
+    title = "Per prompt" + (" (the first subject's)" if benchmark.kind == "multi" else "")
+    parts.append(_breakdown_table(title, summary["scores"]["per_prompt"], metrics))
     primary = _primary(metrics)
     ranked = sorted((s for s in scores if s.error is None and primary), key=lambda s: getattr(s, primary))
     shown = min(BEST_WORST, len(ranked) // 2)  # best and worst never show the same image

@@ -3,6 +3,8 @@ confidence intervals (summary.json), and the paired comparison of two runs.
 
 Statistics (docs/evaluation.md says the same):
 
+- Per prompt means per DreamBooth prompt (``a <subject> in the snow``): the object and live-subject lists share
+  their first ten and last five prompts, so those groups hold both kinds.
 - An image's DINO / CLIP-I is the mean over its subject's real images (:mod:`unoflux.metrics`); with two subjects,
   the mean of the two subjects' values. Overall, per prompt and per subject: the mean over images.
 - 95% intervals: percentile bootstrap, resampling benchmark items (a subject-prompt pair with all its images, so
@@ -25,7 +27,7 @@ import numpy as np
 
 from ..errors import UnofluxError
 from ..images import atomic_write, load_image
-from .dreambench import Benchmark
+from .dreambench import Benchmark, prompt_group
 
 METRIC_NAMES = ("dino", "clip_i", "clip_t", "dino_masked")
 METRIC_LABELS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "dino_masked": "DINO (masked)"}
@@ -44,6 +46,7 @@ class ImageScore:
     subjects: list[str]
     prompt_index: int
     prompt: str
+    prompt_group: str = ""  # the DreamBooth prompt it came from ("a <subject> in the snow"); "" if unknown
     seed: int | None = None
     dino: float | None = None
     clip_i: float | None = None
@@ -97,7 +100,10 @@ def score_benchmark(
     for i, item in enumerate(benchmark.items):
         for j in range(images_per_prompt):
             png = generated_path(images_dir, i, j)
-            result = ImageScore(i, item.id, j, _relative(png, run_dir), item.subjects, item.prompt_index, item.prompt)
+            result = ImageScore(
+                i, item.id, j, _relative(png, run_dir), item.subjects, item.prompt_index, item.prompt,
+                prompt_group(item.template) if item.template else f"prompt {item.prompt_index}",
+            )  # fmt: skip
             result.seed = _seed_of(png)
             results.append(result)
             if not png.is_file():
@@ -204,13 +210,16 @@ def summarize_scores(scores: list[ImageScore], resamples: int = RESAMPLES) -> di
         "overall": block(scores),
         "per_subject": {name: block([s for s in scores if name in s.subjects], name) for name in subjects},
         "per_prompt": {
-            str(k): block([s for s in scores if s.prompt_index == k]) for k in sorted({s.prompt_index for s in scores})
+            group: block([s for s in scores if s.prompt_group == group])
+            for group in dict.fromkeys(s.prompt_group for s in sorted(scores, key=lambda s: s.prompt_index))
         },
     }
 
 
 # ------------------------------------------------------------------------------------------------ files
-CSV_COLUMNS = ("item", "item_id", "image", "path", "subjects", "prompt_index", "prompt", "seed", *METRIC_NAMES)
+CSV_COLUMNS = (
+    "item", "item_id", "image", "path", "subjects", "prompt_index", "prompt", "prompt_group", "seed", *METRIC_NAMES
+)  # fmt: skip
 
 
 def write_scores_csv(scores: list[ImageScore], path: str | Path) -> Path:
@@ -243,6 +252,7 @@ def read_scores_csv(path: str | Path) -> list[ImageScore]:
                     subjects=row["subjects"].split("+"),
                     prompt_index=int(row["prompt_index"]),
                     prompt=row["prompt"],
+                    prompt_group=row.get("prompt_group", ""),
                     seed=None if row["seed"] == "" else int(row["seed"]),
                     **{m: number(row.get(m)) for m in METRIC_NAMES},
                     per_subject=json.loads(row["per_subject"]) if row.get("per_subject") else {},
