@@ -163,7 +163,9 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
     if base_only:
         model["base_only"] = True
     if paths.dreamo:
-        model.update(dreamo_version=args.dreamo_version, fuse_lora=args.fuse_lora)
+        model["dreamo_version"] = args.dreamo_version
+    if getattr(args, "fuse_lora", False):
+        model["fuse_lora"] = True
     model.update(dtype=str(pipe.transformer.dtype).removeprefix("torch."), weights_dtype=args.weights_dtype)
     return pipe, model
 
@@ -319,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="folder for the images (default outputs/demo)")
     add_model_args(p)
     p.set_defaults(func=cmd_demo)
+    from .bench import register as register_bench
+
+    register_bench(sub)
     for module in ("world", "family", "train", "evaluate", "app"):  # each subpackage adds its own commands
         if importlib.util.find_spec(f"unoflux.{module}") and importlib.util.find_spec(f"unoflux.{module}.cli"):
             importlib.import_module(f"unoflux.{module}.cli").register(sub)
