@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from .errors import UnofluxError
 
@@ -173,7 +174,11 @@ def run_ours(config: dict) -> dict:
     from .checkpoints import ModelPaths, load_pipeline
 
     pipe = load_pipeline(
-        ModelPaths(**config["paths"]), device=config["device"], dtype=config["dtype"], use_environment=False
+        ModelPaths(**config["paths"]),
+        device=config["device"],
+        dtype=config["dtype"],
+        use_environment=False,
+        fuse_lora=config["fuse_lora"],
     )
     pipe.set_progress_bar_config(disable=True)
     timer = StepTimer(pipe.transformer, config["device"])
@@ -210,11 +215,11 @@ def run_reference(config: dict) -> dict:
     if config["device"] != "cpu" or config["dtype"] != "fp32":
         raise UnofluxError("--against-reference runs the reference in float32 on the CPU only (--device cpu)")
     ref = import_reference(Path(config["reference"]).resolve())
-    from .testing import tiny_components
+    from .testing import TINY_TRANSFORMER, TINY_VAE
 
-    components = tiny_components(seed=0, **SIZES[config["size"]]["transformer"])  # for the configs only
-    transformer_config, vae_config = components["transformer"].config, components["vae"].config
-    del components
+    # the configs the weights were written with (as plain values: building the models would cost their memory)
+    transformer_config = SimpleNamespace(**{**TINY_TRANSFORMER, **SIZES[config["size"]]["transformer"]})
+    vae_config = SimpleNamespace(**TINY_VAE)
     paths = config["paths"]
     model = build_reference_flux(ref, flux_params(ref, transformer_config), paths["flux"], paths["lora"],
                                  SIZES[config["size"]]["lora_rank"])  # fmt: skip
@@ -331,6 +336,7 @@ def print_report(report: dict) -> None:
         f"unoflux bench: size {m['size']} ({m['parameters'] / 1e6:.1f} M parameters, LoRA rank {m['lora_rank']}), "
         f"{s['width']}x{s['height']} + {s['refs']} reference(s) at {s['ref_size']} px, {s['steps']} steps, "
         f"{s['dtype']} on {s['device']}, {s['runs']} timed run(s) after {s['warmup']} warm-up, {report['rounds']} round(s)"
+        + (", ours with the LoRA fused" if s["fuse_lora"] else "")
     )
     tokens = report["ours"]["tokens"]
     print(f"tokens per step: {tokens['image+references']} image + references, {tokens['text']} text")
@@ -376,6 +382,11 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: torch's)")
     p.add_argument(
+        "--fuse-lora",
+        action="store_true",
+        help="ours with the LoRA fused into the weights (the same image to rounding)",
+    )
+    p.add_argument(
         "--against-reference",
         metavar="UNO_CHECKOUT",
         help="a local bytedance/UNO checkout: its pipeline on the same weights (needs einops), fp32 CPU",
@@ -399,7 +410,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     check_device(args.device)
     settings = {k: getattr(args, k) for k in ("size", "width", "height", "refs", "ref_size", "steps", "runs",
-                                               "warmup", "guidance", "seed", "prompt", "device", "dtype", "threads")}  # fmt: skip
+                                               "warmup", "guidance", "seed", "prompt", "device", "dtype", "threads",
+                                               "fuse_lora")}  # fmt: skip
     report = run_bench(settings, args.rounds, args.against_reference, args.workdir)
     print_report(report)
     if args.json:
