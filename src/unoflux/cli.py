@@ -116,6 +116,28 @@ def model_paths(args: argparse.Namespace):
     )
 
 
+# model flags by what they name (cli.add_model_args): a weights file, a folder, or either (BFL file / diffusers folder)
+_FILE_FLAGS = ("lora", "uso_projector", "turbo")
+_FOLDER_FLAGS = ("model", "t5", "clip", "siglip", "dreamo", "face_detector", "face_parser", "background_remover")
+_FILE_OR_FOLDER_FLAGS = ("flux", "ae")
+
+
+def check_model_files(args: argparse.Namespace) -> None:
+    """Every model path given as a flag exists and is a file or a folder as its flag needs: checked without torch,
+    not after minutes of loading the models before it. What the files hold is checked as each one loads."""
+    for name in (*_FILE_OR_FOLDER_FLAGS, *_FILE_FLAGS, *_FOLDER_FLAGS):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        flag, path = "--" + name.replace("_", "-"), Path(value)
+        if not path.exists():
+            raise UnofluxError(f"{flag} {value!r} does not exist")
+        if name in _FOLDER_FLAGS and not path.is_dir():
+            raise UnofluxError(f"{flag} {value!r} is a file; it must be a folder")
+        if name in _FILE_FLAGS and path.is_dir():
+            raise UnofluxError(f"{flag} {value!r} is a folder; it must be a weights file (.safetensors)")
+
+
 def check_device(device: str | None, what: str = "device", flag: str = "--device") -> None:
     """Refuse a device this machine lacks now, in one sentence, rather than after minutes of model loading
     (or with torch's traceback). ``None`` is the default device, always available."""
@@ -138,7 +160,8 @@ def check_device(device: str | None, what: str = "device", flag: str = "--device
 
 def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None):
     """The pipeline the model flags describe, and a record of them for output metadata; a device this machine
-    lacks is refused before anything loads."""
+    lacks, or a model path that does not exist, is refused before anything loads."""
+    check_model_files(args)
     check_device(device or args.device)
     import diffusers
     import transformers
@@ -216,7 +239,7 @@ def resolved_reference(value: str | Reference) -> str | Reference:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate images from a prompt and reference images (or a batch file)."""
-    from .generation import check_output, read_batch
+    from .generation import check_output, check_output_folder, read_batch
     from .options import GenerationRequest, options_from_args
 
     if (args.prompt is None) == (args.batch is None):
@@ -236,8 +259,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         get_method(request.method).check(as_references(request.references))
     items = read_batch(args.batch, method=request.method) if args.batch else None
+    # an output that cannot be written fails now, not after the model has loaded and the images are made
     if items is None:
-        check_output(args.out)  # a .png path that is a folder fails now, not after the model has loaded
+        check_output(args.out)
+    else:
+        check_output_folder(args.out or "outputs/batch")
+    check_model_files(args)
     # The checks above import no torch (except a --method's), so bad input is reported in a moment; the device
     # checks import it, still minutes before the model loads.
     check_device(args.device)
@@ -292,8 +319,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, as ours are ("unoflux generate: error: argument --width: invalid int
+    value: 'abc'"), and where to read more instead of the whole usage block. Subcommands' parsers are of this class
+    too (argparse builds them from the parent's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="unoflux", description="Subject-driven image generation (UNO) on FLUX-family transformers."
     )
     parser.add_argument("--version", action="version", version=f"unoflux {__import__('unoflux').__version__}")
@@ -326,6 +362,10 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: everything is local
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # one line per warning ("unoflux: warning: the prompt has 90 T5 tokens; ..."), not a file, line and source line
+    warnings.showwarning = lambda message, category, *args, **kwargs: print(
+        f"unoflux: warning: {message}", file=sys.stderr
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ resume and multi-process sharding. The CLI and the web app both call these (one 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from dataclasses import asdict, replace
@@ -51,7 +52,45 @@ def check_output(out: str | Path | None) -> Path:
         raise UnofluxError(f"output {str(out)!r} is an existing folder; give a .png path that is not a folder")
     if out.suffix.lower() != ".png" and out.exists() and not out.is_dir():
         raise UnofluxError(f"output {str(out)!r} exists and is not a folder; give a .png path or a folder")
+    _check_creatable(out if out.suffix.lower() != ".png" else out.parent, out)
     return out
+
+
+def check_output_folder(out: str | Path) -> Path:
+    """A batch's output folder, refused in one sentence (before the model loads) where it cannot be one."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UnofluxError(f"output folder {str(out)!r} exists and is not a folder; give a folder path")
+    _check_creatable(out, out)
+    return out
+
+
+def _check_creatable(folder: Path, out: Path) -> None:
+    """``folder`` exists or can be made: its nearest existing ancestor is a folder we may write in."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UnofluxError(f"output {str(out)!r} cannot be written: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UnofluxError(f"output {str(out)!r} cannot be written: folder {str(existing)!r} is not writable")
+
+
+def write_png(image, path: Path, settings: dict[str, Any]) -> Path:
+    """:func:`unoflux.images.save_png` (atomic: a failed write leaves no file), a failed write said in one sentence
+    (a full disk, a folder made read-only since the checks)."""
+    try:
+        return save_png(image, path, settings)
+    except OSError as err:
+        raise UnofluxError(f"cannot write {str(path)!r} ({err.strerror or err}); nothing was written there") from None
+
+
+def write_json(data: Any, path: Path) -> Path:
+    """:func:`unoflux.images.save_json`, a failed write said in one sentence, as :func:`write_png`."""
+    try:
+        return save_json(data, path)
+    except OSError as err:
+        raise UnofluxError(f"cannot write {str(path)!r} ({err.strerror or err}); nothing was written there") from None
 
 
 def output_paths(out: str | Path | None, request: GenerationRequest) -> list[Path]:
@@ -81,7 +120,7 @@ def generate_to_files(
     if save_preprocessed is not None:
         save_references(output, save_preprocessed)
     return [
-        save_png(img, p, settings_record(request, output, j, model))
+        write_png(img, p, settings_record(request, output, j, model))
         for j, (img, p) in enumerate(zip(output.images, paths))
     ]
 
@@ -89,7 +128,7 @@ def generate_to_files(
 def save_references(output: UnoOutput, folder: str | Path, prefix: str = "") -> list[Path]:
     """The references as the model saw them (after the method's preprocessing): ``{prefix}ref{k}_{role}.png``."""
     return [
-        save_png(ref.image, Path(folder) / f"{prefix}ref{k}_{ref.role}.png", {"role": ref.role, "slot": k})
+        write_png(ref.image, Path(folder) / f"{prefix}ref{k}_{ref.role}.png", {"role": ref.role, "slot": k})
         for k, ref in enumerate(output.references, start=1)
     ]
 
@@ -106,6 +145,10 @@ def read_batch(path: str | Path, method: str | None = None) -> list[dict[str, An
         items = json.loads(path.read_text())
     except FileNotFoundError:
         raise UnofluxError(f"batch file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise UnofluxError(f"batch file {str(path)!r} is a folder; give a JSON file") from None
+    except OSError as err:
+        raise UnofluxError(f"batch file {str(path)!r} cannot be read ({err.strerror or err})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UnofluxError(f"batch file {str(path)!r} is not valid JSON ({err})") from None
     if not isinstance(items, list) or not items:
@@ -176,7 +219,7 @@ def run_batch(
         if save_preprocessed is not None:
             save_references(output, save_preprocessed, prefix=f"{i}_{j}_")
         settings = {**settings_record(request, output, 0, model), "batch_item": i, "batch_image": j}
-        save_png(output.images[0], png, settings)
-        save_json(settings, meta)  # written last: its presence marks the pair finished
+        write_png(output.images[0], png, settings)
+        write_json(settings, meta)  # written last: its presence marks the pair finished
         made += 1
     return made, skipped

@@ -32,6 +32,8 @@ def load_image(source: ImageInput, what: str = "reference image") -> Image.Image
         image = source
     else:
         path = Path(source)
+        if path.is_dir():
+            raise UnofluxError(f"{what} {name!r} is a folder; give an image file")
         if not path.is_file():
             raise UnofluxError(f"{what} {name!r} does not exist or is not a file")
         try:
