@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 
+from .devices import check_device  # noqa: F401  (re-exported: the app's and evaluate's CLIs)
 from .errors import UnofluxError
 from .options import POSITION_MODES, SCHEDULES  # noqa: F401  (re-exported: evaluate's CLI and the app use them)
 from .references import IDENTITY, STYLE, SUBJECT, Reference
@@ -136,26 +137,6 @@ def check_model_files(args: argparse.Namespace) -> None:
             raise UnofluxError(f"{flag} {value!r} is a file; it must be a folder")
         if name in _FILE_FLAGS and path.is_dir():
             raise UnofluxError(f"{flag} {value!r} is a folder; it must be a weights file (.safetensors)")
-
-
-def check_device(device: str | None, what: str = "device", flag: str = "--device") -> None:
-    """Refuse a device this machine lacks now, in one sentence, rather than after minutes of model loading
-    (or with torch's traceback). ``None`` is the default device, always available."""
-    if device is None:
-        return
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UnofluxError(f"{what} {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if parsed.type != "cuda":
-        return
-    if not torch.cuda.is_available():
-        raise UnofluxError(f"{what} {device!r} is not available here (no CUDA GPU); use {flag} cpu")
-    count = torch.cuda.device_count()
-    if parsed.index is not None and parsed.index >= count:
-        raise UnofluxError(f"{what} {device!r} is not available here: this machine has cuda:0 to cuda:{count - 1}")
 
 
 def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None):

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .errors import UnofluxError
 from .images import load_image, save_json, save_png
-from .options import GenerationRequest, empty_prompt_allowed
+from .options import GenerationRequest, check_prompt, empty_prompt_allowed
 from .references import as_reference, reference_record
 
 if TYPE_CHECKING:  # annotations only: importing the pipeline imports torch, which the CLI's early checks avoid
@@ -157,6 +157,10 @@ def read_batch(path: str | Path, method: str | None = None) -> list[dict[str, An
     for i, item in enumerate(items, start=1):  # messages count items and references from 1, as people do
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
             raise UnofluxError(f"batch item {i} in {str(path)!r} needs a 'prompt' string")
+        try:  # text a prompt cannot hold (a NUL), found now rather than at item i after the model has loaded
+            check_prompt(item["prompt"], allow_empty=True)
+        except UnofluxError as err:
+            raise UnofluxError(f"batch item {i} in {str(path)!r}: {err}") from None
         refs = item.get("image_paths", [])
         if not isinstance(refs, list) or not all(isinstance(r, (str, dict)) for r in refs):
             raise UnofluxError(
