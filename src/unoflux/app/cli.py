@@ -7,6 +7,7 @@ import importlib.util
 import ipaddress
 import socket
 import sys
+from pathlib import Path
 
 from ..cli import add_model_args, default_image_size, load_pipeline_from_args
 from ..errors import UnofluxError
@@ -26,6 +27,11 @@ def register(subparsers) -> None:
         help="requests allowed to wait; beyond this a request is refused (the page: 'currently busy') (default 16)",
     )
     g.add_argument("--max-upload", default="50mb", help="largest reference upload (default 50mb)")
+    g.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="also append the log (a line per request: its id, settings and time; refusals; faults) to this file",
+    )
     g.add_argument(
         "--auth",
         metavar="USER:PASSWORD",
@@ -83,15 +89,33 @@ def check_address(host: str, port: int) -> None:
         )
 
 
+def check_log_file(path: str) -> None:
+    """``--log-file`` can be appended to: refused in one sentence now, not after the model has loaded."""
+    target = Path(path)
+    if target.is_dir():
+        raise UnofluxError(f"--log-file {path!r} is a folder; give a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except OSError as err:
+        raise UnofluxError(f"--log-file {path!r} cannot be written ({err.strerror or err})") from None
+
+
 def serve(args: argparse.Namespace, block: bool = True):
     """Load the model the flags name and serve the app; ``block=False`` returns the running
     ``gr.Blocks`` at once (tests close it with ``.close()``). The address and ``--auth`` are checked first."""
     auth = parse_auth(getattr(args, "auth", None))
     check_address(args.host, args.port)
+    log_file = getattr(args, "log_file", None)
+    if log_file is not None:
+        check_log_file(log_file)
     pipe, model = load_pipeline_from_args(args)
 
     from .command import model_flags
-    from .ui import build_app, launch
+    from .ui import build_app, configure_logging, launch
+
+    configure_logging(log_file)
 
     demo = build_app(
         pipe,

@@ -9,6 +9,8 @@ import logging
 import os
 import re
 import secrets
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +123,7 @@ def check_upload(what: str):
             load_image(path, what=what)
         except UnofluxError as err:
             message = f"{user_message(err)}; the slot was cleared, choose another file."
-            log.warning("upload refused: %s", message)
+            log.warning("upload %s refused: %s", secrets.token_hex(3), message)
             return None, message
         return gr.skip(), gr.skip()
 
@@ -175,11 +177,33 @@ def settings_from_png(path: str | None, choices: dict[str, list[str]]) -> tuple[
     return values, status
 
 
-def refused(message: str) -> gr.Error:
+def refused(message: str, request_id: str) -> gr.Error:
     """The page's error for a request we refuse on purpose (bad input, too little memory): one line in the server
     log, not Gradio's traceback, which would only point at this function. Unexpected errors keep theirs."""
-    log.warning("request refused: %s", message)
+    log.warning("request %s refused: %s", request_id, message)
     return gr.Error(message, print_exception=False)
+
+
+def failed(err: Exception, request_id: str) -> gr.Error:
+    """The page's error for a real fault (a bug, a broken model): its traceback once, in the server log with the
+    request's id (not again from Gradio), and a sentence that points there."""
+    log.exception("request %s failed: %s: %s", request_id, type(err).__name__, err)
+    return gr.Error(
+        f"internal error ({type(err).__name__}: {err}); the server log has the details (request {request_id})",
+        print_exception=False,
+    )
+
+
+def request_summary(request: GenerationRequest, result, seconds: float) -> str:
+    """One line of what ran: the prompt (cut at 60 characters), the settings that differ between requests, the
+    time and where the images went."""
+    prompt = request.prompt if len(request.prompt) <= 60 else request.prompt[:57] + "..."
+    size = f"{result.size[0]}x{result.size[1]}" if result.size else "?"
+    names = ", ".join(p.name for p in result.images)
+    return (
+        f"done in {seconds:.1f} s: prompt {prompt!r}, {len(result.images)} x {size} px, steps {request.steps or 'auto'}"
+        f", seed {request.seed}, {len(request.references)} references, method {request.method or 'auto'} -> {names}"
+    )
 
 
 def make_generate(runner: AppRunner):
@@ -223,6 +247,7 @@ def make_generate(runner: AppRunner):
     ) -> tuple[list[str], str, str, int]:
         """Generate images from a prompt, up to four subject reference images and (USO) two style images; returns
         the saved PNGs, the equivalent `unoflux generate` command, and a one-line status."""
+        request_id, start = secrets.token_hex(3), time.monotonic()  # the id ties the log lines of one request
         try:
             slots = zip((reference_1, reference_2, reference_3, reference_4), (task_1, task_2, task_3, task_4))
             subjects = [Reference(upload_path(r), task or SUBJECT) for r, task in slots if r]  # DreamO: a task each
@@ -253,11 +278,15 @@ def make_generate(runner: AppRunner):
             progress(0, desc="starting")
             result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
         except UnofluxError as err:
-            raise refused(user_message(err)) from None
+            raise refused(user_message(err), request_id) from None
         except torch.OutOfMemoryError:
             raise refused(
-                "out of GPU memory; use a smaller size, fewer references or images, or restart with --offload model"
+                "out of GPU memory; use a smaller size, fewer references or images, or restart with --offload model",
+                request_id,
             ) from None
+        except Exception as err:  # noqa: BLE001 - a real fault: logged with its traceback, then the page told
+            raise failed(err, request_id) from None
+        log.info("request %s %s", request_id, request_summary(request, result, time.monotonic() - start))
         noun = "image" if len(result.images) == 1 else "images"
         # the images' own pixels: the gallery may show a small result larger than it is
         size = f", {result.size[0]} x {result.size[1]} px," if result.size else ""
@@ -497,6 +526,26 @@ def build_app(
                 )
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(log_file: str | Path | None = None) -> None:
+    """The app's log (logger ``unoflux.app``) on stderr and, with ``log_file``, appended to that file too: a line per
+    request at INFO (its id, settings and time), a line per refusal at WARNING, a traceback only for real faults.
+    Calling it again (another app in this process) replaces the handlers it added."""
+    for handler in [h for h in log.handlers if getattr(h, "unoflux_app", False)]:
+        log.removeHandler(handler)
+        handler.close()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
+    for handler in handlers:
+        handler.unoflux_app = True
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def launch(
