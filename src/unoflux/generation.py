@@ -191,6 +191,18 @@ def batch_jobs(items: list[dict], num_images: int, process_index: int = 0, num_p
                 yield i, j
 
 
+def remove_partial_writes(folder: Path, names: set[str]) -> int:
+    """Delete what a killed run left of its writes to ``names`` in ``folder``: the hidden temporary files of
+    :func:`unoflux.images.atomic_write` (``.{name}.{random}.part``; the outputs themselves are never partial). Only
+    this process's names: another process of the same batch may be writing its own. Returns how many went."""
+    removed = 0
+    for tmp in folder.glob(".*.part") if folder.is_dir() else []:
+        if tmp.name[1 : -len(".part")].rsplit(".", 1)[0] in names:
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def run_batch(
     pipe: UnoFluxPipeline,
     items: list[dict],
@@ -203,9 +215,11 @@ def run_batch(
     save_preprocessed: str | Path | None = None,
 ) -> tuple[int, int]:
     """Render ``{i}_{j}.png`` + ``{i}_{j}.json`` for this process's share; finished pairs are skipped, so
-    a rerun resumes. Image ``j`` of item ``i`` uses seed ``template.seed + j``. Returns (made, skipped)."""
+    a rerun resumes (even after a kill -9: each file is written whole or not at all, and what a killed write left
+    is cleared). Image ``j`` of item ``i`` uses seed ``template.seed + j``. Returns (made, skipped)."""
     out_dir = Path(out_dir)
     jobs = list(batch_jobs(items, template.num_images, process_index, num_processes))
+    remove_partial_writes(out_dir, {f"{i}_{j}.{kind}" for i, j in jobs for kind in ("png", "json")})
     made = skipped = 0
     for i, j in tqdm(jobs, desc=f"batch (process {process_index + 1}/{num_processes})", disable=not jobs):
         png, meta = out_dir / f"{i}_{j}.png", out_dir / f"{i}_{j}.json"
