@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -244,3 +245,40 @@ def test_settings_from_a_png_give_the_form_values(runner, tiny_request, tmp_path
     assert settings_from_png(str(plain), choices)[0] == {}
     (tmp_path / "notes.png").write_text("not a picture")
     assert "'notes.png' carries no unoflux settings" in settings_from_png(str(tmp_path / "notes.png"), choices)[1]
+
+
+def test_settings_from_a_png_bring_back_the_references_inside_the_apps_folders(runner, tiny_request, tmp_path):
+    from unoflux.app.ui import settings_from_png
+    from unoflux.images import save_png
+
+    choices = {"position_mode": ["diagonal"], "schedule": ["uno", "flux"], "method": ["uno"]}
+    (path,) = runner.run(tiny_request(seed=3)).images  # its reference is kept in the app's folder
+    (kept,) = read_settings(path)["references"]
+    values, status = settings_from_png(str(path), choices, [runner.out_dir])
+    assert (values["reference_1"], values["task_1"], values["reference_2"], values["style_1"]) == (
+        kept,
+        "subject",
+        None,
+        None,
+    )
+    assert status == f"Loaded the settings of '{path.name}' (seed 3) and its 1 reference."
+
+    outside = tmp_path / "elsewhere.png"
+    Image.new("RGB", (32, 32)).save(outside)
+    records = [
+        {"image": kept, "role": "style"},
+        str(outside),
+        str(tmp_path / "gone.png"),
+        kept,
+        {"image": kept, "role": "id"},
+    ]
+    png = save_png(
+        Image.new("RGB", (16, 16)), tmp_path / "mixed.png", {"prompt": "x", "seed": 1, "references": records}
+    )
+    values, status = settings_from_png(str(png), choices, [runner.out_dir], style_slots=True)
+    assert (values["style_1"], values["reference_1"], values["reference_2"]) == (kept, kept, None)
+    assert status == (
+        "Loaded the settings of 'mixed.png' (seed 1) and its 2 references; not loaded, add again: 'elsewhere.png' "
+        "(outside this app's folders), 'gone.png' (missing), '" + Path(kept).name + "' (role 'id', not offered here)."
+    )
+    assert "references again, they are not loaded" in settings_from_png(str(png), choices)[1]  # no folders: as before

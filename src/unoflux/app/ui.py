@@ -11,6 +11,7 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +149,23 @@ LOADED_SETTINGS = (
 )
 
 
-def settings_from_png(path: str | None, choices: dict[str, list[str]]) -> tuple[dict[str, Any], str]:
+def settings_from_png(
+    path: str | None,
+    choices: dict[str, list[str]],
+    reference_folders: Sequence[str | Path] = (),
+    slot_roles: Sequence[str] = (SUBJECT,),
+    style_slots: bool = False,
+) -> tuple[dict[str, Any], str]:
     """The form values a PNG saved by unoflux carries (``unoflux.images.read_settings``), and a one-line status;
     ``({}, sentence)`` for a file without them. ``choices``: each radio's allowed values (a value the page does not
-    offer, e.g. a method this app has not loaded, is left as it is and named)."""
+    offer, e.g. a method this app has not loaded, is left as it is and named).
+
+    With ``reference_folders`` (the app's output folder and its examples) the references come back too, each into
+    its slot (``reference_k`` with its ``task_k``, ``style_k``; the slots the PNG does not fill are emptied), but only
+    files that exist inside those folders: a path in a PNG is the sender's word, and the page must not serve other
+    files of this machine. ``slot_roles``: the roles a reference slot takes (DreamO's tasks: every role; else
+    subjects); ``style_slots``: the page has USO's style slots. A reference of a role the page does not offer, or one
+    that is missing or outside the folders, is named instead."""
     if not path:
         return {}, ""
     name = Path(path).name
@@ -171,10 +185,55 @@ def settings_from_png(path: str | None, choices: dict[str, list[str]]) -> tuple[
             value = "" if value is None else str(value)
         values[key] = "" if value is None else value
     status = f"Loaded the settings of '{name}'" + (f" (seed {values['seed']})" if "seed" in values else "")
-    status += "; add its references again, they are not loaded." if settings.get("references") else "."
+    references = settings.get("references") or []
+    if reference_folders and isinstance(references, list):
+        restored, left_out = _references_from_settings(references, reference_folders, slot_roles, style_slots)
+        values.update(restored)
+        count = sum(1 for key, value in restored.items() if value and key.startswith(("reference_", "style_")))
+        status += f" and its {count} reference{'s' if count != 1 else ''}" if count else ""
+        status += f"; not loaded, add again: {', '.join(left_out)}." if left_out else "."
+    else:
+        status += "; add its references again, they are not loaded." if references else "."
     if skipped:
         status += f" Not offered here, left as they were: {', '.join(skipped)}."
     return values, status
+
+
+def _references_from_settings(
+    records: list, folders: Sequence[str | Path], slot_roles: Sequence[str], style_slots: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """Slot values for a PNG's references (see :func:`settings_from_png`) and what was left out, each named."""
+    from ..references import as_reference
+
+    allowed = [Path(folder).resolve() for folder in folders]
+    slots = {f"reference_{k}": None for k in range(1, MAX_REFERENCES + 1)}
+    slots.update({f"task_{k}": SUBJECT for k in range(1, MAX_REFERENCES + 1)})
+    slots.update({f"style_{k}": None for k in range(1, MAX_STYLES + 1)})
+    subjects, styles, left_out = 0, 0, []
+    for record in records:
+        try:
+            reference = as_reference(record)
+        except UnofluxError:
+            left_out.append(f"{record!r} (not a reference)")
+            continue
+        image = Path(str(reference.image)).resolve()
+        shown = f"'{image.name}'"
+        to_style = reference.role == STYLE and style_slots
+        if not to_style and reference.role not in slot_roles:
+            left_out.append(f"{shown} (role {reference.role!r}, not offered here)")
+        elif not image.is_file():
+            left_out.append(f"{shown} (missing)")
+        elif not any(image.is_relative_to(folder) for folder in allowed):
+            left_out.append(f"{shown} (outside this app's folders)")
+        elif to_style and styles < MAX_STYLES:
+            styles += 1
+            slots[f"style_{styles}"] = str(image)
+        elif not to_style and subjects < MAX_REFERENCES:
+            subjects += 1
+            slots[f"reference_{subjects}"], slots[f"task_{subjects}"] = str(image), reference.role
+        else:
+            left_out.append(f"{shown} (no slot left)")
+    return slots, left_out
 
 
 def refused(message: str, request_id: str) -> gr.Error:
@@ -495,13 +554,17 @@ def build_app(
         seed_box, seed_used = next(c for c in inputs if c.elem_id == "seed"), outputs[-1]
         event.success(lambda seed: seed, inputs=seed_used, outputs=seed_box, queue=False, api_visibility="private")
         fields = dict(zip(inspect.signature(generate).parameters, inputs))  # make_generate's order
-        loaded = [fields[key] for key in LOADED_SETTINGS]
+        slot_keys = [key for key in fields if key.startswith(("reference_", "task_", "style_"))]
+        loaded = [fields[key] for key in (*LOADED_SETTINGS, *slot_keys)]
         choices = {key: [value for value, _ in fields[key].choices] for key in ("position_mode", "schedule", "method")}
+        slot_roles = list(ROLES) if tasks else [SUBJECT]  # DreamO: a task per slot
+        folders = [Path(out_dir).resolve(), EXAMPLES_DIR]  # the files this page may show (see launch)
 
         def load_settings(path):
-            values, status = settings_from_png(path, choices)
+            values, status = settings_from_png(path, choices, folders, slot_roles, style_slots=styles)
             untick = [False] if values else [gr.skip()]  # a loaded seed is meant to be used
-            return [values.get(key, gr.skip()) for key in LOADED_SETTINGS] + untick + [status or gr.skip()]
+            keys = (*LOADED_SETTINGS, *slot_keys)
+            return [values.get(key, gr.skip()) for key in keys] + untick + [status or gr.skip()]
 
         settings_png.upload(
             load_settings,
