@@ -151,6 +151,7 @@ def test_a_busy_port_is_refused_before_the_model_loads(no_model_loading, capsys,
         (["--auth", "alice"], "--auth 'alice' must be USER:PASSWORD, both non-empty"),
         (["--auth", ":secret"], "--auth ':secret' must be USER:PASSWORD"),
         (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' with --port"),
+        (["--max-upload-megapixels", "0"], "--max-upload-megapixels 0 must be a positive number"),
     ],
 )
 def test_bad_server_flags_are_refused_before_the_model_loads(no_model_loading, capsys, tmp_path, flags, message):
@@ -282,3 +283,16 @@ def test_settings_from_a_png_bring_back_the_references_inside_the_apps_folders(r
         "(outside this app's folders), 'gone.png' (missing), '" + Path(kept).name + "' (role 'id', not offered here)."
     )
     assert "references again, they are not loaded" in settings_from_png(str(png), choices)[1]  # no folders: as before
+
+
+def test_an_upload_past_the_pixel_limit_is_cleared_from_its_slot(tmp_path):
+    from unoflux.app.ui import check_upload
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "wide.png")  # 4096 px
+    check = check_upload("reference image 2", max_megapixels=0.004)
+    value, status = check({"path": str(tmp_path / "wide.png")})
+    assert value is None and status == (
+        f"reference image 2 '{tmp_path / 'wide.png'}' is 64x64 (0.0041 megapixels); this app takes uploads of at most "
+        "0.004 megapixels; the slot was cleared, choose another file."
+    )
+    assert check_upload("reference image 2", max_megapixels=0.005)({"path": str(tmp_path / "wide.png")})[0] is not None

@@ -28,6 +28,13 @@ def register(subparsers) -> None:
     )
     g.add_argument("--max-upload", default="50mb", help="largest reference upload (default 50mb)")
     g.add_argument(
+        "--max-upload-megapixels",
+        type=float,
+        default=40.0,
+        metavar="MP",
+        help="largest reference upload in decoded pixels, read from its header before decoding (default 40)",
+    )
+    g.add_argument(
         "--log-file",
         metavar="PATH",
         help="also append the log (a line per request: its id, settings and time; refusals; faults) to this file",
@@ -48,6 +55,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise UnofluxError("the web app needs Gradio; install it with: pip install 'unoflux[app]'")
     if args.concurrency < 1 or args.max_queue < 1:
         raise UnofluxError(f"--concurrency ({args.concurrency}) and --max-queue ({args.max_queue}) must be at least 1")
+    if not args.max_upload_megapixels > 0:
+        raise UnofluxError(f"--max-upload-megapixels {args.max_upload_megapixels:g} must be a positive number")
     serve(args)
     return 0
 
@@ -125,6 +134,7 @@ def serve(args: argparse.Namespace, block: bool = True):
         args.max_queue,
         model_flags(args),
         default_size=default_image_size(pipe),
+        max_upload_megapixels=getattr(args, "max_upload_megapixels", None),
     )
     launch(demo, args.out, host=args.host, port=args.port, max_upload=args.max_upload, block=block, auth=auth)
     return demo

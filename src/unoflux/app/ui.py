@@ -11,6 +11,7 @@ import re
 import secrets
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from ..conditioning import default_reference_long_side  # noqa: E402
 from ..demo import EXAMPLES_DIR  # noqa: E402
@@ -29,7 +31,7 @@ from ..errors import UnofluxError  # noqa: E402
 from ..images import load_image, read_settings  # noqa: E402
 from ..options import MAX_SIDE, METHOD_NAMES, POSITION_MODES, SCHEDULES, GenerationRequest  # noqa: E402
 from ..pipeline import model_defaults_of  # noqa: E402
-from ..references import ROLES, STYLE, SUBJECT, Reference  # noqa: E402
+from ..references import ROLES, STYLE, SUBJECT, Reference, slot_name  # noqa: E402
 from .runner import AppRunner  # noqa: E402
 
 MAX_REFERENCES = 4
@@ -110,10 +112,33 @@ def _optional_number(value: Any, name: str) -> float | None:
         raise UnofluxError(f"{name} {value!r} must be a number, or blank for the default") from None
 
 
-def check_upload(what: str):
+DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40.0  # a 40 MP camera's photo; the library itself refuses beyond 64 (images.MAX_PIXELS)
+
+
+def check_upload_pixels(path: str, what: str, max_megapixels: float | None) -> None:
+    """Refuse an upload of more than ``max_megapixels`` (``--max-upload-megapixels``) from its header alone, before
+    decoding it; a file that does not open is left to :func:`unoflux.images.load_image` to name."""
+    if max_megapixels is None:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's bomb warning: the size is what we check here
+            with Image.open(path) as image:
+                width, height = image.size
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        return  # past Pillow's own limit, or not an image: load_image says which
+    if width * height > max_megapixels * 1e6:
+        name = user_message(Exception(path))
+        raise UnofluxError(
+            f"{what} {name!r} is {width}x{height} ({width * height / 1e6:.3g} megapixels); this app takes uploads of "
+            f"at most {max_megapixels:g} megapixels"
+        )
+
+
+def check_upload(what: str, max_megapixels: float | None = None):
     """The event behind an image slot's change (an upload, a drop, a paste): open the file as a generation would
-    (:func:`unoflux.images.load_image`); one that does not open is cleared from the slot and named, once, in the
-    status line, now rather than at Generate. Raw payloads, as for Generate: Gradio's own
+    (:func:`unoflux.images.load_image`, after the app's pixel limit); one that does not open is cleared from the slot
+    and named, once, in the status line, now rather than at Generate. Raw payloads, as for Generate: Gradio's own
     preprocessing would fail on a corrupt file with a bare "Error"."""
 
     def check(payload: dict | None):
@@ -121,6 +146,7 @@ def check_upload(what: str):
         if not path:
             return gr.skip(), gr.skip()
         try:
+            check_upload_pixels(path, what, max_megapixels)
             load_image(path, what=what)
         except UnofluxError as err:
             message = f"{user_message(err)}; the slot was cleared, choose another file."
@@ -265,10 +291,11 @@ def request_summary(request: GenerationRequest, result, seconds: float) -> str:
     )
 
 
-def make_generate(runner: AppRunner):
+def make_generate(runner: AppRunner, max_upload_megapixels: float | None = None):
     """The endpoint behind the Generate button and ``/generate``: raw form values in (see ``build_app``),
     (saved PNGs, CLI command, status line, seed used) out. Its parameter names are the API's keyword arguments;
-    the seed goes to a ``gr.State``, which API clients do not see, so they still get three values."""
+    the seed goes to a ``gr.State``, which API clients do not see, so they still get three values. Uploads of more
+    than ``max_upload_megapixels`` are refused (also those that reach Generate without the slot's check)."""
 
     def generate(
         prompt: str,
@@ -311,6 +338,8 @@ def make_generate(runner: AppRunner):
             slots = zip((reference_1, reference_2, reference_3, reference_4), (task_1, task_2, task_3, task_4))
             subjects = [Reference(upload_path(r), task or SUBJECT) for r, task in slots if r]  # DreamO: a task each
             styles = [Reference(upload_path(r), STYLE) for r in (style_1, style_2) if r]
+            for k, reference in enumerate(subjects + styles, start=1):  # numbered as GenerationRequest.validate does
+                check_upload_pixels(reference.image, f"{slot_name(reference)} image {k}", max_upload_megapixels)
             request = GenerationRequest(
                 prompt=prompt or "",
                 references=subjects + styles,
@@ -509,13 +538,15 @@ def build_app(
     max_queue: int = 16,
     model_flags: list[str] | tuple[str, ...] = (),
     default_size: int = DEFAULTS.width,
+    max_upload_megapixels: float | None = DEFAULT_MAX_UPLOAD_MEGAPIXELS,
 ) -> gr.Blocks:
     """The web app for a loaded pipeline. ``model`` is the record stored in each PNG, ``model_flags`` the
     flags that reload the same model in ``unoflux generate``; at most ``concurrency`` generations run at
     once and ``max_queue`` more wait; beyond that a request is refused (the page shows Gradio's "This application
     is currently busy", gradio_client raises "Queue is full"). The size
     sliders start at ``default_size`` (the model's native size), the guidance sliders, the time shift and the
-    stochasticity at the pipeline's defaults (the model's own, from its unoflux.json)."""
+    stochasticity at the pipeline's defaults (the model's own, from its unoflux.json). An upload of more than
+    ``max_upload_megapixels`` is refused at upload and at Generate (None: only the library's own limit)."""
     if concurrency < 1 or max_queue < 1:
         raise UnofluxError(f"concurrency ({concurrency}) and queue size ({max_queue}) must be at least 1")
     with gr.Blocks(title="unoflux", analytics_enabled=False) as demo:
@@ -544,7 +575,7 @@ def build_app(
             with gr.Column(scale=2):
                 outputs = _result_outputs()
         _examples(inputs[: 1 + MAX_REFERENCES])
-        generate = make_generate(AppRunner(pipe, model, out_dir, model_flags))
+        generate = make_generate(AppRunner(pipe, model, out_dir, model_flags), max_upload_megapixels)
         # Raw inputs (preprocess=False): Gradio's image preprocessing opens uploads with PIL and fails with a
         # bare "Error" on a corrupt one; unopened, they reach images.load_image, which names the problem.
         event = run.click(generate, inputs=inputs, outputs=outputs, api_name=API_NAME, preprocess=False)
@@ -580,7 +611,7 @@ def build_app(
             kind, _, k = (slot.elem_id or "").rpartition("-")
             if isinstance(slot, gr.Image) and kind in ("reference", "style"):
                 slot.change(  # not .upload alone: a paste from the clipboard lands here too
-                    check_upload(f"{kind} image {k}"),
+                    check_upload(f"{kind} image {k}", max_upload_megapixels),
                     inputs=slot,
                     outputs=[slot, outputs[2]],
                     preprocess=False,
