@@ -78,3 +78,17 @@ def test_the_app_refuses_bad_uploads_in_one_sentence(case, client, app_server, c
 def test_the_app_still_serves_after_the_corpus(client):
     gallery, _, _ = generate(client, prompt="ein Würfel 🎲 au café")
     assert Image.open(gallery[0]["image"]).size == (64, 48)
+
+
+@pytest.mark.parametrize("where", ["outside", "traversal"])
+def test_a_path_the_client_names_is_never_opened(client, app_server, caplog, tmp_path, where):
+    """A request names its upload by a path, and a raw payload skips Gradio's own check: one that is not in Gradio's
+    upload cache (a file elsewhere on the server, or a path climbing out of the cache) is refused, and nothing of it
+    is read, copied into the output folder or served."""
+    from gradio.utils import get_upload_folder
+
+    secret = tmp_path / "private.png"
+    Image.new("RGB", (32, 32), "red").save(secret)
+    path = str(secret) if where == "outside" else f"{get_upload_folder()}/../../{secret}"
+    form = dict(reference_1={"path": path})  # no FileData meta: gradio_client sends it as it is, not uploaded
+    refused(client, app_server, caplog, form, "'private.png' is not a file uploaded to this app; send the image itself")

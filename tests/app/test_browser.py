@@ -270,3 +270,14 @@ def test_dropping_a_saved_png_brings_back_its_references(page, examples, tmp_pat
     )
     expect(page.locator("#reference-1 img")).to_be_visible()
     expect(page.locator("#reference-2 img")).to_have_count(0)
+    page.locator("#generate").click()  # the restored reference is a file the page was sent: Generate takes it
+    expect(page.locator("#status")).to_contain_text("Saved 1 image")
+
+
+def test_an_example_generates(page, examples):
+    """An example's references reach Generate as files the page was sent (Gradio's cache), which it accepts."""
+    page.locator("#examples").get_by_text("diamond", exact=False).first.click()
+    page.locator("#reference-1 img").wait_for()
+    set_slider(page, "Steps", 2)
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_contain_text("Saved 1 image")

@@ -285,14 +285,19 @@ def test_settings_from_a_png_bring_back_the_references_inside_the_apps_folders(r
     assert "references again, they are not loaded" in settings_from_png(str(png), choices)[1]  # no folders: as before
 
 
-def test_an_upload_past_the_pixel_limit_is_cleared_from_its_slot(tmp_path):
+def test_an_upload_past_the_pixel_limit_is_cleared_from_its_slot(tmp_path, monkeypatch):
     from unoflux.app.ui import check_upload
 
-    Image.new("RGB", (64, 64)).save(tmp_path / "wide.png")  # 4096 px
-    check = check_upload("reference image 2", max_megapixels=0.004)
-    value, status = check({"path": str(tmp_path / "wide.png")})
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # Gradio's upload cache: where an upload lies
+    (tmp_path / "0a1b2c").mkdir()
+    upload = {"path": str(tmp_path / "0a1b2c" / "wide.png")}
+    Image.new("RGB", (64, 64)).save(upload["path"])  # 4096 px
+    value, status = check_upload("reference image 2", max_megapixels=0.004)(upload)
     assert value is None and status == (
-        f"reference image 2 '{tmp_path / 'wide.png'}' is 64x64 (0.0041 megapixels); this app takes uploads of at most "
-        "0.004 megapixels; the slot was cleared, choose another file."
+        "reference image 2 'wide.png' is 64x64 (0.0041 megapixels); this app takes uploads of at most 0.004 "
+        "megapixels; the slot was cleared, choose another file."
     )
-    assert check_upload("reference image 2", max_megapixels=0.005)({"path": str(tmp_path / "wide.png")})[0] is not None
+    assert check_upload("reference image 2", max_megapixels=0.005)(upload)[0] is not None  # gr.skip(): kept
+    Image.new("RGB", (16, 16)).save(tmp_path.parent / "elsewhere.png")
+    value, status = check_upload("reference image 1")({"path": str(tmp_path.parent / "elsewhere.png")})
+    assert value is None and status.startswith("'elsewhere.png' is not a file uploaded to this app")

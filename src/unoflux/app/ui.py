@@ -43,8 +43,19 @@ log = logging.getLogger("unoflux.app")
 
 
 def upload_path(payload: dict | None) -> str | None:
-    """The file behind a raw image payload (Gradio has already checked it lies in its upload cache)."""
-    return payload.get("path") if payload else None
+    """The file behind a raw image payload, which must lie in Gradio's upload cache (where uploads, and the files the
+    page was sent, such as examples, land). Raw payloads skip Gradio's own check, and a client may name any path:
+    a file elsewhere on this machine is refused, never opened or copied."""
+    path = payload.get("path") if isinstance(payload, dict) else None
+    if not path:
+        return None
+    cache = Path(get_upload_folder()).resolve()
+    if not Path(path).resolve().is_relative_to(cache):
+        raise UnofluxError(
+            f"{Path(str(path)).name!r} is not a file uploaded to this app; send the image itself (gradio_client: "
+            "handle_file)"
+        )
+    return path
 
 
 def example_rows() -> list[list[Any]]:
@@ -142,10 +153,10 @@ def check_upload(what: str, max_megapixels: float | None = None):
     preprocessing would fail on a corrupt file with a bare "Error"."""
 
     def check(payload: dict | None):
-        path = upload_path(payload)
-        if not path:
-            return gr.skip(), gr.skip()
         try:
+            path = upload_path(payload)
+            if not path:
+                return gr.skip(), gr.skip()
             check_upload_pixels(path, what, max_megapixels)
             load_image(path, what=what)
         except UnofluxError as err:
