@@ -423,6 +423,18 @@ def test_odd_but_valid_references_and_prompts_generate(pipe, tmp_path):
     assert Image.open(path).text["Description"] == prompt
 
 
+@pytest.mark.parametrize("prompt", ["../../../etc/cron.d/x", "/tmp/evil", "..", "C:\\Windows\\x", "猫"])
+def test_a_prompt_cannot_steer_the_output_outside_its_folder(prompt, pipe, tmp_path):
+    """File names come from the prompt only through a slug of [a-z0-9-]: no separator, no '..'."""
+    from unoflux.generation import generate_to_files
+    from unoflux.options import GenerationRequest
+
+    out = tmp_path / "out"
+    (path,) = generate_to_files(pipe, GenerationRequest(prompt=prompt, steps=1, seed=2), out, {"model": "embedded"})
+    assert path.parent == out and list(tmp_path.rglob("*.png")) == [path]
+    assert path.name.removesuffix("_2.png").replace("-", "").isalnum()
+
+
 def test_a_prompt_past_the_text_encoders_length_warns_and_runs(pipe):
     with pytest.warns(UserWarning, match=r"the prompt has \d+ T5 tokens; only the first \d+ are used"):
         output = pipe("a red ball " * 2000, steps=1)
