@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     g.add_argument(
         "--max-upload-megapixels",
         type=float,
-        default=40.0,
+        default=40.0,  # ui.DEFAULT_MAX_UPLOAD_MEGAPIXELS (ui imports Gradio, which `unoflux -h` does not)
         metavar="MP",
         help="largest reference upload in decoded pixels, read from its header before decoding (default 40)",
     )

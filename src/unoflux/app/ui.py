@@ -46,7 +46,7 @@ def upload_path(payload: dict | None) -> str | None:
     """The file behind a raw image payload, which must lie in Gradio's upload cache (where uploads, and the files the
     page was sent, such as examples, land). Raw payloads skip Gradio's own check, and a client may name any path:
     a file elsewhere on this machine is refused, never opened or copied."""
-    path = payload.get("path") if isinstance(payload, dict) else None
+    path = payload.get("path") if isinstance(payload, dict) else None  # (Gradio refuses any other type itself)
     if not path:
         return None
     cache = Path(get_upload_folder()).resolve()
