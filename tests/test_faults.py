@@ -54,7 +54,7 @@ def assert_no_partial_output(out: Path) -> None:
 @pytest.mark.slow
 def test_a_batch_killed_at_random_points_resumes_to_the_same_files(tmp_path):
     """Three SIGKILLs at random moments of the generation (each after a new image has appeared), then a run to the
-    end: the files equal an uninterrupted run's. About 50 s on 2 cores: five processes that each load the model."""
+    end: the files equal an uninterrupted run's. 40 to 60 s on 2 busy cores: five processes that each load the model."""
     refs = tmp_path / "refs"
     refs.mkdir()
     for k in range(2):
@@ -83,8 +83,7 @@ def test_a_batch_killed_at_random_points_resumes_to_the_same_files(tmp_path):
             kills += 1
         process.wait(timeout=60)
         assert_no_partial_output(out)
-    assert kills >= 1  # (on this machine all three land: a run takes several seconds past its first image)
-    assert len(list(out.glob("*.png"))) < ITEMS or kills == 3
+    assert kills >= 1  # (here all three land: a run takes seconds past its first new image; the last may finish)
 
     process = start_batch(batch, out)
     assert process.wait(timeout=600) == 0, process.stderr.read().decode()[-2000:]
