@@ -125,6 +125,7 @@ def serve(args: argparse.Namespace, block: bool = True):
     from .ui import build_app, configure_logging, launch
 
     configure_logging(log_file)
+    pipe.set_progress_bar_config(disable=True)  # the page shows the steps; the server's log keeps one line a request
 
     demo = build_app(
         pipe,
