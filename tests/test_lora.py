@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from PIL import Image
 
 from unoflux import UnofluxError
 from unoflux.checkpoints.files import write_safetensors
@@ -117,3 +118,25 @@ def test_rank_and_dimension_mismatches_are_explained(tmp_path):
     write_safetensors(too_deep, tmp_path / "deep.safetensors")
     with pytest.raises(UnofluxError, match="transformer_blocks.7"):
         pipe.load_uno_lora(str(tmp_path / "deep.safetensors"))
+
+
+def test_a_fused_uno_lora_gives_the_same_image_without_adapters(official_layout):
+    from unoflux import ModelPaths, load_pipeline
+
+    paths, _ = official_layout
+    kwargs = dict(device="cpu", dtype="fp32", use_environment=False)
+    adapters, fused = load_pipeline(paths, **kwargs), load_pipeline(paths, fuse_lora=True, **kwargs)
+    base = load_pipeline(ModelPaths(flux=paths.flux, ae=paths.ae, t5=paths.t5, clip=paths.clip), **kwargs)
+    assert any("lora" in name for name, _ in adapters.transformer.named_parameters())
+    assert not any("lora" in name for name, _ in fused.transformer.named_parameters())  # no extra matmuls
+    call = dict(width=64, height=48, steps=2, seed=0, reference_long_side=48, output_type="latent")
+    ref = [Image.new("RGB", (48, 32), (200, 40, 40))]
+    a, b, c = (p("a red clock", ref, **call).images.float() for p in (adapters, fused, base))
+    assert (a - b).norm() / a.norm() < 1e-5 and (a - c).norm() / a.norm() > 1e-3  # the LoRA is in, to rounding
+
+
+def test_fusing_a_lora_meant_for_reference_calls_only_is_refused():
+    from unoflux import load_pipeline
+
+    with pytest.raises(UnofluxError, match="--fuse-lora cannot fuse .* applies only to calls with references"):
+        load_pipeline(device="cpu", fuse_lora=True, use_environment=False)  # the embedded model

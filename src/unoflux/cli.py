@@ -167,7 +167,9 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
     if base_only:
         model["base_only"] = True
     if paths.dreamo:
-        model.update(dreamo_version=args.dreamo_version, fuse_lora=args.fuse_lora)
+        model["dreamo_version"] = args.dreamo_version
+    if getattr(args, "fuse_lora", False):
+        model["fuse_lora"] = True
     model.update(dtype=str(pipe.transformer.dtype).removeprefix("torch."), weights_dtype=args.weights_dtype)
     return pipe, model
 
@@ -218,6 +220,20 @@ def resolved_reference(value: str | Reference) -> str | Reference:
     return path if reference.role == SUBJECT else Reference(path, reference.role)
 
 
+def batch_share(device: str | None):
+    """(device, process index, process count, accelerate state or None) of this process's share of a batch: under
+    ``accelerate launch`` / ``torchrun`` one process per device, else this process alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, 0, 1, None
+    from accelerate import PartialState
+
+    from .checkpoints.loading import default_device
+
+    # without cpu=True accelerate only forms a process group on accelerators (gloo on CPU otherwise)
+    state = PartialState(cpu=(device or default_device()) == "cpu")
+    return device or str(state.device), state.process_index, state.num_processes, state
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate images from a prompt and reference images (or a batch file)."""
     from .generation import check_output, check_output_folder, read_batch
@@ -251,16 +267,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_device(args.noise_device, "noise device", "--noise-device")
 
-    device, process_index, num_processes = args.device, 0, 1
-    if items is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun
-        from accelerate import PartialState
-
-        from .checkpoints.loading import default_device
-
-        # without cpu=True accelerate only forms a process group on accelerators (gloo on CPU otherwise)
-        on_cpu = (args.device or default_device()) == "cpu"
-        state = PartialState(cpu=on_cpu)
-        device, process_index, num_processes = device or str(state.device), state.process_index, state.num_processes
+    device, process_index, num_processes, _ = (
+        batch_share(args.device) if items is not None else (args.device, 0, 1, None)
+    )
     pipe, model = load_pipeline_from_args(args, device=device)
 
     if items is not None:
@@ -329,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="folder for the images (default outputs/demo)")
     add_model_args(p)
     p.set_defaults(func=cmd_demo)
+    from .bench import register as register_bench
+
+    register_bench(sub)
     for module in ("world", "family", "train", "evaluate", "app"):  # each subpackage adds its own commands
         if importlib.util.find_spec(f"unoflux.{module}") and importlib.util.find_spec(f"unoflux.{module}.cli"):
             importlib.import_module(f"unoflux.{module}.cli").register(sub)

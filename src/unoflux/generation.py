@@ -3,7 +3,6 @@ resume and multi-process sharding. The CLI and the web app both call these (one 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -15,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .errors import UnofluxError
-from .images import load_image, save_json, save_png
+from .images import load_image, read_json, save_json, save_png
 from .options import GenerationRequest, check_prompt, empty_prompt_allowed
 from .references import as_reference, reference_record
 
@@ -141,16 +140,7 @@ def read_batch(path: str | Path, method: str | None = None) -> list[dict[str, An
     prompt only for ``method`` uso, or, the method left to the model, an item with a style); paths are returned
     resolved."""
     path = Path(path)
-    try:
-        items = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UnofluxError(f"batch file {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise UnofluxError(f"batch file {str(path)!r} is a folder; give a JSON file") from None
-    except OSError as err:
-        raise UnofluxError(f"batch file {str(path)!r} cannot be read ({err.strerror or err})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UnofluxError(f"batch file {str(path)!r} is not valid JSON ({err})") from None
+    items = read_json(path, "batch file")
     if not isinstance(items, list) or not items:
         raise UnofluxError(f"batch file {str(path)!r} must hold a non-empty list of {{prompt, image_paths}} items")
     resolved = []

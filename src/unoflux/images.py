@@ -126,3 +126,18 @@ def save_json(data: Any, path: str | os.PathLike) -> Path:
             f.write("\n")
 
     return atomic_write(path, write)
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON in ``path``; a missing or malformed file is one sentence naming ``what`` it should be."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UnofluxError(f"{what} {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise UnofluxError(f"{what} {str(path)!r} is a folder; give a JSON file") from None
+    except OSError as err:  # unreadable: permissions, a broken disk
+        raise UnofluxError(f"{what} {str(path)!r} cannot be read ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UnofluxError(f"{what} {str(path)!r} is not valid JSON ({err})") from None

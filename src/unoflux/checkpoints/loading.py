@@ -294,8 +294,9 @@ def load_pipeline(
     ``model_lora=False`` leaves it out (the text-to-image base alone). ``"lora_for": "references"`` applies
     the folder's LoRA only to calls with references (text-only calls run the base).
 
-    ``paths.dreamo`` loads DreamO's checkpoints (version ``dreamo_version``, FLUX.1-Turbo-Alpha from ``paths.turbo``;
-    ``fuse_lora`` fuses every LoRA into the weights, as DreamO does) and makes ``dreamo`` the default method.
+    ``paths.dreamo`` loads DreamO's checkpoints (version ``dreamo_version``, FLUX.1-Turbo-Alpha from ``paths.turbo``)
+    and makes ``dreamo`` the default method. ``fuse_lora`` fuses every LoRA into the weights (DreamO's own choice;
+    for UNO's LoRA the same image to float rounding, without the LoRA's extra matmuls at every step).
     """
     paths = paths or ModelPaths()
     if use_environment:
@@ -388,6 +389,14 @@ def load_pipeline(
     if lora:
         pipe.load_uno_lora(lora)
         pipe.lora_only_with_references = not paths.lora and defaults.get("lora_for") == "references"
+        if fuse_lora:  # W += B A once, instead of two more matmuls per layer and step; the adapter is gone after
+            if pipe.lora_only_with_references:
+                raise UnofluxError(
+                    f"--fuse-lora cannot fuse {model!r}'s LoRA: it applies only to calls with references, so "
+                    "text-only calls need the weights without it; leave --fuse-lora out"
+                )
+            pipe.fuse_lora(adapter_names=["uno"], lora_scale=1.0)
+            pipe.unload_lora_weights()
     if weights_dtype == "fp8":
         # Keep LoRA, norms and embeddings in the compute dtype; store the big Linear weights as float8.
         pipe.transformer.enable_layerwise_casting(

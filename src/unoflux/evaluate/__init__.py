@@ -1,1 +1,2 @@
-"""Evaluation: exact scores on the synthetic world's held-out set (DreamBench metrics come later)."""
+"""Evaluation: exact scores on the synthetic world's held-out set, and DreamBench (specs, DINO / CLIP-I / CLIP-T
+scores with bootstrap intervals, HTML reports, A/B comparison; docs/evaluation.md)."""
