@@ -181,6 +181,7 @@ def bad_images(tmp_path):
     (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
     (tmp_path / "notes.txt").write_text("not an image")
     Image.new("RGB", (8, 40)).save(tmp_path / "tiny.png")
+    (tmp_path / "flux1-dev.safetensors").write_bytes(b"")  # exists: the missing companions are named first
     return tmp_path
 
 
@@ -203,7 +204,7 @@ def bad_images(tmp_path):
         (["--ref-long-side", "4"], "reference long side 4"),
         (["--batch", "{d}/missing.json"], "either --prompt or --batch"),
         (["--flux", "{d}/nope.safetensors", "--ae", "x", "--t5", "x", "--clip", "x"], "does not exist"),
-        (["--flux", "{d}/good.png", "--ae", "x", "--t5", "x", "--clip", "x"], "unknown type"),
+        (["--flux", "{d}/good.png", "--ae", "{d}/good.png", "--t5", "{d}", "--clip", "{d}"], "unknown type"),
         (["--flux", "{d}/flux1-dev.safetensors"], "no model given for --ae, --t5, --clip"),
     ],
 )

@@ -285,10 +285,12 @@ def test_cli_try_on_with_a_face_and_a_garment(dreamo_files, tmp_path, refs):
     assert settings["model"]["dreamo"] == str(folder) and settings["model"]["dreamo_version"] == "v1.1"
 
 
-def test_the_apps_task_per_slot_reaches_the_pipeline(dreamo_pipe, tmp_path, refs):
+def test_the_apps_task_per_slot_reaches_the_pipeline(dreamo_pipe, tmp_path, refs, monkeypatch):
     pytest.importorskip("gradio")
     from unoflux.app.runner import AppRunner
     from unoflux.app.ui import make_generate
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # the files below are uploads: in Gradio's upload cache
 
     refs[0].save(tmp_path / "shirt.png")
     Image.new("RGB", (32, 32), "white").save(tmp_path / "face.png")

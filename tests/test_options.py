@@ -72,7 +72,7 @@ def test_every_option_is_a_flag_and_the_copied_cli_line_gives_the_same_options()
     [
         (dict(width=0), "width 0 is out of range; use an integer from 16 to 2048"),
         (dict(height=2.5), "height 2.5 is out of range"),
-        (dict(steps=0), "steps 0 must be a positive integer"),
+        (dict(steps=0), "steps 0 is out of range; use an integer from 1 to 1000"),
         (dict(num_images=-1), "number of images -1 must be a positive integer"),
         (dict(true_cfg=0.5), r"true CFG scale 0.5 must be a number of at least 1 \(1 = off\)"),
         (dict(guidance=float("nan")), "guidance nan must be a finite number"),

@@ -322,12 +322,14 @@ def test_batch_items_say_each_references_role(tmp_path, uso_layout, content, sty
     assert second["num_references"] == 0 and second["num_style_references"] == 1
 
 
-def test_the_apps_style_slots_reach_the_pipeline_and_the_cli_line(uso_pipe, tmp_path, content, styles):
+def test_the_apps_style_slots_reach_the_pipeline_and_the_cli_line(uso_pipe, tmp_path, content, styles, monkeypatch):
     """The endpoint's style_1/style_2 become style references: kept beside the outputs, recorded with their role,
     and written as --style in the copy-as-CLI line; the keep-size box is passed through."""
     pytest.importorskip("gradio")
     from unoflux.app.runner import AppRunner
     from unoflux.app.ui import make_generate
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # the files below are uploads: in Gradio's upload cache
 
     content.save(tmp_path / "c.png")
     styles[0].save(tmp_path / "s.png")

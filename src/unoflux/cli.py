@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 
+from .devices import check_device  # noqa: F401  (re-exported: the app's and evaluate's CLIs)
 from .errors import UnofluxError
 from .options import POSITION_MODES, SCHEDULES  # noqa: F401  (re-exported: evaluate's CLI and the app use them)
 from .references import IDENTITY, STYLE, SUBJECT, Reference
@@ -116,29 +117,32 @@ def model_paths(args: argparse.Namespace):
     )
 
 
-def check_device(device: str | None, what: str = "device", flag: str = "--device") -> None:
-    """Refuse a device this machine lacks now, in one sentence, rather than after minutes of model loading
-    (or with torch's traceback). ``None`` is the default device, always available."""
-    if device is None:
-        return
-    import torch
+# model flags by what they name (cli.add_model_args): a weights file, a folder, or either (BFL file / diffusers folder)
+_FILE_FLAGS = ("lora", "uso_projector", "turbo")
+_FOLDER_FLAGS = ("model", "t5", "clip", "siglip", "dreamo", "face_detector", "face_parser", "background_remover")
+_FILE_OR_FOLDER_FLAGS = ("flux", "ae")
 
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UnofluxError(f"{what} {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if parsed.type != "cuda":
-        return
-    if not torch.cuda.is_available():
-        raise UnofluxError(f"{what} {device!r} is not available here (no CUDA GPU); use {flag} cpu")
-    count = torch.cuda.device_count()
-    if parsed.index is not None and parsed.index >= count:
-        raise UnofluxError(f"{what} {device!r} is not available here: this machine has cuda:0 to cuda:{count - 1}")
+
+def check_model_files(args: argparse.Namespace) -> None:
+    """Every model path given as a flag exists and is a file or a folder as its flag needs: checked without torch,
+    not after minutes of loading the models before it. What the files hold is checked as each one loads."""
+    for name in (*_FILE_OR_FOLDER_FLAGS, *_FILE_FLAGS, *_FOLDER_FLAGS):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        flag, path = "--" + name.replace("_", "-"), Path(value)
+        if not path.exists():
+            raise UnofluxError(f"{flag} {value!r} does not exist")
+        if name in _FOLDER_FLAGS and not path.is_dir():
+            raise UnofluxError(f"{flag} {value!r} is a file; it must be a folder")
+        if name in _FILE_FLAGS and path.is_dir():
+            raise UnofluxError(f"{flag} {value!r} is a folder; it must be a weights file (.safetensors)")
 
 
 def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None):
     """The pipeline the model flags describe, and a record of them for output metadata; a device this machine
-    lacks is refused before anything loads."""
+    lacks, or a model path that does not exist, is refused before anything loads."""
+    check_model_files(args)
     check_device(device or args.device)
     import diffusers
     import transformers
@@ -232,7 +236,7 @@ def batch_share(device: str | None):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate images from a prompt and reference images (or a batch file)."""
-    from .generation import check_output, read_batch
+    from .generation import check_output, check_output_folder, read_batch
     from .options import GenerationRequest, options_from_args
 
     if (args.prompt is None) == (args.batch is None):
@@ -252,8 +256,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         get_method(request.method).check(as_references(request.references))
     items = read_batch(args.batch, method=request.method) if args.batch else None
+    # an output that cannot be written fails now, not after the model has loaded and the images are made
     if items is None:
-        check_output(args.out)  # a .png path that is a folder fails now, not after the model has loaded
+        check_output(args.out)
+    else:
+        check_output_folder(args.out or "outputs/batch")
+    check_model_files(args)
     # The checks above import no torch (except a --method's), so bad input is reported in a moment; the device
     # checks import it, still minutes before the model loads.
     check_device(args.device)
@@ -301,8 +309,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, as ours are ("unoflux generate: error: argument --width: invalid int
+    value: 'abc'"), and where to read more instead of the whole usage block. Subcommands' parsers are of this class
+    too (argparse builds them from the parent's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="unoflux", description="Subject-driven image generation (UNO) on FLUX-family transformers."
     )
     parser.add_argument("--version", action="version", version=f"unoflux {__import__('unoflux').__version__}")
@@ -338,6 +355,10 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: everything is local
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # one line per warning ("unoflux: warning: the prompt has 90 T5 tokens; ..."), not a file, line and source line
+    warnings.showwarning = lambda message, category, *args, **kwargs: print(
+        f"unoflux: warning: {message}", file=sys.stderr
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ resume and multi-process sharding. The CLI and the web app both call these (one 
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from dataclasses import asdict, replace
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .errors import UnofluxError
 from .images import load_image, read_json, save_json, save_png
-from .options import GenerationRequest, empty_prompt_allowed
+from .options import GenerationRequest, check_prompt, empty_prompt_allowed
 from .references import as_reference, reference_record
 
 if TYPE_CHECKING:  # annotations only: importing the pipeline imports torch, which the CLI's early checks avoid
@@ -50,7 +51,45 @@ def check_output(out: str | Path | None) -> Path:
         raise UnofluxError(f"output {str(out)!r} is an existing folder; give a .png path that is not a folder")
     if out.suffix.lower() != ".png" and out.exists() and not out.is_dir():
         raise UnofluxError(f"output {str(out)!r} exists and is not a folder; give a .png path or a folder")
+    _check_creatable(out if out.suffix.lower() != ".png" else out.parent, out)
     return out
+
+
+def check_output_folder(out: str | Path) -> Path:
+    """A batch's output folder, refused in one sentence (before the model loads) where it cannot be one."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UnofluxError(f"output folder {str(out)!r} exists and is not a folder; give a folder path")
+    _check_creatable(out, out)
+    return out
+
+
+def _check_creatable(folder: Path, out: Path) -> None:
+    """``folder`` exists or can be made: its nearest existing ancestor is a folder we may write in."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UnofluxError(f"output {str(out)!r} cannot be written: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UnofluxError(f"output {str(out)!r} cannot be written: folder {str(existing)!r} is not writable")
+
+
+def write_png(image, path: Path, settings: dict[str, Any]) -> Path:
+    """:func:`unoflux.images.save_png` (atomic: a failed write leaves no file), a failed write said in one sentence
+    (a full disk, a folder made read-only since the checks)."""
+    try:
+        return save_png(image, path, settings)
+    except OSError as err:
+        raise UnofluxError(f"cannot write {str(path)!r} ({err.strerror or err}); nothing was written there") from None
+
+
+def write_json(data: Any, path: Path) -> Path:
+    """:func:`unoflux.images.save_json`, a failed write said in one sentence, as :func:`write_png`."""
+    try:
+        return save_json(data, path)
+    except OSError as err:
+        raise UnofluxError(f"cannot write {str(path)!r} ({err.strerror or err}); nothing was written there") from None
 
 
 def output_paths(out: str | Path | None, request: GenerationRequest) -> list[Path]:
@@ -80,7 +119,7 @@ def generate_to_files(
     if save_preprocessed is not None:
         save_references(output, save_preprocessed)
     return [
-        save_png(img, p, settings_record(request, output, j, model))
+        write_png(img, p, settings_record(request, output, j, model))
         for j, (img, p) in enumerate(zip(output.images, paths))
     ]
 
@@ -88,7 +127,7 @@ def generate_to_files(
 def save_references(output: UnoOutput, folder: str | Path, prefix: str = "") -> list[Path]:
     """The references as the model saw them (after the method's preprocessing): ``{prefix}ref{k}_{role}.png``."""
     return [
-        save_png(ref.image, Path(folder) / f"{prefix}ref{k}_{ref.role}.png", {"role": ref.role, "slot": k})
+        write_png(ref.image, Path(folder) / f"{prefix}ref{k}_{ref.role}.png", {"role": ref.role, "slot": k})
         for k, ref in enumerate(output.references, start=1)
     ]
 
@@ -108,6 +147,10 @@ def read_batch(path: str | Path, method: str | None = None) -> list[dict[str, An
     for i, item in enumerate(items, start=1):  # messages count items and references from 1, as people do
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
             raise UnofluxError(f"batch item {i} in {str(path)!r} needs a 'prompt' string")
+        try:  # text a prompt cannot hold (a NUL), found now rather than at item i after the model has loaded
+            check_prompt(item["prompt"], allow_empty=True)
+        except UnofluxError as err:
+            raise UnofluxError(f"batch item {i} in {str(path)!r}: {err}") from None
         refs = item.get("image_paths", [])
         if not isinstance(refs, list) or not all(isinstance(r, (str, dict)) for r in refs):
             raise UnofluxError(
@@ -138,6 +181,18 @@ def batch_jobs(items: list[dict], num_images: int, process_index: int = 0, num_p
                 yield i, j
 
 
+def remove_partial_writes(folder: Path, names: set[str]) -> int:
+    """Delete what a killed run left of its writes to ``names`` in ``folder``: the hidden temporary files of
+    :func:`unoflux.images.atomic_write` (``.{name}.{random}.part``; the outputs themselves are never partial). Only
+    this process's names: another process of the same batch may be writing its own. Returns how many went."""
+    removed = 0
+    for tmp in folder.glob(".*.part") if folder.is_dir() else []:
+        if tmp.name[1 : -len(".part")].rsplit(".", 1)[0] in names:
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def run_batch(
     pipe: UnoFluxPipeline,
     items: list[dict],
@@ -150,9 +205,11 @@ def run_batch(
     save_preprocessed: str | Path | None = None,
 ) -> tuple[int, int]:
     """Render ``{i}_{j}.png`` + ``{i}_{j}.json`` for this process's share; finished pairs are skipped, so
-    a rerun resumes. Image ``j`` of item ``i`` uses seed ``template.seed + j``. Returns (made, skipped)."""
+    a rerun resumes (even after a kill -9: each file is written whole or not at all, and what a killed write left
+    is cleared). Image ``j`` of item ``i`` uses seed ``template.seed + j``. Returns (made, skipped)."""
     out_dir = Path(out_dir)
     jobs = list(batch_jobs(items, template.num_images, process_index, num_processes))
+    remove_partial_writes(out_dir, {f"{i}_{j}.{kind}" for i, j in jobs for kind in ("png", "json")})
     made = skipped = 0
     for i, j in tqdm(jobs, desc=f"batch (process {process_index + 1}/{num_processes})", disable=not jobs):
         png, meta = out_dir / f"{i}_{j}.png", out_dir / f"{i}_{j}.json"
@@ -170,7 +227,7 @@ def run_batch(
         if save_preprocessed is not None:
             save_references(output, save_preprocessed, prefix=f"{i}_{j}_")
         settings = {**settings_record(request, output, 0, model), "batch_item": i, "batch_image": j}
-        save_png(output.images[0], png, settings)
-        save_json(settings, meta)  # written last: its presence marks the pair finished
+        write_png(output.images[0], png, settings)
+        write_json(settings, meta)  # written last: its presence marks the pair finished
         made += 1
     return made, skipped

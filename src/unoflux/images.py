@@ -32,6 +32,8 @@ def load_image(source: ImageInput, what: str = "reference image") -> Image.Image
         image = source
     else:
         path = Path(source)
+        if path.is_dir():
+            raise UnofluxError(f"{what} {name!r} is a folder; give an image file")
         if not path.is_file():
             raise UnofluxError(f"{what} {name!r} does not exist or is not a file")
         try:
@@ -135,5 +137,7 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise UnofluxError(f"{what} {str(path)!r} does not exist") from None
     except IsADirectoryError:
         raise UnofluxError(f"{what} {str(path)!r} is a folder; give a JSON file") from None
+    except OSError as err:  # unreadable: permissions, a broken disk
+        raise UnofluxError(f"{what} {str(path)!r} cannot be read ({err.strerror or err})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UnofluxError(f"{what} {str(path)!r} is not valid JSON ({err})") from None

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 MAX_SIDE = 2048  # FLUX.1 is trained up to ~2 MP
+MAX_STEPS = 1000  # FLUX samples in 25-50; more is a typo, and would run for hours
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes, with room for seed + j
 POSITION_MODES = ("diagonal", "height", "width", "none")  # UnoPE offsets (conditioning.PositionMode)
 SCHEDULES = ("uno", "flux")  # the time shift's resolution rule (flow.image_seq_len)
 METHOD_NAMES = ("uno", "uso", "dreamo")  # mirrors unoflux.methods.METHODS (which imports torch); a test pins them equal
@@ -68,7 +70,7 @@ class OptionSpec:
                 if self.maximum is not None:
                     raise UnofluxError(
                         f"{self.label} {value!r} is out of range; use an integer from "
-                        f"{self.minimum:g} to {self.maximum:g}"
+                        f"{_number(self.minimum)} to {_number(self.maximum)}"
                     )
                 if self.minimum == 1:
                     raise UnofluxError(f"{self.label} {value!r} must be a positive integer")
@@ -89,6 +91,11 @@ class OptionSpec:
         if self.minimum is not None and (value <= self.minimum if self.above_minimum else value < self.minimum):
             return False
         return self.maximum is None or value <= self.maximum
+
+
+def _number(value: float) -> str:
+    """A bound as people write it: 2048, 0.5, 9223372036854775807 (not 9.22337e+18)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def option(default: Any, label: str, help: str, **spec: Any) -> Any:
@@ -120,6 +127,7 @@ class SamplingOptions:
         "steps",
         "denoising steps (default: the model's; UNO's 25, DreamO's turbo 12)",
         minimum=1,
+        maximum=MAX_STEPS,
         model_default=True,
     )
     guidance: float | None = option(
@@ -158,7 +166,9 @@ class SamplingOptions:
     true_cfg_end: int | None = option(
         None, "true CFG end", "true CFG on steps before this one (default: to the end)", minimum=0
     )
-    seed: int | None = option(3407, "seed", "image j uses seed + j (UNO's 3407); None: a random one")
+    seed: int | None = option(
+        3407, "seed", "image j uses seed + j (UNO's 3407); None: a random one", minimum=0, maximum=MAX_SEED
+    )
     num_images: int = option(1, "number of images", "images per prompt", minimum=1)
     method: str | None = option(
         None,
@@ -280,6 +290,14 @@ def check_prompt(prompt: Any, allow_empty: bool = False) -> None:
 
     if not isinstance(prompt, str):
         raise UnofluxError(f"the prompt {prompt!r} must be text")
+    for i, char in enumerate(prompt):
+        # a NUL ends a C string (and a PNG text chunk); a lone surrogate is what undecodable bytes on a command line
+        # become, which no tokenizer or file can take
+        if char == "\0" or "\ud800" <= char <= "\udfff":
+            raise UnofluxError(
+                f"the prompt has the character {char!r} at position {i + 1}, which is not text; remove it "
+                "(or fix the file's or terminal's encoding)"
+            )
     if not allow_empty and not prompt.strip():
         raise UnofluxError("the prompt is empty; describe the image to generate (only --method uso takes an empty one)")
 

@@ -247,6 +247,8 @@ class UnoFluxPipeline(FluxPipeline):
             style_images: style references (USO), after ``reference_images``: the same as passing
                 ``Reference(image, "style")`` there.
         """
+        if not isinstance(prompt, (str, list, tuple)):
+            check_prompt(prompt)  # one sentence ("the prompt 5 must be text"), not list()'s TypeError
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         references = as_references(reference_images) + [Reference(image, STYLE) for image in style_images or []]
         method = option_values.pop("method", None) if isinstance(option_values.get("method"), Method) else None

@@ -248,3 +248,36 @@ def test_dropping_a_png_without_settings_says_so(page, tmp_path):
     page.locator("#load-settings input[type=file]").set_input_files(plain)
     expect(page.locator("#status")).to_contain_text("'holiday.png' carries no unoflux settings")
     expect(page.locator("#prompt textarea")).to_have_value("kept as typed")
+
+
+def test_dropping_a_saved_png_brings_back_its_references(page, examples, tmp_path):
+    upload_reference(page, 1, examples / "red_striped_diamond.png")
+    page.locator("#prompt textarea").fill("a red diamond on the beach")
+    set_slider(page, "Steps", 2)
+    page.locator("#generate").click()
+    result = page.locator("#results img").first
+    result.wait_for()
+    saved = tmp_path / "with-reference.png"
+    saved.write_bytes(page.request.get(result.get_attribute("src")).body())
+    assert len(read_settings(saved)["references"]) == 1  # the app's kept copy, inside its --out folder
+
+    page.reload()
+    page.locator("#generate").wait_for()
+    expect(page.locator("#reference-1 img")).to_have_count(0)  # a fresh form: no reference
+    page.locator("#load-settings input[type=file]").set_input_files(saved)
+    expect(page.locator("#status")).to_contain_text(
+        "Loaded the settings of 'with-reference.png' (seed 3407) and its 1 reference."
+    )
+    expect(page.locator("#reference-1 img")).to_be_visible()
+    expect(page.locator("#reference-2 img")).to_have_count(0)
+    page.locator("#generate").click()  # the restored reference is a file the page was sent: Generate takes it
+    expect(page.locator("#status")).to_contain_text("Saved 1 image")
+
+
+def test_an_example_generates(page, examples):
+    """An example's references reach Generate as files the page was sent (Gradio's cache), which it accepts."""
+    page.locator("#examples").get_by_text("diamond", exact=False).first.click()
+    page.locator("#reference-1 img").wait_for()
+    set_slider(page, "Steps", 2)
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_contain_text("Saved 1 image")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -150,6 +151,7 @@ def test_a_busy_port_is_refused_before_the_model_loads(no_model_loading, capsys,
         (["--auth", "alice"], "--auth 'alice' must be USER:PASSWORD, both non-empty"),
         (["--auth", ":secret"], "--auth ':secret' must be USER:PASSWORD"),
         (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' with --port"),
+        (["--max-upload-megapixels", "0"], "--max-upload-megapixels 0 must be a positive number"),
     ],
 )
 def test_bad_server_flags_are_refused_before_the_model_loads(no_model_loading, capsys, tmp_path, flags, message):
@@ -244,3 +246,58 @@ def test_settings_from_a_png_give_the_form_values(runner, tiny_request, tmp_path
     assert settings_from_png(str(plain), choices)[0] == {}
     (tmp_path / "notes.png").write_text("not a picture")
     assert "'notes.png' carries no unoflux settings" in settings_from_png(str(tmp_path / "notes.png"), choices)[1]
+
+
+def test_settings_from_a_png_bring_back_the_references_inside_the_apps_folders(runner, tiny_request, tmp_path):
+    from unoflux.app.ui import settings_from_png
+    from unoflux.images import save_png
+
+    choices = {"position_mode": ["diagonal"], "schedule": ["uno", "flux"], "method": ["uno"]}
+    (path,) = runner.run(tiny_request(seed=3)).images  # its reference is kept in the app's folder
+    (kept,) = read_settings(path)["references"]
+    values, status = settings_from_png(str(path), choices, [runner.out_dir])
+    assert (values["reference_1"], values["task_1"], values["reference_2"], values["style_1"]) == (
+        kept,
+        "subject",
+        None,
+        None,
+    )
+    assert status == f"Loaded the settings of '{path.name}' (seed 3) and its 1 reference."
+
+    outside = tmp_path / "elsewhere.png"
+    Image.new("RGB", (32, 32)).save(outside)
+    records = [
+        {"image": kept, "role": "style"},
+        str(outside),
+        str(tmp_path / "gone.png"),
+        kept,
+        {"image": kept, "role": "id"},
+    ]
+    png = save_png(
+        Image.new("RGB", (16, 16)), tmp_path / "mixed.png", {"prompt": "x", "seed": 1, "references": records}
+    )
+    values, status = settings_from_png(str(png), choices, [runner.out_dir], style_slots=True)
+    assert (values["style_1"], values["reference_1"], values["reference_2"]) == (kept, kept, None)
+    assert status == (
+        "Loaded the settings of 'mixed.png' (seed 1) and its 2 references; not loaded, add again: 'elsewhere.png' "
+        "(outside this app's folders), 'gone.png' (missing), '" + Path(kept).name + "' (role 'id', not offered here)."
+    )
+    assert "references again, they are not loaded" in settings_from_png(str(png), choices)[1]  # no folders: as before
+
+
+def test_an_upload_past_the_pixel_limit_is_cleared_from_its_slot(tmp_path, monkeypatch):
+    from unoflux.app.ui import check_upload
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # Gradio's upload cache: where an upload lies
+    (tmp_path / "0a1b2c").mkdir()
+    upload = {"path": str(tmp_path / "0a1b2c" / "wide.png")}
+    Image.new("RGB", (64, 64)).save(upload["path"])  # 4096 px
+    value, status = check_upload("reference image 2", max_megapixels=0.004)(upload)
+    assert value is None and status == (
+        "reference image 2 'wide.png' is 64x64 (0.0041 megapixels); this app takes uploads of at most 0.004 "
+        "megapixels; the slot was cleared, choose another file."
+    )
+    assert check_upload("reference image 2", max_megapixels=0.005)(upload)[0] is not None  # gr.skip(): kept
+    Image.new("RGB", (16, 16)).save(tmp_path.parent / "elsewhere.png")
+    value, status = check_upload("reference image 1")({"path": str(tmp_path.parent / "elsewhere.png")})
+    assert value is None and status.startswith("'elsewhere.png' is not a file uploaded to this app")

@@ -7,6 +7,7 @@ import importlib.util
 import ipaddress
 import socket
 import sys
+from pathlib import Path
 
 from ..cli import add_model_args, default_image_size, load_pipeline_from_args
 from ..errors import UnofluxError
@@ -27,6 +28,18 @@ def register(subparsers) -> None:
     )
     g.add_argument("--max-upload", default="50mb", help="largest reference upload (default 50mb)")
     g.add_argument(
+        "--max-upload-megapixels",
+        type=float,
+        default=40.0,  # ui.DEFAULT_MAX_UPLOAD_MEGAPIXELS (ui imports Gradio, which `unoflux -h` does not)
+        metavar="MP",
+        help="largest reference upload in decoded pixels, read from its header before decoding (default 40)",
+    )
+    g.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="also append the log (a line per request: its id, settings and time; refusals; faults) to this file",
+    )
+    g.add_argument(
         "--auth",
         metavar="USER:PASSWORD",
         help="ask for this user name and password before showing the page (for a --host other machines reach)",
@@ -42,6 +55,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise UnofluxError("the web app needs Gradio; install it with: pip install 'unoflux[app]'")
     if args.concurrency < 1 or args.max_queue < 1:
         raise UnofluxError(f"--concurrency ({args.concurrency}) and --max-queue ({args.max_queue}) must be at least 1")
+    if not args.max_upload_megapixels > 0:
+        raise UnofluxError(f"--max-upload-megapixels {args.max_upload_megapixels:g} must be a positive number")
     serve(args)
     return 0
 
@@ -83,15 +98,34 @@ def check_address(host: str, port: int) -> None:
         )
 
 
+def check_log_file(path: str) -> None:
+    """``--log-file`` can be appended to: refused in one sentence now, not after the model has loaded."""
+    target = Path(path)
+    if target.is_dir():
+        raise UnofluxError(f"--log-file {path!r} is a folder; give a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except OSError as err:
+        raise UnofluxError(f"--log-file {path!r} cannot be written ({err.strerror or err})") from None
+
+
 def serve(args: argparse.Namespace, block: bool = True):
     """Load the model the flags name and serve the app; ``block=False`` returns the running
     ``gr.Blocks`` at once (tests close it with ``.close()``). The address and ``--auth`` are checked first."""
     auth = parse_auth(getattr(args, "auth", None))
     check_address(args.host, args.port)
+    log_file = getattr(args, "log_file", None)
+    if log_file is not None:
+        check_log_file(log_file)
     pipe, model = load_pipeline_from_args(args)
 
     from .command import model_flags
-    from .ui import build_app, launch
+    from .ui import build_app, configure_logging, launch
+
+    configure_logging(log_file)
+    pipe.set_progress_bar_config(disable=True)  # the page shows the steps; the server's log keeps one line a request
 
     demo = build_app(
         pipe,
@@ -101,6 +135,7 @@ def serve(args: argparse.Namespace, block: bool = True):
         args.max_queue,
         model_flags(args),
         default_size=default_image_size(pipe),
+        max_upload_megapixels=getattr(args, "max_upload_megapixels", None),
     )
     launch(demo, args.out, host=args.host, port=args.port, max_upload=args.max_upload, block=block, auth=auth)
     return demo

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..generation import generate, output_paths, settings_record
-from ..images import save_png
+from ..generation import generate, output_paths, settings_record, write_png
 from ..options import GenerationRequest
 from ..pipeline import model_defaults_of
 from ..references import SUBJECT, as_references
@@ -55,7 +54,7 @@ class AppRunner:
         output = generate(self.pipe, request, callback_on_step_end=_step_callback(on_step, total))
         paths = [self.out_dir / f"{run_id}_{p.name}" for p in output_paths(self.out_dir, request)]
         for j, (image, path) in enumerate(zip(output.images, paths)):
-            save_png(image, path, settings_record(request, output, j, self.model))
+            write_png(image, path, settings_record(request, output, j, self.model))
         # A size the model floored to a multiple of 16 goes into the command as it ran (the PNG's settings say it so
         # too) and is named in the status line. A size left to the model stays out of the command, as every option
         # left to it does; one a method chose itself (USO's keep_size) is the method's to repeat.

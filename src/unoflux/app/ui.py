@@ -9,6 +9,10 @@ import logging
 import os
 import re
 import secrets
+import sys
+import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from ..conditioning import default_reference_long_side  # noqa: E402
 from ..demo import EXAMPLES_DIR  # noqa: E402
@@ -26,7 +31,7 @@ from ..errors import UnofluxError  # noqa: E402
 from ..images import load_image, read_settings  # noqa: E402
 from ..options import MAX_SIDE, METHOD_NAMES, POSITION_MODES, SCHEDULES, GenerationRequest  # noqa: E402
 from ..pipeline import model_defaults_of  # noqa: E402
-from ..references import ROLES, STYLE, SUBJECT, Reference  # noqa: E402
+from ..references import ROLES, STYLE, SUBJECT, Reference, slot_name  # noqa: E402
 from .runner import AppRunner  # noqa: E402
 
 MAX_REFERENCES = 4
@@ -38,8 +43,19 @@ log = logging.getLogger("unoflux.app")
 
 
 def upload_path(payload: dict | None) -> str | None:
-    """The file behind a raw image payload (Gradio has already checked it lies in its upload cache)."""
-    return payload.get("path") if payload else None
+    """The file behind a raw image payload, which must lie in Gradio's upload cache (where uploads, and the files the
+    page was sent, such as examples, land). Raw payloads skip Gradio's own check, and a client may name any path:
+    a file elsewhere on this machine is refused, never opened or copied."""
+    path = payload.get("path") if isinstance(payload, dict) else None  # (Gradio refuses any other type itself)
+    if not path:
+        return None
+    cache = Path(get_upload_folder()).resolve()
+    if not Path(path).resolve().is_relative_to(cache):
+        raise UnofluxError(
+            f"{Path(str(path)).name!r} is not a file uploaded to this app; send the image itself (gradio_client: "
+            "handle_file)"
+        )
+    return path
 
 
 def example_rows() -> list[list[Any]]:
@@ -107,21 +123,45 @@ def _optional_number(value: Any, name: str) -> float | None:
         raise UnofluxError(f"{name} {value!r} must be a number, or blank for the default") from None
 
 
-def check_upload(what: str):
+DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40.0  # a 40 MP camera's photo; the library itself refuses beyond 64 (images.MAX_PIXELS)
+
+
+def check_upload_pixels(path: str, what: str, max_megapixels: float | None) -> None:
+    """Refuse an upload of more than ``max_megapixels`` (``--max-upload-megapixels``) from its header alone, before
+    decoding it; a file that does not open is left to :func:`unoflux.images.load_image` to name."""
+    if max_megapixels is None:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's bomb warning: the size is what we check here
+            with Image.open(path) as image:
+                width, height = image.size
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        return  # past Pillow's own limit, or not an image: load_image says which
+    if width * height > max_megapixels * 1e6:
+        name = user_message(Exception(path))
+        raise UnofluxError(
+            f"{what} {name!r} is {width}x{height} ({width * height / 1e6:.3g} megapixels); this app takes uploads of "
+            f"at most {max_megapixels:g} megapixels"
+        )
+
+
+def check_upload(what: str, max_megapixels: float | None = None):
     """The event behind an image slot's change (an upload, a drop, a paste): open the file as a generation would
-    (:func:`unoflux.images.load_image`); one that does not open is cleared from the slot and named, once, in the
-    status line, now rather than at Generate. Raw payloads, as for Generate: Gradio's own
+    (:func:`unoflux.images.load_image`, after the app's pixel limit); one that does not open is cleared from the slot
+    and named, once, in the status line, now rather than at Generate. Raw payloads, as for Generate: Gradio's own
     preprocessing would fail on a corrupt file with a bare "Error"."""
 
     def check(payload: dict | None):
-        path = upload_path(payload)
-        if not path:
-            return gr.skip(), gr.skip()
         try:
+            path = upload_path(payload)
+            if not path:
+                return gr.skip(), gr.skip()
+            check_upload_pixels(path, what, max_megapixels)
             load_image(path, what=what)
         except UnofluxError as err:
             message = f"{user_message(err)}; the slot was cleared, choose another file."
-            log.warning("upload refused: %s", message)
+            log.warning("upload %s refused: %s", secrets.token_hex(3), message)
             return None, message
         return gr.skip(), gr.skip()
 
@@ -146,10 +186,23 @@ LOADED_SETTINGS = (
 )
 
 
-def settings_from_png(path: str | None, choices: dict[str, list[str]]) -> tuple[dict[str, Any], str]:
+def settings_from_png(
+    path: str | None,
+    choices: dict[str, list[str]],
+    reference_folders: Sequence[str | Path] = (),
+    slot_roles: Sequence[str] = (SUBJECT,),
+    style_slots: bool = False,
+) -> tuple[dict[str, Any], str]:
     """The form values a PNG saved by unoflux carries (``unoflux.images.read_settings``), and a one-line status;
     ``({}, sentence)`` for a file without them. ``choices``: each radio's allowed values (a value the page does not
-    offer, e.g. a method this app has not loaded, is left as it is and named)."""
+    offer, e.g. a method this app has not loaded, is left as it is and named).
+
+    With ``reference_folders`` (the app's output folder and its examples) the references come back too, each into
+    its slot (``reference_k`` with its ``task_k``, ``style_k``; the slots the PNG does not fill are emptied), but only
+    files that exist inside those folders: a path in a PNG is the sender's word, and the page must not serve other
+    files of this machine. ``slot_roles``: the roles a reference slot takes (DreamO's tasks: every role; else
+    subjects); ``style_slots``: the page has USO's style slots. A reference of a role the page does not offer, or one
+    that is missing or outside the folders, is named instead."""
     if not path:
         return {}, ""
     name = Path(path).name
@@ -169,23 +222,91 @@ def settings_from_png(path: str | None, choices: dict[str, list[str]]) -> tuple[
             value = "" if value is None else str(value)
         values[key] = "" if value is None else value
     status = f"Loaded the settings of '{name}'" + (f" (seed {values['seed']})" if "seed" in values else "")
-    status += "; add its references again, they are not loaded." if settings.get("references") else "."
+    references = settings.get("references") or []
+    if reference_folders and isinstance(references, list):
+        restored, left_out = _references_from_settings(references, reference_folders, slot_roles, style_slots)
+        values.update(restored)
+        count = sum(1 for key, value in restored.items() if value and key.startswith(("reference_", "style_")))
+        status += f" and its {count} reference{'s' if count != 1 else ''}" if count else ""
+        status += f"; not loaded, add again: {', '.join(left_out)}." if left_out else "."
+    else:
+        status += "; add its references again, they are not loaded." if references else "."
     if skipped:
         status += f" Not offered here, left as they were: {', '.join(skipped)}."
     return values, status
 
 
-def refused(message: str) -> gr.Error:
+def _references_from_settings(
+    records: list, folders: Sequence[str | Path], slot_roles: Sequence[str], style_slots: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """Slot values for a PNG's references (see :func:`settings_from_png`) and what was left out, each named."""
+    from ..references import as_reference
+
+    allowed = [Path(folder).resolve() for folder in folders]
+    slots = {f"reference_{k}": None for k in range(1, MAX_REFERENCES + 1)}
+    slots.update({f"task_{k}": SUBJECT for k in range(1, MAX_REFERENCES + 1)})
+    slots.update({f"style_{k}": None for k in range(1, MAX_STYLES + 1)})
+    subjects, styles, left_out = 0, 0, []
+    for record in records:
+        try:
+            reference = as_reference(record)
+        except UnofluxError:
+            left_out.append(f"{record!r} (not a reference)")
+            continue
+        image = Path(str(reference.image)).resolve()
+        shown = f"'{image.name}'"
+        to_style = reference.role == STYLE and style_slots
+        if not to_style and reference.role not in slot_roles:
+            left_out.append(f"{shown} (role {reference.role!r}, not offered here)")
+        elif not image.is_file():
+            left_out.append(f"{shown} (missing)")
+        elif not any(image.is_relative_to(folder) for folder in allowed):
+            left_out.append(f"{shown} (outside this app's folders)")
+        elif to_style and styles < MAX_STYLES:
+            styles += 1
+            slots[f"style_{styles}"] = str(image)
+        elif not to_style and subjects < MAX_REFERENCES:
+            subjects += 1
+            slots[f"reference_{subjects}"], slots[f"task_{subjects}"] = str(image), reference.role
+        else:
+            left_out.append(f"{shown} (no slot left)")
+    return slots, left_out
+
+
+def refused(message: str, request_id: str) -> gr.Error:
     """The page's error for a request we refuse on purpose (bad input, too little memory): one line in the server
     log, not Gradio's traceback, which would only point at this function. Unexpected errors keep theirs."""
-    log.warning("request refused: %s", message)
+    log.warning("request %s refused: %s", request_id, message)
     return gr.Error(message, print_exception=False)
 
 
-def make_generate(runner: AppRunner):
+def failed(err: Exception, request_id: str) -> gr.Error:
+    """The page's error for a real fault (a bug, a broken model): its traceback once, in the server log with the
+    request's id (not again from Gradio), and a sentence that points there."""
+    log.exception("request %s failed: %s: %s", request_id, type(err).__name__, err)
+    return gr.Error(
+        f"internal error ({type(err).__name__}: {err}); the server log has the details (request {request_id})",
+        print_exception=False,
+    )
+
+
+def request_summary(request: GenerationRequest, result, seconds: float) -> str:
+    """One line of what ran: the prompt (cut at 60 characters), the settings that differ between requests, the
+    time and where the images went."""
+    prompt = request.prompt if len(request.prompt) <= 60 else request.prompt[:57] + "..."
+    size = f"{result.size[0]}x{result.size[1]}" if result.size else "?"
+    names = ", ".join(p.name for p in result.images)
+    return (
+        f"done in {seconds:.1f} s: prompt {prompt!r}, {len(result.images)} x {size} px, steps {request.steps or 'auto'}"
+        f", seed {request.seed}, {len(request.references)} references, method {request.method or 'auto'} -> {names}"
+    )
+
+
+def make_generate(runner: AppRunner, max_upload_megapixels: float | None = None):
     """The endpoint behind the Generate button and ``/generate``: raw form values in (see ``build_app``),
     (saved PNGs, CLI command, status line, seed used) out. Its parameter names are the API's keyword arguments;
-    the seed goes to a ``gr.State``, which API clients do not see, so they still get three values."""
+    the seed goes to a ``gr.State``, which API clients do not see, so they still get three values. Uploads of more
+    than ``max_upload_megapixels`` are refused (also those that reach Generate without the slot's check)."""
 
     def generate(
         prompt: str,
@@ -223,10 +344,13 @@ def make_generate(runner: AppRunner):
     ) -> tuple[list[str], str, str, int]:
         """Generate images from a prompt, up to four subject reference images and (USO) two style images; returns
         the saved PNGs, the equivalent `unoflux generate` command, and a one-line status."""
+        request_id, start = secrets.token_hex(3), time.monotonic()  # the id ties the log lines of one request
         try:
             slots = zip((reference_1, reference_2, reference_3, reference_4), (task_1, task_2, task_3, task_4))
             subjects = [Reference(upload_path(r), task or SUBJECT) for r, task in slots if r]  # DreamO: a task each
             styles = [Reference(upload_path(r), STYLE) for r in (style_1, style_2) if r]
+            for k, reference in enumerate(subjects + styles, start=1):  # numbered as GenerationRequest.validate does
+                check_upload_pixels(reference.image, f"{slot_name(reference)} image {k}", max_upload_megapixels)
             request = GenerationRequest(
                 prompt=prompt or "",
                 references=subjects + styles,
@@ -253,11 +377,15 @@ def make_generate(runner: AppRunner):
             progress(0, desc="starting")
             result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
         except UnofluxError as err:
-            raise refused(user_message(err)) from None
+            raise refused(user_message(err), request_id) from None
         except torch.OutOfMemoryError:
             raise refused(
-                "out of GPU memory; use a smaller size, fewer references or images, or restart with --offload model"
+                "out of GPU memory; use a smaller size, fewer references or images, or restart with --offload model",
+                request_id,
             ) from None
+        except Exception as err:  # noqa: BLE001 - a real fault: logged with its traceback, then the page told
+            raise failed(err, request_id) from None
+        log.info("request %s %s", request_id, request_summary(request, result, time.monotonic() - start))
         noun = "image" if len(result.images) == 1 else "images"
         # the images' own pixels: the gallery may show a small result larger than it is
         size = f", {result.size[0]} x {result.size[1]} px," if result.size else ""
@@ -421,13 +549,15 @@ def build_app(
     max_queue: int = 16,
     model_flags: list[str] | tuple[str, ...] = (),
     default_size: int = DEFAULTS.width,
+    max_upload_megapixels: float | None = DEFAULT_MAX_UPLOAD_MEGAPIXELS,
 ) -> gr.Blocks:
     """The web app for a loaded pipeline. ``model`` is the record stored in each PNG, ``model_flags`` the
     flags that reload the same model in ``unoflux generate``; at most ``concurrency`` generations run at
     once and ``max_queue`` more wait; beyond that a request is refused (the page shows Gradio's "This application
     is currently busy", gradio_client raises "Queue is full"). The size
     sliders start at ``default_size`` (the model's native size), the guidance sliders, the time shift and the
-    stochasticity at the pipeline's defaults (the model's own, from its unoflux.json)."""
+    stochasticity at the pipeline's defaults (the model's own, from its unoflux.json). An upload of more than
+    ``max_upload_megapixels`` is refused at upload and at Generate (None: only the library's own limit)."""
     if concurrency < 1 or max_queue < 1:
         raise UnofluxError(f"concurrency ({concurrency}) and queue size ({max_queue}) must be at least 1")
     with gr.Blocks(title="unoflux", analytics_enabled=False) as demo:
@@ -456,7 +586,7 @@ def build_app(
             with gr.Column(scale=2):
                 outputs = _result_outputs()
         _examples(inputs[: 1 + MAX_REFERENCES])
-        generate = make_generate(AppRunner(pipe, model, out_dir, model_flags))
+        generate = make_generate(AppRunner(pipe, model, out_dir, model_flags), max_upload_megapixels)
         # Raw inputs (preprocess=False): Gradio's image preprocessing opens uploads with PIL and fails with a
         # bare "Error" on a corrupt one; unopened, they reach images.load_image, which names the problem.
         event = run.click(generate, inputs=inputs, outputs=outputs, api_name=API_NAME, preprocess=False)
@@ -466,13 +596,17 @@ def build_app(
         seed_box, seed_used = next(c for c in inputs if c.elem_id == "seed"), outputs[-1]
         event.success(lambda seed: seed, inputs=seed_used, outputs=seed_box, queue=False, api_visibility="private")
         fields = dict(zip(inspect.signature(generate).parameters, inputs))  # make_generate's order
-        loaded = [fields[key] for key in LOADED_SETTINGS]
+        slot_keys = [key for key in fields if key.startswith(("reference_", "task_", "style_"))]
+        loaded = [fields[key] for key in (*LOADED_SETTINGS, *slot_keys)]
         choices = {key: [value for value, _ in fields[key].choices] for key in ("position_mode", "schedule", "method")}
+        slot_roles = list(ROLES) if tasks else [SUBJECT]  # DreamO: a task per slot
+        folders = [Path(out_dir).resolve(), EXAMPLES_DIR]  # the files this page may show (see launch)
 
         def load_settings(path):
-            values, status = settings_from_png(path, choices)
+            values, status = settings_from_png(path, choices, folders, slot_roles, style_slots=styles)
             untick = [False] if values else [gr.skip()]  # a loaded seed is meant to be used
-            return [values.get(key, gr.skip()) for key in LOADED_SETTINGS] + untick + [status or gr.skip()]
+            keys = (*LOADED_SETTINGS, *slot_keys)
+            return [values.get(key, gr.skip()) for key in keys] + untick + [status or gr.skip()]
 
         settings_png.upload(
             load_settings,
@@ -488,7 +622,7 @@ def build_app(
             kind, _, k = (slot.elem_id or "").rpartition("-")
             if isinstance(slot, gr.Image) and kind in ("reference", "style"):
                 slot.change(  # not .upload alone: a paste from the clipboard lands here too
-                    check_upload(f"{kind} image {k}"),
+                    check_upload(f"{kind} image {k}", max_upload_megapixels),
                     inputs=slot,
                     outputs=[slot, outputs[2]],
                     preprocess=False,
@@ -497,6 +631,26 @@ def build_app(
                 )
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(log_file: str | Path | None = None) -> None:
+    """The app's log (logger ``unoflux.app``) on stderr and, with ``log_file``, appended to that file too: a line per
+    request at INFO (its id, settings and time), a line per refusal at WARNING, a traceback only for real faults.
+    Calling it again (another app in this process) replaces the handlers it added."""
+    for handler in [h for h in log.handlers if getattr(h, "unoflux_app", False)]:
+        log.removeHandler(handler)
+        handler.close()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
+    for handler in handlers:
+        handler.unoflux_app = True
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def launch(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,14 @@ def read_tensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[str, 
             raise UnofluxError(f"{what} file {str(path)!r} is not a readable safetensors file ({err})") from None
     if path.suffix in PICKLE_SUFFIXES:
         try:  # weights_only: a pickle can run code, this refuses anything but tensors and containers
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": about torch, not the user's file
+                warnings.simplefilter("ignore")
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - torch raises many types for bad pickles
-            raise UnofluxError(f"{what} file {str(path)!r} cannot be loaded safely as weights ({err})") from None
+            raise UnofluxError(
+                f"{what} file {str(path)!r} cannot be loaded safely as weights ({_pickle_problem(err)}); only "
+                "tensors are read from a pickle, nothing in it is run: convert it to .safetensors"
+            ) from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         if not isinstance(state, dict):
             raise UnofluxError(f"{what} file {str(path)!r} does not hold a dictionary of tensors")
@@ -40,6 +46,16 @@ def read_tensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[str, 
     raise UnofluxError(
         f"{what} file {str(path)!r} has an unknown type; use .safetensors (or {', '.join(PICKLE_SUFFIXES)})"
     )
+
+
+def _pickle_problem(err: Exception) -> str:
+    """torch's refusal in one line: its "WeightsUnpickler error: Unsupported global: GLOBAL posix.system" part (the
+    rest is advice to load unsafely), or the first line of any other error."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = "WeightsUnpickler error:" + text.split("WeightsUnpickler error:", 1)[1]
+        text = text.split("Check the documentation of torch.load")[0]
+    return " ".join(text.split())[:300] or type(err).__name__
 
 
 SAFETENSORS_DTYPES = {

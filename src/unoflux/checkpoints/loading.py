@@ -24,6 +24,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransf
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
+from ..devices import check_device
 from ..errors import UnofluxError
 from ..methods import get_method
 from ..options import FLUX_DEV_DEFAULTS, model_default_names, typed
@@ -300,6 +301,7 @@ def load_pipeline(
     paths = paths or ModelPaths()
     if use_environment:
         paths = paths.with_environment()
+    check_device(device)  # not torch's AssertionError after the weights have loaded
     device = device or default_device()
     if isinstance(dtype, str):
         if dtype not in DTYPES:
