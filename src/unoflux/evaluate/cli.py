@@ -215,6 +215,7 @@ def cmd_dreambench(args: argparse.Namespace) -> int:
             args, GenerationRequest, prompt="(from the benchmark)", num_images=args.images_per_prompt
         )
         request.validate()
+        check_device(args.device)
         check_device(args.noise_device, "noise device", "--noise-device")
         if request.method is not None:  # e.g. a two-subject item for a one-subject method, before the model loads
             from ..methods import get_method
