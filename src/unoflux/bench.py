@@ -408,6 +408,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UnofluxError(
             f"--against-reference {args.against_reference!r} is not a bytedance/UNO checkout (no uno/flux/pipeline.py)"
         )
+    if args.against_reference and (args.device != "cpu" or args.dtype != "fp32"):
+        raise UnofluxError(
+            "--against-reference runs UNO's code in float32 on the CPU only; use --device cpu --dtype fp32"
+        )
     check_device(args.device)
     settings = {k: getattr(args, k) for k in ("size", "width", "height", "refs", "ref_size", "steps", "runs",
                                                "warmup", "guidance", "seed", "prompt", "device", "dtype", "threads",
