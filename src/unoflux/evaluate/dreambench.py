@@ -347,16 +347,18 @@ def to_uno_json(benchmark: Benchmark, path: str | Path) -> Path:
     path = Path(path)
     base = path.parent.resolve()
     rows = [
-        {"prompt": item.prompt, "image_paths": [_relative(p, base) for p in benchmark.reference_paths(item)]}
+        {"prompt": item.prompt, "image_paths": [relative_path(p, base) for p in benchmark.reference_paths(item)]}
         for item in benchmark.items
     ]
     return save_json(rows, path)
 
 
-def _relative(target: Path, base: Path) -> str:
+def relative_path(target: str | Path, base: str | Path) -> str:
+    """``target`` relative to the folder ``base`` (both resolved), with forward slashes: how spec files, scores and
+    report pages name their images, so that a folder can move."""
     import os
 
-    return Path(os.path.relpath(target.resolve(), base)).as_posix()
+    return Path(os.path.relpath(Path(target).resolve(), Path(base).resolve())).as_posix()
 
 
 def from_uno_json(path: str | Path, rows: list | None = None) -> Benchmark:
@@ -398,7 +400,9 @@ def from_uno_json(path: str | Path, rows: list | None = None) -> Benchmark:
         key = tuple(paths)
         k = counts[key] = counts.get(key, -1) + 1
         items.append(
-            BenchmarkItem(f"{'+'.join(names)}/{k:02d}", names, k, row["prompt"], [_relative(p, root) for p in paths])
+            BenchmarkItem(
+                f"{'+'.join(names)}/{k:02d}", names, k, row["prompt"], [relative_path(p, root) for p in paths]
+            )
         )
     protocol = {"source": str(path.resolve()), "scored_against": "every image of each reference's folder"}
     return Benchmark("custom", str(root), subjects, items, protocol)

@@ -5,13 +5,12 @@ so a run folder can be moved or served as it is."""
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 
 from PIL import Image
 
 from ..images import atomic_write, load_image
-from .dreambench import PAPER_NUMBERS, Benchmark
+from .dreambench import PAPER_NUMBERS, Benchmark, relative_path
 from .scores import METRIC_LABELS, ImageScore, format_interval
 
 THUMBNAIL = 256  # long side of the copied reference pictures, px
@@ -38,7 +37,7 @@ def _e(value) -> str:
 
 
 def _src(target: str | Path, page_dir: Path) -> str:
-    return _e(Path(os.path.relpath(Path(target).resolve(), page_dir.resolve())).as_posix())
+    return _e(relative_path(target, page_dir))
 
 
 def _score_line(s: ImageScore, metrics: list[str]) -> str:

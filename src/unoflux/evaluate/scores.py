@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import UnofluxError
 from ..images import atomic_write, load_image
-from .dreambench import Benchmark, prompt_group
+from .dreambench import Benchmark, prompt_group, relative_path
 
 METRIC_NAMES = ("dino", "clip_i", "clip_t", "dino_masked")
 METRIC_LABELS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "dino_masked": "DINO (masked)"}
@@ -101,7 +101,7 @@ def score_benchmark(
         for j in range(images_per_prompt):
             png = generated_path(images_dir, i, j)
             result = ImageScore(
-                i, item.id, j, _relative(png, run_dir), item.subjects, item.prompt_index, item.prompt,
+                i, item.id, j, relative_path(png, run_dir), item.subjects, item.prompt_index, item.prompt,
                 prompt_group(item.template) if item.template else f"prompt {item.prompt_index}",
             )  # fmt: skip
             result.seed = _seed_of(png)
@@ -152,12 +152,6 @@ def _seed_of(png: Path) -> int | None:
         return int(json.loads(meta.read_text())["seed"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _relative(path: Path, base: Path) -> str:
-    import os
-
-    return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
 
 
 # ------------------------------------------------------------------------------------------------ statistics
