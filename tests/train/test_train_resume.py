@@ -111,3 +111,56 @@ def test_two_processes_under_accelerate_launch(tiny_config, tmp_path):
     assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
     assert (Path(config.output_dir) / "final" / "pytorch_lora_weights.safetensors").is_file()
     assert result.stdout.count("wrote ") == 1  # only the main process reports
+
+
+def _logged_steps(folder: Path) -> int:
+    log = folder / "log.csv"
+    return max(0, len(log.read_text().splitlines()) - 1) if log.is_file() else 0
+
+
+def _newest_checkpoint(folder: Path) -> int:
+    return max((int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*")), default=0)
+
+
+@pytest.mark.slow
+def test_killed_at_random_points_many_times_the_run_ends_as_an_uninterrupted_one(tiny_config, tmp_path):
+    """Three SIGKILLs, each 1-6 steps (seeded random) past the previous kill, so before, on or between checkpoints,
+    each followed by `--resume`: no kill loses more than one checkpoint interval, and the run ends with an
+    uninterrupted run's weights and a log with every step once."""
+    import random
+
+    rng = random.Random(7)
+    config = tiny_config(output_dir=str(tmp_path / "killed"), max_steps=24, checkpoint_every=4, text_dropout=0.5)
+    path = config.to_yaml(tmp_path / "run.yaml")
+    killed = Path(config.output_dir)
+    kill_steps = []
+    for _ in range(3):
+        # past the previous kill: a resumed run first cuts its log back to its checkpoint, then logs again
+        target = (kill_steps[-1] if kill_steps else 0) + rng.randint(1, 6)
+        process = subprocess.Popen(
+            unoflux("train", "--config", str(path), "--resume"),
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 90
+        while process.poll() is None and _logged_steps(killed) < target:
+            assert time.monotonic() < deadline, f"step {target} not reached within 90 s"
+            time.sleep(0.005)
+        if process.poll() is not None:
+            break  # it finished first
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+        kill_steps.append(_logged_steps(killed))
+        lost = kill_steps[-1] - _newest_checkpoint(killed)
+        assert 0 <= lost <= config.checkpoint_every, f"killed at step {kill_steps[-1]}: {lost} steps lost"
+    assert len(kill_steps) == 3 and not (killed / "final").exists(), kill_steps
+    subprocess.run(unoflux("train", "--config", str(path), "--resume"), env=ENV, check=True, capture_output=True)
+    reference = train(config.replace(output_dir=str(tmp_path / "uninterrupted")), command=[])
+    resumed = load_file(killed / "final" / "pytorch_lora_weights.safetensors")
+    expected = load_file(reference / "pytorch_lora_weights.safetensors")
+    assert resumed.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=1e-6)
+    with open(killed / "log.csv", newline="") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == list(range(1, 25))  # no step lost or repeated
