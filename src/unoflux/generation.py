@@ -78,16 +78,17 @@ def _check_creatable(folder: Path, out: Path) -> None:
 def write_png(image, path: Path, settings: dict[str, Any]) -> Path:
     """:func:`unoflux.images.save_png` (atomic: a failed write leaves no file), a failed write said in one sentence
     (a full disk, a folder made read-only since the checks)."""
-    try:
-        return save_png(image, path, settings)
-    except OSError as err:
-        raise UnofluxError(f"cannot write {str(path)!r} ({err.strerror or err}); nothing was written there") from None
+    return _written(path, lambda: save_png(image, path, settings))
 
 
 def write_json(data: Any, path: Path) -> Path:
     """:func:`unoflux.images.save_json`, a failed write said in one sentence, as :func:`write_png`."""
+    return _written(path, lambda: save_json(data, path))
+
+
+def _written(path: Path, write) -> Path:
     try:
-        return save_json(data, path)
+        return write()
     except OSError as err:
         raise UnofluxError(f"cannot write {str(path)!r} ({err.strerror or err}); nothing was written there") from None
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import UnofluxError
 from ..images import atomic_write, load_image
 from .dreambench import PAPER_NUMBERS, Benchmark, relative_path
 from .scores import METRIC_LABELS, ImageScore, format_interval
@@ -65,7 +66,7 @@ def reference_thumbnails(benchmark: Benchmark, run_dir: Path) -> dict[str, str]:
             target = folder / (rel.replace("/", "__").rsplit(".", 1)[0] + ".jpg")
             try:
                 picture = load_image(Path(benchmark.root) / rel, "reference image")
-            except Exception:  # an unreadable reference is listed in the report, not a dead run
+            except UnofluxError:  # an unreadable reference is listed in the report, not a dead run
                 continue
             picture.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.LANCZOS)
             atomic_write(target, lambda tmp, p=picture: p.save(tmp, format="JPEG", quality=88))
