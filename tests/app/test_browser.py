@@ -215,9 +215,15 @@ def test_dropping_a_saved_png_fills_the_form(page, tmp_path):
     set_slider(page, "Steps", 3)
     page.locator("#seed input").fill("4242")
     page.get_by_role("button", name="Advanced").click()
-    page.locator("#time-shift input, #time-shift textarea").first.fill("2.5")
-    page.locator("#negative-prompt textarea, #negative-prompt input").first.fill("a blurry picture")
-    page.keyboard.press("Tab")  # leave the box, so its value is in the form before Generate reads it
+    # The accordion mounts its fields as it opens: wait for them, type, leave each box, and see the typed value
+    # stay before Generate reads the form (a fill racing the mount was lost once in a full run).
+    time_shift = page.locator("#time-shift input, #time-shift textarea").first
+    negative = page.locator("#negative-prompt textarea, #negative-prompt input").first
+    for box, text in ((time_shift, "2.5"), (negative, "a blurry picture")):
+        box.wait_for(state="visible")
+        box.fill(text)
+        box.press("Tab")
+        expect(box).to_have_value(text)
     page.locator("#generate").click()
     result = page.locator("#results img").first
     result.wait_for()
