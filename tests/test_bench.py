@@ -58,7 +58,7 @@ def _bench(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_bench_command_reports_time_memory_tokens_and_flops(tmp_path):
-    done = _bench("--json", "bench.json", cwd=tmp_path)
+    done = _bench("--fast", "--against-exact", "--json", "bench.json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     ours = report["ours"]
@@ -67,6 +67,10 @@ def test_bench_command_reports_time_memory_tokens_and_flops(tmp_path):
     assert ours["tokens"] == {"image+references": 2 * 16, "text": 512}  # 64 px: 4x4 tokens each; T5 at UNO's 512
     assert ours["flops_per_step"] > 0 and ours["mfu"] is None  # no peak known for a CPU
     assert report["model"]["lora_rank"] == 4 and "tokens per step: 32 image + references" in done.stdout
+    fast = report["against_exact"]  # fast mode (ours) against exact mode, both measured
+    assert report["settings"]["speed"] == {"fast": True} and report["exact"]["step_s"] > 0
+    assert fast["speedup_end_to_end"] > 0 and 10 < fast["psnr_db"] < 200
+    assert "ours / exact mode:" in done.stdout
     bad = _bench("--steps", "0", cwd=tmp_path)
     assert bad.returncode == 2 and "--steps 0 must be at least 1" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .errors import UnofluxError
+from .options import SamplingOptions
 
 SIZES = {
     "tiny": dict(transformer={}, lora_rank=4),
@@ -83,7 +84,8 @@ def reference_images(count: int, side: int):
 
 # ------------------------------------------------------------------------------------------------ measuring
 class StepTimer:
-    """Wall time of every forward of ``module`` (CUDA synchronised on both sides), and its last inputs."""
+    """Wall time of every forward of ``module`` (CUDA synchronised on both sides), and the inputs of its largest
+    forward (``last_inputs``: the most image tokens; fast mode's reusing steps run on fewer)."""
 
     def __init__(self, module, device):
         import torch
@@ -94,7 +96,9 @@ class StepTimer:
         module.register_forward_hook(self._after)
 
     def _before(self, module, args, kwargs):
-        self.last_inputs = (args, kwargs)
+        tokens = kwargs["hidden_states"].shape[1] if "hidden_states" in kwargs else 0
+        if self.last_inputs is None or tokens >= self.last_inputs[1].get("hidden_states").shape[1]:
+            self.last_inputs = (args, kwargs)
         self._sync()
         self._start = time.perf_counter()
 
@@ -184,7 +188,7 @@ def run_ours(config: dict) -> dict:
     timer = StepTimer(pipe.transformer, config["device"])
     refs = reference_images(config["refs"], config["ref_size"])
     options = dict(width=config["width"], height=config["height"], steps=config["steps"], guidance=config["guidance"],
-                   seed=config["seed"], reference_long_side=config["ref_size"])  # fmt: skip
+                   seed=config["seed"], reference_long_side=config["ref_size"], **config.get("speed", {}))  # fmt: skip
 
     def generate():
         with torch.no_grad():
@@ -249,7 +253,10 @@ def worker(config_path: str, implementation: str, out_png: str) -> None:
     config = json.loads(Path(config_path).read_text())
     if config.get("threads"):
         torch.set_num_threads(config["threads"])
-    result = (run_ours if implementation == "ours" else run_reference)(config)
+    if implementation == "reference":
+        result = run_reference(config)
+    else:  # "exact": ours with fast mode's switches off, to compare against
+        result = run_ours(config if implementation == "ours" else {**config, "speed": {}})
     result.pop("image").save(out_png)
     print("BENCH " + json.dumps(result))
 
@@ -276,8 +283,15 @@ def max_pixel_difference(a: Path, b: Path) -> int:
     return 10**6 if x.shape != y.shape else int(np.abs(x - y).max())
 
 
-def run_bench(settings: dict, rounds: int = 1, reference: str | None = None, workdir: str | None = None) -> dict:
-    """Write the random weights, run the workers (alternating when there is a reference) -> the report."""
+def run_bench(
+    settings: dict,
+    rounds: int = 1,
+    reference: str | None = None,
+    workdir: str | None = None,
+    against_exact: bool = False,
+) -> dict:
+    """Write the random weights, run the workers (alternating when there is more than one) -> the report.
+    ``against_exact``: ours also without ``settings["speed"]``'s switches (fast mode against exact mode)."""
     from . import __version__
 
     with tempfile.TemporaryDirectory(prefix="unoflux-bench-", dir=workdir) as tmp:
@@ -286,12 +300,13 @@ def run_bench(settings: dict, rounds: int = 1, reference: str | None = None, wor
         config = {**settings, "paths": model["paths"], "reference": reference}
         config_path = root / "config.json"
         config_path.write_text(json.dumps(config))
-        results: dict[str, list[dict]] = {"ours": [], "reference": []}
-        implementations = ["ours", "reference"] if reference else ["ours"]
+        implementations = ["ours"] + (["exact"] if against_exact else []) + (["reference"] if reference else [])
+        results: dict[str, list[dict]] = {name: [] for name in implementations}
         for r in range(rounds):
             for implementation in implementations:
                 results[implementation].append(_spawn(config_path, implementation, root / f"{implementation}{r}.png"))
         matches = max_pixel_difference(root / "ours0.png", root / "reference0.png") if reference else None
+        exact_psnr = psnr(root / "ours0.png", root / "exact0.png") if against_exact else None
     report = {"settings": settings, "model": {k: v for k, v in model.items() if k != "paths"},
               "unoflux_version": __version__, "rounds": rounds}  # fmt: skip
     for implementation in implementations:
@@ -316,7 +331,25 @@ def run_bench(settings: dict, rounds: int = 1, reference: str | None = None, wor
             "peak_memory": ours["peak_memory_bytes"] / ref["peak_memory_bytes"],
         }
         report["images"] = {"max_pixel_difference": matches, "equal_within_1_255": matches <= 1}
+    if against_exact:
+        ours, exact = report["ours"], report["exact"]
+        report["against_exact"] = {
+            "speedup_end_to_end": exact["end_to_end_s"] / ours["end_to_end_s"],
+            "speedup_step": exact["step_s"] / ours["step_s"],
+            "peak_memory": ours["peak_memory_bytes"] / exact["peak_memory_bytes"],
+            "psnr_db": exact_psnr,
+        }
     return report
+
+
+def psnr(a: Path, b: Path) -> float:
+    """Pixel PSNR of two 8-bit images in dB (inf when equal)."""
+    import numpy as np
+    from PIL import Image
+
+    x, y = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) / 255 for p in (a, b))
+    mse = float(np.mean((x - y) ** 2))
+    return float("inf") if mse == 0 else 10 * float(np.log10(1 / mse))
 
 
 def mfu(tflops_per_s: float, device: str, dtype: str) -> float | None:
@@ -337,11 +370,12 @@ def print_report(report: dict) -> None:
         f"{s['width']}x{s['height']} + {s['refs']} reference(s) at {s['ref_size']} px, {s['steps']} steps, "
         f"{s['dtype']} on {s['device']}, {s['runs']} timed run(s) after {s['warmup']} warm-up, {report['rounds']} round(s)"
         + (", ours with the LoRA fused" if s["fuse_lora"] else "")
+        + (f", ours with {s['speed']}" if s.get("speed") else "")
     )
     tokens = report["ours"]["tokens"]
     print(f"tokens per step: {tokens['image+references']} image + references, {tokens['text']} text")
     print(f"{'':<12} {'step (median)':>14} {'end to end':>11} {'peak memory':>12} {'GFLOP/step':>11} {'TFLOP/s':>8}")
-    for name in ("ours", "reference"):
+    for name in ("ours", "exact", "reference"):
         if name in report:
             r = report[name]
             print(
@@ -357,6 +391,12 @@ def print_report(report: dict) -> None:
             f"ours / reference: step time {r['step_time']:.2f}x, end to end {r['end_to_end']:.2f}x, "
             f"peak memory {r['peak_memory']:.2f}x; images: max pixel difference {images['max_pixel_difference']} "
             f"({'equal' if images['equal_within_1_255'] else 'NOT equal'} within 1/255)"
+        )
+    if "against_exact" in report:
+        r = report["against_exact"]
+        print(
+            f"ours / exact mode: {r['speedup_end_to_end']:.2f}x faster end to end ({r['speedup_step']:.2f}x per "
+            f"step), peak memory {r['peak_memory']:.2f}x; image PSNR to exact mode {r['psnr_db']:.1f} dB"
         )
 
 
@@ -391,6 +431,14 @@ def register(subparsers) -> None:
         metavar="UNO_CHECKOUT",
         help="a local bytedance/UNO checkout: its pipeline on the same weights (needs einops), fp32 CPU",
     )
+    p.add_argument("--fast", action="store_true", help="ours in fast mode (the preset; the switches below win)")
+    p.add_argument("--step-cache", type=float, metavar="T", help="ours with this First Block Cache threshold")
+    p.add_argument("--reference-refresh", type=int, metavar="N", help="ours reusing reference features (N steps)")
+    p.add_argument(
+        "--against-exact",
+        action="store_true",
+        help="ours in exact mode too, alternating: the speed-up of the switches above and their image PSNR",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--workdir", help="where the random weights are written (default: the system's temp folder)")
     p.set_defaults(func=cmd_bench)
@@ -413,10 +461,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "--against-reference runs UNO's code in float32 on the CPU only; use --device cpu --dtype fp32"
         )
     check_device(args.device)
+    speed = {k: getattr(args, k) for k in ("fast", "step_cache", "reference_refresh") if getattr(args, k)}
+    SamplingOptions(**speed).validate()
+    if args.against_exact and not speed:
+        raise UnofluxError("--against-exact compares fast mode with exact mode; give --fast or a speed switch")
     settings = {k: getattr(args, k) for k in ("size", "width", "height", "refs", "ref_size", "steps", "runs",
                                                "warmup", "guidance", "seed", "prompt", "device", "dtype", "threads",
-                                               "fuse_lora")}  # fmt: skip
-    report = run_bench(settings, args.rounds, args.against_reference, args.workdir)
+                                               "fuse_lora")} | {"speed": speed}  # fmt: skip
+    report = run_bench(settings, args.rounds, args.against_reference, args.workdir, args.against_exact)
     print_report(report)
     if args.json:
         from .images import save_json
@@ -426,5 +478,5 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # a worker: python -m unoflux.bench CONFIG.json ours|reference OUT.png
+if __name__ == "__main__":  # a worker: python -m unoflux.bench CONFIG.json ours|exact|reference OUT.png
     worker(*sys.argv[1:4])

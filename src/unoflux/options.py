@@ -30,6 +30,12 @@ METHOD_NAMES = ("uno", "uso", "dreamo")  # mirrors unoflux.methods.METHODS (whic
 EMPTY_PROMPT_METHODS = ("uso",)  # mirrors Method.accepts_empty_prompt (pinned by the same test)
 
 
+# What --fast sets (options a call leaves at their defaults): chosen by scripts/fast_quality.py's measurements on
+# the embedded world (docs/performance.md, "Fast mode").
+FAST_PRESET: dict[str, Any] = dict(step_cache=0.25, reference_refresh=0)
+EXACT_SETTINGS: dict[str, Any] = dict(step_cache=0.0, reference_refresh=1)  # the same switches, off
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """How an option is checked and shown: ``label`` names it in sentences, ``help`` explains it."""
@@ -227,6 +233,34 @@ class SamplingOptions:
         model_default=True,
     )
 
+    reference_refresh: int | None = option(
+        None,
+        "reference refresh",
+        "recompute the references' keys and values every N steps and reuse them in between: the steps in between "
+        "skip the reference tokens' own work (1 = every step, exact; more is faster and approximate; 0 = on the "
+        "first step only; default: 1, or 0 with --fast)",
+        minimum=0,
+        metavar="N",
+    )
+    step_cache: float | None = option(
+        None,
+        "step cache",
+        "First Block Cache threshold: a step whose first block changed less than this since the last full step "
+        "reuses the other blocks' output from then (0 = off, exact; 0.05-0.2 skips more steps as it grows; default: 0, or 0.25 with --fast)",
+        minimum=0,
+        maximum=1,
+        hint="(0 = off)",
+        metavar="T",
+    )
+
+    fast: bool = option(
+        False,
+        "fast",
+        "fast mode: the speed switches at the settings measured in docs/performance.md (step cache "
+        f"{FAST_PRESET['step_cache']:g}, reference refresh {FAST_PRESET['reference_refresh']}), each one you set yourself "
+        "wins; about 2.5x faster, approximate",
+    )
+
     def validate(self) -> None:
         """One :class:`~unoflux.errors.UnofluxError` sentence for the first bad value (no model needed)."""
         for f in option_fields(type(self)):
@@ -240,6 +274,9 @@ class SamplingOptions:
         for f in option_fields(type(self)):
             if f.metadata["option"].model_default and values[f.name] is None and f.name != "time_shift":
                 values[f.name] = model_defaults.get(f.name)
+        for name, value in (FAST_PRESET if self.fast else EXACT_SETTINGS).items():  # what the call left unset
+            if values[name] is None:
+                values[name] = value
         values["schedule"], values["time_shift"] = resolve_time_shift(
             self.schedule, self.time_shift, model_defaults.get("time_shift"), default_schedule
         )

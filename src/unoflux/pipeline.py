@@ -45,6 +45,7 @@ from .conditioning import (
     unpack_latents,
 )
 from .errors import UnofluxError
+from .fast import first_block_cache
 from .images import ImageInput
 from .methods import Conditioning, Method, get_method, open_references
 from .options import (  # noqa: F401  (MAX_SIDE, SCHEDULES: re-exported for callers)
@@ -55,6 +56,7 @@ from .options import (  # noqa: F401  (MAX_SIDE, SCHEDULES: re-exported for call
     check_prompt,
     option_fields,
 )
+from .reference_reuse import ReferenceFeatures, reusing_references
 from .references import STYLE, SUBJECT, Reference, as_references
 
 MAX_IMAGE_TOKENS = 2 * (MAX_SIDE // 16) ** 2  # target + references; beyond this attention memory explodes
@@ -154,20 +156,29 @@ class UnoFluxPipeline(FluxPipeline):
         guidance_scale: float,
         cache_name: str = "cond",
         first_step_guidance: float | None = None,
+        reference_features: ReferenceFeatures | None = None,
     ) -> sampling.Velocity:
         """The transformer as a velocity ``v(x, t, step)`` for one text and conditioning (:mod:`unoflux.sampling`).
         Each call runs inside diffusers' ``cache_context(cache_name)``, so its cache hooks (FirstBlockCache, ...)
-        tell the branches of classifier-free guidance apart."""
+        tell the branches of classifier-free guidance apart. With ``reference_features`` (inside
+        :func:`~unoflux.reference_reuse.reusing_references`) the steps it plans to reuse run on the target tokens
+        alone, in a cache context of their own (their token count differs)."""
         transformer = self.transformer
         guidance_embeds = transformer.config.guidance_embeds
+        without_references = conditioning.without_references() if reference_features is not None else None
 
         def velocity(x: torch.Tensor, t: float, step: int) -> torch.Tensor:
             timestep = torch.full((len(x),), t, device=x.device, dtype=x.dtype)
             scale = first_step_guidance if step == 0 and first_step_guidance is not None else guidance_scale
             guidance = torch.full((len(x),), scale, device=x.device, dtype=x.dtype) if guidance_embeds else None
-            with transformer.cache_context(cache_name):
+            call, context = conditioning, cache_name
+            if reference_features is not None and reference_features.plan(
+                cache_name, step, conditioning.num_reference_tokens
+            ):
+                call, context = without_references, f"{cache_name}/reused"
+            with transformer.cache_context(context):
                 return engine.predict_velocity(
-                    transformer, transformer, conditioning, x, timestep, guidance, text, pooled, text_ids
+                    transformer, transformer, call, x, timestep, guidance, text, pooled, text_ids
                 )
 
         return velocity
@@ -342,47 +353,62 @@ class UnoFluxPipeline(FluxPipeline):
         cfg_end = num_inference_steps if options.true_cfg_end is None else options.true_cfg_end
         cfg_steps = None if (cfg_start, cfg_end) == (0, num_inference_steps) else range(cfg_start, cfg_end)
         negative_guidance = guidance_scale if options.negative_guidance is None else float(options.negative_guidance)
-        conditional = self.velocity(
-            conditioning, prompt_embeds, pooled_embeds, text_ids, guidance_scale, first_step_guidance=first_step
-        )
-        if negative is None:
-            velocity = conditional
-        elif conditioning.unconditional is None and negative_guidance == guidance_scale:
-            # both branches see the same images and guidance: one forward over the doubled batch
-            both = self.velocity(
+        with contextlib.ExitStack() as speedups:  # fast mode's switches, undone when the call ends
+            features = None
+            if options.reference_refresh != 1 and conditioning.num_reference_tokens:
+                features = speedups.enter_context(reusing_references(self.transformer, options.reference_refresh))
+            if options.step_cache:
+                speedups.enter_context(first_block_cache(self.transformer, options.step_cache))
+            conditional = self.velocity(
                 conditioning,
-                torch.cat([prompt_embeds, negative[0]]),
-                torch.cat([pooled_embeds, negative[1]]),
+                prompt_embeds,
+                pooled_embeds,
                 text_ids,
                 guidance_scale,
-                "cond_uncond",
                 first_step_guidance=first_step,
+                reference_features=features,
             )
-            velocity = sampling.classifier_free_batched(both, true_cfg_scale, cfg_steps, conditional)
-        else:
-            unconditional = conditioning.unconditional or conditioning
-            velocity = sampling.classifier_free(
-                conditional,
-                self.velocity(unconditional, *negative, text_ids, negative_guidance, "uncond"),
-                true_cfg_scale,
-                cfg_steps,
-            )
-        with self.progress_bar(total=num_inference_steps) as progress, self.active_adapters(conditioning.adapters):
+            if negative is None:
+                velocity = conditional
+            elif conditioning.unconditional is None and negative_guidance == guidance_scale:
+                # both branches see the same images and guidance: one forward over the doubled batch
+                both = self.velocity(
+                    conditioning,
+                    torch.cat([prompt_embeds, negative[0]]),
+                    torch.cat([pooled_embeds, negative[1]]),
+                    text_ids,
+                    guidance_scale,
+                    "cond_uncond",
+                    first_step_guidance=first_step,
+                    reference_features=features,
+                )
+                velocity = sampling.classifier_free_batched(both, true_cfg_scale, cfg_steps, conditional)
+            else:
+                unconditional = conditioning.unconditional or conditioning
+                velocity = sampling.classifier_free(
+                    conditional,
+                    self.velocity(
+                        unconditional, *negative, text_ids, negative_guidance, "uncond", reference_features=features
+                    ),
+                    true_cfg_scale,
+                    cfg_steps,
+                )
+            with self.progress_bar(total=num_inference_steps) as progress, self.active_adapters(conditioning.adapters):
 
-            def after_step(step: int, t: float, x: torch.Tensor) -> torch.Tensor:
-                if callback_on_step_end is not None:
-                    x = callback_on_step_end(self, step, t, {"latents": x}).get("latents", x)
-                progress.update()
-                return x
+                def after_step(step: int, t: float, x: torch.Tensor) -> torch.Tensor:
+                    if callback_on_step_end is not None:
+                        x = callback_on_step_end(self, step, t, {"latents": x}).get("latents", x)
+                    progress.update()
+                    return x
 
-            latents = sampling.sample(
-                velocity,
-                latents,
-                sigmas,
-                stochasticity=stochasticity,
-                noise_generators=noise_generators,
-                callback=after_step,
-            )
+                latents = sampling.sample(
+                    velocity,
+                    latents,
+                    sigmas,
+                    stochasticity=stochasticity,
+                    noise_generators=noise_generators,
+                    callback=after_step,
+                )
 
         if not torch.isfinite(latents).all():
             raise UnofluxError(

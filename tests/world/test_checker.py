@@ -113,3 +113,20 @@ def test_fidelity_prefers_the_true_identity_over_same_look_impostors():
             trials += 1
             wins += own > subject_fidelity(pixels, mask, impostor)
     assert wins / trials >= 0.9
+
+
+def test_verdicts_read_back_from_their_records_are_the_same():
+    """Summaries can be computed again from stored reports (scripts/fast_quality.py resumes that way)."""
+    import json
+
+    from unoflux.world.checker import SceneVerdict, TwoPanelVerdict
+
+    rng = np.random.default_rng(3)
+    spec = sample_scene(
+        rng, [make_identity(3, "diamond", "teal", "checkered"), make_identity(4, "circle", "red", "plain")]
+    )
+    verdict = check_scene(render_scene(spec, 64).image, spec)
+    assert SceneVerdict.from_dict(json.loads(json.dumps(verdict.to_dict()))) == verdict
+    two = sample_two_panel(rng, make_identity(12, "diamond", "teal", "checkered"))
+    panels = check_two_panel(render_two_panel(two, 64).image, two)
+    assert TwoPanelVerdict.from_dict(json.loads(json.dumps(panels.to_dict()))) == panels

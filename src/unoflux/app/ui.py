@@ -183,6 +183,7 @@ LOADED_SETTINGS = (
     "time_shift",
     "stochasticity",
     "method",
+    "fast",
 )
 
 
@@ -298,7 +299,8 @@ def request_summary(request: GenerationRequest, result, seconds: float) -> str:
     names = ", ".join(p.name for p in result.images)
     return (
         f"done in {seconds:.1f} s: prompt {prompt!r}, {len(result.images)} x {size} px, steps {request.steps or 'auto'}"
-        f", seed {request.seed}, {len(request.references)} references, method {request.method or 'auto'} -> {names}"
+        f", seed {request.seed}, {len(request.references)} references, method {request.method or 'auto'}"
+        f"{', fast mode' if request.fast else ''} -> {names}"
     )
 
 
@@ -340,6 +342,7 @@ def make_generate(runner: AppRunner, max_upload_megapixels: float | None = None)
         negative_guidance: str | float | None = None,
         true_cfg_start: str | float | None = None,
         true_cfg_end: str | float | None = None,
+        fast: bool = False,
         progress=gr.Progress(),
     ) -> tuple[list[str], str, str, int]:
         """Generate images from a prompt, up to four subject reference images and (USO) two style images; returns
@@ -373,6 +376,7 @@ def make_generate(runner: AppRunner, max_upload_megapixels: float | None = None)
                 negative_guidance=_optional_number(negative_guidance, "negative guidance"),
                 true_cfg_start=_optional_int(true_cfg_start, "true CFG start"),
                 true_cfg_end=_optional_int(true_cfg_end, "true CFG end"),
+                fast=bool(fast),
             )
             progress(0, desc="starting")
             result = runner.run(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
@@ -431,6 +435,7 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
         seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed", elem_id="seed")
         random_seed = gr.Checkbox(value=False, label="Random seed")
         num_images = gr.Slider(1, 4, value=DEFAULTS.num_images, step=1, label="Number of images")
+        fast = gr.Checkbox(value=False, label="Fast mode (about 2.5x faster, approximate)", elem_id="fast")
     with gr.Accordion("Advanced", open=False):
         position_mode = gr.Radio(list(POSITION_MODES), value=DEFAULTS.position_mode, label="Position mode (UnoPE)")
         auto_sides = defaults.get("reference_long_sides", (512, 320))
@@ -505,6 +510,7 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
         negative_guidance,
         true_cfg_start,
         true_cfg_end,
+        fast,
     ]
 
 

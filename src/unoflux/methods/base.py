@@ -41,6 +41,18 @@ class Conditioning:
     def num_reference_tokens(self) -> int:
         return 0 if self.reference_tokens is None else self.reference_tokens.shape[1]
 
+    def without_references(self) -> Conditioning:
+        """The same call on the target tokens alone (their ids and embeddings), for a forward whose attention
+        appends kept reference keys and values instead (:mod:`unoflux.reference_reuse`)."""
+        n_target = len(self.image_ids) - self.num_reference_tokens
+        embeddings = self.token_embeddings
+        return dataclasses.replace(
+            self,
+            image_ids=self.image_ids[:n_target],
+            reference_tokens=None,
+            token_embeddings=None if embeddings is None else embeddings[:, :n_target],
+        )
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
         """On ``device``; float tensors (not ids) also in ``dtype`` when given."""
 

@@ -18,7 +18,7 @@ Method (all numpy):
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 
 import numpy as np
@@ -90,6 +90,14 @@ class SubjectVerdict:
         )
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SubjectVerdict:
+        """The verdict :meth:`to_dict` wrote (the derived ``*_ok`` keys are recomputed, not read)."""
+        values = {f.name: data[f.name] for f in fields(cls)}
+        values["expected"] = tuple(values["expected"])
+        values["box"] = None if values["box"] is None else tuple(values["box"])
+        return cls(**values)
+
 
 @dataclass(frozen=True)
 class SceneVerdict:
@@ -125,6 +133,13 @@ class SceneVerdict:
             "subjects": [s.to_dict() for s in self.subjects],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SceneVerdict:
+        """The verdict :meth:`to_dict` wrote (a report's), for summaries computed again from stored records."""
+        subjects = tuple(SubjectVerdict.from_dict(s) for s in data["subjects"])
+        keys = ("background", "expected_background", "background_scores", "components", "relation_ok")
+        return cls(subjects=subjects, **{k: data[k] for k in keys})
+
 
 @dataclass(frozen=True)
 class TwoPanelVerdict:
@@ -145,6 +160,11 @@ class TwoPanelVerdict:
             "panel_similarity": self.panel_similarity,
             "all_ok": self.all_ok,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TwoPanelVerdict:
+        left, right = SceneVerdict.from_dict(data["left"]), SceneVerdict.from_dict(data["right"])
+        return cls(left, right, data["same_look"], data["panel_similarity"])
 
 
 # ----------------------------------------------------------------------------------------- knowledge
