@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import random_image
-from unoflux.bench import StepTimer, count_flops
+from unoflux.bench import StepTimer, count_flops, peak_rss
 
 
 def hand_flops(config, image_tokens: int, text_tokens: int, batch: int = 1) -> int:
@@ -86,3 +86,15 @@ def test_bench_against_unos_own_pipeline(tmp_path):
     # the same model, counted alike; ours computes the LoRA's shared down matrix once per q, k and v (diffusers' split)
     ours, ref = report["ours"]["flops_per_step"], report["reference"]["flops_per_step"]
     assert ref < ours < 1.01 * ref
+
+
+def test_a_workers_peak_memory_is_its_own_not_its_parents():
+    """ru_maxrss survives fork and exec: a worker started by a process that once held more would report that."""
+    held = bytearray(600 * 2**20)  # this process's peak RSS now exceeds 600 MB (the pages are written)
+    held[::4096] = b"x" * len(held[::4096])
+    child = subprocess.run(
+        [sys.executable, "-c", "from unoflux.bench import peak_rss; print(peak_rss())"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert int(child.stdout) < 300 * 2**20 and peak_rss() > 600 * 2**20

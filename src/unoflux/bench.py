@@ -47,8 +47,9 @@ PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989
 
 
 # ------------------------------------------------------------------------------------------------ the weights
-def write_random_model(size: str, root: Path) -> dict:
-    """Random weights of ``size`` in the official layouts under ``root`` -> paths and facts for the workers."""
+def write_random_model(size: str, root: Path, gguf: str | None = None) -> dict:
+    """Random weights of ``size`` in the official layouts under ``root`` -> paths and facts for the workers;
+    ``gguf``: the transformer also as a GGUF file of that quantization (``paths["gguf"]``)."""
     import transformers
 
     from .testing import random_uno_lora, save_official_layout, tiny_components
@@ -59,9 +60,14 @@ def write_random_model(size: str, root: Path) -> dict:
     transformer = components["transformer"]
     lora = random_uno_lora(transformer, rank=spec["lora_rank"], std=0.02)
     paths = save_official_layout(components, root, lora=lora)
+    files = {k: v for k, v in vars(paths).items() if v}
+    if gguf:
+        from .checkpoints.gguf import write_gguf_transformer
+
+        files["gguf"] = str(write_gguf_transformer(transformer, root / f"flux-{gguf}.gguf", gguf))
     return {
         "size": size,
-        "paths": {k: v for k, v in vars(paths).items() if v},
+        "paths": files,
         "parameters": sum(p.numel() for p in transformer.parameters()),
         "lora_rank": spec["lora_rank"],
         "lora_parameters": sum(t.numel() for t in lora.values()),
@@ -138,13 +144,26 @@ def register_cpu_attention_flops() -> None:
 
 def peak_memory(device) -> tuple[int, str]:
     """(bytes, what): CUDA's max allocated since the last reset, else this process's peak RSS."""
-    import resource
-
     import torch
 
     if torch.device(device).type == "cuda":
         return int(torch.cuda.max_memory_allocated()), "CUDA max allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "peak RSS (whole process)"
+    return peak_rss(), "peak RSS (whole process)"
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes. Linux's ``VmHWM`` belongs to the address space, which exec
+    starts afresh; ``ru_maxrss`` survives fork and exec, so a worker would report its parent's peak (the bench's
+    own, from building the random weights) whenever that was higher than its own."""
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # (kB on Linux)
 
 
 def _timed_runs(generate, timer, runs: int, warmup: int, device) -> dict:
@@ -177,8 +196,12 @@ def run_ours(config: dict) -> dict:
 
     from .checkpoints import ModelPaths, load_pipeline
 
+    paths = dict(config["paths"])
+    gguf_file = paths.pop("gguf", None)
+    if config.get("gguf"):
+        paths["flux"] = gguf_file
     pipe = load_pipeline(
-        ModelPaths(**config["paths"]),
+        ModelPaths(**paths),
         device=config["device"],
         dtype=config["dtype"],
         use_environment=False,
@@ -256,7 +279,7 @@ def worker(config_path: str, implementation: str, out_png: str) -> None:
     if implementation == "reference":
         result = run_reference(config)
     else:  # "exact": ours with fast mode's switches off, to compare against
-        result = run_ours(config if implementation == "ours" else {**config, "speed": {}})
+        result = run_ours(config if implementation == "ours" else {**config, "speed": {}, "gguf": None})
     result.pop("image").save(out_png)
     print("BENCH " + json.dumps(result))
 
@@ -291,12 +314,12 @@ def run_bench(
     against_exact: bool = False,
 ) -> dict:
     """Write the random weights, run the workers (alternating when there is more than one) -> the report.
-    ``against_exact``: ours also without ``settings["speed"]``'s switches (fast mode against exact mode)."""
+    ``against_exact``: ours also without ``settings["speed"]``'s switches and GGUF weights (against exact mode)."""
     from . import __version__
 
     with tempfile.TemporaryDirectory(prefix="unoflux-bench-", dir=workdir) as tmp:
         root = Path(tmp)
-        model = write_random_model(settings["size"], root / "weights")
+        model = write_random_model(settings["size"], root / "weights", settings.get("gguf"))
         config = {**settings, "paths": model["paths"], "reference": reference}
         config_path = root / "config.json"
         config_path.write_text(json.dumps(config))
@@ -371,6 +394,7 @@ def print_report(report: dict) -> None:
         f"{s['dtype']} on {s['device']}, {s['runs']} timed run(s) after {s['warmup']} warm-up, {report['rounds']} round(s)"
         + (", ours with the LoRA fused" if s["fuse_lora"] else "")
         + (f", ours with {s['speed']}" if s.get("speed") else "")
+        + (f", ours from a {s['gguf']} GGUF file" if s.get("gguf") else "")
     )
     tokens = report["ours"]["tokens"]
     print(f"tokens per step: {tokens['image+references']} image + references, {tokens['text']} text")
@@ -435,9 +459,15 @@ def register(subparsers) -> None:
     p.add_argument("--step-cache", type=float, metavar="T", help="ours with this First Block Cache threshold")
     p.add_argument("--reference-refresh", type=int, metavar="N", help="ours reusing reference features (N steps)")
     p.add_argument(
+        "--gguf",
+        metavar="TYPE",
+        help="ours from the transformer written as a GGUF file of this quantization (Q8_0, Q4_K, Q5_K, Q6_K, ...)",
+    )
+    p.add_argument(
         "--against-exact",
         action="store_true",
-        help="ours in exact mode too, alternating: the speed-up of the switches above and their image PSNR",
+        help="ours in exact mode too, alternating: the speed-up and memory of the switches above (or --gguf) and "
+        "their image PSNR",
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--workdir", help="where the random weights are written (default: the system's temp folder)")
@@ -463,11 +493,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_device(args.device)
     speed = {k: getattr(args, k) for k in ("fast", "step_cache", "reference_refresh") if getattr(args, k)}
     SamplingOptions(**speed).validate()
-    if args.against_exact and not speed:
-        raise UnofluxError("--against-exact compares fast mode with exact mode; give --fast or a speed switch")
+    if args.against_exact and not (speed or args.gguf):
+        raise UnofluxError("--against-exact compares with exact mode; give --fast, a speed switch or --gguf")
+    if args.gguf:
+        import gguf
+
+        if args.gguf not in gguf.GGMLQuantizationType.__members__:
+            raise UnofluxError(f"--gguf {args.gguf!r} is not a GGUF quantization type, e.g. Q8_0, Q4_K, Q6_K")
     settings = {k: getattr(args, k) for k in ("size", "width", "height", "refs", "ref_size", "steps", "runs",
                                                "warmup", "guidance", "seed", "prompt", "device", "dtype", "threads",
-                                               "fuse_lora")} | {"speed": speed}  # fmt: skip
+                                               "fuse_lora", "gguf")} | {"speed": speed}  # fmt: skip
     report = run_bench(settings, args.rounds, args.against_reference, args.workdir, args.against_exact)
     print_report(report)
     if args.json:

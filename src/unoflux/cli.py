@@ -25,7 +25,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--model", metavar="DIR", help="a diffusers FLUX folder (model_index.json); default: the embedded model"
     )
     g.add_argument(
-        "--flux", metavar="PATH", help="FLUX transformer: BFL flux1-dev.safetensors or a diffusers transformer/ folder"
+        "--flux",
+        metavar="PATH",
+        help="FLUX transformer: BFL flux1-dev.safetensors, a GGUF file (kept quantized) or a diffusers transformer/ folder",
     )
     g.add_argument("--ae", metavar="PATH", help="VAE: BFL ae.safetensors or a diffusers vae/ folder")
     g.add_argument("--t5", metavar="DIR", help="T5 encoder folder (transformers layout, tokenizer beside)")

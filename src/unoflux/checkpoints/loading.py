@@ -1,8 +1,9 @@
 """Assemble a :class:`UnoFluxPipeline` from the files users already have, all from local paths.
 
 Accepted layouts (DESIGN section 5):
-- transformer: BFL single file (``flux1-dev.safetensors``), a diffusers-keyed single file, a diffusers
-  ``transformer/`` folder, or a whole diffusers FLUX folder (``--model``);
+- transformer: BFL single file (``flux1-dev.safetensors``), a diffusers-keyed single file, a GGUF file
+  (``flux1-dev-Q4_K_S.gguf``: kept quantized, :mod:`.gguf`), a diffusers ``transformer/`` folder, or a whole
+  diffusers FLUX folder (``--model``);
 - VAE: BFL ``ae.safetensors`` or a diffusers ``vae/`` folder;
 - text encoders: a T5 encoder folder and a CLIP-L text folder in transformers layout, tokenizer beside;
 - UNO LoRA: ``dit_lora.safetensors`` (XLabs layout) or a diffusers/PEFT LoRA file (USO's is the same layout);
@@ -135,6 +136,10 @@ def load_transformer(path: str | Path, dtype: torch.dtype) -> FluxTransformer2DM
     path = Path(path)
     if path.is_dir():
         return _from_diffusers_folder(FluxTransformer2DModel, path, "transformer", dtype)
+    if path.suffix == ".gguf":  # quantized weights, kept so (checkpoints/gguf.py)
+        from .gguf import load_gguf_transformer
+
+        return load_gguf_transformer(path, dtype)
     state, metadata = read_tensors(path, what="FLUX transformer")
     state = bfl.strip_prefixes(state)
     if bfl.is_bfl_transformer(state):
@@ -314,6 +319,14 @@ def load_pipeline(
         raise UnofluxError(f"offload {offload!r} moves models onto a GPU; it needs --device cuda, not {device!r}")
     if weights_dtype not in (None, "fp8"):
         raise UnofluxError(f"weights dtype {weights_dtype!r} is not supported; use fp8 or leave it unset")
+    if paths.flux and Path(paths.flux).suffix == ".gguf":
+        if weights_dtype:
+            raise UnofluxError("a .gguf transformer is already quantized; leave --weights-dtype out")
+        if fuse_lora:
+            raise UnofluxError(
+                "--fuse-lora cannot fuse a LoRA into a .gguf transformer's quantized weights; leave it out (the LoRA "
+                "runs beside them)"
+            )
     # the methods' files first: a typo must not cost minutes of base-model loading
     if bool(paths.projector) != bool(paths.siglip):
         given, needed = ("--uso-projector", "--siglip DIR") if paths.projector else ("--siglip", "--uso-projector FILE")
