@@ -25,8 +25,8 @@ SETTINGS = {
     "step cache 0.1": {"step_cache": 0.1},
     "step cache 0.25": {"step_cache": 0.25},
     "step cache 0.35": {"step_cache": 0.35},
-    "--fast (preset)": {"fast": True},
-    "--fast with step cache 0.35": {"fast": True, "step_cache": 0.35},
+    "step cache 0.25, reference refresh 0": {"step_cache": 0.25, "reference_refresh": 0},
+    "--fast (step cache 0.35, reference refresh 0)": {"fast": True},
     "12 steps instead of 25": {"steps": 12},
     "12 steps, step cache 0.1, reference refresh 0": {"steps": 12, "step_cache": 0.1, "reference_refresh": 0},
 }

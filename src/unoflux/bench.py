@@ -102,8 +102,7 @@ class StepTimer:
         module.register_forward_hook(self._after)
 
     def _before(self, module, args, kwargs):
-        tokens = kwargs["hidden_states"].shape[1] if "hidden_states" in kwargs else 0
-        if self.last_inputs is None or tokens >= self.last_inputs[1].get("hidden_states").shape[1]:
+        if self.last_inputs is None or _image_tokens(kwargs) >= _image_tokens(self.last_inputs[1]):
             self.last_inputs = (args, kwargs)
         self._sync()
         self._start = time.perf_counter()
@@ -111,6 +110,12 @@ class StepTimer:
     def _after(self, module, args, output):
         self._sync()
         self.times.append(time.perf_counter() - self._start)
+
+
+def _image_tokens(kwargs: dict) -> int:
+    """Image tokens of a forward's keyword inputs (diffusers' ``hidden_states``, UNO's own model's ``img``)."""
+    image = kwargs.get("hidden_states", kwargs.get("img"))
+    return 0 if image is None else int(image.shape[1])
 
 
 def count_flops(module, inputs) -> int:
@@ -341,11 +346,15 @@ def run_bench(
             "peak_memory_bytes": int(statistics.median(r["peak_memory_bytes"] for r in runs)),
             "peak_memory_kind": runs[0]["peak_memory_kind"],
             "flops_per_step": runs[0]["flops_per_step"],
-            "tflops_per_s": runs[0]["flops_per_step"] / step / 1e12,
+            # (a full step's FLOP; with fast mode's switches most steps do less, so no rate is claimed)
+            "tflops_per_s": None
+            if implementation == "ours" and settings.get("speed")
+            else runs[0]["flops_per_step"] / step / 1e12,
             "per_round": [{k: r[k] for k in ("step_s", "end_to_end_s", "peak_memory_bytes")} for r in runs],
         }
     report["ours"]["tokens"] = results["ours"][0]["tokens"]
-    report["ours"]["mfu"] = mfu(report["ours"]["tflops_per_s"], settings["device"], settings["dtype"])
+    tflops = report["ours"]["tflops_per_s"]
+    report["ours"]["mfu"] = None if tflops is None else mfu(tflops, settings["device"], settings["dtype"])
     if reference:
         ours, ref = report["ours"], report["reference"]
         report["ratios"] = {
@@ -404,7 +413,8 @@ def print_report(report: dict) -> None:
             r = report[name]
             print(
                 f"{name:<12} {r['step_s'] * 1000:>11.1f} ms {r['end_to_end_s']:>9.2f} s "
-                f"{r['peak_memory_bytes'] / 2**30:>9.2f} GiB {r['flops_per_step'] / 1e9:>11.1f} {r['tflops_per_s']:>8.3f}"
+                f"{r['peak_memory_bytes'] / 2**30:>9.2f} GiB {r['flops_per_step'] / 1e9:>11.1f} "
+                + ("       -" if r["tflops_per_s"] is None else f"{r['tflops_per_s']:>8.3f}")
             )
     print(f"peak memory: {report['ours']['peak_memory_kind']}")
     if report["ours"].get("mfu") is not None:
@@ -491,7 +501,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "--against-reference runs UNO's code in float32 on the CPU only; use --device cpu --dtype fp32"
         )
     check_device(args.device)
-    speed = {k: getattr(args, k) for k in ("fast", "step_cache", "reference_refresh") if getattr(args, k)}
+    speed = {
+        k: getattr(args, k)
+        for k in ("fast", "step_cache", "reference_refresh")
+        if getattr(args, k) is not None and getattr(args, k) is not False  # (0 == False: a refresh of 0 counts)
+    }
     SamplingOptions(**speed).validate()
     if args.against_exact and not (speed or args.gguf):
         raise UnofluxError("--against-exact compares with exact mode; give --fast, a speed switch or --gguf")

@@ -32,7 +32,7 @@ EMPTY_PROMPT_METHODS = ("uso",)  # mirrors Method.accepts_empty_prompt (pinned b
 
 # What --fast sets (options a call leaves at their defaults): chosen by scripts/fast_quality.py's measurements on
 # the embedded world (docs/performance.md, "Fast mode").
-FAST_PRESET: dict[str, Any] = dict(step_cache=0.25, reference_refresh=0)
+FAST_PRESET: dict[str, Any] = dict(step_cache=0.35, reference_refresh=0)
 EXACT_SETTINGS: dict[str, Any] = dict(step_cache=0.0, reference_refresh=1)  # the same switches, off
 
 
@@ -238,7 +238,7 @@ class SamplingOptions:
         "reference refresh",
         "recompute the references' keys and values every N steps and reuse them in between: the steps in between "
         "skip the reference tokens' own work (1 = every step, exact; more is faster and approximate; 0 = on the "
-        "first step only; default: 1, or 0 with --fast)",
+        f"first step only; default: 1, or {FAST_PRESET['reference_refresh']} with --fast)",
         minimum=0,
         metavar="N",
     )
@@ -246,19 +246,19 @@ class SamplingOptions:
         None,
         "step cache",
         "First Block Cache threshold: a step whose first block changed less than this since the last full step "
-        "reuses the other blocks' output from then (0 = off, exact; 0.05-0.2 skips more steps as it grows; default: 0, or 0.25 with --fast)",
+        "reuses the other blocks' output from then (0 = off, exact; 0.1-0.35 skips more steps as it grows; "
+        f"default: 0, or {FAST_PRESET['step_cache']:g} with --fast)",
         minimum=0,
         maximum=1,
         hint="(0 = off)",
         metavar="T",
     )
-
     fast: bool = option(
         False,
         "fast",
         "fast mode: the speed switches at the settings measured in docs/performance.md (step cache "
         f"{FAST_PRESET['step_cache']:g}, reference refresh {FAST_PRESET['reference_refresh']}), each one you set yourself "
-        "wins; about 2.5x faster, approximate",
+        "wins; about 2-2.5x faster on the embedded model, approximate",
     )
 
     def validate(self) -> None:

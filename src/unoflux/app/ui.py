@@ -435,7 +435,7 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
         seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed", elem_id="seed")
         random_seed = gr.Checkbox(value=False, label="Random seed")
         num_images = gr.Slider(1, 4, value=DEFAULTS.num_images, step=1, label="Number of images")
-        fast = gr.Checkbox(value=False, label="Fast mode (about 2.5x faster, approximate)", elem_id="fast")
+        fast = gr.Checkbox(value=False, label="Fast mode (about 2x faster, approximate)", elem_id="fast")
     with gr.Accordion("Advanced", open=False):
         position_mode = gr.Radio(list(POSITION_MODES), value=DEFAULTS.position_mode, label="Position mode (UnoPE)")
         auto_sides = defaults.get("reference_long_sides", (512, 320))
