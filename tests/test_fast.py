@@ -138,3 +138,17 @@ def test_the_fast_preset_is_its_switches_and_what_a_call_sets_wins(tiny_pipe, re
     assert torch.equal(generate(tiny_pipe, refs, "a cat", fast=True), generate(tiny_pipe, refs, "a cat", **switches))
     own = tiny_pipe("a cat", refs, **{**ARGS, "output_type": "pil"}, fast=True, reference_refresh=1)
     assert own.settings["reference_refresh"] == 1 and own.settings["step_cache"] == FAST_PRESET["step_cache"]
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_same_image(official_layout):
+    """--compile (torch.compile of the repeated blocks): the image of eager mode to float rounding, also when the
+    token count changes between calls (one reference, then two: dynamic shapes, not a wrong cached graph)."""
+    from unoflux.checkpoints import load_pipeline
+
+    paths, _ = official_layout
+    eager, compiled = (load_pipeline(paths, use_environment=False, compile_blocks=c) for c in (False, True))
+    refs = [random_image(32, 32, seed=1), random_image(48, 32, seed=2)]
+    for count in (1, 2):
+        a, b = (generate(pipe, refs[:count], num_inference_steps=2) for pipe in (eager, compiled))
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)

@@ -56,6 +56,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--fuse-lora", action="store_true", help="fuse the LoRAs into the weights (faster; DreamO's own choice)"
     )
     g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the transformer's repeated blocks (about 1.4x faster per image after the first, which "
+        "compiles for 30-90 s; nearly the same image)",
+    )
+    g.add_argument(
         "--face-detector",
         metavar="DIR",
         help="an object-detection model folder (transformers, a 'face' label) for DreamO's --id images: the face is "
@@ -164,6 +170,7 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
         model_lora=not base_only,
         dreamo_version=getattr(args, "dreamo_version", "v1.1"),
         fuse_lora=getattr(args, "fuse_lora", False),
+        compile_blocks=getattr(args, "compile", False),
     )
     model = {k: str(Path(v).resolve()) for k, v in vars(paths.with_environment()).items() if v} or {"model": "embedded"}
     if base_only:
@@ -172,6 +179,8 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
         model["dreamo_version"] = args.dreamo_version
     if getattr(args, "fuse_lora", False):
         model["fuse_lora"] = True
+    if getattr(args, "compile", False):
+        model["compile"] = True
     model.update(dtype=str(pipe.transformer.dtype).removeprefix("torch."), weights_dtype=args.weights_dtype)
     return pipe, model
 

@@ -286,6 +286,7 @@ def load_pipeline(
     model_lora: bool = True,
     dreamo_version: str = "v1.1",
     fuse_lora: bool = False,
+    compile_blocks: bool = False,
 ) -> UnoFluxPipeline:
     """Build the pipeline from local files (nothing is downloaded).
 
@@ -302,6 +303,8 @@ def load_pipeline(
     ``paths.dreamo`` loads DreamO's checkpoints (version ``dreamo_version``, FLUX.1-Turbo-Alpha from ``paths.turbo``)
     and makes ``dreamo`` the default method. ``fuse_lora`` fuses every LoRA into the weights (DreamO's own choice;
     for UNO's LoRA the same image to float rounding, without the LoRA's extra matmuls at every step).
+    ``compile_blocks`` compiles the transformer's repeated blocks with ``torch.compile`` (diffusers' regional
+    compilation, dynamic shapes: reference counts and fast mode's steps change the token count).
     """
     paths = paths or ModelPaths()
     if use_environment:
@@ -423,5 +426,7 @@ def load_pipeline(
         pipe.enable_sequential_cpu_offload(device=device)
     else:
         pipe.to(device)
+    if compile_blocks:  # last: after LoRA, casting and offload hooks are in place
+        pipe.transformer.compile_repeated_blocks(dynamic=True)
     pipe.set_progress_bar_config(desc="denoising", leave=False)
     return pipe
