@@ -48,6 +48,12 @@ class TransformerWithTextEncoder(torch.nn.Module):
         return self.transformer(encoder_hidden_states=prompt_embeds, **transformer_inputs)
 
 
+def text_as_ids(config: TrainConfig) -> bool:
+    """Whether the trained module takes T5 token ids: it runs T5 itself (``train_text_encoder``; ``method: dreamo``,
+    whose placeholder rows train)."""
+    return config.train_text_encoder or config.method == "dreamo"
+
+
 def text_length(config: TrainConfig, pipe) -> int:
     """T5 tokens per caption: the config's, or the model's own (as the pipeline pads)."""
     return config.max_sequence_length or pipe.text_sequence_length
@@ -77,6 +83,12 @@ class FlowObjective:
     @property
     def max_sequence_length(self) -> int:
         return text_length(self.config, self.pipe)
+
+    @property
+    def text_as_ids(self) -> bool:
+        """Whether the trained module encodes the text itself from T5 token ids (a T5 that trains, in full or in
+        DreamO's placeholder rows)."""
+        return text_as_ids(self.config)
 
     # -------------------------------------------------------------------------------------------- encode
     def pick_captions(
@@ -112,33 +124,34 @@ class FlowObjective:
         prompt_embeds, pooled, text_ids = pipe.encode_prompt(
             prompt=captions, prompt_2=None, device=device, max_sequence_length=length
         )
-        if self.config.train_text_encoder:  # (the frozen T5 pass above is then unused: cheap for the world's T5)
+        if self.text_as_ids:  # (the frozen T5 pass above is then unused: cheap for the world's T5)
             return t5_input_ids(pipe, captions, length).to(device), pooled, text_ids
         return prompt_embeds, pooled, text_ids
 
-    @torch.no_grad()
     def reference_conditioning(self, references: list[list] | None, target_grid: tuple[int, int]) -> Conditioning:
         """Per-sample lists of preprocessed reference images (or None: text-to-image) -> the method's conditioning
         of the batch: clean packed reference tokens (B, N_ref, 64), each image encoded as at inference, and the ids
-        of all image tokens (target, then references)."""
+        of all image tokens (target, then references). Outside ``no_grad``: a method's trainable embeddings
+        (DreamO's) enter here."""
         device, cfg = self.device, self.config
         if not references:
             return self.method.conditioning(target_grid, None, [], cfg.position_mode).to(device)
         grids = [(image.height // 16, image.width // 16) for image in references[0]]
         if any([(image.height // 16, image.width // 16) for image in refs] != grids for refs in references):
             raise UnofluxError("the samples of a batch have references of different sizes; they cannot be stacked")
-        tokens = torch.cat(
-            [
-                torch.cat(
-                    [
-                        self.method.encode_references(self.pipe, image_to_tensor(image).to(device), torch.float32)
-                        for image in refs
-                    ],
-                    dim=1,
-                )
-                for refs in references
-            ]
-        )
+        with torch.no_grad():  # the VAE is frozen
+            tokens = torch.cat(
+                [
+                    torch.cat(
+                        [
+                            self.method.encode_references(self.pipe, image_to_tensor(image).to(device), torch.float32)
+                            for image in refs
+                        ],
+                        dim=1,
+                    )
+                    for refs in references
+                ]
+            )
         return self.method.conditioning(target_grid, tokens, grids, cfg.position_mode).to(device)
 
     # ---------------------------------------------------------------------------------------------- loss
@@ -148,7 +161,7 @@ class FlowObjective:
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.ones(len(x_t), device=x_t.device)  # UNO trains with guidance 1
-        text_key = "t5_input_ids" if self.config.train_text_encoder else "encoder_hidden_states"
+        text_key = "t5_input_ids" if self.text_as_ids else "encoder_hidden_states"
         with self.autocast():
             return engine.predict_velocity(
                 self.model, self.transformer, conditioning, x_t, t, guidance, text, pooled, text_ids, text_key=text_key

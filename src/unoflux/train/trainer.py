@@ -14,7 +14,7 @@ Outputs in ``output_dir``: ``config.yaml`` and ``command.txt``; ``log.csv`` (and
 ``tensorboard`` is installed); ``checkpoint-{step}/`` (written to a temporary name, then renamed);
 ``validation/step-{step}.png``; ``final/`` (a diffusers pipeline folder in full mode, or
 ``pytorch_lora_weights.safetensors`` in LoRA mode, plus UNO's ``dit_lora.safetensors`` when the LoRA fits
-the XLabs layout; with the config and command).
+the XLabs layout, or for ``method: dreamo`` DreamO's ``dreamo.safetensors``; with the config and command).
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from tqdm import tqdm
 
 from .. import flow
+from ..checkpoints.dreamo import MAIN_FILE as DREAMO_FILE
+from ..checkpoints.dreamo import TRAINED_METADATA
 from ..checkpoints.lora import UNO_LORA_FILE
 from ..errors import UnofluxError
 from ..files import replacing_folder
 from ..methods import get_method
+from ..methods.dreamo import DreamOMethod
 from .cache import EncodingCache
 from .checkpointing import ema_weights, load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
@@ -53,8 +56,9 @@ from .data import (
     read_paired_samples,
     read_samples,
 )
+from .dreamo import DreamOModel, add_trainable_placeholders, dreamo_file_tensors, sync_t5_rows
 from .lora import LORA_FILE, add_lora, checkpoint_lora_only, export_lora_state_dict, load_init_lora
-from .objective import FlowObjective, TransformerWithTextEncoder, text_length
+from .objective import FlowObjective, TransformerWithTextEncoder, text_as_ids, text_length
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -114,13 +118,23 @@ class Trainer:
         set_seed(config.seed)  # model init (LoRA weights) is the same on every process
         self.pipe = self._load_pipeline()
         self.transformer = self.pipe.transformer
-        # what the optimizer trains: the transformer (or its LoRA), with the T5 encoder when train_text_encoder
-        trained = (
-            TransformerWithTextEncoder(self.transformer, self.pipe.text_encoder_2)
-            if config.train_text_encoder
-            else self.transformer
-        )
-        self.method = get_method(config.method)  # how references become conditioning, as at inference
+        # what the optimizer trains: the transformer (or its LoRA), with the T5 encoder when train_text_encoder,
+        # with DreamO's embeddings and placeholder rows for method dreamo
+        self.dreamo = None
+        if config.method == "dreamo":
+            self.dreamo = add_trainable_placeholders(self.pipe, config.dreamo.train_placeholders).to(
+                self.accelerator.device
+            )
+            trained = DreamOModel(self.transformer, self.pipe.text_encoder_2, self.dreamo)
+            # the inference method itself, on the trainable embeddings: one conditioning code path
+            self.method = DreamOMethod(embeddings=self.dreamo.embeddings)
+        else:
+            trained = (
+                TransformerWithTextEncoder(self.transformer, self.pipe.text_encoder_2)
+                if config.train_text_encoder
+                else self.transformer
+            )
+            self.method = get_method(config.method)  # how references become conditioning, as at inference
 
         acc = self.accelerator
         self.references = config.references if config.references is not None else data_has_references(config.data)
@@ -143,7 +157,7 @@ class Trainer:
                 look_free=self.references and config.look_free_captions > 0,
                 num_workers=config.num_workers,
                 progress=acc.is_main_process,
-                t5_ids=config.train_text_encoder,
+                t5_ids=text_as_ids(config),
                 method=self.method,
             )
             dataset, workers = SampleIndices(dataset), 0
@@ -269,6 +283,8 @@ class Trainer:
         params = [p for p in self.accelerator.unwrap_model(self.model).parameters() if p.requires_grad]
         cfg = self.config
         with ema_weights(self.ema, params):
+            if self.dreamo is not None:  # the pipeline encodes prompts with T5's own table
+                sync_t5_rows(self.pipe, self.dreamo)
             self.transformer.eval()
             try:
                 images = []
@@ -314,11 +330,14 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         with ema_weights(self.ema, [p for p in model.parameters() if p.requires_grad]):
             if self.config.mode == "lora":
-                lora = export_lora_state_dict(model)
+                lora = export_lora_state_dict(self.transformer)
                 self.pipe.save_lora_weights(
                     str(folder), transformer_lora_layers=lora, weight_name=LORA_FILE, safe_serialization=True
                 )
-                self._save_uno_lora(lora, model, folder / UNO_LORA_FILE)
+                if self.dreamo is not None:
+                    self._save_dreamo(lora, folder / DREAMO_FILE)
+                else:
+                    self._save_uno_lora(lora, self.transformer, folder / UNO_LORA_FILE)
                 return
             # full: the base folder with the new transformer (and T5); frozen components are copied as they were
             from ..family.build import unship_lora
@@ -349,6 +368,15 @@ class Trainer:
             return None
         rank = next(iter(xlabs.values())).shape[0]
         return write_safetensors(xlabs, path, metadata={"format": "xlabs", "lora_rank": rank})
+
+    def _save_dreamo(self, lora: dict[str, torch.Tensor], path: Path) -> Path:
+        """DreamO's ``dreamo.safetensors`` (its LoRA layout and embeddings), loadable with ``--dreamo FOLDER``."""
+        from ..checkpoints.files import write_safetensors
+        from ..checkpoints.lora import to_xlabs_lora
+
+        sync_t5_rows(self.pipe, self.dreamo)  # (the pipeline object stays consistent with the file)
+        tensors = dreamo_file_tensors(self.dreamo, to_xlabs_lora(lora, self.transformer))
+        return write_safetensors(tensors, path, metadata=TRAINED_METADATA)
 
     def _write_provenance(self, folder: Path) -> None:
         self.config.to_yaml(folder / "config.yaml")
