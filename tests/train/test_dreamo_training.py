@@ -3,6 +3,8 @@ DreamO's dreamo.safetensors, and load back through the inference loader into the
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -12,6 +14,7 @@ from train_helpers import transformer_output
 from unoflux import UnofluxError, load_pipeline
 from unoflux.checkpoints import ModelPaths
 from unoflux.checkpoints.dreamo import EMBEDDING_KEYS, PLACEHOLDERS
+from unoflux.cli import main
 from unoflux.train import TrainConfig
 from unoflux.train.trainer import Trainer
 
@@ -67,18 +70,18 @@ def test_trained_dreamo_loads_through_the_inference_loader_as_it_was_trained(
     got = transformer_output(pipe.transformer, reference_grids=[(1, 1), (1, 1)])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
-    refs = [Image.new("RGB", (16, 16), c) for c in ("red", "blue")]
-    image = pipe(
-        "[ref#1] on the left and [ref#2] on the right",
-        reference_images=refs,
-        width=32,
-        height=32,
-        num_inference_steps=2,
-        seed=1,
-        max_sequence_length=32,
-        reference_long_side=16,
-    ).images[0]
-    assert image.size == (32, 32)
+    # and `unoflux generate --dreamo final/` runs on it, with placeholders in the prompt
+    refs = []
+    for i, color in enumerate(("red", "blue")):
+        refs += ["--ref", str(final / f"ref{i}.png")]
+        Image.new("RGB", (16, 16), color).save(final / f"ref{i}.png")
+    out = final / "out.png"
+    argv = ["generate", "--model", str(diffusers_folder), "--dreamo", str(final), "--prompt",
+            "[ref#1] on the left and [ref#2] on the right", *refs, "--ref-long-side", "16", "--width", "32",
+            "--height", "32", "--steps", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert Image.open(out).size == (32, 32)
+    assert json.loads(Image.open(out).text["unoflux"])["method"] == "dreamo"
 
 
 @pytest.mark.parametrize(
