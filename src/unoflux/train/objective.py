@@ -31,7 +31,8 @@ from ..errors import UnofluxError
 from ..methods import Conditioning, Method
 from .cache import EncodingCache, t5_input_ids
 from .config import TrainConfig
-from .data import Batch, Sample, subject_token_weights
+from .data import Batch, Sample, reference_token_masks, subject_token_weights
+from .routing import RoutingCapture, RoutingTargets, check_routing_blocks
 
 
 class TransformerWithTextEncoder(torch.nn.Module):
@@ -79,6 +80,8 @@ class FlowObjective:
         self.pipe, self.model, self.transformer, self.method = pipe, model, transformer, method
         self.config, self.shift, self.device, self.autocast = config, shift, torch.device(device), autocast
         self.references = references
+        if config.dreamo.routing_weight:  # a block the model lacks is an error now, not at the first world record
+            check_routing_blocks(transformer, config.dreamo.routing_blocks)
 
     @property
     def max_sequence_length(self) -> int:
@@ -174,7 +177,9 @@ class FlowObjective:
         target_grid = (batch.pixels.shape[-2] // 16, batch.pixels.shape[-1] // 16)
         conditioning = self.reference_conditioning(batch.references, target_grid)
         weights = self.token_weights(batch.subject_boxes, target_grid)
-        return self.flow_loss(x_data, conditioning, text, pooled, text_ids, gen, weights)
+        grids = [(image.height // 16, image.width // 16) for image in batch.references[0]] if batch.references else []
+        routing = self.routing_targets(batch.subject_boxes, target_grid, grids)
+        return self.flow_loss(x_data, conditioning, text, pooled, text_ids, gen, weights, routing)
 
     def cached_loss(
         self, cache: EncodingCache, samples: Sequence[Sample], indices: list[int], gen: torch.Generator
@@ -188,7 +193,9 @@ class FlowObjective:
         conditioning = self.method.conditioning(
             cached.target_grid, cached.reference_tokens, cached.reference_grids, self.config.position_mode
         )
-        weights = self.token_weights([s.subject_boxes for s in chosen], cached.target_grid)
+        boxes = [s.subject_boxes for s in chosen]
+        weights = self.token_weights(boxes, cached.target_grid)
+        routing = self.routing_targets(boxes, cached.target_grid, cached.reference_grids)
         return self.flow_loss(
             cached.latents,
             conditioning.to(cached.latents.device),
@@ -197,6 +204,7 @@ class FlowObjective:
             cached.text_ids,
             gen,
             weights,
+            routing,
         )
 
     def token_weights(self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int]) -> torch.Tensor | None:
@@ -206,18 +214,48 @@ class FlowObjective:
         weights = subject_token_weights(subject_boxes, target_grid, self.config.subject_loss_weight)
         return weights.to(self.device)
 
+    def routing_targets(
+        self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int], reference_grids
+    ) -> RoutingTargets | None:
+        """The routing constraint's masks for this batch, or None (off, no references, or no sample with one
+        subject box per reference)."""
+        if not self.config.dreamo.routing_weight or not reference_grids or not subject_boxes:
+            return None
+        masks, valid = reference_token_masks(subject_boxes, target_grid, len(reference_grids))
+        if not valid.any():
+            return None
+        counts = [rows * cols for rows, cols in reference_grids]
+        return RoutingTargets(counts, masks.to(self.device), valid.to(self.device))
+
     def flow_loss(
-        self, x_data, conditioning: Conditioning, text, pooled, text_ids, gen: torch.Generator, token_weights=None
+        self,
+        x_data,
+        conditioning: Conditioning,
+        text,
+        pooled,
+        text_ids,
+        gen: torch.Generator,
+        token_weights=None,
+        routing: RoutingTargets | None = None,
     ) -> torch.Tensor:
         """The MSE between the predicted and true velocity at a random point of the flow from ``x_data``,
-        each token's squared error scaled by ``token_weights`` (B, N) when given."""
+        each token's squared error scaled by ``token_weights`` (B, N) when given; plus ``dreamo.routing_weight``
+        times DreamO's routing constraint when ``routing`` is given."""
         b, n, _ = x_data.shape  # (B, N, 64)
         t = flow.sample_training_t(b, n, generator=gen, config=self.shift)  # true token count, as UNO trains
         noise = torch.randn(x_data.shape, generator=gen)
         t, noise = t.to(self.device), noise.to(self.device)
         x_t = flow.interpolate(x_data, noise, t)
         target = flow.velocity_target(x_data, noise)
-        prediction = self.predict(x_t, t, text, pooled, text_ids, conditioning)
+        if routing is None:
+            prediction = self.predict(x_t, t, text, pooled, text_ids, conditioning)
+        else:
+            with RoutingCapture(self.transformer, self.config.dreamo.routing_blocks) as capture:
+                prediction = self.predict(x_t, t, text, pooled, text_ids, conditioning)
         if token_weights is None:
-            return F.mse_loss(prediction.float(), target.float())
-        return ((prediction.float() - target.float()).square().mean(dim=-1) * token_weights).mean()
+            loss = F.mse_loss(prediction.float(), target.float())
+        else:
+            loss = ((prediction.float() - target.float()).square().mean(dim=-1) * token_weights).mean()
+        if routing is not None:
+            loss = loss + self.config.dreamo.routing_weight * capture.loss(n, routing)
+        return loss
