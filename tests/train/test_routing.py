@@ -101,15 +101,20 @@ def test_a_run_with_the_routing_constraint_trains_differently_and_checks_its_blo
     ):
         Trainer(tiny_config(**base, dreamo={"routing_weight": 1.0, "routing_blocks": [5]}), command=[])
     finals = {}
-    for weight in (0.0, 1.0):
+    for weight, checkpointing in ((0.0, False), (1.0, False), (1.0, True)):
         config = tiny_config(
             **base,
-            output_dir=f"{tiny_config().output_dir}-{weight}",
+            output_dir=f"{tiny_config().output_dir}-{weight}-{checkpointing}",
             dreamo={"routing_weight": weight, "routing_blocks": [0]},
+            gradient_checkpointing=checkpointing,
         )
-        finals[weight] = load_file(Trainer(config, command=[]).train() / "dreamo.safetensors")
+        finals[weight, checkpointing] = load_file(Trainer(config, command=[]).train() / "dreamo.safetensors")
     # same seeds and data: only the constraint's gradient tells the runs apart
-    assert not torch.equal(finals[0.0]["dreamo_idx_embedding.weight"], finals[1.0]["dreamo_idx_embedding.weight"])
+    off, on = finals[0.0, False]["dreamo_idx_embedding.weight"], finals[1.0, False]["dreamo_idx_embedding.weight"]
+    assert not torch.equal(off, on)
+    # the hooks' q and k still carry the constraint's gradient when the blocks are recomputed in the backward
+    for key, tensor in finals[1.0, False].items():
+        torch.testing.assert_close(finals[1.0, True][key], tensor, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
