@@ -97,3 +97,28 @@ def test_bad_dreamo_settings_are_one_sentence(changes, message):
     values = dict(data=["d"], output_dir="o", **{**DREAMO, **changes})
     with pytest.raises(UnofluxError, match=message.replace("(", r"\(")):
         TrainConfig.from_dict(values)
+
+
+def test_stage_two_starts_from_stage_ones_embeddings_and_rows(tiny_config, dreamo_data, tmp_path):
+    """init_lora naming a DreamO run's final/ (its dreamo.safetensors) or checkpoint (dreamo_parts.safetensors)
+    starts the embeddings and placeholder rows there, as it starts the LoRA; a UNO LoRA leaves them fresh."""
+    from safetensors.torch import load_file
+
+    from unoflux.train.dreamo import PARTS_FILE
+
+    stage1 = Trainer(
+        tiny_config(
+            data=[str(dreamo_data)], output_dir=str(tmp_path / "s1"), max_steps=2, checkpoint_every=1, **DREAMO
+        ),
+        command=[],
+    ).train()
+    saved = load_file(stage1 / "dreamo.safetensors")
+    checkpoint = load_file(tmp_path / "s1" / "checkpoint-1" / PARTS_FILE)
+    for init, expected in (
+        (stage1, [saved[k] for k in EMBEDDING_KEYS]),
+        (tmp_path / "s1" / "checkpoint-1", [checkpoint[k] for k in ("t5_rows", "task", "index")]),
+    ):
+        stage2 = Trainer(tiny_config(data=[str(dreamo_data)], init_lora=str(init), **DREAMO), command=[])
+        for got, want in zip((stage2.dreamo.t5_rows, stage2.dreamo.task, stage2.dreamo.index), expected):
+            torch.testing.assert_close(got.detach(), want, rtol=0, atol=0)
+        assert stage2.dreamo.index.abs().sum() > 0  # not the fresh zeros

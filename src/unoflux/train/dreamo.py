@@ -16,10 +16,11 @@ to ``DreamOMethod(embeddings=...)``. Files: :func:`dreamo_file_tensors` gives Dr
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 
-from ..checkpoints.dreamo import EMBEDDING_KEYS, PLACEHOLDERS, TRAINED_METADATA, add_placeholders
+from ..checkpoints.dreamo import EMBEDDING_KEYS, MAIN_FILE, PLACEHOLDERS, TRAINED_METADATA, add_placeholders
 from ..errors import UnofluxError
 from ..methods.dreamo import DreamOEmbeddings
 
@@ -74,6 +75,33 @@ def sync_t5_rows(pipe, parts: DreamOParts) -> None:
         weight[parts.first_placeholder : parts.first_placeholder + len(PLACEHOLDERS)] = parts.t5_rows.to(weight)
 
 
+def load_init_parts(parts: DreamOParts, init_lora: str | Path) -> Path | None:
+    """Start ``parts`` from the run ``init_lora`` came from (Stage II from Stage I): a checkpoint's
+    ``dreamo_parts.safetensors`` or a ``final/``'s ``dreamo.safetensors`` in that folder (or beside that file).
+    Returns the file read, or None when there is none there (a UNO LoRA: the parts start from their init)."""
+    from safetensors.torch import load_file
+
+    folder = Path(init_lora) if Path(init_lora).is_dir() else Path(init_lora).parent
+    if (folder / PARTS_FILE).is_file():
+        parts.load_state_dict(load_file(str(folder / PARTS_FILE)))
+        return folder / PARTS_FILE
+    if not (folder / MAIN_FILE).is_file():
+        return None
+    state = load_file(str(folder / MAIN_FILE))
+    t5, task, index = (state.get(k) for k in EMBEDDING_KEYS)
+    wanted = ((t5, parts.t5_rows), (task, parts.task), (index, parts.index))
+    for key, (tensor, param) in zip(EMBEDDING_KEYS, wanted):
+        if tensor is None or tuple(tensor.shape) != tuple(param.shape):
+            got = "nothing" if tensor is None else f"shape {tuple(tensor.shape)}"
+            raise UnofluxError(
+                f"init_lora's {str(folder / MAIN_FILE)!r} has {got} for {key!r}; this run's is {tuple(param.shape)}"
+            )
+    with torch.no_grad():
+        for tensor, param in wanted:
+            param.copy_(tensor)
+    return folder / MAIN_FILE
+
+
 class DreamOModel(torch.nn.Module):
     """The transformer, the frozen T5 and the DreamO parts as the one module the trainer prepares, checkpoints and
     clips. Its forward takes T5 token ids (B, L) where the transformer takes ``encoder_hidden_states``; the task and
@@ -106,5 +134,6 @@ __all__ = [
     "DreamOParts",
     "add_trainable_placeholders",
     "dreamo_file_tensors",
+    "load_init_parts",
     "sync_t5_rows",
 ]

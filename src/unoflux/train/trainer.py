@@ -56,7 +56,7 @@ from .data import (
     read_paired_samples,
     read_samples,
 )
-from .dreamo import DreamOModel, add_trainable_placeholders, dreamo_file_tensors, sync_t5_rows
+from .dreamo import DreamOModel, add_trainable_placeholders, dreamo_file_tensors, load_init_parts, sync_t5_rows
 from .lora import LORA_FILE, add_lora, checkpoint_lora_only, export_lora_state_dict, load_init_lora
 from .objective import FlowObjective, TransformerWithTextEncoder, text_as_ids, text_length
 
@@ -125,6 +125,11 @@ class Trainer:
             self.dreamo = add_trainable_placeholders(self.pipe, config.dreamo.train_placeholders).to(
                 self.accelerator.device
             )
+            if config.init_lora:  # Stage II from Stage I: its embeddings and rows too, when it was a DreamO run
+                found = load_init_parts(self.dreamo, config.init_lora)
+                self.accelerator.print(
+                    f"DreamO parts from {found}" if found else "no DreamO parts beside init_lora: fresh ones"
+                )
             trained = DreamOModel(self.transformer, self.pipe.text_encoder_2, self.dreamo)
             # the inference method itself, on the trainable embeddings: one conditioning code path
             self.method = DreamOMethod(embeddings=self.dreamo.embeddings)
