@@ -3,6 +3,7 @@ full attention logits averaged by hand, the loss equals its hand computation, an
 
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
@@ -108,7 +109,14 @@ def test_a_run_with_the_routing_constraint_trains_differently_and_checks_its_blo
             dreamo={"routing_weight": weight, "routing_blocks": [0]},
             gradient_checkpointing=checkpointing,
         )
-        finals[weight, checkpointing] = load_file(Trainer(config, command=[]).train() / "dreamo.safetensors")
+        final = Trainer(config, command=[]).train()
+        finals[weight, checkpointing] = load_file(final / "dreamo.safetensors")
+        with open(final.parent / "log.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if weight:  # the constraint's own value is logged beside the total loss
+            assert all(0 < float(r["routing_loss"]) < float("inf") for r in rows), rows
+        else:
+            assert "routing_loss" not in rows[0]
     # same seeds and data: only the constraint's gradient tells the runs apart
     off, on = finals[0.0, False]["dreamo_idx_embedding.weight"], finals[1.0, False]["dreamo_idx_embedding.weight"]
     assert not torch.equal(off, on)

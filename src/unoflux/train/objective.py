@@ -80,6 +80,7 @@ class FlowObjective:
         self.pipe, self.model, self.transformer, self.method = pipe, model, transformer, method
         self.config, self.shift, self.device, self.autocast = config, shift, torch.device(device), autocast
         self.references = references
+        self.last_routing: torch.Tensor | None = None  # the last loss's routing constraint (unweighted, detached)
         if config.dreamo.routing_weight:  # a block the model lacks is an error now, not at the first world record
             check_routing_blocks(transformer, config.dreamo.routing_blocks)
 
@@ -256,6 +257,9 @@ class FlowObjective:
             loss = F.mse_loss(prediction.float(), target.float())
         else:
             loss = ((prediction.float() - target.float()).square().mean(dim=-1) * token_weights).mean()
+        self.last_routing = None
         if routing is not None:
-            loss = loss + self.config.dreamo.routing_weight * capture.loss(n, routing)
+            route = capture.loss(n, routing)
+            self.last_routing = route.detach()
+            loss = loss + self.config.dreamo.routing_weight * route
         return loss

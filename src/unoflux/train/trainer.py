@@ -80,12 +80,14 @@ def image_grid(images: list, columns: int):
 
 
 class CsvLog:
-    """``log.csv``: one row per logged step; on resume rows after the resumed step are dropped."""
+    """``log.csv``: one row per logged step; on resume rows after the resumed step are dropped. ``extra`` fields
+    follow the standard ones (DreamO's ``routing_loss``)."""
 
     FIELDS = ("step", "loss", "grad_norm", "lr", "it_per_s")
 
-    def __init__(self, path: Path, resume_step: int):
+    def __init__(self, path: Path, resume_step: int, extra: tuple[str, ...] = ()):
         self.path = path
+        self.FIELDS = (*self.FIELDS, *extra)
         rows = []
         if path.is_file() and resume_step > 0:
             with open(path, newline="") as fh:
@@ -209,6 +211,7 @@ class Trainer:
         )
         self.step = 0
         self.grad_norm = math.nan  # of the last update, before clipping
+        self.routing_loss = math.nan  # DreamO's routing constraint in the last update (unweighted)
 
     # ----------------------------------------------------------------------------------- building
     def _load_pipeline(self):
@@ -253,6 +256,7 @@ class Trainer:
         """One optimizer update over ``gradient_accumulation`` micro-batches; returns the mean loss."""
         acc, cfg = self.accelerator, self.config
         total = 0.0
+        routing = torch.zeros(2, device=acc.device)  # the routing constraint's sum and count over micro-steps
         for micro in range(cfg.gradient_accumulation):
             batch = next(batches)
             gen = step_generator(cfg.seed, self.step, micro, acc.process_index)
@@ -265,6 +269,11 @@ class Trainer:
                 loss = loss / cfg.gradient_accumulation
                 acc.backward(loss)
             total += loss.detach()
+            if self.objective.last_routing is not None:
+                routing += torch.stack([self.objective.last_routing, torch.ones_like(self.objective.last_routing)])
+        if cfg.dreamo.routing_weight:  # (unweighted; NaN for a step none of whose samples had masks)
+            routing = acc.reduce(routing, "sum")
+            self.routing_loss = (routing[0] / routing[1]).item() if routing[1] else math.nan
         trained = [p for p in self.model.parameters() if p.requires_grad]
         # the norm before clipping (the gradients are already reduced across processes)
         self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trained if p.grad is not None]).item()
@@ -418,7 +427,8 @@ class Trainer:
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._write_provenance(self.output_dir)
-        log = CsvLog(self.output_dir / "log.csv", self.step) if acc.is_main_process else None
+        extra = ("routing_loss",) if cfg.dreamo.routing_weight else ()
+        log = CsvLog(self.output_dir / "log.csv", self.step, extra) if acc.is_main_process else None
         board = None
         if acc.is_main_process and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -444,6 +454,7 @@ class Trainer:
                     grad_norm=f"{self.grad_norm:.6g}",
                     lr=f"{lr:.6g}",
                     it_per_s=f"{rate:.3f}",
+                    **({"routing_loss": f"{self.routing_loss:.6g}"} if extra else {}),
                 )
                 if board is not None:
                     board.add_scalar("train/loss", loss, self.step)
