@@ -19,7 +19,7 @@ from unoflux.checkpoints.files import read_tensors, write_safetensors
 from unoflux.cli import main
 from unoflux.conditioning import grid_position_ids, sequence_position_ids
 from unoflux.methods import get_method
-from unoflux.methods.dreamo import resize_to_area
+from unoflux.methods.dreamo import DreamOEmbeddings, DreamOMethod, resize_to_area
 from unoflux.references import Reference
 from unoflux.testing import save_dreamo_layout, tiny_components, tiny_pipeline
 
@@ -421,9 +421,19 @@ def test_the_face_detector_crops_the_best_face_square_and_a_faceless_image_is_an
     assert np.array_equal(np.asarray(lenient(photo)), np.asarray(expected))
 
 
-def test_training_with_dreamo_is_refused_rather_than_silently_reference_free():
-    with pytest.raises(UnofluxError, match="training with method 'dreamo' is not built yet"):
+def test_training_entry_adds_the_given_embeddings_as_inference_does():
+    """Training's conditioning (references already encoded) uses the embeddings the method is given: the target's
+    tokens get task[1], reference k's get task[0] + index[k]; without embeddings it is refused, not embedding-free."""
+    with pytest.raises(UnofluxError, match="training with method 'dreamo' needs its trainable embeddings"):
         get_method("dreamo").conditioning((2, 2), None, [], "diagonal")
+    g = torch.Generator().manual_seed(0)
+    task, index = torch.randn(2, 8, generator=g), torch.randn(10, 8, generator=g)
+    method = DreamOMethod(embeddings=DreamOEmbeddings(task=task, index=index))
+    tokens = torch.randn(1, 3, 64, generator=g)
+    cond = method.conditioning((2, 2), tokens, [(1, 2), (1, 1)], "diagonal")
+    expected = torch.stack([task[1]] * 4 + [task[0] + index[1]] * 2 + [task[0] + index[2]])[None]
+    assert torch.equal(cond.token_embeddings, expected) and cond.reference_tokens is tokens
+    assert torch.equal(cond.image_ids, sequence_position_ids((2, 2), [(1, 2), (1, 1)], "diagonal"))
 
 
 def test_method_files_are_checked_before_the_base_model_loads(tmp_path):

@@ -48,7 +48,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--dreamo",
         metavar="DIR",
         help="a folder with ByteDance/DreamO's files (dreamo.safetensors, dreamo_cfg_distill.safetensors, v1.1/...): "
-        "method dreamo at 1024 px",
+        "method dreamo at 1024 px; or a DreamO training run's final/ folder",
     )
     g.add_argument("--dreamo-version", choices=("v1.1", "v1"), default="v1.1", help="DreamO's quality LoRAs (v1.1)")
     g.add_argument("--turbo", metavar="PATH", help="FLUX.1-Turbo-Alpha's LoRA file for DreamO: 12 steps by default")

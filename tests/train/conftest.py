@@ -74,3 +74,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def dreamo_data(tmp_path_factory) -> Path:
+    """A UNO training JSON of 6 records (a 32 px target, two 16 px references) whose prompts name the references
+    with DreamO's placeholders."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("dreamo-data")
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(6):
+        names = [f"{i}-target.png", f"{i}-ref1.png", f"{i}-ref2.png"]
+        for name, side in zip(names, (32, 16, 16)):
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / name)
+        records.append(
+            {
+                "prompt": f"[ref#1] on the left and [ref#2] on the right, scene {i}",
+                "image_paths": names[1:],
+                "image_tgt_path": names[0],
+            }
+        )
+    path = root / "pairs.json"
+    path.write_text(json.dumps(records))
+    return path

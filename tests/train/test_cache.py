@@ -11,16 +11,22 @@ from unoflux.train.trainer import Trainer, step_generator, train
 LONG_SIDES = {"reference_long_side_single": 32, "reference_long_side_multi": 16}
 
 
-@pytest.fixture(params=["text-to-image", "references", "references, subject-weighted loss"])
+@pytest.fixture(params=["text-to-image", "references", "references, subject-weighted loss", "dreamo, routing"])
 def cache_case(request, tiny_config, world_data, wide_data, multi_pairs_data):
     """A config factory: two aspect buckets of world scenes, or Stage II multi-pairs with look-free captions
-    (and subject tokens weighted up in the loss)."""
+    (and subject tokens weighted up in the loss, or DreamO: T5 token ids cached, the routing constraint on)."""
     if request.param == "text-to-image":
         changes = {"data": [str(world_data), str(wide_data)], "buckets": [[32, 32], [32, 64]]}
     else:
         changes = {"data": [str(multi_pairs_data)], "batch_size": 1, "look_free_captions": 0.5, **LONG_SIDES}
         if request.param.endswith("weighted loss"):
             changes["subject_loss_weight"] = 4.0
+        if request.param.startswith("dreamo"):
+            changes.update(
+                method="dreamo",
+                lora={"rank": 4, "target_modules": "uno"},
+                dreamo={"routing_weight": 1.0, "routing_blocks": [0]},
+            )
     return lambda **more: tiny_config(text_dropout=0.5, **changes, **more)
 
 

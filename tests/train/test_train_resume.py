@@ -24,11 +24,14 @@ def unoflux(*args: str) -> list[str]:
     return [sys.executable, "-m", "unoflux", *args]
 
 
-@pytest.mark.parametrize("kind", ["text-to-image", "references", "references, cached encodings"])
-def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(kind, tiny_config, multi_pairs_data, tmp_path):
+@pytest.mark.parametrize("kind", ["text-to-image", "references", "references, cached encodings", "dreamo"])
+def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(
+    kind, tiny_config, multi_pairs_data, dreamo_data, tmp_path
+):
     # LoRA + EMA + accumulation + text dropout: every piece of state and every random draw is exercised; with
     # references (UNO Stage II data: 2-3 references per sample, batches grouped by reference sizes) as well, and
-    # with the encoding cache (rebuilt on resume) and look-free captions.
+    # with the encoding cache (rebuilt on resume) and look-free captions; DreamO: its embeddings and placeholder
+    # rows train too (captions with [ref#1], [ref#2]).
     paired = (
         {"data": [str(multi_pairs_data)], "batch_size": 1, "reference_long_side_multi": 16, "position_mode": "height"}
         if kind.startswith("references")
@@ -36,6 +39,14 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(kind, tiny
     )
     if kind.endswith("cached encodings"):
         paired.update(cache_encodings=True, look_free_captions=0.5)
+    if kind == "dreamo":
+        paired = {
+            "data": [str(dreamo_data)],
+            "batch_size": 1,
+            "reference_long_side_multi": 16,
+            "method": "dreamo",
+            "lora": {"rank": 4, "target_modules": "uno"},
+        }
     config = tiny_config(
         output_dir=str(tmp_path / "killed"),
         max_steps=30,
@@ -75,6 +86,15 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(kind, tiny
     assert resumed.keys() == expected.keys()
     for key in expected:
         torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=1e-6)  # in practice bit-identical
+    if kind == "dreamo":  # the embeddings and placeholder rows (and the LoRA again, in DreamO's layout)
+        resumed, expected = (
+            load_file(killed / "final" / "dreamo.safetensors"),
+            load_file(reference / "dreamo.safetensors"),
+        )
+        assert resumed.keys() == expected.keys() and "dreamo_idx_embedding.weight" in expected
+        assert expected["dreamo_idx_embedding.weight"][1:3].abs().sum() > 0  # it trained: the test can tell
+        for key in expected:
+            torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=1e-6)
     assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-24", "checkpoint-28"]
     with open(killed / "log.csv", newline="") as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == list(range(1, 31))  # no step lost or repeated

@@ -10,6 +10,10 @@ Files (``--dreamo DIR``):
   in a layout diffusers' loader recognises;
 - FLUX.1-Turbo-Alpha (``--turbo FILE``, diffusers format, weight 1): 12 steps instead of 25.
 
+A folder that ``unoflux train`` wrote for ``method: dreamo`` (its ``final/``) holds ``dreamo.safetensors`` alone, in
+the same layout, marked by its metadata (:data:`TRAINED_METADATA`): it loads as the only adapter (weight 1; no cfg
+or quality LoRAs, whatever the version; a turbo LoRA still may be added).
+
 DreamO's LoRA layout names blocks ``double_blocks_{i}`` / ``single_blocks_{i}`` with XLabs' processor parts
 (``qkv_lora1``, ``proj_lora1`` image stream; ``qkv_lora2``, ``proj_lora2`` text stream; ``qkv_lora``, ``proj_lora``
 single blocks) and ``.down.weight`` / ``.up.weight``; a fused qkv part has one down matrix shared by q, k and v and
@@ -24,6 +28,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from ..errors import UnofluxError
 from ..methods.dreamo import FACE_PARSING_WHITE, DreamOEmbeddings, FaceCrop, PaintWhite
@@ -45,6 +50,7 @@ VERSIONS = {  # version -> [(file, adapter name, weight, DreamO's layout?)] afte
     ],
 }
 DEFAULT_GUIDANCE = {"v1": 3.5, "v1.1": 4.5}  # DreamO's app
+TRAINED_METADATA = {"format": "dreamo", "trained_by": "unoflux"}  # dreamo.safetensors of a unoflux training run
 _BLOCK = re.compile(r"(double|single)_blocks_(\d+)")
 _DIFFUSERS_BLOCKS = {"double": "transformer_blocks", "single": "single_transformer_blocks"}
 
@@ -138,11 +144,26 @@ def check_dreamo_files(folder: str | Path, version: str, turbo: str | Path | Non
     if not folder.is_dir():
         raise UnofluxError(f"DreamO folder {str(folder)!r} does not exist (expected ByteDance/DreamO's files)")
     files = [folder / MAIN_FILE, folder / CFG_FILE, *(folder / name for name, *_ in VERSIONS[version])]
+    if is_trained_folder(folder):
+        files = [folder / MAIN_FILE]
     missing = [str(f.relative_to(folder)) for f in files if not f.is_file()]
     if missing:
         raise UnofluxError(f"DreamO folder {str(folder)!r} lacks {', '.join(missing)} (DreamO {version})")
     if turbo is not None and not Path(turbo).is_file():
         raise UnofluxError(f"turbo LoRA {str(turbo)!r} does not exist (FLUX.1-Turbo-Alpha's safetensors file)")
+
+
+def is_trained_folder(folder: str | Path) -> bool:
+    """Whether ``folder``'s ``dreamo.safetensors`` was written by ``unoflux train`` (a header read, cheap)."""
+    path = Path(folder) / MAIN_FILE
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UnofluxError(f"DreamO checkpoint {str(path)!r} is not a readable safetensors file ({err})") from None
+    return all(metadata.get(k) == v for k, v in TRAINED_METADATA.items())
 
 
 def load_dreamo(
@@ -160,13 +181,15 @@ def load_dreamo(
 def _load_dreamo(pipe, folder: Path, version: str, turbo, fuse: bool) -> list[tuple[str, float]]:
     main, _ = read_tensors(folder / MAIN_FILE, what="DreamO checkpoint")
     t5_rows, embeddings = read_embeddings(main, pipe, str(folder / MAIN_FILE))
-    adapters = [("dreamo", 1.0), ("cfg", 1.0)]
+    trained = is_trained_folder(folder)
+    adapters = [("dreamo", 1.0)] if trained else [("dreamo", 1.0), ("cfg", 1.0)]
     _load_dreamo_layout(pipe, folder / MAIN_FILE, "dreamo", main)
-    _load_dreamo_layout(pipe, folder / CFG_FILE, "cfg")
+    if not trained:
+        _load_dreamo_layout(pipe, folder / CFG_FILE, "cfg")
     if turbo is not None:
         load_lora_into_pipeline(pipe, turbo, adapter_name="turbo")
         adapters.append(("turbo", 1.0))
-    for name, adapter, weight, dreamo_layout in VERSIONS[version]:
+    for name, adapter, weight, dreamo_layout in [] if trained else VERSIONS[version]:
         if dreamo_layout:
             _load_dreamo_layout(pipe, folder / name, adapter)
         else:

@@ -32,7 +32,14 @@ from ..options import FLUX_DEV_DEFAULTS, model_default_names, typed
 from ..pipeline import UnoFluxPipeline
 from . import bfl
 from .dreamo import DEFAULT_GUIDANCE as DREAMO_GUIDANCE
-from .dreamo import check_dreamo_files, load_background_remover, load_dreamo, load_face_detector, load_face_parser
+from .dreamo import (
+    check_dreamo_files,
+    is_trained_folder,
+    load_background_remover,
+    load_dreamo,
+    load_face_detector,
+    load_face_parser,
+)
 from .files import read_tensors
 from .specs import EMBEDDED_MODEL_DIR, ENV_AE, ENV_CLIP, ENV_LORA, ENV_T5, SPECS, model_defaults, scheduler_config_for
 from .uso import ENV_PROJECTOR, ENV_SIGLIP, load_style_encoder
@@ -252,6 +259,8 @@ def load_dreamo_models(pipe, folder: str, version: str, turbo: str | None, fuse:
     load_dreamo(pipe, folder, version=version, turbo=turbo, fuse=fuse)
     defaults = {"method": "dreamo", "width": 1024, "height": 1024, "guidance": DREAMO_GUIDANCE[version]}
     defaults["steps"] = 12 if turbo else 25
+    if is_trained_folder(folder):  # trained by unoflux on this base: its own sizes and steps
+        defaults = {"method": "dreamo"}
     _set_method_defaults(pipe, defaults, declared or {})
 
 

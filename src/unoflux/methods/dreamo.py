@@ -160,9 +160,15 @@ class DreamOMethod(Method):
     default_schedule = "flux"  # diffusers' calculate_shift on the target's token count
     noise_dtype = None  # diffusers' prepare_latents draws in the compute dtype
 
-    def __init__(self, preprocessors: dict[str, Step | Sequence[Step]] | None = None):
+    def __init__(
+        self,
+        preprocessors: dict[str, Step | Sequence[Step]] | None = None,
+        embeddings: DreamOEmbeddings | None = None,
+    ):
         # role -> steps run in order before the resize (e.g. background removal for subjects, face crop + parsing)
         self.preprocessors = {role: _steps(s) for role, s in (preprocessors or {}).items()}
+        # the embeddings to use instead of the loaded checkpoint's: training passes its trainable ones
+        self.embeddings = embeddings
 
     def check(self, references: Sequence[Reference]) -> None:
         super().check(references)
@@ -188,24 +194,33 @@ class DreamOMethod(Method):
         return prepared
 
     def conditioning(self, target_grid, reference_tokens, reference_grids, position_mode) -> Conditioning:
-        # training's entry (cached tokens, no slots or embeddings yet): refuse rather than train without references
-        raise UnofluxError("training with method 'dreamo' is not built yet; generation is (see docs/dreamo.md)")
+        """Training's entry (references already encoded): the same ids and embeddings as :meth:`prepare`, from the
+        embeddings this method was given (the trainer's trainable ones)."""
+        if self.embeddings is None:
+            raise UnofluxError("training with method 'dreamo' needs its trainable embeddings (the trainer passes them)")
+        return self._conditioning(self.embeddings, target_grid, reference_tokens, list(reference_grids), position_mode)
 
     def prepare(self, pipe, references, target_grid, position_mode, device, dtype) -> Conditioning:
-        embeddings = getattr(pipe, "dreamo_embeddings", None)
+        embeddings = self.embeddings or getattr(pipe, "dreamo_embeddings", None)
         if embeddings is None:
             raise UnofluxError("method 'dreamo' needs DreamO's checkpoint: pass --dreamo DIR (its dreamo.safetensors)")
         images = [r.image for r in references]  # every task is VAE tokens
         tokens = [self.encode_references(pipe, image_to_tensor(image).to(device), dtype) for image in images]
         grids = [(image.height // 16, image.width // 16) for image in images]
-        task, index = embeddings.task.to(device, dtype), embeddings.index.to(device, dtype)
+        embeddings = DreamOEmbeddings(task=embeddings.task.to(device, dtype), index=embeddings.index.to(device, dtype))
+        tokens = torch.cat(tokens, dim=1) if tokens else None
+        return self._conditioning(embeddings, target_grid, tokens, grids, position_mode)
+
+    @staticmethod
+    def _conditioning(embeddings: DreamOEmbeddings, target_grid, tokens, grids, position_mode) -> Conditioning:
+        task, index = embeddings.task, embeddings.index
         rows = [task[1].expand(target_grid[0] * target_grid[1], -1)]
         for slot, (rows_k, cols_k) in enumerate(grids, start=1):
             rows.append((task[0] + index[slot]).expand(rows_k * cols_k, -1))
         target_only = Conditioning(image_ids=grid_position_ids(*target_grid))  # DreamO's negative pass
         return Conditioning(
             image_ids=sequence_position_ids(target_grid, grids, position_mode),
-            reference_tokens=torch.cat(tokens, dim=1) if tokens else None,
+            reference_tokens=tokens,
             token_embeddings=torch.cat(rows)[None],
             unconditional=target_only,
         )

@@ -5,9 +5,9 @@ reference images (UNO Stage I / II; see docs/training.md).
     train(TrainConfig.from_yaml("run.yaml"))
 """
 
-from .config import EmaSettings, LoraSettings, TrainConfig, ValidationSettings
+from .config import DreamOSettings, EmaSettings, LoraSettings, TrainConfig, ValidationSettings
 
-__all__ = ["TrainConfig", "LoraSettings", "EmaSettings", "ValidationSettings", "train"]
+__all__ = ["TrainConfig", "LoraSettings", "EmaSettings", "ValidationSettings", "DreamOSettings", "train"]
 
 
 def train(config, resume=None, command=None):

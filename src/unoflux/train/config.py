@@ -1,7 +1,7 @@
 """Training configuration: documented dataclasses, validated on construction, read from and written to YAML.
 
-A YAML file holds the fields of :class:`TrainConfig` at its top level, with ``lora``, ``ema`` and
-``validation`` as nested mappings::
+A YAML file holds the fields of :class:`TrainConfig` at its top level, with ``lora``, ``ema``,
+``validation`` and ``dreamo`` as nested mappings::
 
     model: models/tiny-flux          # a diffusers FLUX folder (model_index.json)
     data: [data/scenes]              # world dataset folders (manifest.jsonl)
@@ -148,7 +148,34 @@ class ValidationSettings:
             self.references = [list(r) for r in self.references]
 
 
-_NESTED = {"lora": LoraSettings, "ema": EmaSettings, "validation": ValidationSettings}
+@dataclass
+class DreamOSettings:
+    """``method: dreamo`` (train/dreamo.py): the task and index embeddings always train beside the LoRA;
+    ``train_placeholders`` also trains T5's input rows of the placeholders ``[ref#1]`` .. ``[ref#9]``, ``[res]``
+    (the captions name the references with them). ``routing_weight`` > 0 adds DreamO's routing constraint
+    (train/routing.py) from the double blocks ``routing_blocks`` (the paper's 2, 8, 14), on samples with one
+    subject box per reference (world records)."""
+
+    train_placeholders: bool = True
+    routing_weight: float = 0.0  # lambda_route; 0 = off
+    routing_blocks: list[int] = field(default_factory=lambda: [2, 8, 14])
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train_placeholders, bool):
+            raise UnofluxError(f"dreamo.train_placeholders {self.train_placeholders!r} must be true or false")
+        weight = self.routing_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise UnofluxError(f"dreamo.routing_weight {weight!r} must be a number >= 0 (0 = no routing constraint)")
+        blocks = self.routing_blocks
+        ok = isinstance(blocks, (list, tuple)) and blocks and len(set(blocks)) == len(blocks)
+        if not ok or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks):
+            raise UnofluxError(
+                f"dreamo.routing_blocks {blocks!r} must be a non-empty list of distinct double-block indices (>= 0)"
+            )
+        self.routing_blocks = list(blocks)
+
+
+_NESTED = {"lora": LoraSettings, "ema": EmaSettings, "validation": ValidationSettings, "dreamo": DreamOSettings}
 
 
 @dataclass
@@ -218,6 +245,7 @@ class TrainConfig:
     keep_checkpoints: int | None = None  # None = keep all
     validate_every: int = 0  # 0 = never
     validation: ValidationSettings = field(default_factory=ValidationSettings)
+    dreamo: DreamOSettings = field(default_factory=DreamOSettings)  # used with method: dreamo
     log_every: int = 1
     resume: str | None = None  # "latest" or a checkpoint folder
     # ---- training with references (UNO Stage I / II)
@@ -329,6 +357,16 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 16:
                 raise UnofluxError(f"{name} {value!r} must be an integer of at least 16 (pixels)")
+        if self.dreamo.routing_weight and self.method != "dreamo":
+            raise UnofluxError("dreamo.routing_weight needs method: dreamo")
+        if self.method == "dreamo":  # DreamO's file holds its LoRA in the XLabs layout: UNO's layers exactly
+            if self.mode != "lora":
+                raise UnofluxError("method dreamo trains a LoRA beside its embeddings; set mode: lora")
+            if self.lora.target_modules != UNO_TARGETS:
+                raise UnofluxError(
+                    f"method dreamo needs lora.target_modules: {UNO_TARGETS} (DreamO's dreamo.safetensors has room "
+                    f"for those layers only), not {self.lora.target_modules!r}"
+                )
         if self.init_lora is not None:
             if self.mode != "lora":
                 raise UnofluxError("init_lora needs mode: lora (it initialises the LoRA adapter)")

@@ -371,25 +371,49 @@ def collate(items: list[tuple]) -> Batch | list[int]:
     return Batch(pixels, captions, *([item[k] for item in items] for k in range(2, len(items[0]))))
 
 
+def box_token_shares(box: tuple[float, float, float, float], grid: tuple[int, int]) -> torch.Tensor:
+    """The share of each target token's area (rows * cols, the packed latents' row-major order) that lies inside
+    ``box`` (x0, y0, x1, y1 as fractions of the target), measured on 4 x 4 points per token."""
+    return _inside([box], grid)
+
+
+def _inside(boxes, grid: tuple[int, int]) -> torch.Tensor:
+    rows, cols = grid
+    sub = 4
+    ys = (torch.arange(rows * sub, dtype=torch.float32) + 0.5) / (rows * sub)
+    xs = (torch.arange(cols * sub, dtype=torch.float32) + 0.5) / (cols * sub)
+    inside = torch.zeros(rows * sub, cols * sub, dtype=torch.bool)
+    for x0, y0, x1, y1 in boxes:
+        inside |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+    return inside.float().reshape(rows, sub, cols, sub).mean(dim=(1, 3)).flatten()
+
+
 def subject_token_weights(
     boxes: list[tuple[tuple[float, float, float, float], ...]], grid: tuple[int, int], weight: float
 ) -> torch.Tensor:
     """Per-token loss weights (B, rows * cols), in the packed latents' row-major order: a token weighs
     ``1 + (weight - 1) * (the share of its area inside a subject box)``, scaled so that each sample's weights
     average 1 (the loss keeps its scale; a sample without boxes is unweighted)."""
-    rows, cols = grid
-    sub = 4  # 4 x 4 points per token measure its covered share
-    ys = (torch.arange(rows * sub, dtype=torch.float32) + 0.5) / (rows * sub)
-    xs = (torch.arange(cols * sub, dtype=torch.float32) + 0.5) / (cols * sub)
     weights = []
     for sample_boxes in boxes:
-        inside = torch.zeros(rows * sub, cols * sub, dtype=torch.bool)
-        for x0, y0, x1, y1 in sample_boxes:
-            inside |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
-        share = inside.float().reshape(rows, sub, cols, sub).mean(dim=(1, 3)).flatten()
-        token = 1 + (weight - 1) * share
+        token = 1 + (weight - 1) * _inside(sample_boxes, grid)
         weights.append(token / token.mean())
     return torch.stack(weights)
+
+
+def reference_token_masks(
+    boxes: list[tuple[tuple[float, float, float, float], ...]], grid: tuple[int, int], num_references: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each reference's target mask, for the routing constraint: (B, num_references, rows * cols) shares of every
+    target token inside subject k's box (world records: subject k is reference k, left to right), and which
+    samples (B,) have one box per reference (the others get zero masks and are left out)."""
+    masks = torch.zeros(len(boxes), num_references, grid[0] * grid[1])
+    valid = torch.zeros(len(boxes))
+    for b, sample_boxes in enumerate(boxes):
+        if len(sample_boxes) == num_references:
+            masks[b] = torch.stack([box_token_shares(box, grid) for box in sample_boxes])
+            valid[b] = 1
+    return masks, valid
 
 
 class TrainData:

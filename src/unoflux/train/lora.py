@@ -173,16 +173,26 @@ def _tied_group(module: torch.nn.Module, group: tuple[str, ...]) -> bool:
 
 
 def checkpoint_lora_only(accelerator: Accelerator) -> None:
-    """Make ``accelerator``'s checkpoints hold the LoRA tensors (``LORA_FILE``), not the frozen base."""
+    """Make ``accelerator``'s checkpoints hold the LoRA tensors (``LORA_FILE``), not the frozen base; for method
+    dreamo (a :class:`~.dreamo.DreamOModel`, which has ``parts``) its trainable parts too (``PARTS_FILE``)."""
     from safetensors.torch import load_file, save_file
+
+    from .dreamo import PARTS_FILE
 
     def save(models, weights, output_dir) -> None:
         if accelerator.is_main_process:
-            save_file(lora_state_dict(accelerator.unwrap_model(models[0])), str(Path(output_dir) / LORA_FILE))
+            model = accelerator.unwrap_model(models[0])
+            save_file(lora_state_dict(getattr(model, "transformer", model)), str(Path(output_dir) / LORA_FILE))
+            if hasattr(model, "parts"):
+                parts = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.parts.state_dict().items()}
+                save_file(parts, str(Path(output_dir) / PARTS_FILE))
         weights.clear()  # the frozen base is not written (``models`` is accelerate's own list: leave it)
 
     def load(models, input_dir) -> None:
-        load_lora_state_dict(accelerator.unwrap_model(models.pop()), load_file(str(Path(input_dir) / LORA_FILE)))
+        model = accelerator.unwrap_model(models.pop())
+        load_lora_state_dict(getattr(model, "transformer", model), load_file(str(Path(input_dir) / LORA_FILE)))
+        if hasattr(model, "parts"):
+            model.parts.load_state_dict(load_file(str(Path(input_dir) / PARTS_FILE)))
 
     accelerator.register_save_state_pre_hook(save)
     accelerator.register_load_state_pre_hook(load)

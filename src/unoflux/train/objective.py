@@ -31,7 +31,8 @@ from ..errors import UnofluxError
 from ..methods import Conditioning, Method
 from .cache import EncodingCache, t5_input_ids
 from .config import TrainConfig
-from .data import Batch, Sample, subject_token_weights
+from .data import Batch, Sample, reference_token_masks, subject_token_weights
+from .routing import RoutingCapture, RoutingTargets, check_routing_blocks
 
 
 class TransformerWithTextEncoder(torch.nn.Module):
@@ -46,6 +47,12 @@ class TransformerWithTextEncoder(torch.nn.Module):
     def forward(self, t5_input_ids: torch.Tensor, **transformer_inputs):
         prompt_embeds = self.text_encoder(t5_input_ids, output_hidden_states=False)[0]  # as diffusers' FLUX encodes
         return self.transformer(encoder_hidden_states=prompt_embeds, **transformer_inputs)
+
+
+def text_as_ids(config: TrainConfig) -> bool:
+    """Whether the trained module takes T5 token ids: it runs T5 itself (``train_text_encoder``; ``method: dreamo``,
+    whose placeholder rows train)."""
+    return config.train_text_encoder or config.method == "dreamo"
 
 
 def text_length(config: TrainConfig, pipe) -> int:
@@ -73,10 +80,19 @@ class FlowObjective:
         self.pipe, self.model, self.transformer, self.method = pipe, model, transformer, method
         self.config, self.shift, self.device, self.autocast = config, shift, torch.device(device), autocast
         self.references = references
+        self.last_routing: torch.Tensor | None = None  # the last loss's routing constraint (unweighted, detached)
+        if config.dreamo.routing_weight:  # a block the model lacks is an error now, not at the first world record
+            check_routing_blocks(transformer, config.dreamo.routing_blocks)
 
     @property
     def max_sequence_length(self) -> int:
         return text_length(self.config, self.pipe)
+
+    @property
+    def text_as_ids(self) -> bool:
+        """Whether the trained module encodes the text itself from T5 token ids (a T5 that trains, in full or in
+        DreamO's placeholder rows)."""
+        return text_as_ids(self.config)
 
     # -------------------------------------------------------------------------------------------- encode
     def pick_captions(
@@ -112,33 +128,34 @@ class FlowObjective:
         prompt_embeds, pooled, text_ids = pipe.encode_prompt(
             prompt=captions, prompt_2=None, device=device, max_sequence_length=length
         )
-        if self.config.train_text_encoder:  # (the frozen T5 pass above is then unused: cheap for the world's T5)
+        if self.text_as_ids:  # (the frozen T5 pass above is then unused: cheap for the world's T5)
             return t5_input_ids(pipe, captions, length).to(device), pooled, text_ids
         return prompt_embeds, pooled, text_ids
 
-    @torch.no_grad()
     def reference_conditioning(self, references: list[list] | None, target_grid: tuple[int, int]) -> Conditioning:
         """Per-sample lists of preprocessed reference images (or None: text-to-image) -> the method's conditioning
         of the batch: clean packed reference tokens (B, N_ref, 64), each image encoded as at inference, and the ids
-        of all image tokens (target, then references)."""
+        of all image tokens (target, then references). Outside ``no_grad``: a method's trainable embeddings
+        (DreamO's) enter here."""
         device, cfg = self.device, self.config
         if not references:
             return self.method.conditioning(target_grid, None, [], cfg.position_mode).to(device)
         grids = [(image.height // 16, image.width // 16) for image in references[0]]
         if any([(image.height // 16, image.width // 16) for image in refs] != grids for refs in references):
             raise UnofluxError("the samples of a batch have references of different sizes; they cannot be stacked")
-        tokens = torch.cat(
-            [
-                torch.cat(
-                    [
-                        self.method.encode_references(self.pipe, image_to_tensor(image).to(device), torch.float32)
-                        for image in refs
-                    ],
-                    dim=1,
-                )
-                for refs in references
-            ]
-        )
+        with torch.no_grad():  # the VAE is frozen
+            tokens = torch.cat(
+                [
+                    torch.cat(
+                        [
+                            self.method.encode_references(self.pipe, image_to_tensor(image).to(device), torch.float32)
+                            for image in refs
+                        ],
+                        dim=1,
+                    )
+                    for refs in references
+                ]
+            )
         return self.method.conditioning(target_grid, tokens, grids, cfg.position_mode).to(device)
 
     # ---------------------------------------------------------------------------------------------- loss
@@ -148,7 +165,7 @@ class FlowObjective:
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.ones(len(x_t), device=x_t.device)  # UNO trains with guidance 1
-        text_key = "t5_input_ids" if self.config.train_text_encoder else "encoder_hidden_states"
+        text_key = "t5_input_ids" if self.text_as_ids else "encoder_hidden_states"
         with self.autocast():
             return engine.predict_velocity(
                 self.model, self.transformer, conditioning, x_t, t, guidance, text, pooled, text_ids, text_key=text_key
@@ -161,7 +178,9 @@ class FlowObjective:
         target_grid = (batch.pixels.shape[-2] // 16, batch.pixels.shape[-1] // 16)
         conditioning = self.reference_conditioning(batch.references, target_grid)
         weights = self.token_weights(batch.subject_boxes, target_grid)
-        return self.flow_loss(x_data, conditioning, text, pooled, text_ids, gen, weights)
+        grids = [(image.height // 16, image.width // 16) for image in batch.references[0]] if batch.references else []
+        routing = self.routing_targets(batch.subject_boxes, target_grid, grids)
+        return self.flow_loss(x_data, conditioning, text, pooled, text_ids, gen, weights, routing)
 
     def cached_loss(
         self, cache: EncodingCache, samples: Sequence[Sample], indices: list[int], gen: torch.Generator
@@ -175,7 +194,9 @@ class FlowObjective:
         conditioning = self.method.conditioning(
             cached.target_grid, cached.reference_tokens, cached.reference_grids, self.config.position_mode
         )
-        weights = self.token_weights([s.subject_boxes for s in chosen], cached.target_grid)
+        boxes = [s.subject_boxes for s in chosen]
+        weights = self.token_weights(boxes, cached.target_grid)
+        routing = self.routing_targets(boxes, cached.target_grid, cached.reference_grids)
         return self.flow_loss(
             cached.latents,
             conditioning.to(cached.latents.device),
@@ -184,6 +205,7 @@ class FlowObjective:
             cached.text_ids,
             gen,
             weights,
+            routing,
         )
 
     def token_weights(self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int]) -> torch.Tensor | None:
@@ -193,18 +215,51 @@ class FlowObjective:
         weights = subject_token_weights(subject_boxes, target_grid, self.config.subject_loss_weight)
         return weights.to(self.device)
 
+    def routing_targets(
+        self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int], reference_grids
+    ) -> RoutingTargets | None:
+        """The routing constraint's masks for this batch, or None (off, no references, or no sample with one
+        subject box per reference)."""
+        if not self.config.dreamo.routing_weight or not reference_grids or not subject_boxes:
+            return None
+        masks, valid = reference_token_masks(subject_boxes, target_grid, len(reference_grids))
+        if not valid.any():
+            return None
+        counts = [rows * cols for rows, cols in reference_grids]
+        return RoutingTargets(counts, masks.to(self.device), valid.to(self.device))
+
     def flow_loss(
-        self, x_data, conditioning: Conditioning, text, pooled, text_ids, gen: torch.Generator, token_weights=None
+        self,
+        x_data,
+        conditioning: Conditioning,
+        text,
+        pooled,
+        text_ids,
+        gen: torch.Generator,
+        token_weights=None,
+        routing: RoutingTargets | None = None,
     ) -> torch.Tensor:
         """The MSE between the predicted and true velocity at a random point of the flow from ``x_data``,
-        each token's squared error scaled by ``token_weights`` (B, N) when given."""
+        each token's squared error scaled by ``token_weights`` (B, N) when given; plus ``dreamo.routing_weight``
+        times DreamO's routing constraint when ``routing`` is given."""
         b, n, _ = x_data.shape  # (B, N, 64)
         t = flow.sample_training_t(b, n, generator=gen, config=self.shift)  # true token count, as UNO trains
         noise = torch.randn(x_data.shape, generator=gen)
         t, noise = t.to(self.device), noise.to(self.device)
         x_t = flow.interpolate(x_data, noise, t)
         target = flow.velocity_target(x_data, noise)
-        prediction = self.predict(x_t, t, text, pooled, text_ids, conditioning)
+        if routing is None:
+            prediction = self.predict(x_t, t, text, pooled, text_ids, conditioning)
+        else:
+            with RoutingCapture(self.transformer, self.config.dreamo.routing_blocks) as capture:
+                prediction = self.predict(x_t, t, text, pooled, text_ids, conditioning)
         if token_weights is None:
-            return F.mse_loss(prediction.float(), target.float())
-        return ((prediction.float() - target.float()).square().mean(dim=-1) * token_weights).mean()
+            loss = F.mse_loss(prediction.float(), target.float())
+        else:
+            loss = ((prediction.float() - target.float()).square().mean(dim=-1) * token_weights).mean()
+        self.last_routing = None
+        if routing is not None:
+            route = capture.loss(n, routing)
+            self.last_routing = route.detach()
+            loss = loss + self.config.dreamo.routing_weight * route
+        return loss

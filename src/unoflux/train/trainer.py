@@ -14,7 +14,7 @@ Outputs in ``output_dir``: ``config.yaml`` and ``command.txt``; ``log.csv`` (and
 ``tensorboard`` is installed); ``checkpoint-{step}/`` (written to a temporary name, then renamed);
 ``validation/step-{step}.png``; ``final/`` (a diffusers pipeline folder in full mode, or
 ``pytorch_lora_weights.safetensors`` in LoRA mode, plus UNO's ``dit_lora.safetensors`` when the LoRA fits
-the XLabs layout; with the config and command).
+the XLabs layout, or for ``method: dreamo`` DreamO's ``dreamo.safetensors``; with the config and command).
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from tqdm import tqdm
 
 from .. import flow
+from ..checkpoints.dreamo import MAIN_FILE as DREAMO_FILE
+from ..checkpoints.dreamo import TRAINED_METADATA
 from ..checkpoints.lora import UNO_LORA_FILE
 from ..errors import UnofluxError
 from ..files import replacing_folder
 from ..methods import get_method
+from ..methods.dreamo import DreamOMethod
 from .cache import EncodingCache
 from .checkpointing import ema_weights, load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
@@ -53,8 +56,9 @@ from .data import (
     read_paired_samples,
     read_samples,
 )
+from .dreamo import DreamOModel, add_trainable_placeholders, dreamo_file_tensors, load_init_parts, sync_t5_rows
 from .lora import LORA_FILE, add_lora, checkpoint_lora_only, export_lora_state_dict, load_init_lora
-from .objective import FlowObjective, TransformerWithTextEncoder, text_length
+from .objective import FlowObjective, TransformerWithTextEncoder, text_as_ids, text_length
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -76,12 +80,14 @@ def image_grid(images: list, columns: int):
 
 
 class CsvLog:
-    """``log.csv``: one row per logged step; on resume rows after the resumed step are dropped."""
+    """``log.csv``: one row per logged step; on resume rows after the resumed step are dropped. ``extra`` fields
+    follow the standard ones (DreamO's ``routing_loss``)."""
 
     FIELDS = ("step", "loss", "grad_norm", "lr", "it_per_s")
 
-    def __init__(self, path: Path, resume_step: int):
+    def __init__(self, path: Path, resume_step: int, extra: tuple[str, ...] = ()):
         self.path = path
+        self.FIELDS = (*self.FIELDS, *extra)
         rows = []
         if path.is_file() and resume_step > 0:
             with open(path, newline="") as fh:
@@ -114,13 +120,28 @@ class Trainer:
         set_seed(config.seed)  # model init (LoRA weights) is the same on every process
         self.pipe = self._load_pipeline()
         self.transformer = self.pipe.transformer
-        # what the optimizer trains: the transformer (or its LoRA), with the T5 encoder when train_text_encoder
-        trained = (
-            TransformerWithTextEncoder(self.transformer, self.pipe.text_encoder_2)
-            if config.train_text_encoder
-            else self.transformer
-        )
-        self.method = get_method(config.method)  # how references become conditioning, as at inference
+        # what the optimizer trains: the transformer (or its LoRA), with the T5 encoder when train_text_encoder,
+        # with DreamO's embeddings and placeholder rows for method dreamo
+        self.dreamo = None
+        if config.method == "dreamo":
+            self.dreamo = add_trainable_placeholders(self.pipe, config.dreamo.train_placeholders).to(
+                self.accelerator.device
+            )
+            if config.init_lora:  # Stage II from Stage I: its embeddings and rows too, when it was a DreamO run
+                found = load_init_parts(self.dreamo, config.init_lora)
+                self.accelerator.print(
+                    f"DreamO parts from {found}" if found else "no DreamO parts beside init_lora: fresh ones"
+                )
+            trained = DreamOModel(self.transformer, self.pipe.text_encoder_2, self.dreamo)
+            # the inference method itself, on the trainable embeddings: one conditioning code path
+            self.method = DreamOMethod(embeddings=self.dreamo.embeddings)
+        else:
+            trained = (
+                TransformerWithTextEncoder(self.transformer, self.pipe.text_encoder_2)
+                if config.train_text_encoder
+                else self.transformer
+            )
+            self.method = get_method(config.method)  # how references become conditioning, as at inference
 
         acc = self.accelerator
         self.references = config.references if config.references is not None else data_has_references(config.data)
@@ -143,7 +164,7 @@ class Trainer:
                 look_free=self.references and config.look_free_captions > 0,
                 num_workers=config.num_workers,
                 progress=acc.is_main_process,
-                t5_ids=config.train_text_encoder,
+                t5_ids=text_as_ids(config),
                 method=self.method,
             )
             dataset, workers = SampleIndices(dataset), 0
@@ -190,6 +211,7 @@ class Trainer:
         )
         self.step = 0
         self.grad_norm = math.nan  # of the last update, before clipping
+        self.routing_loss = math.nan  # DreamO's routing constraint in the last update (unweighted)
 
     # ----------------------------------------------------------------------------------- building
     def _load_pipeline(self):
@@ -234,6 +256,7 @@ class Trainer:
         """One optimizer update over ``gradient_accumulation`` micro-batches; returns the mean loss."""
         acc, cfg = self.accelerator, self.config
         total = 0.0
+        routing = torch.zeros(2, device=acc.device)  # the routing constraint's sum and count over micro-steps
         for micro in range(cfg.gradient_accumulation):
             batch = next(batches)
             gen = step_generator(cfg.seed, self.step, micro, acc.process_index)
@@ -246,6 +269,11 @@ class Trainer:
                 loss = loss / cfg.gradient_accumulation
                 acc.backward(loss)
             total += loss.detach()
+            if self.objective.last_routing is not None:
+                routing += torch.stack([self.objective.last_routing, torch.ones_like(self.objective.last_routing)])
+        if cfg.dreamo.routing_weight:  # (unweighted; NaN for a step none of whose samples had masks)
+            routing = acc.reduce(routing, "sum")
+            self.routing_loss = (routing[0] / routing[1]).item() if routing[1] else math.nan
         trained = [p for p in self.model.parameters() if p.requires_grad]
         # the norm before clipping (the gradients are already reduced across processes)
         self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trained if p.grad is not None]).item()
@@ -269,6 +297,8 @@ class Trainer:
         params = [p for p in self.accelerator.unwrap_model(self.model).parameters() if p.requires_grad]
         cfg = self.config
         with ema_weights(self.ema, params):
+            if self.dreamo is not None:  # the pipeline encodes prompts with T5's own table
+                sync_t5_rows(self.pipe, self.dreamo)
             self.transformer.eval()
             try:
                 images = []
@@ -314,11 +344,14 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         with ema_weights(self.ema, [p for p in model.parameters() if p.requires_grad]):
             if self.config.mode == "lora":
-                lora = export_lora_state_dict(model)
+                lora = export_lora_state_dict(self.transformer)
                 self.pipe.save_lora_weights(
                     str(folder), transformer_lora_layers=lora, weight_name=LORA_FILE, safe_serialization=True
                 )
-                self._save_uno_lora(lora, model, folder / UNO_LORA_FILE)
+                if self.dreamo is not None:
+                    self._save_dreamo(lora, folder / DREAMO_FILE)
+                else:
+                    self._save_uno_lora(lora, self.transformer, folder / UNO_LORA_FILE)
                 return
             # full: the base folder with the new transformer (and T5); frozen components are copied as they were
             from ..family.build import unship_lora
@@ -349,6 +382,15 @@ class Trainer:
             return None
         rank = next(iter(xlabs.values())).shape[0]
         return write_safetensors(xlabs, path, metadata={"format": "xlabs", "lora_rank": rank})
+
+    def _save_dreamo(self, lora: dict[str, torch.Tensor], path: Path) -> Path:
+        """DreamO's ``dreamo.safetensors`` (its LoRA layout and embeddings), loadable with ``--dreamo FOLDER``."""
+        from ..checkpoints.files import write_safetensors
+        from ..checkpoints.lora import to_xlabs_lora
+
+        sync_t5_rows(self.pipe, self.dreamo)  # (the pipeline object stays consistent with the file)
+        tensors = dreamo_file_tensors(self.dreamo, to_xlabs_lora(lora, self.transformer))
+        return write_safetensors(tensors, path, metadata=TRAINED_METADATA)
 
     def _write_provenance(self, folder: Path) -> None:
         self.config.to_yaml(folder / "config.yaml")
@@ -385,7 +427,8 @@ class Trainer:
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._write_provenance(self.output_dir)
-        log = CsvLog(self.output_dir / "log.csv", self.step) if acc.is_main_process else None
+        extra = ("routing_loss",) if cfg.dreamo.routing_weight else ()
+        log = CsvLog(self.output_dir / "log.csv", self.step, extra) if acc.is_main_process else None
         board = None
         if acc.is_main_process and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -411,6 +454,7 @@ class Trainer:
                     grad_norm=f"{self.grad_norm:.6g}",
                     lr=f"{lr:.6g}",
                     it_per_s=f"{rate:.3f}",
+                    **({"routing_loss": f"{self.routing_loss:.6g}"} if extra else {}),
                 )
                 if board is not None:
                     board.add_scalar("train/loss", loss, self.step)

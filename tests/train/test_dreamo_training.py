@@ -1,0 +1,124 @@
+"""DreamO training (method: dreamo): the task/index embeddings and placeholder rows train beside the LoRA, land in
+DreamO's dreamo.safetensors, and load back through the inference loader into the same model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from train_helpers import transformer_output
+
+from unoflux import UnofluxError, load_pipeline
+from unoflux.checkpoints import ModelPaths
+from unoflux.checkpoints.dreamo import EMBEDDING_KEYS, PLACEHOLDERS
+from unoflux.cli import main
+from unoflux.train import TrainConfig
+from unoflux.train.trainer import Trainer
+
+DREAMO = dict(
+    method="dreamo",
+    batch_size=2,
+    text_dropout=0.0,
+    reference_long_side_multi=16,
+    learning_rate=1e-2,
+    lora={"rank": 4, "target_modules": "uno", "share_qkv_down": True},
+)
+
+
+def test_trained_dreamo_loads_through_the_inference_loader_as_it_was_trained(
+    tiny_config, dreamo_data, diffusers_folder
+):
+    trainer = Trainer(tiny_config(data=[str(dreamo_data)], max_steps=2, **DREAMO), command=[])
+    table_before = trainer.pipe.text_encoder_2.get_input_embeddings().weight.detach().clone()
+    final = trainer.train()
+    parts = trainer.dreamo
+    first = parts.first_placeholder
+
+    # the references' index rows (slots 1 and 2) and both task rows trained; unused slots stay at their zero init
+    assert parts.task.abs().min(dim=1).values.gt(0).all()
+    assert parts.index[1:3].abs().sum() > 0 and parts.index[0].abs().sum() == 0 and parts.index[3:].abs().sum() == 0
+    # [ref#1] and [ref#2] moved away from their init; T5's own table is frozen
+    table = trainer.pipe.text_encoder_2.get_input_embeddings().weight
+    assert (parts.t5_rows[:2] - table_before[first : first + 2]).abs().max() > 1e-3
+    torch.testing.assert_close(table[:first], table_before[:first], rtol=0, atol=0)
+
+    with safe_open(str(final / "dreamo.safetensors"), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    hidden = parts.task.shape[1]
+    assert shapes[EMBEDDING_KEYS[0]] == (10, table.shape[1])
+    assert (shapes[EMBEDDING_KEYS[1]], shapes[EMBEDDING_KEYS[2]]) == ((2, hidden), (10, hidden))
+    assert "double_blocks_0.processor.qkv_lora1.down.weight" in shapes  # DreamO's LoRA names
+    assert (final / "pytorch_lora_weights.safetensors").is_file()
+
+    pipe = load_pipeline(
+        ModelPaths(model=str(diffusers_folder), dreamo=str(final)), device="cpu", dtype="fp32", use_environment=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.get_active_adapters() == ["dreamo"] and pipe.model_defaults["method"] == "dreamo"
+    torch.testing.assert_close(pipe.dreamo_embeddings.task, parts.task.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(pipe.dreamo_embeddings.index, parts.index.detach(), rtol=0, atol=0)
+    ids = pipe.tokenizer_2.convert_tokens_to_ids(PLACEHOLDERS)
+    assert ids == list(range(first, first + 10))
+    loaded_rows = pipe.text_encoder_2.get_input_embeddings().weight[ids]
+    torch.testing.assert_close(loaded_rows, parts.t5_rows.detach(), rtol=0, atol=0)
+    # the LoRA in DreamO's layout is the trained one: the same velocity for the same inputs
+    trainer.transformer.eval()
+    expected = transformer_output(trainer.transformer, reference_grids=[(1, 1), (1, 1)])
+    got = transformer_output(pipe.transformer, reference_grids=[(1, 1), (1, 1)])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+    # and `unoflux generate --dreamo final/` runs on it, with placeholders in the prompt
+    refs = []
+    for i, color in enumerate(("red", "blue")):
+        refs += ["--ref", str(final / f"ref{i}.png")]
+        Image.new("RGB", (16, 16), color).save(final / f"ref{i}.png")
+    out = final / "out.png"
+    argv = ["generate", "--model", str(diffusers_folder), "--dreamo", str(final), "--prompt",
+            "[ref#1] on the left and [ref#2] on the right", *refs, "--ref-long-side", "16", "--width", "32",
+            "--height", "32", "--steps", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert Image.open(out).size == (32, 32)
+    assert json.loads(Image.open(out).text["unoflux"])["method"] == "dreamo"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"mode": "full"}, "method dreamo trains a LoRA beside its embeddings; set mode: lora"),
+        ({"lora": {"rank": 4}}, "method dreamo needs lora.target_modules: uno"),
+        ({"dreamo": {"train_placeholders": "yes"}}, "dreamo.train_placeholders 'yes' must be true or false"),
+        ({"dreamo": {"routing": 1}}, "unknown setting 'dreamo.routing'"),
+    ],
+)
+def test_bad_dreamo_settings_are_one_sentence(changes, message):
+    values = dict(data=["d"], output_dir="o", **{**DREAMO, **changes})
+    with pytest.raises(UnofluxError, match=message.replace("(", r"\(")):
+        TrainConfig.from_dict(values)
+
+
+def test_stage_two_starts_from_stage_ones_embeddings_and_rows(tiny_config, dreamo_data, tmp_path):
+    """init_lora naming a DreamO run's final/ (its dreamo.safetensors) or checkpoint (dreamo_parts.safetensors)
+    starts the embeddings and placeholder rows there, as it starts the LoRA; a UNO LoRA leaves them fresh."""
+    from safetensors.torch import load_file
+
+    from unoflux.train.dreamo import PARTS_FILE
+
+    stage1 = Trainer(
+        tiny_config(
+            data=[str(dreamo_data)], output_dir=str(tmp_path / "s1"), max_steps=2, checkpoint_every=1, **DREAMO
+        ),
+        command=[],
+    ).train()
+    saved = load_file(stage1 / "dreamo.safetensors")
+    checkpoint = load_file(tmp_path / "s1" / "checkpoint-1" / PARTS_FILE)
+    for init, expected in (
+        (stage1, [saved[k] for k in EMBEDDING_KEYS]),
+        (tmp_path / "s1" / "checkpoint-1", [checkpoint[k] for k in ("t5_rows", "task", "index")]),
+    ):
+        stage2 = Trainer(tiny_config(data=[str(dreamo_data)], init_lora=str(init), **DREAMO), command=[])
+        for got, want in zip((stage2.dreamo.t5_rows, stage2.dreamo.task, stage2.dreamo.index), expected):
+            torch.testing.assert_close(got.detach(), want, rtol=0, atol=0)
+        assert stage2.dreamo.index.abs().sum() > 0  # not the fresh zeros

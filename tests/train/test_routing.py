@@ -1,0 +1,143 @@
+"""DreamO's routing constraint (Eq. 2-3): the cheap response maps (mean query first, no attention map) equal the
+full attention logits averaged by hand, the loss equals its hand computation, and a run with it trains differently."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import apply_rotary_emb
+from safetensors.torch import load_file
+
+from unoflux import UnofluxError
+from unoflux.conditioning import sequence_position_ids
+from unoflux.testing import tiny_components
+from unoflux.train.data import box_token_shares, reference_token_masks
+from unoflux.train.routing import RoutingCapture, routing_loss
+from unoflux.train.trainer import Trainer
+
+
+class FullLogits:
+    """A hand-written FLUX joint attention that keeps every head's full q k^T / sqrt(d) map, (B, H, L, L) over
+    [text, image] tokens."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        def heads(x):
+            return x.unflatten(-1, (-1, attn.head_dim))
+
+        q = torch.cat([attn.norm_added_q(heads(attn.add_q_proj(encoder_hidden_states))),
+                       attn.norm_q(heads(attn.to_q(hidden_states)))], dim=1)  # fmt: skip
+        k = torch.cat([attn.norm_added_k(heads(attn.add_k_proj(encoder_hidden_states))),
+                       attn.norm_k(heads(attn.to_k(hidden_states)))], dim=1)  # fmt: skip
+        v = torch.cat([heads(attn.add_v_proj(encoder_hidden_states)), heads(attn.to_v(hidden_states))], dim=1)
+        q, k = (
+            apply_rotary_emb(q, image_rotary_emb, sequence_dim=1),
+            apply_rotary_emb(k, image_rotary_emb, sequence_dim=1),
+        )
+        self.logits = torch.einsum("blhd,bmhd->bhlm", q, k) / math.sqrt(attn.head_dim)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = out.transpose(1, 2).flatten(2)
+        text = encoder_hidden_states.shape[1]
+        return attn.to_out[1](attn.to_out[0](out[:, text:])), attn.to_add_out(out[:, :text])
+
+
+def test_response_maps_and_loss_equal_a_hand_computation_from_the_full_attention():
+    transformer = tiny_components(seed=0)["transformer"].eval()
+    full = FullLogits()
+    transformer.transformer_blocks[0].attn.set_processor(full)
+    g = torch.Generator().manual_seed(0)
+    target, grids = (2, 2), [(1, 2), (1, 1)]  # 4 target tokens, then reference 1 (2 tokens), reference 2 (1)
+    text = 8
+    inputs = dict(
+        hidden_states=torch.randn(2, 7, 64, generator=g),
+        timestep=torch.tensor([0.5, 0.5]),
+        guidance=torch.tensor([1.0, 1.0]),
+        pooled_projections=torch.randn(2, 32, generator=g),
+        encoder_hidden_states=torch.randn(2, text, 32, generator=g),
+        txt_ids=torch.zeros(text, 3),
+        img_ids=sequence_position_ids(target, grids),
+        return_dict=False,
+    )
+    with torch.no_grad(), RoutingCapture(transformer, [0]) as capture:
+        transformer(**inputs)
+    maps = capture.response_maps(4, [2, 1])
+
+    # by hand: reference i's query rows, the target's key columns, averaged over heads and the reference's tokens
+    logits = full.logits
+    image = slice(text, text + 4)
+    hand = torch.stack(
+        [logits[:, :, text + 4 : text + 6, image].mean(dim=(1, 2)), logits[:, :, text + 6 : text + 7, image].mean(dim=(1, 2))],
+        dim=1,
+    )[None]  # fmt: skip
+    torch.testing.assert_close(maps, hand, rtol=1e-5, atol=1e-5)
+
+    # subject 1 in the left column, subject 2 in the top-right quarter: masks [1, 0, 1, 0] and [0, 1, 0, 0]
+    boxes = [((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 0.5))] * 2
+    masks, valid = reference_token_masks(boxes, target, 2)
+    assert masks[0].tolist() == [[1, 0, 1, 0], [0, 1, 0, 0]] and valid.tolist() == [1, 1]
+    per_sample = [sum(((hand[0, b, i] - masks[b, i]) ** 2).sum() for i in range(2)) / 2 for b in range(2)]
+    torch.testing.assert_close(routing_loss(maps, masks, valid), (per_sample[0] + per_sample[1]) / 2)
+    # a sample without one box per reference is left out of the mean
+    torch.testing.assert_close(routing_loss(maps, masks, torch.tensor([1.0, 0.0])), per_sample[0])
+
+
+def test_box_token_shares_measure_partial_tokens():
+    assert box_token_shares((0.0, 0.0, 0.25, 1.0), (1, 2)).tolist() == [0.5, 0.0]
+
+
+def test_a_run_with_the_routing_constraint_trains_differently_and_checks_its_blocks(tiny_config, multi_pairs_data):
+    base = dict(
+        data=[str(multi_pairs_data)],
+        method="dreamo",
+        batch_size=1,
+        max_steps=2,
+        reference_long_side_multi=16,
+        lora={"rank": 4, "target_modules": "uno"},
+    )
+    with pytest.raises(
+        UnofluxError, match="dreamo.routing_blocks names block 5, but this model's double blocks are 0 .. 0"
+    ):
+        Trainer(tiny_config(**base, dreamo={"routing_weight": 1.0, "routing_blocks": [5]}), command=[])
+    finals = {}
+    for weight, checkpointing in ((0.0, False), (1.0, False), (1.0, True)):
+        config = tiny_config(
+            **base,
+            output_dir=f"{tiny_config().output_dir}-{weight}-{checkpointing}",
+            dreamo={"routing_weight": weight, "routing_blocks": [0]},
+            gradient_checkpointing=checkpointing,
+        )
+        final = Trainer(config, command=[]).train()
+        finals[weight, checkpointing] = load_file(final / "dreamo.safetensors")
+        with open(final.parent / "log.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if weight:  # the constraint's own value is logged beside the total loss
+            assert all(0 < float(r["routing_loss"]) < float("inf") for r in rows), rows
+        else:
+            assert "routing_loss" not in rows[0]
+    # same seeds and data: only the constraint's gradient tells the runs apart
+    off, on = finals[0.0, False]["dreamo_idx_embedding.weight"], finals[1.0, False]["dreamo_idx_embedding.weight"]
+    assert not torch.equal(off, on)
+    # the hooks' q and k still carry the constraint's gradient when the blocks are recomputed in the backward
+    for key, tensor in finals[1.0, False].items():
+        torch.testing.assert_close(finals[1.0, True][key], tensor, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "dreamo, message",
+    [
+        ({"routing_weight": -1}, "dreamo.routing_weight -1 must be a number >= 0"),
+        ({"routing_blocks": []}, "dreamo.routing_blocks [] must be a non-empty list"),
+        ({"routing_blocks": [2, 2]}, "dreamo.routing_blocks [2, 2] must be a non-empty list of distinct"),
+    ],
+)
+def test_bad_routing_settings_are_one_sentence(dreamo, message):
+    from unoflux.train import TrainConfig
+
+    values = dict(data=["d"], output_dir="o", method="dreamo", lora={"target_modules": "uno"}, dreamo=dreamo)
+    with pytest.raises(UnofluxError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        TrainConfig.from_dict(values)
+    with pytest.raises(UnofluxError, match="dreamo.routing_weight needs method: dreamo"):
+        TrainConfig.from_dict(dict(data=["d"], output_dir="o", dreamo={"routing_weight": 1}))
