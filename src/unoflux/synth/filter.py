@@ -1,0 +1,105 @@
+"""Stage ``filter-similarity``: score each pair's subject consistency and keep those at or above a threshold.
+
+Backends (``similarity`` in the config):
+
+- ``world``: the exact checker's identity score, the lower of the two panels' subject fidelity to the prompt's
+  identity (:func:`unoflux.world.checker.subject_fidelity`, 0 when a panel's subject is not found);
+- ``dinov2``: the cosine similarity of the reference crop's and the target crop's DINOv2 embeddings (UNO's first
+  filter), through :class:`unoflux.metrics.Scorer`.
+
+On the world every record also carries the checker's truth (``truth``): both panels show the prompted look, the
+same look, and each panel's subject is the prompt's identity rather than a look-alike (its fidelity beats every
+same-look distractor's). The report measures each filter's precision and recall against it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..world.checker import check_two_panel, identity_match
+from ..world.specs import TwoPanelSpec
+from ..world.subjects import same_look_distractors
+from .config import SynthConfig
+from .generate import stage_inputs
+from .manifest import Manifest
+from .split import PAIRS
+
+FILTERED = "filtered.jsonl"
+DISTRACTORS = 7  # same-look identities a panel's subject must beat (as the world evaluation counts identity)
+
+
+def world_judgement(source: Image.Image, spec: TwoPanelSpec) -> tuple[float, dict]:
+    """(identity score, truth) of a two-panel image against the spec it was prompted with."""
+    pixels = np.asarray(source.convert("RGB"))
+    verdict = check_two_panel(pixels, spec)
+    side = pixels.shape[0]
+    panels = (pixels[:, :side], pixels[:, side : 2 * side])
+    identity = spec.identity
+    distractors = same_look_distractors(identity, DISTRACTORS)
+    found, look_ok, identity_ok, fidelity = [], [], [], []
+    for panel, scene in zip(panels, (verdict.left, verdict.right)):
+        subject = scene.subjects[0]
+        found.append(subject.found)
+        look_ok.append(subject.look_ok)
+        fidelity.append(subject.fidelity if subject.found else 0.0)
+        if subject.found:
+            own, others = identity_match(panel, scene.background, subject.box, identity, distractors)
+            identity_ok.append(own > max(others))
+        else:
+            identity_ok.append(False)
+    truth = {
+        "found": all(found),
+        "look_ok": all(look_ok),
+        "same_look": verdict.same_look,
+        "identity_ok": all(identity_ok),
+        "consistent": all(look_ok) and verdict.same_look and all(identity_ok),
+        "panel_similarity": verdict.panel_similarity,
+    }
+    return round(min(fidelity), 4), truth
+
+
+def _world_truth(config: SynthConfig, record: dict) -> tuple[float, dict]:
+    with Image.open(Path(config.output_dir) / record["source"]) as image:
+        return world_judgement(image, TwoPanelSpec.from_dict(record["spec"]))
+
+
+def run_filter_similarity(config: SynthConfig, progress: bool = True) -> Path:
+    """Write ``filtered.jsonl``: every pair with its ``score``, ``kept`` and (world) ``truth``.
+
+    DINOv2 scores are computed ``batch_size`` pairs at a time in fixed batches of the pair list (a batch a kill
+    interrupted is scored again whole), so a resumed run gives the same numbers as an uninterrupted one.
+    """
+    out = Path(config.output_dir)
+    pairs = stage_inputs(config, PAIRS, "filter-similarity")
+    manifest = Manifest(out / FILTERED)
+    batches = [pairs[i : i + config.batch_size] for i in range(0, len(pairs), config.batch_size)]
+    todo = [batch for batch in batches if any(r["key"] not in manifest for r in batch)]
+    scorer = None
+    if todo and config.similarity == "dinov2":
+        from ..metrics import Scorer
+
+        scorer = Scorer(dino=config.dino, device=config.device, batch_size=2 * config.batch_size, progress=False)
+    for batch in tqdm(todo, desc="filter-similarity", unit="batch", disable=not progress):
+        judged = [_world_truth(config, r) if r.get("spec") else (None, None) for r in batch]
+        if scorer is not None:
+            scores = scorer.dino_pairs([out / r["reference"] for r in batch], [out / r["target_crop"] for r in batch])
+            scores = [round(s, 6) for s in scores]
+        else:
+            scores = [score for score, _ in judged]
+        for record, score, (_, truth) in zip(batch, scores, judged, strict=True):
+            if record["key"] in manifest:
+                continue
+            manifest.append(
+                {
+                    **record,
+                    "similarity": config.similarity,
+                    "score": score,
+                    "kept": bool(score >= config.threshold),
+                    "truth": truth,
+                }
+            )
+    return manifest.path
