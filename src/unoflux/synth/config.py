@@ -15,6 +15,8 @@ from ..errors import UnofluxError
 STAGES = ("prompts", "generate", "split", "filter-similarity", "report")
 LOCATORS = ("world", "panel")  # world: the spec's exact layout; panel: the whole panel is the subject's box
 SIMILARITY_BACKENDS = ("world", "dinov2")  # world: the exact checker's identity score; dinov2: crop cosine
+# world: the identity beats every look-alike; dinov2: a cosine that random crops of different things rarely reach
+DEFAULT_THRESHOLDS = {"world": 0.0, "dinov2": 0.5}
 TEMPLATE_FIELDS = {"subject", "left", "right"}
 # UNO-style in-context prompt for user vocabularies (the world's own captions phrase it the same way)
 DEFAULT_TEMPLATES = (
@@ -53,7 +55,7 @@ class SynthConfig:
     # filter-similarity
     similarity: str = "world"  # one of SIMILARITY_BACKENDS
     dino: str | None = None  # DINOv2 folder (transformers layout) for similarity: dinov2
-    threshold: float = 0.5  # keep a pair when its similarity score is at least this
+    threshold: float | None = None  # keep a pair when its score is at least this; None = the backend's default
 
     def __post_init__(self) -> None:
         if not isinstance(self.output_dir, str) or not self.output_dir:
@@ -100,8 +102,10 @@ class SynthConfig:
             raise UnofluxError("similarity world needs the world's vocabulary (no subjects/scenes); use dinov2")
         if self.similarity == "dinov2" and not (self.dino and Path(self.dino, "config.json").is_file()):
             raise UnofluxError(f"dino {self.dino!r} must be a DINOv2 folder with config.json for similarity dinov2")
+        if self.threshold is None:
+            self.threshold = DEFAULT_THRESHOLDS[self.similarity]
         if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
-            raise UnofluxError(f"threshold {self.threshold!r} must be a number")
+            raise UnofluxError(f"threshold {self.threshold!r} must be a number or null (the backend's default)")
 
     @property
     def world(self) -> bool:

@@ -2,8 +2,9 @@
 
 Backends (``similarity`` in the config):
 
-- ``world``: the exact checker's identity score, the lower of the two panels' subject fidelity to the prompt's
-  identity (:func:`unoflux.world.checker.subject_fidelity`, 0 when a panel's subject is not found);
+- ``world``: the exact checker's identity score: per panel, the found subject's fidelity to the prompt's identity
+  minus its best fidelity to a same-look distractor (:func:`unoflux.world.checker.identity_match`; -1 when the
+  subject is not found), the lower of the two panels (above 0: both panels show this identity, not a look-alike);
 - ``dinov2``: the cosine similarity of the reference crop's and the target crop's DINOv2 embeddings (UNO's first
   filter), through :class:`unoflux.metrics.Scorer`.
 
@@ -40,17 +41,17 @@ def world_judgement(source: Image.Image, spec: TwoPanelSpec) -> tuple[float, dic
     panels = (pixels[:, :side], pixels[:, side : 2 * side])
     identity = spec.identity
     distractors = same_look_distractors(identity, DISTRACTORS)
-    found, look_ok, identity_ok, fidelity = [], [], [], []
+    found, look_ok, margins = [], [], []
     for panel, scene in zip(panels, (verdict.left, verdict.right)):
         subject = scene.subjects[0]
         found.append(subject.found)
         look_ok.append(subject.look_ok)
-        fidelity.append(subject.fidelity if subject.found else 0.0)
         if subject.found:
             own, others = identity_match(panel, scene.background, subject.box, identity, distractors)
-            identity_ok.append(own > max(others))
+            margins.append(own - max(others))
         else:
-            identity_ok.append(False)
+            margins.append(-1.0)
+    identity_ok = [m > 0 for m in margins]
     truth = {
         "found": all(found),
         "look_ok": all(look_ok),
@@ -59,7 +60,7 @@ def world_judgement(source: Image.Image, spec: TwoPanelSpec) -> tuple[float, dic
         "consistent": all(look_ok) and verdict.same_look and all(identity_ok),
         "panel_similarity": verdict.panel_similarity,
     }
-    return round(min(fidelity), 4), truth
+    return round(min(margins), 4), truth
 
 
 def _world_truth(config: SynthConfig, record: dict) -> tuple[float, dict]:
