@@ -181,6 +181,13 @@ def test_dinov2_filter_scores_crops_with_a_tiny_random_dinov2(tmp_path, dinov2):
     assert all(r["kept"] == (r["score"] >= 0.5) for r in filtered)
     assert all(r["truth"] is not None for r in filtered)  # the world's truth comes along for the report
 
+    # a run stopped after the first record (its batch half written, a torn line after it) resumes to the same bytes
+    path = tmp_path / "out" / "filtered.jsonl"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.index(b"\n") + 1] + b'{"key": "00')
+    run_synth(config, ["filter-similarity"])
+    assert path.read_bytes() == whole
+
 
 # ------------------------------------------------------------------------------------------------- end to end
 def test_cli_runs_every_stage_on_the_embedded_base(tmp_path, capsys):

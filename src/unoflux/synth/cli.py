@@ -1,4 +1,4 @@
-"""`unoflux synth CONFIG.yaml [--stage NAME]`: in-context pair synthesis, every stage or one (docs/synthesis.md)."""
+"""`unoflux synth CONFIG.yaml [--stage NAME ...]`: in-context pair synthesis, every stage or one (docs/synthesis.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .run import run_synth
 
     config = SynthConfig.from_yaml(args.config)
-    for path in run_synth(config, [args.stage] if args.stage else None, progress=not args.quiet):
+    for path in run_synth(config, args.stage, progress=not args.quiet):
         print(f"wrote {path}")
     return 0
 
@@ -25,6 +25,11 @@ def register(subparsers) -> None:
         "synth", help="synthesize subject pairs (UNO's in-context data pipeline)", description=cmd_synth.__doc__
     )
     p.add_argument("config", metavar="CONFIG.yaml", help="synthesis config (see docs/synthesis.md)")
-    p.add_argument("--stage", choices=STAGES, help="run only this stage (default: all, in order)")
+    p.add_argument(
+        "--stage",
+        choices=STAGES,
+        action="append",
+        help="run only this stage (repeat for several; they run in pipeline order; default: all)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_synth)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..errors import UnofluxError
 from ..images import save_png
 from .config import SynthConfig
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest, read_manifest, remove_partial_files
 from .prompts import PROMPTS
 
 IMAGES = "generated.jsonl"
@@ -46,6 +46,7 @@ def run_generate(config: SynthConfig, pipe=None, progress: bool = True) -> Path:
     if len(prompts) < config.count:
         raise UnofluxError(f"{out / PROMPTS} holds {len(prompts)} of {config.count} prompts; run the prompts stage")
     manifest = Manifest(out / IMAGES)
+    remove_partial_files(out / "images")
     batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
     todo = [batch for batch in batches if any(r["key"] not in manifest for r in batch)]
     if not todo:

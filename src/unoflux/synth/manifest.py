@@ -76,3 +76,10 @@ def read_manifest(path: str | os.PathLike, repair: bool = False) -> list[dict]:
             f.flush()
             os.fsync(f.fileno())
     return records
+
+
+def remove_partial_files(folder: str | os.PathLike) -> None:
+    """Delete the temporary files (``.NAME.*.part``, see :func:`unoflux.images.atomic_write`) a killed run left in
+    ``folder``: their records were never written, so the stage makes those files again."""
+    for leftover in Path(folder).glob(".*.part"):
+        leftover.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from ..world.render import layout_boxes
 from ..world.specs import TwoPanelSpec
 from .config import SynthConfig
 from .generate import IMAGES, stage_inputs
-from .manifest import Manifest
+from .manifest import Manifest, remove_partial_files
 
 PAIRS = "pairs.jsonl"
 Box = tuple[int, int, int, int]
@@ -89,6 +89,7 @@ def run_split(config: SynthConfig, progress: bool = True) -> Path:
     """Write ``pairs.jsonl`` and ``pairs/KEY_{reference,target,target_crop}.png`` for every generated image."""
     records = stage_inputs(config, IMAGES, "split")
     manifest = Manifest(Path(config.output_dir) / PAIRS)
+    remove_partial_files(Path(config.output_dir) / "pairs")
     locate = LOCATORS[config.locator]
     for record in tqdm(records, desc="split", unit="image", disable=not progress):
         if record["key"] not in manifest:
