@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from unoflux.synth import read_manifest
@@ -39,6 +40,7 @@ def _finish(process: subprocess.Popen) -> None:
     assert process.returncode == 0, err.decode()[-2000:]
 
 
+@pytest.mark.slow  # four subprocesses of the embedded model: ~50 s on 2 cores
 def test_generate_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path):
     reference = _synth(_config(tmp_path, "whole"), "--stage", "prompts", "--stage", "generate")  # uninterrupted
     killed_config = _config(tmp_path, "killed")
