@@ -16,6 +16,7 @@ from unoflux.errors import UnofluxError
 from unoflux.metrics.tiny import save_tiny_dino
 from unoflux.synth import Manifest, SynthConfig, prompt_record, read_manifest, run_synth
 from unoflux.synth.generate import IMAGES
+from unoflux.train.data import read_paired_samples
 from unoflux.world.render import render_scene, render_two_panel
 from unoflux.world.specs import SceneSpec, SubjectSpec, TwoPanelSpec
 from unoflux.world.subjects import same_look_distractors
@@ -166,6 +167,15 @@ def test_world_filter_keeps_consistent_pairs_and_rejects_look_alikes(tmp_path):
     at_threshold = next(row for row in report["thresholds"] if row["threshold"] == 0.0)  # the world's default
     assert at_threshold["precision"] == 1.0 and at_threshold["recall"] == 1.0
     assert "| 0.0 | 2 | 50.0 % | 100.0 % | 100.0 % |" in (tmp_path / "out" / "report.md").read_text()
+
+    # the kept pairs are training data as it stands: UNO's training JSON, read by the trainer with references
+    samples = read_paired_samples([str(tmp_path / "out" / "train_pairs.json")], lambda n: 64)
+    assert [s.caption for s in samples] == [filtered[0]["caption"], filtered[2]["caption"]]
+    assert samples[0].references == (tmp_path / "out" / filtered[0]["reference"],)
+    assert samples[0].image == tmp_path / "out" / filtered[0]["target"]
+    for sheet in ("kept.png", "rejected.png"):
+        with Image.open(tmp_path / "out" / sheet) as image:
+            assert image.width == 4 * 2 * 128  # four two-panel images a row
 
 
 def test_dinov2_filter_scores_crops_with_a_tiny_random_dinov2(tmp_path, dinov2):

@@ -1,13 +1,16 @@
 """Stage ``report``: per-stage counts and yields, and on the world the similarity filter's precision and recall
-against the exact checker's truth at a range of thresholds (``report.md`` for people, ``report.json`` for tools)."""
+against the exact checker's truth at a range of thresholds (``report.md`` for people, ``report.json`` for tools);
+contact sheets of kept and rejected pairs; the kept pairs as a UNO training JSON (``train_pairs.json``) that
+``unoflux train`` reads with references."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from ..images import atomic_write, save_json
+from ..images import atomic_write, save_json, save_png
 from .config import SynthConfig
 from .filter import FILTERED
 from .generate import IMAGES
@@ -107,10 +110,45 @@ def markdown(config: SynthConfig, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+TRAIN_PAIRS = "train_pairs.json"
+SHEET_ITEMS = 12  # pairs per contact sheet
+
+
+def write_train_pairs(config: SynthConfig, records: list[dict]) -> Path:
+    """The kept pairs in UNO's training JSON format (``[{"prompt", "image_paths", "image_tgt_path"}]``, paths
+    relative to the file): the target panel's caption, the reference crop, the target panel."""
+    kept = [
+        {"prompt": r["caption"], "image_paths": [r["reference"]], "image_tgt_path": r["target"]}
+        for r in records
+        if r["kept"]
+    ]
+    return save_json(kept, Path(config.output_dir) / TRAIN_PAIRS)
+
+
+def write_contact_sheets(config: SynthConfig, records: list[dict]) -> None:
+    """``kept.png`` and ``rejected.png``: the first pairs of each kind (the two-panel image, its score beneath)."""
+    from ..evaluate.world import contact_sheet
+
+    out = Path(config.output_dir)
+    for name, kept in (("kept", True), ("rejected", False)):
+        items = []
+        for record in [r for r in records if r["kept"] == kept][:SHEET_ITEMS]:
+            with Image.open(out / record["source"]) as image:
+                items.append((f"{config.similarity} {record['score']:.3f}: {record['subject']}", image.convert("RGB")))
+        if items:
+            sheet = contact_sheet(items, columns=4, cell=config.size)
+            save_png(sheet, out / f"{name}.png", {"prompt": f"{name} pairs", "similarity": config.similarity})
+
+
 def run_report(config: SynthConfig, progress: bool = True) -> Path:
-    """Write ``report.json`` and ``report.md`` from whichever manifests exist."""
+    """Write ``report.json`` and ``report.md`` from whichever manifests exist (and, once the filter has run, the
+    contact sheets and ``train_pairs.json``)."""
     out = Path(config.output_dir)
     summary = summarize(config)
     save_json(summary, out / "report.json")
+    if (out / FILTERED).is_file():
+        records = read_manifest(out / FILTERED)
+        write_train_pairs(config, records)
+        write_contact_sheets(config, records)
     text = markdown(config, summary)
     return atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))
