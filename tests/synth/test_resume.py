@@ -70,3 +70,23 @@ def test_generate_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path)
         image = record["image"]
         assert (tmp_path / "killed" / image).read_bytes() == (tmp_path / "whole" / image).read_bytes(), image
     assert not list((tmp_path / "killed").rglob("*.part"))  # no temporary file left behind as an output
+
+
+@pytest.mark.slow  # two torchrun processes and one plain run of the embedded model: ~40 s on 2 cores
+def test_two_processes_share_generate_and_merge_to_the_one_process_manifest(tmp_path):
+    single = _synth(_config(tmp_path, "single"), "--stage", "prompts", "--stage", "generate")
+    config = _config(tmp_path, "sharded")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    argv = [str(torchrun), "--nproc_per_node", "2", "-m", "unoflux", "synth", str(config), "--quiet"]
+    result = subprocess.run(
+        [*argv, "--stage", "prompts", "--stage", "generate"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    _finish(single)
+    sharded, whole = tmp_path / "sharded", tmp_path / "single"
+    assert not list(sharded.glob("generated.shard-*"))  # merged, then removed
+    assert (sharded / "generated.jsonl").read_bytes() == (whole / "generated.jsonl").read_bytes()
+    for record in read_manifest(whole / "generated.jsonl"):
+        image = record["image"]
+        assert (sharded / image).read_bytes() == (whole / image).read_bytes(), image

@@ -10,12 +10,17 @@ from .config import STAGES
 def cmd_synth(args: argparse.Namespace) -> int:
     """Synthesize subject pairs as UNO describes: two-panel prompts, two-panel images from a text-to-image FLUX
     pipeline (the embedded base by default), (reference, target) pairs, a similarity filter and a report. Every
-    stage resumes where a killed run stopped."""
+    stage resumes where a killed run stopped. Under `accelerate launch -m unoflux synth ...` (or torchrun) the
+    generate stage is shared between the processes."""
+    from ..cli import batch_share
     from .config import SynthConfig
+    from .generate import Share
     from .run import run_synth
 
     config = SynthConfig.from_yaml(args.config)
-    for path in run_synth(config, args.stage, progress=not args.quiet):
+    device, index, count, state = batch_share(config.device)
+    share = Share(index, count, device, state)
+    for path in run_synth(config, args.stage, progress=not args.quiet, share=share):
         print(f"wrote {path}")
     return 0
 

@@ -10,7 +10,7 @@ from ..errors import UnofluxError
 from ..images import atomic_write
 from .config import STAGES, SynthConfig
 from .filter import run_filter_similarity
-from .generate import run_generate
+from .generate import Share, run_generate
 from .prompts import run_prompts
 from .report import run_report
 from .split import run_split
@@ -44,11 +44,26 @@ def record_config(config: SynthConfig) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def run_synth(config: SynthConfig, stages: list[str] | None = None, progress: bool = True) -> list[Path]:
-    """Run ``stages`` (default: all, in pipeline order) and return what each wrote."""
+def run_synth(
+    config: SynthConfig, stages: list[str] | None = None, progress: bool = True, share: Share | None = None
+) -> list[Path]:
+    """Run ``stages`` (default: all, in pipeline order) and return what each wrote.
+
+    With several processes (``share``) every process generates its share; the other stages are light and run on
+    the main process alone, the others waiting at a barrier after each stage."""
+    share = share or Share()
     stages = list(STAGES) if stages is None else stages
     for stage in stages:
         if stage not in RUNNERS:
             raise UnofluxError(f"stage {stage!r} is not one of: {', '.join(STAGES)}")
-    record_config(config)
-    return [RUNNERS[stage](config, progress=progress) for stage in STAGES if stage in stages]
+    if share.index == 0:
+        record_config(config)
+    share.wait()
+    written = []
+    for stage in [s for s in STAGES if s in stages]:
+        if stage == "generate":
+            written.append(run_generate(config, progress=progress, share=share))
+        elif share.index == 0:
+            written.append(RUNNERS[stage](config, progress=progress))
+        share.wait()
+    return written if share.index == 0 else []
