@@ -112,19 +112,23 @@ def test_an_output_folder_refuses_other_settings(tmp_path):
 
 
 # ------------------------------------------------------------------------------- split + filters on known truth
-def _rendered_generation(config: SynthConfig, wrong: set[int], same_panels: set[int] = frozenset()) -> None:
+def _rendered_generation(
+    config: SynthConfig, wrong: set[int], same_panels: set[int] = frozenset(), both_alike: set[int] = frozenset()
+) -> None:
     """Stand in for the generate stage with rendered two-panels (exact), so the filters' truth is known: records in
-    ``wrong`` show a same-look look-alike in the right panel, those in ``same_panels`` the left scene twice."""
+    ``wrong`` show a same-look look-alike in the right panel, those in ``both_alike`` one look-alike in both panels
+    (the look prompted, the details not: all a caption can ask for), those in ``same_panels`` the left scene twice."""
     run_synth(config, ["prompts"])
     out = Path(config.output_dir)
     manifest = Manifest(out / IMAGES)
     for record in read_manifest(out / "prompts.jsonl"):
         spec = TwoPanelSpec.from_dict(record["spec"])
         left, right = spec.left, spec.right
-        if record["index"] in wrong:
-            other = same_look_distractors(spec.identity, 1)[0]
-            subject = right.subjects[0]
-            right = SceneSpec(right.background, (SubjectSpec(other, subject.placement, subject.size),), right.seed)
+        other = same_look_distractors(spec.identity, 1)[0]
+        if record["index"] in wrong | both_alike:
+            right = _with_identity(right, other)
+        if record["index"] in both_alike:
+            left = _with_identity(left, other)
         elif record["index"] in same_panels:  # as if the prompt had asked for the left scene twice
             right = left
             record = {**record, "spec": TwoPanelSpec(left, left).to_dict()}
@@ -137,9 +141,14 @@ def _rendered_generation(config: SynthConfig, wrong: set[int], same_panels: set[
         manifest.append({**record, "image": path, "width": image.width, "height": image.height})
 
 
+def _with_identity(scene: SceneSpec, identity) -> SceneSpec:
+    subject = scene.subjects[0]
+    return SceneSpec(scene.background, (SubjectSpec(identity, subject.placement, subject.size),), scene.seed)
+
+
 def test_world_filter_keeps_consistent_pairs_and_rejects_look_alikes(tmp_path):
     config = SynthConfig(output_dir=str(tmp_path / "out"), count=4, size=128, batch_size=2)
-    _rendered_generation(config, wrong={1, 3})
+    _rendered_generation(config, wrong={1}, both_alike={3})
     run_synth(config, ["split", "filter-similarity", "report"])
 
     pairs = read_manifest(tmp_path / "out" / "pairs.jsonl")
@@ -155,22 +164,24 @@ def test_world_filter_keeps_consistent_pairs_and_rejects_look_alikes(tmp_path):
 
     filtered = {r["index"]: r for r in read_manifest(tmp_path / "out" / "filtered.jsonl")}
     for index in (0, 2):
-        assert filtered[index]["truth"]["consistent"] and filtered[index]["kept"]
-    for index in (1, 3):  # same look, another identity: only the identity tells them apart
-        truth = filtered[index]["truth"]
-        assert truth["same_look"] and truth["look_ok"] and not truth["identity_ok"] and not truth["consistent"]
-        assert filtered[index]["score"] < min(filtered[0]["score"], filtered[2]["score"])
+        assert filtered[index]["truth"]["consistent"] and filtered[index]["truth"]["identity_ok"]
+        assert filtered[index]["kept"]
+    # the same look-alike twice: one subject in both panels, a usable pair, though not the prompt's own identity
+    assert filtered[3]["truth"]["consistent"] and not filtered[3]["truth"]["identity_ok"] and filtered[3]["kept"]
+    truth = filtered[1]["truth"]  # same look, another identity on the right: only the identity tells them apart
+    assert truth["same_look"] and truth["look_ok"] and not truth["same_identity"] and not truth["consistent"]
+    assert filtered[1]["score"] < 0 < min(filtered[i]["score"] for i in (0, 2, 3)) and not filtered[1]["kept"]
 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["counts"] == {"prompts": 4, "generated": 4, "pairs": 4, "scored": 4, "kept": 2}
-    assert report["unfiltered_precision"] == 0.5
+    assert report["counts"] == {"prompts": 4, "generated": 4, "pairs": 4, "scored": 4, "kept": 3}
+    assert report["unfiltered_precision"] == 0.75
     at_threshold = next(row for row in report["thresholds"] if row["threshold"] == 0.0)  # the world's default
     assert at_threshold["precision"] == 1.0 and at_threshold["recall"] == 1.0
-    assert "| 0.0 | 2 | 50.0 % | 100.0 % | 100.0 % |" in (tmp_path / "out" / "report.md").read_text()
+    assert "| 0.0 | 3 | 75.0 % | 100.0 % | 100.0 % |" in (tmp_path / "out" / "report.md").read_text()
 
     # the kept pairs are training data as it stands: UNO's training JSON, read by the trainer with references
     samples = read_paired_samples([str(tmp_path / "out" / "train_pairs.json")], lambda n: 64)
-    assert [s.caption for s in samples] == [filtered[0]["caption"], filtered[2]["caption"]]
+    assert [s.caption for s in samples] == [filtered[i]["caption"] for i in (0, 2, 3)]
     assert samples[0].references == (tmp_path / "out" / filtered[0]["reference"],)
     assert samples[0].image == tmp_path / "out" / filtered[0]["target"]
     for sheet in ("kept.png", "rejected.png"):

@@ -2,15 +2,14 @@
 
 Backends (``similarity`` in the config):
 
-- ``world``: the exact checker's identity score: per panel, the found subject's fidelity to the prompt's identity
-  minus its best fidelity to a same-look distractor (:func:`unoflux.world.checker.identity_match`; -1 when the
-  subject is not found), the lower of the two panels (above 0: both panels show this identity, not a look-alike);
+- ``world``: the exact checker's identity score (:func:`world_judgement`): above 0 when both panels single out the
+  same identity among the prompt's and its same-look distractors;
 - ``dinov2``: the cosine similarity of the reference crop's and the target crop's DINOv2 embeddings (UNO's first
   filter), through :class:`unoflux.metrics.Scorer`.
 
-On the world every record also carries the checker's truth (``truth``): both panels show the prompted look, the
-same look, and each panel's subject is the prompt's identity rather than a look-alike (its fidelity beats every
-same-look distractor's). The report measures each filter's precision and recall against it.
+On the world every record also carries the checker's truth (``truth``): a pair is consistent when both panels show
+the prompted look, the same look and the same identity. The report measures each filter's precision and recall
+against it.
 """
 
 from __future__ import annotations
@@ -34,33 +33,43 @@ DISTRACTORS = 7  # same-look identities a panel's subject must beat (as the worl
 
 
 def world_judgement(source: Image.Image, spec: TwoPanelSpec) -> tuple[float, dict]:
-    """(identity score, truth) of a two-panel image against the spec it was prompted with."""
+    """(identity score, truth) of a two-panel image against the spec it was prompted with.
+
+    Each found subject is compared with a set of candidate identities of the prompt's look: the prompt's own and
+    :data:`DISTRACTORS` look-alikes (their fidelity, :func:`unoflux.world.checker.identity_match`). The score is
+    the margin by which the candidate both panels like best (the largest summed fidelity) beats every other
+    candidate, in the panel where that margin is smaller (-1 when a panel's subject is not found): above 0 both
+    panels single out the same identity. A text prompt names the look, never the seed-drawn details, so the same
+    identity in both panels (``same_identity``) is what a pair needs; ``identity_ok`` says whether it is also the
+    prompt's own.
+    """
     pixels = np.asarray(source.convert("RGB"))
     verdict = check_two_panel(pixels, spec)
     side = pixels.shape[0]
     panels = (pixels[:, :side], pixels[:, side : 2 * side])
-    identity = spec.identity
-    distractors = same_look_distractors(identity, DISTRACTORS)
-    found, look_ok, margins = [], [], []
+    candidates = (spec.identity, *same_look_distractors(spec.identity, DISTRACTORS))
+    profiles = []  # per panel: fidelity to every candidate, the prompt's identity first
     for panel, scene in zip(panels, (verdict.left, verdict.right)):
         subject = scene.subjects[0]
-        found.append(subject.found)
-        look_ok.append(subject.look_ok)
         if subject.found:
-            own, others = identity_match(panel, scene.background, subject.box, identity, distractors)
-            margins.append(own - max(others))
-        else:
-            margins.append(-1.0)
-    identity_ok = [m > 0 for m in margins]
+            own, others = identity_match(panel, scene.background, subject.box, candidates[0], candidates[1:])
+            profiles.append(np.array([own, *others]))
+    score, best = -1.0, None
+    if len(profiles) == 2:
+        best = int(np.argmax(profiles[0] + profiles[1]))
+        score = min(float(p[best] - np.delete(p, best).max()) for p in profiles)
+    look_ok = all(scene.subjects[0].look_ok for scene in (verdict.left, verdict.right))
+    same_identity = score > 0
     truth = {
-        "found": all(found),
-        "look_ok": all(look_ok),
+        "found": len(profiles) == 2,
+        "look_ok": look_ok,
         "same_look": verdict.same_look,
-        "identity_ok": all(identity_ok),
-        "consistent": all(look_ok) and verdict.same_look and all(identity_ok),
+        "same_identity": same_identity,
+        "identity_ok": same_identity and best == 0,
+        "consistent": look_ok and verdict.same_look and same_identity,
         "panel_similarity": verdict.panel_similarity,
     }
-    return round(min(margins), 4), truth
+    return round(score, 4), truth
 
 
 def _world_truth(config: SynthConfig, record: dict) -> tuple[float, dict]:

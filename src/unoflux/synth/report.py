@@ -57,7 +57,8 @@ def summarize(config: SynthConfig) -> dict:
         scores = np.array([r["score"] for r in judged], np.float64)
         grid = sorted({*np.quantile(scores, np.linspace(0, 0.9, 10)).round(4).tolist(), config.threshold})
         summary["truth"] = {
-            key: sum(r["truth"][key] for r in judged) for key in ("found", "look_ok", "same_look", "identity_ok")
+            key: sum(r["truth"][key] for r in judged)
+            for key in ("found", "look_ok", "same_look", "same_identity", "identity_ok")
         }
         summary["unfiltered_precision"] = sum(r["truth"]["consistent"] for r in judged) / len(judged)
         summary["thresholds"] = threshold_table(judged, grid)
@@ -94,10 +95,10 @@ def markdown(config: SynthConfig, summary: dict) -> str:
             "## Against the exact checker (world)",
             "",
             f"Of {n} pairs the checker finds both subjects in {truth['found']}, the prompted look in both panels in "
-            f"{truth['look_ok']}, the same look in {truth['same_look']} and the prompt's identity (beating "
-            f"same-look distractors) in both panels in {truth['identity_ok']}. A pair is consistent when it has the "
-            f"prompted look, the same look and the identity in both panels: unfiltered precision "
-            f"{_percent(summary['unfiltered_precision'])}.",
+            f"{truth['look_ok']}, the same look in {truth['same_look']}, the same identity (among the prompt's and "
+            f"its same-look distractors) in {truth['same_identity']}, and that identity is the prompt's own in "
+            f"{truth['identity_ok']}. A pair is consistent when it has the prompted look, the same look and the same "
+            f"identity in both panels: unfiltered precision {_percent(summary['unfiltered_precision'])}.",
             "",
             f"| `{config.similarity}` score >= | kept | yield | precision | recall |",
             "| --- | --- | --- | --- | --- |",
