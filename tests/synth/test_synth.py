@@ -102,6 +102,11 @@ def test_bad_settings_are_one_sentence(tmp_path, values, message):
         SynthConfig.from_dict({"output_dir": str(tmp_path), **values})
 
 
+def test_the_shipped_synth_config_is_valid():
+    config = SynthConfig.from_yaml(Path(__file__).resolve().parents[2] / "configs" / "synth_world.yaml")
+    assert config.world and (config.locator, config.similarity, config.size) == ("world", "world", 128)
+
+
 def test_an_output_folder_refuses_other_settings(tmp_path):
     config = SynthConfig(output_dir=str(tmp_path / "out"), count=3)
     run_synth(config, ["prompts"])
