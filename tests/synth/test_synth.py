@@ -237,3 +237,27 @@ def test_synth_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["synth", "-h"])
     assert exit_info.value.code == 0 and "--stage" in capsys.readouterr().out
+
+
+def test_user_vocabulary_end_to_end_with_the_panel_locator_and_dinov2(tmp_path, dinov2):
+    config = SynthConfig(
+        output_dir=str(tmp_path / "out"),
+        count=2,
+        size=64,
+        steps=2,
+        subjects=["a red mug", "a toy robot"],
+        scenes=["on a desk", "in a garden"],
+        locator="panel",
+        similarity="dinov2",
+        dino=str(dinov2),
+    )
+    run_synth(config, progress=False)
+    out = tmp_path / "out"
+    for pair in read_manifest(out / "pairs.jsonl"):
+        assert pair["reference_box"] == pair["target_box"] == [0, 0, 64, 64]  # the whole panel
+        with Image.open(out / pair["reference"]) as reference:
+            assert reference.size == (64, 64)
+    filtered = read_manifest(out / "filtered.jsonl")
+    assert all(r["truth"] is None and -1 <= r["score"] <= 1 for r in filtered)  # no world: no checker's truth
+    report = (out / "report.md").read_text()
+    assert "| kept |" in report and "exact checker" not in report

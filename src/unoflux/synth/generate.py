@@ -13,7 +13,6 @@ depend on how many processes made it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from ..errors import UnofluxError
 from ..generation import remove_partial_writes
 from ..images import atomic_write, save_png
 from .config import SynthConfig
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest, manifest_line, read_manifest
 from .prompts import PROMPTS
 
 IMAGES = "generated.jsonl"
@@ -82,10 +81,7 @@ def merge_shards(out: Path) -> None:
     records = {}
     for path in [p for p in [out / IMAGES, *shards] if p.is_file()]:
         records.update({r["key"]: r for r in read_manifest(path)})
-    lines = "".join(
-        json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n"
-        for r in sorted(records.values(), key=lambda r: r["index"])
-    )
+    lines = "".join(manifest_line(r) for r in sorted(records.values(), key=lambda r: r["index"]))
     atomic_write(out / IMAGES, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
     for path in shards:
         path.unlink()

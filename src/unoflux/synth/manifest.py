@@ -37,13 +37,18 @@ class Manifest:
         if key in self.keys:
             raise UnofluxError(f"record {key!r} is already in {str(self.path)!r}; a stage writes each key once")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+        line = manifest_line(record)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
         self.records.append(record)
         self.keys.add(key)
+
+
+def manifest_line(record: dict) -> str:
+    """One record as its manifest line (sorted keys: the same record is always the same bytes)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
 
 
 def read_manifest(path: str | os.PathLike, repair: bool = False) -> list[dict]:
