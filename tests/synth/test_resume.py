@@ -90,3 +90,28 @@ def test_two_processes_share_generate_and_merge_to_the_one_process_manifest(tmp_
     for record in read_manifest(whole / "generated.jsonl"):
         image = record["image"]
         assert (sharded / image).read_bytes() == (whole / image).read_bytes(), image
+
+
+@pytest.mark.slow  # the embedded model, then the checker's filter killed and resumed: ~45 s on 2 cores
+def test_filter_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path):
+    import shutil
+
+    config = _config(tmp_path, "killed")
+    _finish(_synth(config, "--stage", "prompts", "--stage", "generate", "--stage", "split"))
+    shutil.copytree(tmp_path / "killed", tmp_path / "whole")
+    (tmp_path / "whole.yaml").write_text(config.read_text().replace(str(tmp_path / "killed"), str(tmp_path / "whole")))
+    reference = _synth(tmp_path / "whole.yaml", "--stage", "filter-similarity")
+
+    manifest = tmp_path / "killed" / "filtered.jsonl"
+    process = _synth(config, "--stage", "filter-similarity")
+    deadline = time.monotonic() + 90
+    while _lines(manifest) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the filter ended before it could be killed mid-run"
+    assert 3 <= _lines(manifest) < COUNT
+    _finish(_synth(config, "--stage", "filter-similarity"))
+    _finish(reference)
+    assert manifest.read_bytes() == (tmp_path / "whole" / "filtered.jsonl").read_bytes()
+    assert [r["key"] for r in read_manifest(manifest)] == [f"{i:06d}" for i in range(COUNT)]
