@@ -108,6 +108,12 @@ def test_official_layout_gives_the_same_images_as_the_components(official_layout
     assert torch.equal(latents_of(pipe, ref_images[:1]), latents_of(tiny_pipe, ref_images[:1]))
 
 
+def test_a_numbered_cpu_device_loads_in_fp32_like_cpu(diffusers_folder):
+    # accelerate names a CPU process's device "cpu:0"; bf16 there gave other images than a plain CPU run
+    pipe = load_pipeline(ModelPaths(model=str(diffusers_folder)), device="cpu:0", use_environment=False)
+    assert pipe.transformer.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+
+
 def test_diffusers_folder_and_component_folders(diffusers_folder, tiny_pipe, ref_images):
     """Bitwise equal to the in-memory pipeline: loaded weights are moved to 64-byte aligned memory (from the file's
     offsets, MKL's matmul takes another path and the latents differed by 2e-7)."""

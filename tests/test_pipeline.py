@@ -69,6 +69,15 @@ def test_several_prompts_each_restart_at_the_seed(tiny_pipe):
     assert out.seeds == [3, 4, 3, 4] and out.images.shape[0] == 4
 
 
+def test_prompt_seeds_give_each_prompt_of_a_batch_its_own_seed(tiny_pipe):
+    out = tiny_pipe(["a cat", "a cat"], prompt_seeds=[5, 9], output_type="latent", **ARGS)
+    assert out.seeds == [5, 9] and not torch.allclose(out.images[0], out.images[1], atol=1e-3)
+    single = tiny_pipe("a cat", seed=9, output_type="latent", **ARGS).images
+    assert torch.allclose(out.images[1], single[0], atol=1e-5)  # as if generated alone with its seed
+    with pytest.raises(UnofluxError, match="1 prompt seeds for 2 prompts"):
+        tiny_pipe(["a cat", "a dog"], prompt_seeds=[5], output_type="latent", **ARGS)
+
+
 def test_noise_fed_to_the_sampler_is_uno_s(tiny_pipe):
     seen = {}
 

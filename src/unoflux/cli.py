@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import register as register_bench
 
     register_bench(sub)
-    for module in ("world", "family", "train", "evaluate", "app"):  # each subpackage adds its own commands
+    for module in ("world", "family", "train", "synth", "evaluate", "app"):  # each subpackage adds its own commands
         if importlib.util.find_spec(f"unoflux.{module}") and importlib.util.find_spec(f"unoflux.{module}.cli"):
             importlib.import_module(f"unoflux.{module}.cli").register(sub)
     return parser

@@ -235,6 +235,7 @@ class UnoFluxPipeline(FluxPipeline):
         output_type: str = "pil",
         callback_on_step_end: Callable[[Any, int, float, dict], dict] | None = None,
         style_images: Sequence[ImageInput] | None = None,
+        prompt_seeds: Sequence[int] | None = None,
         **option_values: Any,
     ) -> UnoOutput:
         r"""Generate images for ``prompt`` keeping the subjects of ``reference_images``.
@@ -257,6 +258,8 @@ class UnoFluxPipeline(FluxPipeline):
                 returned ``latents`` replaces the current ones.
             style_images: style references (USO), after ``reference_images``: the same as passing
                 ``Reference(image, "style")`` there.
+            prompt_seeds: one seed per prompt, in place of ``seed`` (prompt ``i``'s image ``j`` uses
+                ``prompt_seeds[i] + j``), so a batch of prompts gives each its own noise (``unoflux synth``).
         """
         if not isinstance(prompt, (str, list, tuple)):
             check_prompt(prompt)  # one sentence ("the prompt 5 must be text"), not list()'s TypeError
@@ -283,6 +286,11 @@ class UnoFluxPipeline(FluxPipeline):
             )
         width, height = output_size(options.width, options.height)
         long_side = options.reference_long_side or method.reference_side(self, references)
+        if prompt_seeds is not None:
+            prompt_seeds = [int(s) for s in prompt_seeds]
+            if len(prompt_seeds) != len(prompts):
+                raise UnofluxError(f"{len(prompt_seeds)} prompt seeds for {len(prompts)} prompts; give one per prompt")
+            options = dataclasses.replace(options, seed=prompt_seeds[0])
         seed = random.randrange(2**31) if options.seed is None else options.seed
         options = dataclasses.replace(
             options, width=width, height=height, reference_long_side=long_side, seed=seed, method=method.name
@@ -336,7 +344,8 @@ class UnoFluxPipeline(FluxPipeline):
         conditioning = method.prepare(self, prepared, target_grid, position_mode, device, dtype).to(device)
 
         # 3. Noise and schedule.
-        seeds = [seed + j for _ in prompts for j in range(num_images_per_prompt)]
+        bases = prompt_seeds or [seed] * len(prompts)
+        seeds = [base + j for base in bases for j in range(num_images_per_prompt)]
         latents = self.prepare_noise(seeds, height, width, device, dtype, noise_device, method.noise_dtype)
         noise_generators = (
             [sampling.step_noise_generator(s, noise_device) for s in seeds] if stochasticity > 0 else None
@@ -420,6 +429,7 @@ class UnoFluxPipeline(FluxPipeline):
             "num_references": num_subjects,
             **({"num_style_references": len(references) - num_subjects} if len(references) > num_subjects else {}),
             "noise_device": noise_device,
+            **({"prompt_seeds": prompt_seeds} if prompt_seeds is not None else {}),
         }
         if output_type == "latent":
             images = latents

@@ -324,7 +324,8 @@ def load_pipeline(
         if dtype not in DTYPES:
             raise UnofluxError(f"dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
-    dtype = dtype or (torch.bfloat16 if device != "cpu" else torch.float32)
+    # "cpu:0" (what accelerate names a CPU process's device) is a CPU too: fp32, not the GPU default bf16
+    dtype = dtype or (torch.bfloat16 if torch.device(device).type != "cpu" else torch.float32)
     if offload not in ("none", "model", "sequential"):
         raise UnofluxError(f"offload {offload!r} is not one of: none, model, sequential")
     if offload != "none" and not str(device).startswith(("cuda", "xpu", "mps")):

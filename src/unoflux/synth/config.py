@@ -1,0 +1,151 @@
+"""The settings of a synthesis run: one documented dataclass, loaded from YAML and copied beside the manifests."""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UnofluxError
+
+STAGES = ("prompts", "generate", "split", "filter-similarity", "report")
+LOCATORS = ("world", "panel")  # world: the spec's exact layout; panel: the whole panel is the subject's box
+SIMILARITY_BACKENDS = ("world", "dinov2")  # world: the exact checker's identity score; dinov2: crop cosine
+# world: the identity beats every look-alike; dinov2: a cosine that random crops of different things rarely reach
+DEFAULT_THRESHOLDS = {"world": 0.0, "dinov2": 0.5}
+TEMPLATE_FIELDS = {"subject", "left", "right"}
+# UNO-style in-context prompt for user vocabularies (the world's own captions phrase it the same way)
+DEFAULT_TEMPLATES = (
+    "a two-panel image of the same {subject}: on the left, {left}; on the right, {right}",
+    "two side-by-side panels showing the same {subject}: left panel {left}; right panel {right}",
+)
+
+
+@dataclass
+class SynthConfig:
+    """Everything a synthesis run depends on; saved as ``config.yaml`` in ``output_dir``.
+
+    Vocabularies: leave ``subjects`` and ``scenes`` unset for the embedded world (world identities and
+    backgrounds, the world's two-panel captions, exact specs that the world locator and checker use), or give
+    both as lists of phrases ("a red mug", "on a wooden desk") expanded through ``templates``.
+    """
+
+    output_dir: str  # manifests, images, config.yaml and report.md go here
+    count: int = 64  # two-panel prompts to synthesize
+    seed: int = 0  # prompt i draws everything (vocabulary picks, its generation seed) from (seed, i)
+    # prompts
+    subjects: list[str] | None = None  # subject phrases; None = the embedded world's identities
+    scenes: list[str] | None = None  # scene phrases (at least two); None = the world's backgrounds
+    templates: list[str] | None = None  # with {subject}, {left}, {right}; None = DEFAULT_TEMPLATES
+    # generate
+    model: str | None = None  # a diffusers FLUX folder; None = the embedded base (its text-to-image model)
+    device: str | None = None  # None = cuda when present, else cpu
+    size: int = 128  # panel side in pixels: two-panel images are 2 * size wide and size high
+    steps: int | None = None  # sampling steps; None = the model's default
+    guidance: float | None = None  # guidance input; None = the model's
+    true_cfg: float | None = None  # classifier-free guidance scale; None = the model's
+    batch_size: int = 4  # prompts per pipeline call (and crops per DINOv2 batch)
+    # split
+    locator: str = "world"  # one of LOCATORS: where each panel's subject is
+    margin: float = 0.1  # crops grow by this fraction of the box's side on each side (clipped to the panel)
+    # filter-similarity
+    similarity: str = "world"  # one of SIMILARITY_BACKENDS
+    dino: str | None = None  # DINOv2 folder (transformers layout) for similarity: dinov2
+    threshold: float | None = None  # keep a pair when its score is at least this; None = the backend's default
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            raise UnofluxError(f"output_dir {self.output_dir!r} must be a folder path")
+        for name, low in (("count", 1), ("batch_size", 1), ("size", 16)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UnofluxError(f"{name} {value!r} must be an integer of at least {low}")
+        if self.size % 16:
+            raise UnofluxError(f"size {self.size!r} must be a multiple of 16 (the VAE and 2x2 packing need it)")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise UnofluxError(f"seed {self.seed!r} must be a non-negative integer")
+        if (self.subjects is None) != (self.scenes is None):
+            raise UnofluxError("give both subjects and scenes (your vocabulary) or neither (the embedded world's)")
+        for name, low in (("subjects", 1), ("scenes", 2)):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, list) or len(value) < low or not all(isinstance(v, str) and v for v in value)
+            ):
+                raise UnofluxError(f"{name} {value!r} must be a list of at least {low} non-empty phrases")
+        if self.templates is not None:
+            if self.world:
+                raise UnofluxError("templates apply to your own subjects and scenes; the world writes its captions")
+            if not isinstance(self.templates, list) or not self.templates:
+                raise UnofluxError(f"templates {self.templates!r} must be a non-empty list of strings")
+            for template in self.templates:
+                if template_fields(template) != TEMPLATE_FIELDS:
+                    raise UnofluxError(
+                        f"template {template!r} must use exactly the fields {{subject}}, {{left}} and {{right}}"
+                    )
+        if self.steps is not None and (
+            not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1
+        ):
+            raise UnofluxError(f"steps {self.steps!r} must be a positive integer or null (the model's)")
+        if self.locator not in LOCATORS:
+            raise UnofluxError(f"locator {self.locator!r} is not one of: {', '.join(LOCATORS)}")
+        if self.locator == "world" and not self.world:
+            raise UnofluxError("locator world needs the world's vocabulary (no subjects/scenes); use locator panel")
+        if not isinstance(self.margin, (int, float)) or not 0 <= self.margin <= 1:
+            raise UnofluxError(f"margin {self.margin!r} must be a fraction in [0, 1]")
+        if self.similarity not in SIMILARITY_BACKENDS:
+            raise UnofluxError(f"similarity {self.similarity!r} is not one of: {', '.join(SIMILARITY_BACKENDS)}")
+        if self.similarity == "world" and not self.world:
+            raise UnofluxError("similarity world needs the world's vocabulary (no subjects/scenes); use dinov2")
+        if self.similarity == "dinov2" and not (self.dino and Path(self.dino, "config.json").is_file()):
+            raise UnofluxError(f"dino {self.dino!r} must be a DINOv2 folder with config.json for similarity dinov2")
+        if self.threshold is None:
+            self.threshold = DEFAULT_THRESHOLDS[self.similarity]
+        if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
+            raise UnofluxError(f"threshold {self.threshold!r} must be a number or null (the backend's default)")
+
+    @property
+    def world(self) -> bool:
+        """True when prompts come from the embedded world (exact specs known)."""
+        return self.subjects is None
+
+    # ------------------------------------------------------------------------------------------ YAML
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SynthConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UnofluxError(f"unknown setting {unknown[0]!r} in the synth config; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except TypeError as err:  # a missing required field
+            raise UnofluxError(f"synth config: {err}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SynthConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise UnofluxError(f"config file {str(path)!r} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise UnofluxError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise UnofluxError(f"config file {str(path)!r} must hold a mapping of settings")
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> SynthConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def template_fields(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError:  # an unmatched brace
+        return set()

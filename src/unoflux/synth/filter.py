@@ -1,0 +1,115 @@
+"""Stage ``filter-similarity``: score each pair's subject consistency and keep those at or above a threshold.
+
+Backends (``similarity`` in the config):
+
+- ``world``: the exact checker's identity score (:func:`world_judgement`): above 0 when both panels single out the
+  same identity among the prompt's and its same-look distractors;
+- ``dinov2``: the cosine similarity of the reference crop's and the target crop's DINOv2 embeddings (UNO's first
+  filter), through :class:`unoflux.metrics.Scorer`.
+
+On the world every record also carries the checker's truth (``truth``): a pair is consistent when both panels show
+the prompted look, the same look and the same identity. The report measures each filter's precision and recall
+against it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..world.checker import check_two_panel, identity_match
+from ..world.specs import TwoPanelSpec
+from ..world.subjects import same_look_distractors
+from .config import SynthConfig
+from .generate import stage_inputs
+from .manifest import Manifest
+from .split import PAIRS
+
+FILTERED = "filtered.jsonl"
+DISTRACTORS = 7  # same-look identities a panel's subject must beat (as the world evaluation counts identity)
+
+
+def world_judgement(source: Image.Image, spec: TwoPanelSpec) -> tuple[float, dict]:
+    """(identity score, truth) of a two-panel image against the spec it was prompted with.
+
+    Each found subject is compared with a set of candidate identities of the prompt's look: the prompt's own and
+    :data:`DISTRACTORS` look-alikes (their fidelity, :func:`unoflux.world.checker.identity_match`). The score is
+    the margin by which the candidate both panels like best (the largest summed fidelity) beats every other
+    candidate, in the panel where that margin is smaller (-1 when a panel's subject is not found): above 0 both
+    panels single out the same identity. A text prompt names the look, never the seed-drawn details, so the same
+    identity in both panels (``same_identity``) is what a pair needs; ``identity_ok`` says whether it is also the
+    prompt's own.
+    """
+    pixels = np.asarray(source.convert("RGB"))
+    verdict = check_two_panel(pixels, spec)
+    side = pixels.shape[0]
+    panels = (pixels[:, :side], pixels[:, side : 2 * side])
+    candidates = (spec.identity, *same_look_distractors(spec.identity, DISTRACTORS))
+    profiles = []  # per panel: fidelity to every candidate, the prompt's identity first
+    for panel, scene in zip(panels, (verdict.left, verdict.right)):
+        subject = scene.subjects[0]
+        if subject.found:
+            own, others = identity_match(panel, scene.background, subject.box, candidates[0], candidates[1:])
+            profiles.append(np.array([own, *others]))
+    score, best = -1.0, None
+    if len(profiles) == 2:
+        best = int(np.argmax(profiles[0] + profiles[1]))
+        score = min(float(p[best] - np.delete(p, best).max()) for p in profiles)
+    look_ok = all(scene.subjects[0].look_ok for scene in (verdict.left, verdict.right))
+    same_identity = score > 0
+    truth = {
+        "found": len(profiles) == 2,
+        "look_ok": look_ok,
+        "same_look": verdict.same_look,
+        "same_identity": same_identity,
+        "identity_ok": same_identity and best == 0,
+        "consistent": look_ok and verdict.same_look and same_identity,
+        "panel_similarity": verdict.panel_similarity,
+    }
+    return round(score, 4), truth
+
+
+def _world_truth(config: SynthConfig, record: dict) -> tuple[float, dict]:
+    with Image.open(Path(config.output_dir) / record["source"]) as image:
+        return world_judgement(image, TwoPanelSpec.from_dict(record["spec"]))
+
+
+def run_filter_similarity(config: SynthConfig, progress: bool = True) -> Path:
+    """Write ``filtered.jsonl``: every pair with its ``score``, ``kept`` and (world) ``truth``.
+
+    DINOv2 scores are computed ``batch_size`` pairs at a time in fixed batches of the pair list (a batch a kill
+    interrupted is scored again whole), so a resumed run gives the same numbers as an uninterrupted one.
+    """
+    out = Path(config.output_dir)
+    pairs = stage_inputs(config, PAIRS, "filter-similarity")
+    manifest = Manifest(out / FILTERED)
+    batches = [pairs[i : i + config.batch_size] for i in range(0, len(pairs), config.batch_size)]
+    todo = [batch for batch in batches if any(r["key"] not in manifest for r in batch)]
+    scorer = None
+    if todo and config.similarity == "dinov2":
+        from ..metrics import Scorer
+
+        scorer = Scorer(dino=config.dino, device=config.device, batch_size=2 * config.batch_size, progress=False)
+    for batch in tqdm(todo, desc="filter-similarity", unit="batch", disable=not progress):
+        judged = [_world_truth(config, r) if r.get("spec") else (None, None) for r in batch]
+        if scorer is not None:
+            scores = scorer.dino_pairs([out / r["reference"] for r in batch], [out / r["target_crop"] for r in batch])
+            scores = [round(s, 6) for s in scores]
+        else:
+            scores = [score for score, _ in judged]
+        for record, score, (_, truth) in zip(batch, scores, judged, strict=True):
+            if record["key"] in manifest:
+                continue
+            manifest.append(
+                {
+                    **record,
+                    "similarity": config.similarity,
+                    "score": score,
+                    "kept": bool(score >= config.threshold),
+                    "truth": truth,
+                }
+            )
+    return manifest.path

@@ -1,0 +1,69 @@
+"""Run synthesis stages in order from one config, the config copied beside the manifests first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ..errors import UnofluxError
+from ..images import atomic_write
+from .config import STAGES, SynthConfig
+from .filter import run_filter_similarity
+from .generate import Share, run_generate
+from .prompts import run_prompts
+from .report import run_report
+from .split import run_split
+
+CONFIG = "config.yaml"
+RUNNERS = {
+    "prompts": run_prompts,
+    "generate": run_generate,
+    "split": run_split,
+    "filter-similarity": run_filter_similarity,
+    "report": run_report,
+}
+
+
+def record_config(config: SynthConfig) -> Path:
+    """Copy ``config`` to ``output_dir/config.yaml``; an output folder made with other settings is refused, since
+    resuming there would mix records made two ways."""
+    path = Path(config.output_dir) / CONFIG
+    if path.is_file():
+        before = yaml.safe_load(path.read_text()) or {}
+        now = config.to_dict()
+        changed = sorted(k for k in set(before) | set(now) if k != "output_dir" and before.get(k) != now.get(k))
+        if changed:
+            name = changed[0]
+            raise UnofluxError(
+                f"{str(path)!r} was written with {name} = {before.get(name)!r}, not {now.get(name)!r}; use a new "
+                "output_dir, or the settings it was made with"
+            )
+        return path
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def run_synth(
+    config: SynthConfig, stages: list[str] | None = None, progress: bool = True, share: Share | None = None
+) -> list[Path]:
+    """Run ``stages`` (default: all, in pipeline order) and return what each wrote.
+
+    With several processes (``share``) every process generates its share; the other stages are light and run on
+    the main process alone, the others waiting at a barrier after each stage."""
+    share = share or Share()
+    stages = list(STAGES) if stages is None else stages
+    for stage in stages:
+        if stage not in RUNNERS:
+            raise UnofluxError(f"stage {stage!r} is not one of: {', '.join(STAGES)}")
+    if share.index == 0:
+        record_config(config)
+    share.wait()
+    written = []
+    for stage in [s for s in STAGES if s in stages]:
+        if stage == "generate":
+            written.append(run_generate(config, progress=progress, share=share))
+        elif share.index == 0:
+            written.append(RUNNERS[stage](config, progress=progress))
+        share.wait()
+    return written if share.index == 0 else []
