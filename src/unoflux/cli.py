@@ -96,6 +96,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="keep models on the CPU and move each (model) or each layer (sequential) to the GPU while it runs",
     )
     g.add_argument("--weights-dtype", choices=("fp8",), help="store transformer weights as float8, compute in --dtype")
+    g.add_argument(
+        "--quantize",
+        choices=("int8", "fp8"),
+        help="quantize the transformer with torchao: int8 weights (any device, about half bf16's memory) or fp8 "
+        "weights and matmuls (Ada/Hopper GPUs); slightly changes the image",
+    )
 
 
 def default_image_size(pipe) -> int:
@@ -171,6 +177,7 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
         dreamo_version=getattr(args, "dreamo_version", "v1.1"),
         fuse_lora=getattr(args, "fuse_lora", False),
         compile_blocks=getattr(args, "compile", False),
+        quantize=getattr(args, "quantize", None),
     )
     model = {k: str(Path(v).resolve()) for k, v in vars(paths.with_environment()).items() if v} or {"model": "embedded"}
     if base_only:
@@ -181,6 +188,8 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
         model["fuse_lora"] = True
     if getattr(args, "compile", False):
         model["compile"] = True
+    if getattr(args, "quantize", None):
+        model["quantize"] = args.quantize
     model.update(dtype=str(pipe.transformer.dtype).removeprefix("torch."), weights_dtype=args.weights_dtype)
     return pipe, model
 

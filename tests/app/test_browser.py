@@ -29,9 +29,11 @@ TIMEOUT_MS = 60_000
 
 
 def expect(locator):
-    """Playwright's auto-retrying assertion (imported late: playwright is optional)."""
+    """Playwright's auto-retrying assertion (imported late: playwright is optional), waiting as long as the
+    page's actions do: its own 5 s default is less than one generation on a busy 2-core machine."""
     from playwright.sync_api import expect as playwright_expect
 
+    playwright_expect.set_options(timeout=TIMEOUT_MS)
     return playwright_expect(locator)
 
 

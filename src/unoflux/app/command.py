@@ -40,7 +40,12 @@ def model_flags(args: argparse.Namespace) -> list[str]:
     for name, flag in _PATH_FLAGS.items():
         if getattr(paths, name):
             flags += [flag, str(Path(getattr(paths, name)).resolve())]
-    for flag, value in (("--device", args.device), ("--dtype", args.dtype), ("--weights-dtype", args.weights_dtype)):
+    for flag, value in (
+        ("--device", args.device),
+        ("--dtype", args.dtype),
+        ("--weights-dtype", args.weights_dtype),
+        ("--quantize", getattr(args, "quantize", None)),
+    ):
         if value:
             flags += [flag, value]
     if args.offload != "none":

@@ -34,6 +34,7 @@ from . import bfl
 from .dreamo import DEFAULT_GUIDANCE as DREAMO_GUIDANCE
 from .dreamo import check_dreamo_files, load_background_remover, load_dreamo, load_face_detector, load_face_parser
 from .files import read_tensors
+from .quantize import check_quantization, quantize_transformer
 from .specs import EMBEDDED_MODEL_DIR, ENV_AE, ENV_CLIP, ENV_LORA, ENV_T5, SPECS, model_defaults, scheduler_config_for
 from .uso import ENV_PROJECTOR, ENV_SIGLIP, load_style_encoder
 
@@ -287,6 +288,7 @@ def load_pipeline(
     dreamo_version: str = "v1.1",
     fuse_lora: bool = False,
     compile_blocks: bool = False,
+    quantize: str | None = None,
 ) -> UnoFluxPipeline:
     """Build the pipeline from local files (nothing is downloaded).
 
@@ -305,6 +307,8 @@ def load_pipeline(
     for UNO's LoRA the same image to float rounding, without the LoRA's extra matmuls at every step).
     ``compile_blocks`` compiles the transformer's repeated blocks with ``torch.compile`` (diffusers' regional
     compilation, dynamic shapes: reference counts and fast mode's steps change the token count).
+    ``quantize`` (``int8``, ``fp8``) quantizes the transformer's big Linear layers with torchao
+    (checkpoints/quantize.py), on the CPU before the move to ``device``.
     """
     paths = paths or ModelPaths()
     if use_environment:
@@ -322,7 +326,14 @@ def load_pipeline(
         raise UnofluxError(f"offload {offload!r} moves models onto a GPU; it needs --device cuda, not {device!r}")
     if weights_dtype not in (None, "fp8"):
         raise UnofluxError(f"weights dtype {weights_dtype!r} is not supported; use fp8 or leave it unset")
+    check_quantization(quantize, device)
+    if quantize and weights_dtype:
+        raise UnofluxError(
+            f"--quantize {quantize} and --weights-dtype {weights_dtype} both set how weights are stored; give one"
+        )
     if paths.flux and Path(paths.flux).suffix == ".gguf":
+        if quantize:
+            raise UnofluxError(f"a .gguf transformer is already quantized; leave --quantize {quantize} out")
         if weights_dtype:
             raise UnofluxError("a .gguf transformer is already quantized; leave --weights-dtype out")
         if fuse_lora:
@@ -413,6 +424,8 @@ def load_pipeline(
                 )
             pipe.fuse_lora(adapter_names=["uno"], lora_scale=1.0)
             pipe.unload_lora_weights()
+    if quantize:  # after the LoRA is loaded (or fused), so its base layers are the ones quantized
+        quantize_transformer(pipe.transformer, quantize)
     if weights_dtype == "fp8":
         # Keep LoRA, norms and embeddings in the compute dtype; store the big Linear weights as float8.
         pipe.transformer.enable_layerwise_casting(
