@@ -52,6 +52,8 @@ def model_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--offload", args.offload]
     if getattr(args, "compile", False):
         flags += ["--compile"]
+    if getattr(args, "vae_tiling", False):
+        flags += ["--vae-tiling"]
     if getattr(args, "dreamo", None):
         flags += ["--dreamo-version", args.dreamo_version] + (["--fuse-lora"] if args.fuse_lora else [])
     return flags
