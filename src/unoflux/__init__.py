@@ -22,6 +22,29 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
+def _quiet_torchao_import() -> None:
+    """With torchao installed (``--quantize``), diffusers imports it with every model load, and a CPU-only torch
+    then gets three lines of noise about GPU kernels and deprecations nobody asked about; drop just those."""
+    import logging
+    import sys
+
+    def not_cpu_kernel_noise(record: logging.LogRecord) -> bool:
+        torch = sys.modules.get("torch")
+        cpu_only = torch is not None and not torch.cuda.is_available()
+        message = record.getMessage()
+        return not cpu_only or not message.startswith(("Failed to load", "Unable to import `torchao` Tensor"))
+
+    def not_enum_deprecation(record: logging.LogRecord) -> bool:
+        return "is an Enum subclass and is now natively supported" not in record.getMessage()
+
+    logging.getLogger("torchao").addFilter(not_cpu_kernel_noise)
+    logging.getLogger("diffusers.quantizers.torchao.torchao_quantizer").addFilter(not_cpu_kernel_noise)
+    logging.getLogger("torch.utils._pytree").addFilter(not_enum_deprecation)
+
+
+_quiet_torchao_import()
+
+
 def __getattr__(name):
     if name in _EXPORTS:
         import importlib

@@ -211,6 +211,7 @@ def run_ours(config: dict) -> dict:
         dtype=config["dtype"],
         use_environment=False,
         fuse_lora=config["fuse_lora"],
+        quantize=config.get("quantize"),
     )
     pipe.set_progress_bar_config(disable=True)
     timer = StepTimer(pipe.transformer, config["device"])
@@ -284,7 +285,9 @@ def worker(config_path: str, implementation: str, out_png: str) -> None:
     if implementation == "reference":
         result = run_reference(config)
     else:  # "exact": ours with fast mode's switches off, to compare against
-        result = run_ours(config if implementation == "ours" else {**config, "speed": {}, "gguf": None})
+        result = run_ours(
+            config if implementation == "ours" else {**config, "speed": {}, "gguf": None, "quantize": None}
+        )
     result.pop("image").save(out_png)
     print("BENCH " + json.dumps(result))
 
@@ -404,6 +407,7 @@ def print_report(report: dict) -> None:
         + (", ours with the LoRA fused" if s["fuse_lora"] else "")
         + (f", ours with {s['speed']}" if s.get("speed") else "")
         + (f", ours from a {s['gguf']} GGUF file" if s.get("gguf") else "")
+        + (f", ours quantized to {s['quantize']} (torchao)" if s.get("quantize") else "")
     )
     tokens = report["ours"]["tokens"]
     print(f"tokens per step: {tokens['image+references']} image + references, {tokens['text']} text")
@@ -473,11 +477,12 @@ def register(subparsers) -> None:
         metavar="TYPE",
         help="ours from the transformer written as a GGUF file of this quantization (Q8_0, Q4_K, Q5_K, Q6_K, ...)",
     )
+    p.add_argument("--quantize", choices=("int8", "fp8"), help="ours with the transformer quantized by torchao")
     p.add_argument(
         "--against-exact",
         action="store_true",
-        help="ours in exact mode too, alternating: the speed-up and memory of the switches above (or --gguf) and "
-        "their image PSNR",
+        help="ours in exact mode too, alternating: the speed-up and memory of the switches above (or --gguf, "
+        "--quantize) and their image PSNR",
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--workdir", help="where the random weights are written (default: the system's temp folder)")
@@ -507,8 +512,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if getattr(args, k) is not None and getattr(args, k) is not False  # (0 == False: a refresh of 0 counts)
     }
     SamplingOptions(**speed).validate()
-    if args.against_exact and not (speed or args.gguf):
-        raise UnofluxError("--against-exact compares with exact mode; give --fast, a speed switch or --gguf")
+    if args.against_exact and not (speed or args.gguf or args.quantize):
+        raise UnofluxError(
+            "--against-exact compares with exact mode; give --fast, a speed switch, --gguf or --quantize"
+        )
+    if args.quantize and args.gguf:
+        raise UnofluxError(f"--gguf {args.gguf} is already quantized; give --gguf or --quantize, not both")
+    if args.quantize:
+        from .checkpoints.quantize import check_quantization
+
+        check_quantization(args.quantize, args.device)
     if args.gguf:
         import gguf
 
@@ -516,7 +529,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UnofluxError(f"--gguf {args.gguf!r} is not a GGUF quantization type, e.g. Q8_0, Q4_K, Q6_K")
     settings = {k: getattr(args, k) for k in ("size", "width", "height", "refs", "ref_size", "steps", "runs",
                                                "warmup", "guidance", "seed", "prompt", "device", "dtype", "threads",
-                                               "fuse_lora", "gguf")} | {"speed": speed}  # fmt: skip
+                                               "fuse_lora", "gguf", "quantize")} | {"speed": speed}  # fmt: skip
     report = run_bench(settings, args.rounds, args.against_reference, args.workdir, args.against_exact)
     print_report(report)
     if args.json:

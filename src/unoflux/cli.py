@@ -91,11 +91,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--offload",
-        choices=("none", "model", "sequential"),
+        choices=("none", "model", "sequential", "group"),
         default="none",
-        help="keep models on the CPU and move each (model) or each layer (sequential) to the GPU while it runs",
+        help="keep models on the CPU and move each (model) or each layer (sequential; group: the same with the "
+        "copies overlapping compute on a CUDA stream) to the GPU while it runs",
+    )
+    g.add_argument(
+        "--vae-tiling",
+        action="store_true",
+        help="encode and decode images in overlapping tiles, one image at a time: less memory for large outputs "
+        "(slightly changes the image)",
     )
     g.add_argument("--weights-dtype", choices=("fp8",), help="store transformer weights as float8, compute in --dtype")
+    g.add_argument(
+        "--quantize",
+        choices=("int8", "fp8"),
+        help="quantize the transformer with torchao: int8 weights (any device, about half bf16's memory) or fp8 "
+        "weights and matmuls (Ada/Hopper GPUs); slightly changes the image",
+    )
 
 
 def default_image_size(pipe) -> int:
@@ -171,6 +184,8 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
         dreamo_version=getattr(args, "dreamo_version", "v1.1"),
         fuse_lora=getattr(args, "fuse_lora", False),
         compile_blocks=getattr(args, "compile", False),
+        quantize=getattr(args, "quantize", None),
+        vae_tiling=getattr(args, "vae_tiling", False),
     )
     model = {k: str(Path(v).resolve()) for k, v in vars(paths.with_environment()).items() if v} or {"model": "embedded"}
     if base_only:
@@ -181,6 +196,10 @@ def load_pipeline_from_args(args: argparse.Namespace, device: str | None = None)
         model["fuse_lora"] = True
     if getattr(args, "compile", False):
         model["compile"] = True
+    if getattr(args, "quantize", None):
+        model["quantize"] = args.quantize
+    if getattr(args, "vae_tiling", False):
+        model["vae_tiling"] = True
     model.update(dtype=str(pipe.transformer.dtype).removeprefix("torch."), weights_dtype=args.weights_dtype)
     return pipe, model
 
@@ -222,6 +241,12 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
         metavar="FILE.json",
         help="UNO eval JSON: [{prompt, image_paths}, ...]; resumable, shards under accelerate launch",
     )
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the peak memory this generation is expected to need (from the files' headers and a "
+        "shapes-only run), load nothing and exit",
+    )
 
 
 def resolved_reference(value: str | Reference) -> str | Reference:
@@ -243,6 +268,50 @@ def batch_share(device: str | None):
     # without cpu=True accelerate only forms a process group on accelerators (gloo on CPU otherwise)
     state = PartialState(cpu=(device or default_device()) == "cpu")
     return device or str(state.device), state.process_index, state.num_processes, state
+
+
+def dry_run_estimate(args: argparse.Namespace, request):
+    """--dry-run: the expected peak of one call of ``request`` with the model flags (unoflux.memory)."""
+    from PIL import Image
+
+    from .checkpoints.loading import default_device, model_folder, sampling_defaults_from
+    from .checkpoints.specs import model_defaults
+    from .conditioning import default_reference_long_side, output_size
+    from .memory import estimate
+    from .references import as_references
+
+    paths = model_paths(args).with_environment()
+    declared = model_defaults(model_folder(paths))
+    defaults = sampling_defaults_from(declared)
+    references = as_references(request.references)
+    long_side = request.reference_long_side
+    if long_side is None:
+        sides = declared.get("reference_long_side")
+        several = len(references) > 1
+        long_side = (
+            int(sides["several" if several else "one"]) if sides else default_reference_long_side(len(references))
+        )
+    reference_sides = []
+    for reference in references:
+        with Image.open(reference.image) as image:
+            scale = long_side / max(image.size)
+        reference_sides.append(output_size(round(image.size[0] * scale), round(image.size[1] * scale)))
+    width, height = output_size(request.width or defaults["width"], request.height or defaults["height"])
+    true_cfg = request.true_cfg if request.true_cfg is not None else defaults["true_cfg"]
+    return estimate(
+        paths,
+        device=args.device or default_device(),
+        dtype=args.dtype,
+        width=width,
+        height=height,
+        reference_sides=reference_sides,
+        images=request.num_images,
+        guidance_passes=2 if true_cfg > 1 else 1,
+        offload=args.offload,
+        weights_dtype=args.weights_dtype,
+        quantize=args.quantize,
+        vae_tiling=args.vae_tiling,
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -277,6 +346,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # checks import it, still minutes before the model loads.
     check_device(args.device)
     check_device(args.noise_device, "noise device", "--noise-device")
+
+    if args.dry_run:
+        print(dry_run_estimate(args, request).describe())
+        return 0
 
     device, process_index, num_processes, _ = (
         batch_share(args.device) if items is not None else (args.device, 0, 1, None)

@@ -40,13 +40,20 @@ def model_flags(args: argparse.Namespace) -> list[str]:
     for name, flag in _PATH_FLAGS.items():
         if getattr(paths, name):
             flags += [flag, str(Path(getattr(paths, name)).resolve())]
-    for flag, value in (("--device", args.device), ("--dtype", args.dtype), ("--weights-dtype", args.weights_dtype)):
+    for flag, value in (
+        ("--device", args.device),
+        ("--dtype", args.dtype),
+        ("--weights-dtype", args.weights_dtype),
+        ("--quantize", getattr(args, "quantize", None)),
+    ):
         if value:
             flags += [flag, value]
     if args.offload != "none":
         flags += ["--offload", args.offload]
     if getattr(args, "compile", False):
         flags += ["--compile"]
+    if getattr(args, "vae_tiling", False):
+        flags += ["--vae-tiling"]
     if getattr(args, "dreamo", None):
         flags += ["--dreamo-version", args.dreamo_version] + (["--fuse-lora"] if args.fuse_lora else [])
     return flags

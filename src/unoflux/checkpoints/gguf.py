@@ -38,11 +38,9 @@ def read_axes_dims(path: Path) -> dict[str, str]:
     return {} if field is None else {AXES_KEY: bytes(field.parts[field.data[0]]).decode()}
 
 
-def load_gguf_transformer(path: str | Path, dtype: torch.dtype) -> FluxTransformer2DModel:
-    """A FLUX transformer whose linear weights stay in the file's quantization, computing in ``dtype``."""
-    from diffusers import GGUFQuantizationConfig
-    from diffusers.models.model_loading_utils import load_gguf_checkpoint, load_model_dict_into_meta
-    from diffusers.quantizers.gguf import GGUFQuantizer
+def read_gguf_transformer(path: str | Path) -> tuple[dict, dict]:
+    """A GGUF FLUX transformer's BFL-named tensors (still quantized, memory-mapped) and the config they describe."""
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
 
     path = Path(path)
     if not path.is_file():
@@ -61,7 +59,16 @@ def load_gguf_transformer(path: str | Path, dtype: torch.dtype) -> FluxTransform
         )
     # a quantized tensor's shape counts bytes per row; its logical shape is quant_shape
     shapes = {k: torch.empty(getattr(v, "quant_shape", v.shape), device="meta") for k, v in state.items()}
-    config = bfl.infer_transformer_config(shapes, metadata)
+    return state, bfl.infer_transformer_config(shapes, metadata)
+
+
+def load_gguf_transformer(path: str | Path, dtype: torch.dtype) -> FluxTransformer2DModel:
+    """A FLUX transformer whose linear weights stay in the file's quantization, computing in ``dtype``."""
+    from diffusers import GGUFQuantizationConfig
+    from diffusers.models.model_loading_utils import load_model_dict_into_meta
+    from diffusers.quantizers.gguf import GGUFQuantizer
+
+    state, config = read_gguf_transformer(path)
     converted = bfl.transformer_to_diffusers(state)
     with init_empty_weights():
         model = FluxTransformer2DModel(**config)

@@ -41,10 +41,12 @@ from .dreamo import (
     load_face_parser,
 )
 from .files import read_tensors
+from .quantize import check_quantization, quantize_transformer
 from .specs import EMBEDDED_MODEL_DIR, ENV_AE, ENV_CLIP, ENV_LORA, ENV_T5, SPECS, model_defaults, scheduler_config_for
 from .uso import ENV_PROJECTOR, ENV_SIGLIP, load_style_encoder
 
-Offload = Literal["none", "model", "sequential"]
+Offload = Literal["none", "model", "sequential", "group"]
+OFFLOADS = ("none", "model", "sequential", "group")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.json")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -279,6 +281,21 @@ def model_folder(paths: ModelPaths) -> str | None:
     return paths.model
 
 
+def move_to_device(pipe: UnoFluxPipeline, offload: Offload, device: str) -> None:
+    """Put the pipeline's models on ``device``, or keep them on the CPU and move them as ``offload`` says."""
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif offload == "group":  # leaf level: sequential's memory; the stream overlaps the copies with compute
+        stream = torch.device(device).type == "cuda"
+        pipe.enable_group_offload(
+            onload_device=torch.device(device), offload_type="leaf_level", use_stream=stream, low_cpu_mem_usage=stream
+        )
+    else:
+        pipe.to(device)
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -296,13 +313,18 @@ def load_pipeline(
     dreamo_version: str = "v1.1",
     fuse_lora: bool = False,
     compile_blocks: bool = False,
+    quantize: str | None = None,
+    vae_tiling: bool = False,
 ) -> UnoFluxPipeline:
     """Build the pipeline from local files (nothing is downloaded).
 
     ``dtype`` is the compute dtype of the transformer and text encoders (default bf16 on a GPU, fp32 on
     CPU); the VAE runs in ``vae_dtype`` (fp32, as UNO's reference does). ``weights_dtype="fp8"`` stores
     transformer weights as float8 and computes in ``dtype`` (UNO's low-memory mode). ``offload`` moves
-    whole models (``model``) or single layers (``sequential``) to the GPU only while they run.
+    whole models (``model``) or single layers (``sequential``) to the GPU only while they run; ``group`` does
+    what ``sequential`` does through diffusers' group offloading, the next layer's weights copied on a CUDA
+    stream while this one computes. ``vae_tiling`` encodes and decodes large images in overlapping tiles
+    (diffusers' VAE tiling; a batch one image at a time): less memory for large outputs, seams blended.
 
     A model folder may ship its UNO LoRA and reference sizes (``unoflux.json``: ``lora``,
     ``reference_long_side``), as the embedded model does; ``paths.lora`` replaces that LoRA and
@@ -314,6 +336,8 @@ def load_pipeline(
     for UNO's LoRA the same image to float rounding, without the LoRA's extra matmuls at every step).
     ``compile_blocks`` compiles the transformer's repeated blocks with ``torch.compile`` (diffusers' regional
     compilation, dynamic shapes: reference counts and fast mode's steps change the token count).
+    ``quantize`` (``int8``, ``fp8``) quantizes the transformer's big Linear layers with torchao
+    (checkpoints/quantize.py), on the CPU before the move to ``device``.
     """
     paths = paths or ModelPaths()
     if use_environment:
@@ -326,13 +350,20 @@ def load_pipeline(
         dtype = DTYPES[dtype]
     # "cpu:0" (what accelerate names a CPU process's device) is a CPU too: fp32, not the GPU default bf16
     dtype = dtype or (torch.bfloat16 if torch.device(device).type != "cpu" else torch.float32)
-    if offload not in ("none", "model", "sequential"):
-        raise UnofluxError(f"offload {offload!r} is not one of: none, model, sequential")
+    if offload not in OFFLOADS:
+        raise UnofluxError(f"offload {offload!r} is not one of: {', '.join(OFFLOADS)}")
     if offload != "none" and not str(device).startswith(("cuda", "xpu", "mps")):
         raise UnofluxError(f"offload {offload!r} moves models onto a GPU; it needs --device cuda, not {device!r}")
     if weights_dtype not in (None, "fp8"):
         raise UnofluxError(f"weights dtype {weights_dtype!r} is not supported; use fp8 or leave it unset")
+    check_quantization(quantize, device)
+    if quantize and weights_dtype:
+        raise UnofluxError(
+            f"--quantize {quantize} and --weights-dtype {weights_dtype} both set how weights are stored; give one"
+        )
     if paths.flux and Path(paths.flux).suffix == ".gguf":
+        if quantize:
+            raise UnofluxError(f"a .gguf transformer is already quantized; leave --quantize {quantize} out")
         if weights_dtype:
             raise UnofluxError("a .gguf transformer is already quantized; leave --weights-dtype out")
         if fuse_lora:
@@ -423,6 +454,8 @@ def load_pipeline(
                 )
             pipe.fuse_lora(adapter_names=["uno"], lora_scale=1.0)
             pipe.unload_lora_weights()
+    if quantize:  # after the LoRA is loaded (or fused), so its base layers are the ones quantized
+        quantize_transformer(pipe.transformer, quantize)
     if weights_dtype == "fp8":
         # Keep LoRA, norms and embeddings in the compute dtype; store the big Linear weights as float8.
         pipe.transformer.enable_layerwise_casting(
@@ -430,12 +463,10 @@ def load_pipeline(
             compute_dtype=dtype,
             skip_modules_pattern=("pos_embed", "norm", "^proj_out$", "lora_"),
         )
-    if offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
-    elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
-    else:
-        pipe.to(device)
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+        pipe.vae.enable_slicing()
+    move_to_device(pipe, offload, device)
     if compile_blocks:  # last: after LoRA, casting and offload hooks are in place
         pipe.transformer.compile_repeated_blocks(dynamic=True)
     pipe.set_progress_bar_config(desc="denoising", leave=False)
