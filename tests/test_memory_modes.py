@@ -44,13 +44,18 @@ def _decoder_calls(pipe, prompt, refs, size):
     return image, len(calls)
 
 
-def test_vae_tiling_splits_only_images_larger_than_a_tile(official_layout):
-    paths, _ = official_layout
-    plain = load_pipeline(ModelPaths(**vars(paths)), use_environment=False)
-    tiled = load_pipeline(ModelPaths(**vars(paths)), use_environment=False, vae_tiling=True)
+def test_a_bfl_vae_tiles_at_fluxs_1024_px(official_layout):
+    paths, _ = official_layout  # (a BFL ae.safetensors has no config; diffusers' default tile would be 32 px)
+    pipe = load_pipeline(ModelPaths(**vars(paths)), use_environment=False, vae_tiling=True)
+    assert pipe.vae.use_tiling and pipe.vae.tile_sample_min_size == 1024
+
+
+def test_vae_tiling_splits_only_images_larger_than_a_tile(diffusers_folder):
+    plain = load_pipeline(ModelPaths(model=str(diffusers_folder)), use_environment=False)
+    tiled = load_pipeline(ModelPaths(model=str(diffusers_folder)), use_environment=False, vae_tiling=True)
     for pipe in (plain, tiled):
         pipe.set_progress_bar_config(disable=True)
-    tile = tiled.vae.tile_sample_min_size  # the VAE's own: 32 px here, 1024 px for FLUX's
+    tile = tiled.vae.tile_sample_min_size  # the folder's config: 32 px here (1024 px for FLUX's)
     refs = [random_image(32, 32, seed=1)]
     small_plain, calls = _decoder_calls(plain, "a red cup", refs, tile)
     small_tiled, tiled_calls = _decoder_calls(tiled, "a red cup", refs, tile)

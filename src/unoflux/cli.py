@@ -348,6 +348,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_device(args.noise_device, "noise device", "--noise-device")
 
     if args.dry_run:
+        if items is not None:
+            raise UnofluxError("--dry-run sizes one --prompt call; give --prompt with its references, not --batch")
         print(dry_run_estimate(args, request).describe())
         return 0
 

@@ -26,9 +26,10 @@ TEXT_TOKENS = 512  # T5's sequence as FLUX pads it
 CPU_BASELINE = int(0.37 * GiB)  # torch + diffusers + transformers imported, measured (docs/performance.md)
 _BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
 _COMPUTE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-# kept in the compute dtype by --quantize and --weights-dtype fp8 (checkpoints/quantize.py's list, BFL names too)
+# kept in the compute dtype by --quantize and --weights-dtype fp8 (checkpoints/quantize.py's list, and the same
+# layers by their BFL names: the modulations are diffusers' norm*.linear)
 _KEEP = ("lora", "norm", "pos_embed", "x_embedder", "context_embedder", "time_text_embed", "proj_out",
-         "img_in", "txt_in", "time_in", "vector_in", "guidance_in", "final_layer")  # fmt: skip
+         "img_in", "txt_in", "time_in", "vector_in", "guidance_in", "final_layer", "_mod.", "modulation")  # fmt: skip
 
 
 @dataclass

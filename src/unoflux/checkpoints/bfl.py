@@ -222,6 +222,8 @@ def infer_vae_config(bfl: Tensors, metadata: dict[str, str] | None = None) -> di
         "layers_per_block": _count_blocks(bfl, "encoder.down.0.block."),
         "latent_channels": int(bfl["encoder.conv_out.weight"].shape[0] // 2),
         "norm_num_groups": int(metadata.get("norm_num_groups", 32)),  # BFL's AE hard-codes 32 groups
+        # only VAE tiling reads it (its tile size): FLUX's 1024 px, not diffusers' default 32
+        "sample_size": int(metadata.get("sample_size", 1024)),
         "use_quant_conv": "quant_conv.weight" in bfl,
         "use_post_quant_conv": "post_quant_conv.weight" in bfl,
         "scaling_factor": float(metadata.get("scaling_factor", 0.3611)),
