@@ -59,8 +59,18 @@ def test_generate_dry_run_prints_the_estimate_and_writes_nothing(official_layout
     assert "transformer activations" in printed and "LoRA weights" in printed
 
 
-def test_dry_run_sizes_one_call_not_a_batch(tmp_path, capsys):
+def test_dry_run_refuses_what_generate_would(tmp_path, capsys):
     batch = tmp_path / "batch.json"
     batch.write_text('[{"prompt": "a cat", "image_paths": []}]')
     assert main(["generate", "--batch", str(batch), "--dry-run", "--device", "cpu"]) == 2
     assert "--dry-run sizes one --prompt call" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "a cat", "--dry-run", "--device", "cpu", "--offload", "group"]) == 2
+    assert "offload 'group' moves models onto a GPU" in capsys.readouterr().err
+
+
+def test_offload_keeps_less_on_the_device(official_layout):
+    paths, _ = official_layout
+    whole, model, layers = (_estimate(paths, offload=o) for o in ("none", "model", "group"))
+    assert whole.resident == sum(whole.weights.values())
+    assert model.resident == model.weights["transformer"] + model.weights["LoRA"] < whole.resident
+    assert 0 < layers.resident < model.weights["transformer"]

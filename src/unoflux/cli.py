@@ -274,12 +274,14 @@ def dry_run_estimate(args: argparse.Namespace, request):
     """--dry-run: the expected peak of one call of ``request`` with the model flags (unoflux.memory)."""
     from PIL import Image
 
-    from .checkpoints.loading import default_device, model_folder, sampling_defaults_from
+    from .checkpoints.loading import check_offload, default_device, model_folder, sampling_defaults_from
     from .checkpoints.specs import model_defaults
     from .conditioning import default_reference_long_side, output_size
     from .memory import estimate
     from .references import as_references
 
+    device = args.device or default_device()
+    check_offload(args.offload, device)  # as loading would: no estimate for a setting that cannot run
     paths = model_paths(args).with_environment()
     declared = model_defaults(model_folder(paths))
     defaults = sampling_defaults_from(declared)
@@ -300,7 +302,7 @@ def dry_run_estimate(args: argparse.Namespace, request):
     true_cfg = request.true_cfg if request.true_cfg is not None else defaults["true_cfg"]
     return estimate(
         paths,
-        device=args.device or default_device(),
+        device=device,
         dtype=args.dtype,
         width=width,
         height=height,

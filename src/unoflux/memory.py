@@ -82,13 +82,16 @@ def _weight_files(path: Path) -> list[Path]:
     return files
 
 
-def weights_bytes(path: str | Path, compute_bytes: int | None, quantized_bytes: int | None = None) -> int:
+def weights_bytes(
+    path: str | Path, compute_bytes: int | None, quantized_bytes: int | None = None, largest: bool = False
+) -> int:
     """Bytes a model's weights take once loaded: each float tensor at ``compute_bytes`` (None: as stored), the big
-    2-D weights at ``quantized_bytes`` when quantized (plus a scale per row), GGUF files at their own size."""
+    2-D weights at ``quantized_bytes`` when quantized (plus a scale per row), GGUF files at their own size;
+    ``largest``: the largest single tensor's instead of the sum (what leaf-level offload holds at once)."""
     path = Path(path)
     if path.suffix == ".gguf":
-        return path.stat().st_size
-    total = 0
+        return path.stat().st_size if not largest else path.stat().st_size // 50  # (no per-tensor sizes read)
+    total = biggest = 0
     for file in _weight_files(path):
         for name, info in safetensors_header(file).items():
             shape, stored = info["shape"], _BYTES.get(info["dtype"], 4)
@@ -97,10 +100,11 @@ def weights_bytes(path: str | Path, compute_bytes: int | None, quantized_bytes: 
                 numel *= n
             each = stored if compute_bytes is None or not info["dtype"].startswith(("F", "BF")) else compute_bytes
             if quantized_bytes and len(shape) == 2 and name.endswith("weight") and not any(k in name for k in _KEEP):
-                total += numel * quantized_bytes + shape[0] * (compute_bytes or stored)
+                size = numel * quantized_bytes + shape[0] * (compute_bytes or stored)
             else:
-                total += numel * each
-    return total
+                size = numel * each
+            total, biggest = total + size, max(biggest, size)
+    return biggest if largest else total
 
 
 # ------------------------------------------------------------------------------------------------ activations
@@ -223,9 +227,9 @@ def estimate(
     if offload == "model":
         resident = weights["transformer"] + weights.get("LoRA", 0)
         notes.append("model offload: the text encoders and the VAE come to the device only while they run")
-    elif offload in ("sequential", "group"):
-        resident = weights["transformer"] // 20  # about one block's weights at a time
-        notes.append(f"{offload} offload: layers come to the device one at a time (a rough share)")
+    elif offload in ("sequential", "group"):  # one layer at a time; group's stream prefetches the next
+        resident = 2 * weights_bytes(parts["transformer"], compute, quantized, largest=True)
+        notes.append(f"{offload} offload: layers come to the device one at a time (this one and the next)")
     else:
         resident = sum(weights.values())
     config = _transformer_config(parts["transformer"])

@@ -281,6 +281,13 @@ def model_folder(paths: ModelPaths) -> str | None:
     return paths.model
 
 
+def check_offload(offload: str, device: str) -> None:
+    if offload not in OFFLOADS:
+        raise UnofluxError(f"offload {offload!r} is not one of: {', '.join(OFFLOADS)}")
+    if offload != "none" and not str(device).startswith(("cuda", "xpu", "mps")):
+        raise UnofluxError(f"offload {offload!r} moves models onto a GPU; it needs --device cuda, not {device!r}")
+
+
 def move_to_device(pipe: UnoFluxPipeline, offload: Offload, device: str) -> None:
     """Put the pipeline's models on ``device``, or keep them on the CPU and move them as ``offload`` says."""
     if offload == "model":
@@ -350,10 +357,7 @@ def load_pipeline(
         dtype = DTYPES[dtype]
     # "cpu:0" (what accelerate names a CPU process's device) is a CPU too: fp32, not the GPU default bf16
     dtype = dtype or (torch.bfloat16 if torch.device(device).type != "cpu" else torch.float32)
-    if offload not in OFFLOADS:
-        raise UnofluxError(f"offload {offload!r} is not one of: {', '.join(OFFLOADS)}")
-    if offload != "none" and not str(device).startswith(("cuda", "xpu", "mps")):
-        raise UnofluxError(f"offload {offload!r} moves models onto a GPU; it needs --device cuda, not {device!r}")
+    check_offload(offload, device)
     if weights_dtype not in (None, "fp8"):
         raise UnofluxError(f"weights dtype {weights_dtype!r} is not supported; use fp8 or leave it unset")
     check_quantization(quantize, device)
