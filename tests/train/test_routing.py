@@ -4,12 +4,14 @@ full attention logits averaged by hand, the loss equals its hand computation, an
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
+from PIL import Image
 from safetensors.torch import load_file
 
 from unoflux import UnofluxError
@@ -129,6 +131,7 @@ def test_a_run_with_the_routing_constraint_trains_differently_and_checks_its_blo
     "dreamo, message",
     [
         ({"routing_weight": -1}, "dreamo.routing_weight -1 must be a number >= 0"),
+        ({"holder_weight": "big"}, "dreamo.holder_weight 'big' must be a number >= 0 \\(0 = no placeholder loss\\)"),
         ({"routing_blocks": []}, "dreamo.routing_blocks [] must be a non-empty list"),
         ({"routing_blocks": [2, 2]}, "dreamo.routing_blocks [2, 2] must be a non-empty list of distinct"),
     ],
@@ -141,3 +144,80 @@ def test_bad_routing_settings_are_one_sentence(dreamo, message):
         TrainConfig.from_dict(values)
     with pytest.raises(UnofluxError, match="dreamo.routing_weight needs method: dreamo"):
         TrainConfig.from_dict(dict(data=["d"], output_dir="o", dreamo={"routing_weight": 1}))
+    with pytest.raises(UnofluxError, match="dreamo.holder_weight needs method: dreamo"):
+        TrainConfig.from_dict(dict(data=["d"], output_dir="o", dreamo={"holder_weight": 1}))
+
+
+def test_placeholder_loss_equals_a_hand_computation_from_the_full_attention():
+    """Eq. 4: reference i's queries against the keys of the [ref#] tokens at each caption's own positions,
+    softmaxed over the placeholders per head, averaged over heads, against the one-hot of i."""
+    from unoflux.train.routing import placeholder_loss, placeholder_targets
+
+    transformer = tiny_components(seed=0)["transformer"].eval()
+    full = FullLogits()
+    transformer.transformer_blocks[0].attn.set_processor(full)
+    g = torch.Generator().manual_seed(1)
+    target, grids, text = (2, 2), [(1, 2), (1, 1)], 8
+    inputs = dict(
+        hidden_states=torch.randn(2, 7, 64, generator=g),
+        timestep=torch.tensor([0.5, 0.5]),
+        guidance=torch.tensor([1.0, 1.0]),
+        pooled_projections=torch.randn(2, 32, generator=g),
+        encoder_hidden_states=torch.randn(2, text, 32, generator=g),
+        txt_ids=torch.zeros(text, 3),
+        img_ids=sequence_position_ids(target, grids),
+        return_dict=False,
+    )
+    first = 100  # the T5 id of [ref#1]; [ref#2] is 101
+    ids = torch.tensor([[5, 100, 7, 7, 7, 101, 1, 0], [5, 7, 101, 100, 7, 1, 0, 0]])
+    holder = placeholder_targets(ids, first, [2, 1])
+    assert holder.positions.tolist() == [[1, 5], [3, 2]] and holder.valid.tolist() == [1, 1]
+    with torch.no_grad(), RoutingCapture(transformer, [0]) as capture:
+        transformer(**inputs)
+
+    logits, hand = full.logits, []  # (B, H, L, L) over [text, image]
+    for b in range(2):
+        columns = holder.positions[b]
+        terms = []
+        for i, rows in enumerate((slice(text + 4, text + 6), slice(text + 6, text + 7))):
+            p = logits[b, :, rows][:, :, columns].softmax(dim=-1).mean(dim=0)  # (l_i, n_c)
+            terms.append(((p - torch.eye(2)[i]) ** 2).sum(dim=-1).mean())
+        hand.append(sum(terms) / 2)
+    torch.testing.assert_close(capture.placeholder_loss(holder), (hand[0] + hand[1]) / 2, rtol=1e-5, atol=1e-6)
+    probabilities = capture.placeholder_probabilities(holder)
+    torch.testing.assert_close(placeholder_loss(probabilities, torch.tensor([0.0, 1.0])), hand[1])
+    # a caption that does not name every reference is left out; none naming them: no loss at all
+    assert placeholder_targets(torch.tensor([[5, 100, 7]]), first, [2, 1]) is None
+    partial = placeholder_targets(torch.cat([ids[:1], torch.tensor([[5, 100, 7, 7, 7, 7, 1, 0]])]), first, [2, 1])
+    assert partial.valid.tolist() == [1, 0]
+
+
+def test_a_run_with_the_placeholder_loss_logs_it_and_trains_differently(tiny_config, tmp_path):
+    """Captions that name the references by their placeholders (UNO's training JSON): the loss is logged and moves
+    the placeholder rows; without it (same seeds) they end elsewhere."""
+    from unoflux.checkpoints.dreamo import PLACEHOLDERS
+
+    records = []
+    for k in range(2):
+        for name, seed in ((f"t{k}.png", k), (f"a{k}.png", 10 + k), (f"b{k}.png", 20 + k)):
+            pixels = torch.randint(0, 256, (32, 32, 3), generator=torch.Generator().manual_seed(seed))
+            Image.fromarray(pixels.to(torch.uint8).numpy()).save(tmp_path / name)
+        records.append({"prompt": f"a cup from {PLACEHOLDERS[0]} beside a vase from {PLACEHOLDERS[1]}",
+                        "image_paths": [f"a{k}.png", f"b{k}.png"], "image_tgt_path": f"t{k}.png"})  # fmt: skip
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps(records))
+    base = dict(data=[str(data)], method="dreamo", batch_size=1, max_steps=2, reference_long_side_multi=16,
+                lora={"rank": 4, "target_modules": "uno"})  # fmt: skip
+    rows_after = {}
+    for weight in (0.0, 1.0):
+        config = tiny_config(**base, output_dir=str(tmp_path / f"run-{weight}"),
+                             dreamo={"holder_weight": weight, "routing_blocks": [0]})  # fmt: skip
+        final = Trainer(config, command=[]).train()
+        rows_after[weight] = load_file(final / "dreamo.safetensors")["dreamo_t5_embedding.weight"]
+        with open(final.parent / "log.csv", newline="") as fh:
+            log = list(csv.DictReader(fh))
+        if weight:
+            assert all(0 < float(r["holder_loss"]) < float("inf") for r in log), log
+        else:
+            assert "holder_loss" not in log[0]
+    assert not torch.equal(rows_after[0.0], rows_after[1.0])

@@ -154,18 +154,21 @@ class DreamOSettings:
     ``train_placeholders`` also trains T5's input rows of the placeholders ``[ref#1]`` .. ``[ref#9]``, ``[res]``
     (the captions name the references with them). ``routing_weight`` > 0 adds DreamO's routing constraint
     (train/routing.py) from the double blocks ``routing_blocks`` (the paper's 2, 8, 14), on samples with one
-    subject box per reference (world records)."""
+    subject box per reference (world records). ``holder_weight`` > 0 adds its placeholder loss (Eq. 4) from the
+    same blocks, on samples whose captions name every reference with its ``[ref#i]``."""
 
     train_placeholders: bool = True
     routing_weight: float = 0.0  # lambda_route; 0 = off
     routing_blocks: list[int] = field(default_factory=lambda: [2, 8, 14])
+    holder_weight: float = 0.0  # lambda_holder; 0 = off
 
     def __post_init__(self) -> None:
         if not isinstance(self.train_placeholders, bool):
             raise UnofluxError(f"dreamo.train_placeholders {self.train_placeholders!r} must be true or false")
-        weight = self.routing_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise UnofluxError(f"dreamo.routing_weight {weight!r} must be a number >= 0 (0 = no routing constraint)")
+        for name, what in (("routing_weight", "routing constraint"), ("holder_weight", "placeholder loss")):
+            weight = getattr(self, name)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                raise UnofluxError(f"dreamo.{name} {weight!r} must be a number >= 0 (0 = no {what})")
         blocks = self.routing_blocks
         ok = isinstance(blocks, (list, tuple)) and blocks and len(set(blocks)) == len(blocks)
         if not ok or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks):
@@ -357,8 +360,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 16:
                 raise UnofluxError(f"{name} {value!r} must be an integer of at least 16 (pixels)")
-        if self.dreamo.routing_weight and self.method != "dreamo":
-            raise UnofluxError("dreamo.routing_weight needs method: dreamo")
+        for name in ("routing_weight", "holder_weight"):
+            if getattr(self.dreamo, name) and self.method != "dreamo":
+                raise UnofluxError(f"dreamo.{name} needs method: dreamo")
         if self.method == "dreamo":  # DreamO's file holds its LoRA in the XLabs layout: UNO's layers exactly
             if self.mode != "lora":
                 raise UnofluxError("method dreamo trains a LoRA beside its embeddings; set mode: lora")

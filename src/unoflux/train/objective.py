@@ -32,7 +32,7 @@ from ..methods import Conditioning, Method
 from .cache import EncodingCache, t5_input_ids
 from .config import TrainConfig
 from .data import Batch, Sample, reference_token_masks, subject_token_weights
-from .routing import RoutingCapture, RoutingTargets, check_routing_blocks
+from .routing import PlaceholderTargets, RoutingCapture, RoutingTargets, check_routing_blocks, placeholder_targets
 
 
 class TransformerWithTextEncoder(torch.nn.Module):
@@ -76,12 +76,17 @@ class FlowObjective:
         device: torch.device | str,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         references: bool = False,
+        first_placeholder: int | None = None,
     ):
         self.pipe, self.model, self.transformer, self.method = pipe, model, transformer, method
         self.config, self.shift, self.device, self.autocast = config, shift, torch.device(device), autocast
         self.references = references
+        self.first_placeholder = first_placeholder  # T5 id of DreamO's [ref#1] (the placeholder loss finds them)
         self.last_routing: torch.Tensor | None = None  # the last loss's routing constraint (unweighted, detached)
-        if config.dreamo.routing_weight:  # a block the model lacks is an error now, not at the first world record
+        self.last_holder: torch.Tensor | None = None  # and its placeholder loss
+        if (
+            config.dreamo.routing_weight or config.dreamo.holder_weight
+        ):  # a block the model lacks is an error now, not at the first world record
             check_routing_blocks(transformer, config.dreamo.routing_blocks)
 
     @property
@@ -180,7 +185,8 @@ class FlowObjective:
         weights = self.token_weights(batch.subject_boxes, target_grid)
         grids = [(image.height // 16, image.width // 16) for image in batch.references[0]] if batch.references else []
         routing = self.routing_targets(batch.subject_boxes, target_grid, grids)
-        return self.flow_loss(x_data, conditioning, text, pooled, text_ids, gen, weights, routing)
+        holder = self.holder_targets(text, grids)
+        return self.flow_loss(x_data, conditioning, text, pooled, text_ids, gen, weights, routing, holder)
 
     def cached_loss(
         self, cache: EncodingCache, samples: Sequence[Sample], indices: list[int], gen: torch.Generator
@@ -197,6 +203,7 @@ class FlowObjective:
         boxes = [s.subject_boxes for s in chosen]
         weights = self.token_weights(boxes, cached.target_grid)
         routing = self.routing_targets(boxes, cached.target_grid, cached.reference_grids)
+        holder = self.holder_targets(cached.text, cached.reference_grids)
         return self.flow_loss(
             cached.latents,
             conditioning.to(cached.latents.device),
@@ -206,6 +213,7 @@ class FlowObjective:
             gen,
             weights,
             routing,
+            holder,
         )
 
     def token_weights(self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int]) -> torch.Tensor | None:
@@ -228,6 +236,14 @@ class FlowObjective:
         counts = [rows * cols for rows, cols in reference_grids]
         return RoutingTargets(counts, masks.to(self.device), valid.to(self.device))
 
+    def holder_targets(self, text, reference_grids) -> PlaceholderTargets | None:
+        """The placeholder loss's positions for this batch (``text``: T5 ids), or None (off, no references, or
+        no caption naming every reference)."""
+        if not self.config.dreamo.holder_weight or not reference_grids or self.first_placeholder is None:
+            return None
+        counts = [rows * cols for rows, cols in reference_grids]
+        return placeholder_targets(text.to(self.device), self.first_placeholder, counts)
+
     def flow_loss(
         self,
         x_data,
@@ -238,17 +254,19 @@ class FlowObjective:
         gen: torch.Generator,
         token_weights=None,
         routing: RoutingTargets | None = None,
+        holder: PlaceholderTargets | None = None,
     ) -> torch.Tensor:
         """The MSE between the predicted and true velocity at a random point of the flow from ``x_data``,
         each token's squared error scaled by ``token_weights`` (B, N) when given; plus ``dreamo.routing_weight``
-        times DreamO's routing constraint when ``routing`` is given."""
+        times DreamO's routing constraint when ``routing`` is given, ``dreamo.holder_weight`` times its placeholder
+        loss when ``holder`` is."""
         b, n, _ = x_data.shape  # (B, N, 64)
         t = flow.sample_training_t(b, n, generator=gen, config=self.shift)  # true token count, as UNO trains
         noise = torch.randn(x_data.shape, generator=gen)
         t, noise = t.to(self.device), noise.to(self.device)
         x_t = flow.interpolate(x_data, noise, t)
         target = flow.velocity_target(x_data, noise)
-        if routing is None:
+        if routing is None and holder is None:
             prediction = self.predict(x_t, t, text, pooled, text_ids, conditioning)
         else:
             with RoutingCapture(self.transformer, self.config.dreamo.routing_blocks) as capture:
@@ -262,4 +280,9 @@ class FlowObjective:
             route = capture.loss(n, routing)
             self.last_routing = route.detach()
             loss = loss + self.config.dreamo.routing_weight * route
+        self.last_holder = None
+        if holder is not None:
+            held = capture.placeholder_loss(holder)
+            self.last_holder = held.detach()
+            loss = loss + self.config.dreamo.holder_weight * held
         return loss

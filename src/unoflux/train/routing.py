@@ -6,6 +6,15 @@ over its own tokens (and, here, over heads)::
     M_i^j = mean_{q in ref i} mean_h  q_h . k_h / sqrt(d)        (one value per target token; Eq. 2, no softmax)
     L_route = 1 / (n_c n_l) sum_j sum_i || M_i^j - mask_i ||^2     (Eq. 3; mask_i: subject i's share of each token)
 
+The placeholder loss (Eq. 4) ties reference i's image tokens to its caption placeholder ``[ref#i]``: each of its
+queries, against the keys of the placeholders ``R = [T_ref#1 .. T_ref#n_c]``, softmaxed over the placeholders
+(per head, then averaged over heads), should be the one-hot ``B_i``::
+
+    L_holder = 1 / n_c sum_i mean_{q in ref i} || softmax(q . R^T / sqrt(d)) - B_i ||^2      (per block, averaged)
+
+(the paper's squared norm over ref i's tokens, taken as a mean over them so its scale does not grow with the
+reference's size).
+
 q and k are the attention's after its q/k norm and RoPE (captured with forward hooks on ``norm_q`` / ``norm_k`` and
 ``pos_embed``, RoPE applied with diffusers' own ``apply_rotary_emb``). Eq. 2 is linear in the query, so the mean
 over a reference's queries is taken first: ``mean(q) . k`` costs O(tokens) per block, and no attention map
@@ -19,8 +28,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import UnofluxError
+
+
+@dataclass
+class PlaceholderTargets:
+    """What the placeholder loss needs in one batch: every reference's token count, each sample's text position of
+    ``[ref#1]`` .. ``[ref#n_c]`` (B, n_c) and which samples name every reference (B,)."""
+
+    reference_counts: list[int]
+    positions: torch.Tensor
+    valid: torch.Tensor
+
+
+def placeholder_targets(
+    text_ids: torch.Tensor, first_placeholder: int, reference_counts: Sequence[int]
+) -> PlaceholderTargets | None:
+    """Where each caption (T5 ids, (B, L)) names each reference (its first ``[ref#i]``); None when no caption
+    names them all (DreamO trains half its captions without placeholders and skips the loss on them)."""
+    found = [text_ids == first_placeholder + i for i in range(len(reference_counts))]
+    valid = torch.stack([f.any(dim=1) for f in found], dim=1).all(dim=1)
+    if not valid.any():
+        return None
+    positions = torch.stack([f.int().argmax(dim=1) for f in found], dim=1)
+    return PlaceholderTargets(list(reference_counts), positions, valid.float())
 
 
 @dataclass
@@ -51,6 +84,7 @@ class RoutingCapture:
         self.transformer, self.blocks = transformer, list(blocks)
         self.queries: dict[int, torch.Tensor] = {}
         self.keys: dict[int, torch.Tensor] = {}
+        self.text_keys: dict[int, torch.Tensor] = {}
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self._handles = []
 
@@ -66,6 +100,7 @@ class RoutingCapture:
             attn = self.transformer.transformer_blocks[block].attn
             self._handles.append(attn.norm_q.register_forward_hook(keep(self.queries, block)))
             self._handles.append(attn.norm_k.register_forward_hook(keep(self.keys, block)))
+            self._handles.append(attn.norm_added_k.register_forward_hook(keep(self.text_keys, block)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -94,6 +129,49 @@ class RoutingCapture:
         """Eq. 3, averaged over the samples that have masks."""
         maps = self.response_maps(n_target, targets.reference_counts)
         return routing_loss(maps, targets.masks.to(maps), targets.valid.to(maps))
+
+    def placeholder_probabilities(self, targets: PlaceholderTargets) -> list[list[torch.Tensor]]:
+        """Per block, per reference i: (B, l_i, n_c), each of its queries' softmax over the placeholders' keys,
+        averaged over heads."""
+        if self.rope is None or len(self.text_keys) != len(self.blocks):
+            raise UnofluxError("the placeholder loss saw no transformer forward; run the model inside the capture")
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        out = []
+        for block in self.blocks:
+            q, text_keys = self.queries[block], self.text_keys[block]  # (B, L_img, H, D), (B, L_txt, H, D)
+            length = text_keys.shape[1]
+            text_keys = apply_rotary_emb(text_keys, (self.rope[0][:length], self.rope[1][:length]), sequence_dim=1)
+            index = targets.positions[:, :, None, None].expand(-1, -1, *text_keys.shape[2:])
+            holders = torch.gather(text_keys, 1, index).float()  # (B, n_c, H, D)
+            scale = 1 / math.sqrt(holders.shape[-1])
+            start, rows = q.shape[1] - sum(targets.reference_counts), []
+            for count in targets.reference_counts:
+                queries = _rotated(q, start, start + count, self.rope).float()  # (B, l_i, H, D)
+                logits = torch.einsum("blhd,bphd->blhp", queries, holders) * scale
+                rows.append(logits.softmax(dim=-1).mean(dim=2))
+                start += count
+            out.append(rows)
+        return out
+
+    def placeholder_loss(self, targets: PlaceholderTargets) -> torch.Tensor:
+        """Eq. 4, averaged over the chosen blocks and the samples that name every reference."""
+        return placeholder_loss(self.placeholder_probabilities(targets), targets.valid)
+
+
+def placeholder_loss(probabilities: list[list[torch.Tensor]], valid: torch.Tensor) -> torch.Tensor:
+    """``1 / n_c sum_i mean_q ||p_i[q] - onehot(i)||^2`` per sample and block (``probabilities`` as
+    :meth:`RoutingCapture.placeholder_probabilities` gives them), averaged over blocks and ``valid`` samples."""
+    per_block = []
+    for rows in probabilities:
+        n_c = len(rows)
+        terms = [
+            (p - F.one_hot(torch.tensor(i), n_c).to(p)).square().sum(dim=-1).mean(dim=1) for i, p in enumerate(rows)
+        ]
+        per_block.append(torch.stack(terms).mean(dim=0))  # (B,)
+    per_sample = torch.stack(per_block).mean(dim=0)
+    valid = valid.to(per_sample)
+    return (per_sample * valid).sum() / valid.sum().clamp(min=1)
 
 
 def _rotated(x: torch.Tensor, start: int, stop: int, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -208,10 +208,12 @@ class Trainer:
             acc.device,
             acc.autocast,
             references=self.references,
+            first_placeholder=self.dreamo.first_placeholder if self.dreamo is not None else None,
         )
         self.step = 0
         self.grad_norm = math.nan  # of the last update, before clipping
         self.routing_loss = math.nan  # DreamO's routing constraint in the last update (unweighted)
+        self.holder_loss = math.nan  # and its placeholder loss
 
     # ----------------------------------------------------------------------------------- building
     def _load_pipeline(self):
@@ -257,6 +259,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         total = 0.0
         routing = torch.zeros(2, device=acc.device)  # the routing constraint's sum and count over micro-steps
+        holder = torch.zeros(2, device=acc.device)  # the placeholder loss's
         for micro in range(cfg.gradient_accumulation):
             batch = next(batches)
             gen = step_generator(cfg.seed, self.step, micro, acc.process_index)
@@ -269,11 +272,16 @@ class Trainer:
                 loss = loss / cfg.gradient_accumulation
                 acc.backward(loss)
             total += loss.detach()
-            if self.objective.last_routing is not None:
-                routing += torch.stack([self.objective.last_routing, torch.ones_like(self.objective.last_routing)])
-        if cfg.dreamo.routing_weight:  # (unweighted; NaN for a step none of whose samples had masks)
+            for value, sums in ((self.objective.last_routing, routing), (self.objective.last_holder, holder)):
+                if value is not None:
+                    sums += torch.stack([value, torch.ones_like(value)])
+        # (unweighted; NaN for a step none of whose samples had masks / placeholders)
+        if cfg.dreamo.routing_weight:
             routing = acc.reduce(routing, "sum")
             self.routing_loss = (routing[0] / routing[1]).item() if routing[1] else math.nan
+        if cfg.dreamo.holder_weight:
+            holder = acc.reduce(holder, "sum")
+            self.holder_loss = (holder[0] / holder[1]).item() if holder[1] else math.nan
         trained = [p for p in self.model.parameters() if p.requires_grad]
         # the norm before clipping (the gradients are already reduced across processes)
         self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trained if p.grad is not None]).item()
@@ -427,7 +435,7 @@ class Trainer:
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._write_provenance(self.output_dir)
-        extra = ("routing_loss",) if cfg.dreamo.routing_weight else ()
+        extra = ("routing_loss",) * bool(cfg.dreamo.routing_weight) + ("holder_loss",) * bool(cfg.dreamo.holder_weight)
         log = CsvLog(self.output_dir / "log.csv", self.step, extra) if acc.is_main_process else None
         board = None
         if acc.is_main_process and importlib.util.find_spec("tensorboard") is not None:
@@ -454,7 +462,7 @@ class Trainer:
                     grad_norm=f"{self.grad_norm:.6g}",
                     lr=f"{lr:.6g}",
                     it_per_s=f"{rate:.3f}",
-                    **({"routing_loss": f"{self.routing_loss:.6g}"} if extra else {}),
+                    **{name: f"{getattr(self, name):.6g}" for name in extra},
                 )
                 if board is not None:
                     board.add_scalar("train/loss", loss, self.step)
