@@ -46,23 +46,32 @@ class FullLogits:
         return attn.to_out[1](attn.to_out[0](out[:, text:])), attn.to_add_out(out[:, :text])
 
 
-def test_response_maps_and_loss_equal_a_hand_computation_from_the_full_attention():
+TARGET, GRIDS, TEXT = (2, 2), [(1, 2), (1, 1)], 8  # 4 target tokens, then reference 1 (2 tokens), reference 2 (1)
+
+
+def tiny_model_with_full_logits(seed: int):
+    """The tiny transformer with :class:`FullLogits` in its double block 0, and random inputs of two samples with
+    TARGET, GRIDS and TEXT tokens."""
     transformer = tiny_components(seed=0)["transformer"].eval()
     full = FullLogits()
     transformer.transformer_blocks[0].attn.set_processor(full)
-    g = torch.Generator().manual_seed(0)
-    target, grids = (2, 2), [(1, 2), (1, 1)]  # 4 target tokens, then reference 1 (2 tokens), reference 2 (1)
-    text = 8
+    g = torch.Generator().manual_seed(seed)
     inputs = dict(
         hidden_states=torch.randn(2, 7, 64, generator=g),
         timestep=torch.tensor([0.5, 0.5]),
         guidance=torch.tensor([1.0, 1.0]),
         pooled_projections=torch.randn(2, 32, generator=g),
-        encoder_hidden_states=torch.randn(2, text, 32, generator=g),
-        txt_ids=torch.zeros(text, 3),
-        img_ids=sequence_position_ids(target, grids),
+        encoder_hidden_states=torch.randn(2, TEXT, 32, generator=g),
+        txt_ids=torch.zeros(TEXT, 3),
+        img_ids=sequence_position_ids(TARGET, GRIDS),
         return_dict=False,
     )
+    return transformer, full, inputs
+
+
+def test_response_maps_and_loss_equal_a_hand_computation_from_the_full_attention():
+    transformer, full, inputs = tiny_model_with_full_logits(seed=0)
+    target, text = TARGET, TEXT
     with torch.no_grad(), RoutingCapture(transformer, [0]) as capture:
         transformer(**inputs)
     maps = capture.response_maps(4, [2, 1])
@@ -153,21 +162,8 @@ def test_placeholder_loss_equals_a_hand_computation_from_the_full_attention():
     softmaxed over the placeholders per head, averaged over heads, against the one-hot of i."""
     from unoflux.train.routing import placeholder_loss, placeholder_targets
 
-    transformer = tiny_components(seed=0)["transformer"].eval()
-    full = FullLogits()
-    transformer.transformer_blocks[0].attn.set_processor(full)
-    g = torch.Generator().manual_seed(1)
-    target, grids, text = (2, 2), [(1, 2), (1, 1)], 8
-    inputs = dict(
-        hidden_states=torch.randn(2, 7, 64, generator=g),
-        timestep=torch.tensor([0.5, 0.5]),
-        guidance=torch.tensor([1.0, 1.0]),
-        pooled_projections=torch.randn(2, 32, generator=g),
-        encoder_hidden_states=torch.randn(2, text, 32, generator=g),
-        txt_ids=torch.zeros(text, 3),
-        img_ids=sequence_position_ids(target, grids),
-        return_dict=False,
-    )
+    transformer, full, inputs = tiny_model_with_full_logits(seed=1)
+    text = TEXT
     first = 100  # the T5 id of [ref#1]; [ref#2] is 101
     ids = torch.tensor([[5, 100, 7, 7, 7, 101, 1, 0], [5, 7, 101, 100, 7, 1, 0, 0]])
     holder = placeholder_targets(ids, first, [2, 1])
