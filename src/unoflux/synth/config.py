@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import UnofluxError
+from ..train.config import read_settings_file
 
 STAGES = ("prompts", "generate", "split", "filter-similarity", "report")
 LOCATORS = ("world", "panel")  # world: the spec's exact layout; panel: the whole panel is the subject's box
@@ -126,16 +125,7 @@ class SynthConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SynthConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise UnofluxError(f"config file {str(path)!r} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise UnofluxError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise UnofluxError(f"config file {str(path)!r} must hold a mapping of settings")
-        return cls.from_dict(values)
+        return cls.from_dict(read_settings_file(path))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -178,6 +178,20 @@ class DreamOSettings:
         self.routing_blocks = list(blocks)
 
 
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's mapping of settings (training's and ``unoflux synth``'s), each misfit one sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnofluxError(f"config file {str(path)!r} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UnofluxError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UnofluxError(f"config file {str(path)!r} must hold a mapping of settings")
+    return values
+
+
 _NESTED = {"lora": LoraSettings, "ema": EmaSettings, "validation": ValidationSettings, "dreamo": DreamOSettings}
 
 
@@ -393,16 +407,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise UnofluxError(f"config file {str(path)!r} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise UnofluxError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise UnofluxError(f"config file {str(path)!r} must hold a mapping of settings")
-        return cls.from_dict(values)
+        return cls.from_dict(read_settings_file(path))
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
