@@ -107,16 +107,19 @@ def test_bundled_examples_are_the_held_out_reference_shots(tmp_path):
 
 
 def test_references_decide_the_colour_when_the_caption_does_not(embedded):
-    """Captions that name no looks: the subject's colour can only come from the reference (12 held-out cases)."""
+    """Captions that name no looks: the subject's colour can only come from the reference (6 held-out cases).
+
+    8 steps instead of the model's 25 keep it fast; the outcome is the same at both (measured on the first 12
+    cases: the colour right in 12 with the reference, 1 without, at 8 and at 25 steps)."""
     from unoflux.evaluate.subject import judge_case, reference_shots
     from unoflux.world.captions import caption_scene
     from unoflux.world.heldout import heldout_subject_pairs
 
     hits = {True: 0, False: 0}
-    for pair in [p for p in heldout_subject_pairs() if len(p.references) == 1][:12]:
+    for pair in [p for p in heldout_subject_pairs() if len(p.references) == 1][:6]:
         prompt = caption_scene(pair.target, pair.seed, name_looks=False)
         for with_reference in (True, False):
             refs = reference_shots(pair, 128) if with_reference else None
-            image = embedded(prompt, refs, width=128, height=128, seed=pair.seed).images[0]
+            image = embedded(prompt, refs, width=128, height=128, seed=pair.seed, num_inference_steps=8).images[0]
             hits[with_reference] += judge_case(image, pair).verdict.subjects[0].colour_ok
-    assert hits[True] >= 4 and hits[True] >= hits[False] + 2, hits
+    assert hits[True] >= 5 and hits[True] >= hits[False] + 4, hits
