@@ -20,15 +20,13 @@ from pathlib import Path
 # name -> pipeline keyword arguments (SamplingOptions fields); "exact" first: the others are compared with it
 SETTINGS = {
     "exact": {},
-    "reference refresh 5": {"reference_refresh": 5},
     "reference refresh 0 (first step only)": {"reference_refresh": 0},
-    "step cache 0.1": {"step_cache": 0.1},
-    "step cache 0.25": {"step_cache": 0.25},
-    "step cache 0.35": {"step_cache": 0.35},
-    "step cache 0.25, reference refresh 0": {"step_cache": 0.25, "reference_refresh": 0},
-    "--fast (step cache 0.35, reference refresh 0)": {"fast": True},
+    "step cache 0.35, reference refresh 0 (the first --fast)": {"step_cache": 0.35, "reference_refresh": 0},
+    "TaylorSeer 2": {"taylorseer": 2},
+    "TaylorSeer 3": {"taylorseer": 3},
+    "TaylorSeer 4": {"taylorseer": 4},
+    "TaylorSeer 3, reference refresh 0": {"taylorseer": 3, "reference_refresh": 0},
     "12 steps instead of 25": {"steps": 12},
-    "12 steps, step cache 0.1, reference refresh 0": {"steps": 12, "step_cache": 0.1, "reference_refresh": 0},
 }
 SUBJECT_METRICS = {  # column -> (kind, summary key): what users of subject-driven generation notice
     "colour, 1 ref": ("one", "colour"),

@@ -75,6 +75,17 @@ def test_bench_command_reports_time_memory_tokens_and_flops(tmp_path):
     assert bad.returncode == 2 and "--steps 0 must be at least 1" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_bad_bench_settings_are_one_sentence(capsys):
+    from unoflux.cli import main
+
+    for argv, message in [
+        (["--compile", "--warmup", "0"], "--compile needs --warmup 1 or more: the blocks compile during the first"),
+        (["--step-cache", "0.2", "--taylorseer", "3"], "are two step caches and only one runs at a time"),
+    ]:
+        assert main(["bench", "--size", "tiny", *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
 @pytest.mark.skipif(
     not os.environ.get("UNO_REPO"), reason="set UNO_REPO to a bytedance/UNO checkout (and pip install einops)"
 )

@@ -117,11 +117,36 @@ def test_the_step_cache_skips_blocks_and_forgets_between_calls(tiny_pipe, ref_im
     assert torch.equal(generate(fresh, refs, num_inference_steps=4, step_cache=0.05), small)
 
 
+def test_taylorseer_predicts_the_steps_between_its_full_ones_and_forgets_between_calls(tiny_pipe, ref_images):
+    refs = ref_images[:1]
+    exact = generate(tiny_pipe, refs, num_inference_steps=7)
+    assert torch.equal(generate(tiny_pipe, refs, num_inference_steps=7, taylorseer=1), exact)  # 1 = off
+    calls = []
+    hook = tiny_pipe.transformer.transformer_blocks[0].ff.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        predicted = generate(tiny_pipe, refs, num_inference_steps=7, taylorseer=2)
+    finally:
+        hook.remove()
+    # 3 warm-up steps, then one full step in every 2 (steps 4 and 6): 5 of 7 run the blocks, 3 and 5 are predicted
+    assert len(calls) == 5 and not torch.equal(predicted, exact)
+    assert tiny_pipe.transformer._cache_config is None  # the hooks are gone after the call
+    assert (predicted - exact).abs().max() < 0.5 * exact.abs().max()  # a prediction, not noise
+    generate(tiny_pipe, ref_images[1:2], "a blue dog", num_inference_steps=5, taylorseer=3, true_cfg=2.0)
+    assert torch.equal(generate(tiny_pipe, refs, num_inference_steps=7, taylorseer=2), predicted)
+    fresh = tiny_pipeline(seed=0)
+    assert torch.equal(generate(fresh, refs, num_inference_steps=7, taylorseer=2), predicted)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         (dict(reference_refresh=-1), "reference refresh -1 must be an integer"),
         (dict(step_cache=1.5), "step cache 1.5 must be a number from 0 to 1 (0 = off)"),
+        (dict(taylorseer=0), "TaylorSeer interval 0 is out of range; use an integer from 1 to 1000"),
+        (
+            dict(step_cache=0.2, taylorseer=3),
+            "step cache 0.2 and TaylorSeer interval 3 are two step caches and only one runs at a time; give one of them",
+        ),
     ],
 )
 def test_bad_fast_settings_fail_with_one_sentence(tiny_pipe, kwargs, message):
@@ -137,7 +162,13 @@ def test_the_fast_preset_is_its_switches_and_what_a_call_sets_wins(tiny_pipe, re
     assert switches == FAST_PRESET
     assert torch.equal(generate(tiny_pipe, refs, "a cat", fast=True), generate(tiny_pipe, refs, "a cat", **switches))
     own = tiny_pipe("a cat", refs, **{**ARGS, "output_type": "pil"}, fast=True, reference_refresh=1)
-    assert own.settings["reference_refresh"] == 1 and own.settings["step_cache"] == FAST_PRESET["step_cache"]
+    assert own.settings["reference_refresh"] == 1
+    assert all(own.settings[k] == v for k, v in FAST_PRESET.items() if k != "reference_refresh")
+    # a step cache the call chooses replaces the preset's (diffusers runs one at a time)
+    for chosen in (dict(taylorseer=3), dict(step_cache=0.2)):
+        other = tiny_pipe("a cat", refs, **{**ARGS, "output_type": "pil"}, fast=True, **chosen)
+        caches = {k: other.settings[k] for k in ("step_cache", "taylorseer")}
+        assert caches == {"step_cache": 0.0, "taylorseer": 1, **chosen}
 
 
 @pytest.mark.slow

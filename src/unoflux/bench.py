@@ -212,6 +212,7 @@ def run_ours(config: dict) -> dict:
         use_environment=False,
         fuse_lora=config["fuse_lora"],
         quantize=config.get("quantize"),
+        compile_blocks=config.get("compile", False),
     )
     pipe.set_progress_bar_config(disable=True)
     timer = StepTimer(pipe.transformer, config["device"])
@@ -405,6 +406,7 @@ def print_report(report: dict) -> None:
         f"{s['width']}x{s['height']} + {s['refs']} reference(s) at {s['ref_size']} px, {s['steps']} steps, "
         f"{s['dtype']} on {s['device']}, {s['runs']} timed run(s) after {s['warmup']} warm-up, {report['rounds']} round(s)"
         + (", ours with the LoRA fused" if s["fuse_lora"] else "")
+        + (", ours compiled" if s.get("compile") else "")
         + (f", ours with {s['speed']}" if s.get("speed") else "")
         + (f", ours from a {s['gguf']} GGUF file" if s.get("gguf") else "")
         + (f", ours quantized to {s['quantize']} (torchao)" if s.get("quantize") else "")
@@ -465,12 +467,18 @@ def register(subparsers) -> None:
         help="ours with the LoRA fused into the weights (the same image to rounding)",
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="ours with its repeated blocks compiled (torch.compile; compiled in the warm-up, which is not timed)",
+    )
+    p.add_argument(
         "--against-reference",
         metavar="UNO_CHECKOUT",
         help="a local bytedance/UNO checkout: its pipeline on the same weights (needs einops), fp32 CPU",
     )
     p.add_argument("--fast", action="store_true", help="ours in fast mode (the preset; the switches below win)")
     p.add_argument("--step-cache", type=float, metavar="T", help="ours with this First Block Cache threshold")
+    p.add_argument("--taylorseer", type=int, metavar="N", help="ours with TaylorSeer: one full step in every N")
     p.add_argument("--reference-refresh", type=int, metavar="N", help="ours reusing reference features (N steps)")
     p.add_argument(
         "--gguf",
@@ -497,6 +505,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UnofluxError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
     if args.refs < 0 or args.warmup < 0:
         raise UnofluxError("--refs and --warmup must be 0 or more")
+    if args.compile and args.warmup < 1:
+        raise UnofluxError("--compile needs --warmup 1 or more: the blocks compile during the first image")
     if args.against_reference and not (Path(args.against_reference) / "uno" / "flux" / "pipeline.py").is_file():
         raise UnofluxError(
             f"--against-reference {args.against_reference!r} is not a bytedance/UNO checkout (no uno/flux/pipeline.py)"
@@ -508,7 +518,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_device(args.device)
     speed = {
         k: getattr(args, k)
-        for k in ("fast", "step_cache", "reference_refresh")
+        for k in ("fast", "step_cache", "taylorseer", "reference_refresh")
         if getattr(args, k) is not None and getattr(args, k) is not False  # (0 == False: a refresh of 0 counts)
     }
     SamplingOptions(**speed).validate()
@@ -529,7 +539,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UnofluxError(f"--gguf {args.gguf!r} is not a GGUF quantization type, e.g. Q8_0, Q4_K, Q6_K")
     settings = {k: getattr(args, k) for k in ("size", "width", "height", "refs", "ref_size", "steps", "runs",
                                                "warmup", "guidance", "seed", "prompt", "device", "dtype", "threads",
-                                               "fuse_lora", "gguf", "quantize")} | {"speed": speed}  # fmt: skip
+                                               "fuse_lora", "compile", "gguf", "quantize")} | {"speed": speed}  # fmt: skip
     report = run_bench(settings, args.rounds, args.against_reference, args.workdir, args.against_exact)
     print_report(report)
     if args.json:

@@ -33,7 +33,9 @@ EMPTY_PROMPT_METHODS = ("uso",)  # mirrors Method.accepts_empty_prompt (pinned b
 # What --fast sets (options a call leaves at their defaults): chosen by scripts/fast_quality.py's measurements on
 # the embedded world (docs/performance.md, "Fast mode").
 FAST_PRESET: dict[str, Any] = dict(step_cache=0.35, reference_refresh=0)
-EXACT_SETTINGS: dict[str, Any] = dict(step_cache=0.0, reference_refresh=1)  # the same switches, off
+EXACT_SETTINGS: dict[str, Any] = dict(step_cache=0.0, taylorseer=1, reference_refresh=1)  # the switches, off
+# diffusers runs one cache hook at a time: the preset's step-caching switch gives way to one the call sets
+STEP_CACHES = ("step_cache", "taylorseer")
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,16 @@ class SamplingOptions:
         hint="(0 = off)",
         metavar="T",
     )
+    taylorseer: int | None = option(
+        None,
+        "TaylorSeer interval",
+        "TaylorSeer step cache (diffusers' lite variant): after 3 full steps, one full step in every N, the steps "
+        "between predicted from the model output's first-order Taylor expansion, the blocks skipped (1 = off, "
+        "exact; 2-4 is where it pays; default: 1)",
+        minimum=1,
+        maximum=MAX_STEPS,
+        metavar="N",
+    )
     fast: bool = option(
         False,
         "fast",
@@ -265,6 +277,13 @@ class SamplingOptions:
         """One :class:`~unoflux.errors.UnofluxError` sentence for the first bad value (no model needed)."""
         for f in option_fields(type(self)):
             f.metadata["option"].check(f.name, getattr(self, f.name), _kind(f))
+        if self.step_cache and (self.taylorseer or 1) > 1:
+            from .errors import UnofluxError
+
+            raise UnofluxError(
+                f"step cache {self.step_cache:g} and TaylorSeer interval {self.taylorseer} are two step caches and "
+                "only one runs at a time; give one of them"
+            )
 
     def resolved(self, model_defaults: dict[str, Any], default_schedule: str = "uno") -> SamplingOptions:
         """Every ``None`` a model may fill replaced by ``model_defaults`` (the pipeline's), and the time shift's
@@ -274,9 +293,12 @@ class SamplingOptions:
         for f in option_fields(type(self)):
             if f.metadata["option"].model_default and values[f.name] is None and f.name != "time_shift":
                 values[f.name] = model_defaults.get(f.name)
+        chosen_cache = any(values[name] is not None for name in STEP_CACHES)
         for name, value in (FAST_PRESET if self.fast else EXACT_SETTINGS).items():  # what the call left unset
-            if values[name] is None:
+            if values[name] is None and not (self.fast and chosen_cache and name in STEP_CACHES):
                 values[name] = value
+        for name, off in EXACT_SETTINGS.items():
+            values[name] = off if values[name] is None else values[name]
         values["schedule"], values["time_shift"] = resolve_time_shift(
             self.schedule, self.time_shift, model_defaults.get("time_shift"), default_schedule
         )

@@ -45,7 +45,7 @@ from .conditioning import (
     unpack_latents,
 )
 from .errors import UnofluxError
-from .fast import first_block_cache
+from .fast import step_cache, step_cache_config
 from .images import ImageInput
 from .methods import Conditioning, Method, get_method, open_references
 from .options import (  # noqa: F401  (MAX_SIDE, SCHEDULES: re-exported for callers)
@@ -366,8 +366,9 @@ class UnoFluxPipeline(FluxPipeline):
             features = None
             if options.reference_refresh != 1 and conditioning.num_reference_tokens:
                 features = speedups.enter_context(reusing_references(self.transformer, options.reference_refresh))
-            if options.step_cache:
-                speedups.enter_context(first_block_cache(self.transformer, options.step_cache))
+            cache = step_cache_config(options.step_cache, options.taylorseer, self.transformer.dtype)
+            if cache is not None:
+                speedups.enter_context(step_cache(self.transformer, cache))
             conditional = self.velocity(
                 conditioning,
                 prompt_embeds,
