@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {stage: f"configs/dreamo_world_stage{stage}.yaml" for stage in (1, 2, 3)}
 # (folder under DATA, kind, count, seed, shard size): what configs/dreamo_world_stage*.yaml name
 DATASETS = {
-    "pairs": ("pairs", 6000, 4, 1000),
-    "multi-pairs": ("multi-pairs", 6000, 5, 1000),
-    "pairs-q": ("pairs", 1500, 6, 500),
-    "multi-pairs-q": ("multi-pairs", 1500, 7, 500),
+    "pairs": ("pairs", 1500, 4, 500),
+    "multi-pairs": ("multi-pairs", 1500, 5, 500),
+    "pairs-q": ("pairs", 750, 6, 250),
+    "multi-pairs-q": ("multi-pairs", 750, 7, 250),
 }
 STAGE_DATA = {1: ["pairs"], 2: ["multi-pairs"], 3: ["pairs-q", "multi-pairs-q"]}
 ARMS = {"on": [], "off": ["--set", "dreamo.routing_weight=0", "--set", "dreamo.holder_weight=0"]}
@@ -189,7 +189,7 @@ def main() -> None:
         ("DreamO (losses on) vs the shipped UNO LoRA", "on", "uno"),
     ]
     if not args.table_only:
-        build_data(data, 0.005 if args.smoke else 1.0, args.dry_run)
+        build_data(data, 0.02 if args.smoke else 1.0, args.dry_run)
         shared = train_stage(1, runs / "dreamo-stage1", None, data, train_extra, args.dry_run)
         for arm, sets in ARMS.items():
             previous = shared
