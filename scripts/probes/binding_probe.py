@@ -8,6 +8,7 @@ evaluate world-t2i` judges (docs/model.md, "Tried without a GPU (session 8)"):
 - each subject alone at its place and size: the single-subject ceiling of the same subjects.
 
     .venv/bin/python scripts/probes/binding_probe.py [MODEL_DIR]     (default: the embedded model; 2 threads, ~3 min)
+    .venv/bin/python scripts/probes/binding_probe.py --dreamo RUN/final   (the base with a DreamO training run's LoRA)
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def each_alone(prompt: HeldoutPrompt) -> list[HeldoutPrompt]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="a model folder (default: the embedded model)")
+    parser.add_argument("--dreamo", metavar="DIR", help="a DreamO training run's final/ (its LoRA on the base)")
+    parser.add_argument("--limit", type=int, help="only the first N held-out multi-subject prompts (quick looks)")
     args = parser.parse_args()
     import torch  # after parsing: --help stays fast
 
@@ -54,17 +57,23 @@ def main() -> None:
 
     model = args.model or str(EMBEDDED_MODEL_DIR)
     pipe = load_pipeline(
-        ModelPaths(model=model), device="cpu", dtype=torch.float32, use_environment=False, model_lora=False
+        ModelPaths(model=model, dreamo=args.dreamo),
+        device="cpu",
+        dtype=torch.float32,
+        use_environment=False,
+        model_lora=False,
     )
     pipe.set_progress_bar_config(disable=True)
     size = int(model_defaults(model).get("image_size", 64))
-    multi = [p for p in heldout_prompts() if p.kind == "multi"]
+    multi = [p for p in heldout_prompts() if p.kind == "multi"][: args.limit]
     variants = {
         "as held out": multi,
         "one shape for all": [one_shape(p) for p in multi],
         "each subject alone": [q for p in multi for q in each_alone(p)],
     }
-    print(f"{model}: {len(multi)} held-out multi-subject prompts at {size} px")
+    print(
+        f"{model}{' + ' + args.dreamo if args.dreamo else ''}: {len(multi)} held-out multi-subject prompts at {size} px"
+    )
     print(f"{'variant':>20} {'prompts':>8} " + " ".join(f"{c:>10}" for c in COLUMNS), flush=True)
     for name, prompts in variants.items():
         summary = summarize([(p, generate_and_check(pipe, p, size)[1]) for p in prompts])

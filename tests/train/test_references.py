@@ -87,7 +87,7 @@ def test_world_multi_pairs_group_by_bucket_and_reference_sizes(multi_pairs_data,
     assert len(samples) == 8 and {len(s.references) for s in samples} <= {2, 3}
     dataset = PairedDataset(samples, [(32, 32)], long_side)
     assert set(dataset.group_of) <= {(0, ((16, 16),) * 2), (0, ((16, 16),) * 3)}
-    pixels, caption, refs, _, _ = dataset[0]
+    pixels, caption, refs, *_ = dataset[0]
     assert pixels.shape == (3, 32, 32) and all(r.size == (16, 16) for r in refs)
     expected = preprocess_reference(Image.open(samples[0].references[0]).convert("RGB"), 16)
     assert refs[0].tobytes() == expected.tobytes()  # the pipeline's resize, nothing else

@@ -99,6 +99,64 @@ def test_box_token_shares_measure_partial_tokens():
     assert box_token_shares((0.0, 0.0, 0.25, 1.0), (1, 2)).tolist() == [0.5, 0.0]
 
 
+def _rle(mask) -> tuple[int, int, tuple[int, ...]]:
+    from unoflux.world.raster import rle_encode
+
+    rle = rle_encode(mask)
+    return (*rle["size"], tuple(rle["counts"]))
+
+
+def test_mask_token_shares_are_exact_area_fractions():
+    """Counted by hand: a 32 x 32 target (2 x 2 tokens of 16 px) with the rectangle rows 4..19, cols 10..29 covers
+    12 x 6, 12 x 14, 4 x 6 and 4 x 14 pixels of its four tokens; the same at 64 px (32 px a token); a 32 x 64
+    target cropped to its centre 32 x 32 (cols 16..47) as load_pixels crops it."""
+    import numpy as np
+
+    from unoflux.train.data import mask_token_shares
+
+    mask = np.zeros((32, 32), bool)
+    mask[4:20, 10:30] = True
+    hand = [12 * 6 / 256, 12 * 14 / 256, 4 * 6 / 256, 4 * 14 / 256]
+    torch.testing.assert_close(mask_token_shares(_rle(mask), (2, 2)), torch.tensor(hand))
+    torch.testing.assert_close(mask_token_shares(_rle(mask.repeat(2, 0).repeat(2, 1)), (2, 2)), torch.tensor(hand))
+    wide = np.zeros((32, 64), bool)
+    wide[0:16, 8:24] = True  # cols 16..23 inside the crop: 16 x 8 pixels of token 0
+    torch.testing.assert_close(mask_token_shares(_rle(wide), (2, 2)), torch.tensor([0.5, 0, 0, 0]))
+    # a pixel straddling two tokens counts in both by its overlap: a 3 x 3 image on 2 x 2 tokens (1.5 pixels a
+    # token) whose middle column is the subject: half of that column in each token, a third of the token's width
+    middle = np.zeros((3, 3), bool)
+    middle[:, 1] = True
+    torch.testing.assert_close(mask_token_shares(_rle(middle), (2, 2)), torch.full((4,), 1 / 3))
+
+
+def test_world_records_route_to_their_exact_masks_and_boxes_still_work(pairs_data, multi_pairs_data):
+    """World records carry the renderer's masks: the routing targets are their token shares (each token's share of
+    the mask's pixels, a 16 x 16 block mean at the world's sizes), not the boxes'; records without masks (real
+    data) keep their boxes, and a batch can mix both."""
+    import numpy as np
+
+    from unoflux.train.data import read_paired_samples
+    from unoflux.world.raster import rle_decode
+
+    samples = read_paired_samples([str(multi_pairs_data), str(pairs_data)], lambda n: 16)
+    multi = next(s for s in samples if len(s.references) == 2)
+    assert len(multi.subject_masks) == len(multi.subject_boxes) == 2
+    records = [json.loads(line) for line in (multi_pairs_data / "manifest.jsonl").read_text().splitlines()]
+    record = next(r for r in records if str(multi_pairs_data / r["image"]) == str(multi.image))
+    grid = (2, 2)
+    shares, valid = reference_token_masks([multi.subject_boxes], grid, 2, [multi.subject_masks])
+    for k, subject in enumerate(record["subjects"]):
+        pixels = rle_decode(subject["mask_rle"]).astype(np.float64)  # 32 x 32 target: 16 x 16 pixels a token
+        blocks = pixels.reshape(2, 16, 2, 16).mean(axis=(1, 3)).flatten()
+        torch.testing.assert_close(shares[0, k], torch.from_numpy(blocks).float())
+        assert not torch.equal(shares[0, k], box_token_shares(multi.subject_boxes[k], grid))  # boxes overcount
+    assert valid.tolist() == [1]
+    boxes_only = ((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 0.5))
+    mixed, valid = reference_token_masks([boxes_only, multi.subject_boxes], grid, 2, [(), multi.subject_masks])
+    assert mixed[0].tolist() == [[1, 0, 1, 0], [0, 1, 0, 0]] and torch.equal(mixed[1], shares[0])
+    assert valid.tolist() == [1, 1]
+
+
 def test_a_run_with_the_routing_constraint_trains_differently_and_checks_its_blocks(tiny_config, multi_pairs_data):
     base = dict(
         data=[str(multi_pairs_data)],

@@ -122,9 +122,28 @@ def test_cli_overrides_win(tmp_path):
         load_config(str(path), max_steps=-1)
 
 
+def test_set_overrides_any_setting_and_is_validated_as_the_file(tmp_path):
+    """--set KEY=VALUE (the DreamO experiment's arm without its losses: same file, two settings changed)."""
+    values = dict(method="dreamo", lora={"rank": 4, "target_modules": "uno"}, dreamo={"routing_weight": 1e-3})
+    path = minimal(**values).to_yaml(tmp_path / "c.yaml")
+    sets = ["dreamo.routing_weight=0", "dreamo.holder_weight=0", "init_lora=null", "buckets=[[32, 32]]"]
+    config = load_config(str(path), max_steps=3, overrides=sets)
+    assert (config.dreamo.routing_weight, config.dreamo.holder_weight, config.init_lora) == (0, 0, None)
+    assert config.buckets == [(32, 32)] and config.max_steps == 3 and config.lora.rank == 4  # the rest stays
+    assert load_config(str(path)).dreamo.routing_weight == 1e-3  # the file is not changed
+    for bad, message in [
+        ("dreamo.routing_wieght=0", "unknown setting 'dreamo.routing_wieght'"),
+        ("dreamo.routing_weight=-1", "dreamo.routing_weight -1 must be a number >= 0"),
+        ("routing_weight", "--set 'routing_weight' must be KEY=VALUE"),
+        ("seed.x=1", "'seed' is not a nested mapping"),
+    ]:
+        with pytest.raises(UnofluxError, match=message):
+            load_config(str(path), overrides=[bad])
+
+
 def test_train_help():
     out = subprocess.run([sys.executable, "-m", "unoflux", "train", "-h"], capture_output=True, text=True, check=True)
-    for flag in ("--config", "--resume", "--max-steps", "--max-minutes", "--output-dir", "--position-mode"):
+    for flag in ("--config", "--resume", "--max-steps", "--max-minutes", "--output-dir", "--position-mode", "--set"):
         assert flag in out.stdout
 
 

@@ -83,3 +83,43 @@ def test_manifest_records_are_json_with_full_specs(tmp_path):
     line = (tmp_path / "manifest.jsonl").read_text().splitlines()[0]
     record = json.loads(line)
     assert record["spec"]["type"] == "two_panel" and record["width"] == 64
+
+
+def test_placeholders_are_opt_in_per_record_and_name_references_in_order(tmp_path):
+    """--placeholders 0.5: about half the records name subject k with [ref#k] (the subject of reference k-1) in
+    both captions; the rest, and every image, are byte for byte the build without them, whose info.json has no
+    placeholders field (older builds resume unchanged)."""
+    plain_dir, holder_dir = tmp_path / "plain", tmp_path / "holders"
+    build_dataset(plain_dir, BuildConfig("multi-pairs", count=6, size=32, seed=3, shard_size=6), progress=False)
+    build_dataset(
+        holder_dir, BuildConfig("multi-pairs", count=6, size=32, seed=3, shard_size=6, placeholders=0.5), False
+    )
+    assert "placeholders" not in json.loads((plain_dir / "info.json").read_text())
+    assert json.loads((holder_dir / "info.json").read_text())["placeholders"] == 0.5
+    plain, held = _digest(plain_dir), _digest(holder_dir)
+    assert {k: v for k, v in plain.items() if k.endswith(".png")} == {
+        k: v for k, v in held.items() if k.endswith(".png")
+    }
+    chosen = 0
+    for before, after in zip(read_manifest(plain_dir), read_manifest(holder_dir)):
+        flag = after.pop("placeholders")
+        chosen += flag
+        if not flag:
+            assert after == before
+            continue
+        for field in ("caption", "caption_without_looks"):
+            text = after[field]
+            for k, subject in enumerate(after["subjects"]):
+                assert text.count(f"[ref#{k + 1}]") == 1
+                text = text.replace(f" [ref#{k + 1}]", "")
+                if field == "caption":  # subject k = reference k: its colour names both
+                    colour = subject["identity"]["colour"]
+                    assert colour in after["caption"].split(f"[ref#{k + 1}]")[0].split()[-5:]
+                    assert colour in after["references"][k]["caption"]
+            assert text == before[field]
+        assert {k: v for k, v in after.items() if not k.startswith("caption")} == {
+            k: v for k, v in before.items() if not k.startswith("caption")
+        }
+    assert chosen == 4  # of 6 (seed 3)
+    with pytest.raises(ValueError, match="kind 'scenes' has none"):
+        BuildConfig("scenes", count=1, placeholders=0.5)

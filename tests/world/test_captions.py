@@ -55,3 +55,28 @@ def test_captions_without_looks_keep_size_place_and_background_only():
         for s in spec.subjects:
             assert any(w in text for w in SIZE_WORDS[s.size]) and any(w in text for w in PLACEMENT_WORDS[s.placement])
         assert any(w.lower() in text for w in BACKGROUND_WORDS[spec.background])
+
+
+def test_placeholders_follow_each_subjects_name_and_change_nothing_else():
+    """DreamO's [ref#k] right after subject k's name (left to right, the references' order), with and without
+    looks; taking them out gives the plain caption (the same wording draws)."""
+    from unoflux.world.captions import GENERIC_NOUNS, SHAPE_WORDS
+
+    rng = np.random.default_rng(22)
+    for seed in range(12):
+        spec = sample_scene(rng, distinct_looks(rng, 1 + seed % 3))
+        for name_looks in (True, False):
+            text = caption_scene(spec, seed, name_looks, placeholders=True)
+            plain = text
+            for k in range(len(spec.subjects)):
+                plain = plain.replace(f" [ref#{k + 1}]", "")
+            assert plain == caption_scene(spec, seed, name_looks) and "[ref#" not in plain
+            assert [text.count(f"[ref#{k + 1}]") for k in range(len(spec.subjects))] == [1] * len(spec.subjects)
+            starts = [text.index(f"[ref#{k + 1}]") for k in range(len(spec.subjects))]
+            assert starts == sorted(starts)
+            for k, subject in enumerate(spec.subjects):
+                name = text[: starts[k]].split()[-1]  # the word just before [ref#k+1]: subject k's noun
+                nouns = SHAPE_WORDS[subject.identity.shape] if name_looks else GENERIC_NOUNS
+                assert any(n.endswith(name) for n in nouns), (text, k)
+                if name_looks:  # and its colour a few words before (distinct colours: no other subject's)
+                    assert subject.identity.colour in text[: starts[k]].split()[-5:], (text, k)

@@ -35,3 +35,17 @@ def test_tuning_prompts_are_fixed_and_share_no_identity_or_caption_with_the_held
     assert not {p.caption for p in prompts} & {p.caption for p in heldout_prompts()}
     tuning_prompts.cache_clear()
     assert [p.to_dict() for p in tuning_prompts(single=4, multi=6, two_panel=6)] == [p.to_dict() for p in prompts]
+
+
+def test_subject_captions_with_placeholders_are_the_held_out_ones_naming_references_in_order():
+    from unoflux.world.heldout import subject_caption
+
+    for pair in heldout_subject_pairs():
+        assert subject_caption(pair) == pair.caption
+        text = subject_caption(pair, placeholders=True)
+        starts = [text.index(f"[ref#{k + 1}]") for k in range(len(pair.references))]
+        assert starts == sorted(starts) and "[ref#" not in pair.caption
+        for k, identity in enumerate(pair.references):  # reference k is the subject named by [ref#k+1]
+            assert identity.colour in text[: starts[k]].split()[-5:], text
+            text = text.replace(f" [ref#{k + 1}]", "")
+        assert text == pair.caption

@@ -39,6 +39,11 @@ def register(subparsers) -> None:
         action="store_true",
         help="captions without looks: colour and shape can only come from the references",
     )
+    subj.add_argument(
+        "--placeholders",
+        action="store_true",
+        help="name reference k's subject with DreamO's [ref#k] in the prompt (models trained on such captions)",
+    )
     subj.add_argument("--limit", type=int, help="only the first N cases of each kind")
     subj.add_argument(
         "--ref-long-side",
@@ -171,6 +176,7 @@ def cmd_world_subject(args: argparse.Namespace) -> int:
         with_references=not args.caption_only,
         limit=args.limit,
         look_free_captions=args.look_free_captions,
+        placeholders=args.placeholders,
     )
     print_subject_summary(evaluate_subject_driven(pipe, args.out, settings))
     print(f"report: {args.out / 'report.json'}")

@@ -14,6 +14,8 @@ left in the snow"): colour and shape can then only come from the references (cha
 - ``fidelity_margin``: mean fidelity to the true identity minus the mean over its distractors;
 - ``all_recognisable``: every reference subject is found with its main colour and shape (two-reference
   cases: both subjects present and recognisable);
+- with ``placeholders`` the prompt names reference k's subject with DreamO's ``[ref#k]`` (models trained on such
+  captions: docs/training.md, "DreamO"); the words are otherwise the same;
 - ``copy_paste``: the subject sits where the reference shot has it (centred) and as large (its box's
   largest side at least ``COPY_PASTE_EXTENT`` of the height, larger than any size a caption asks for)
   instead of where and how large the prompt says.
@@ -33,7 +35,7 @@ from ..images import save_json, save_png
 from ..options import SamplingOptions, option
 from ..world.captions import caption_scene
 from ..world.checker import SceneVerdict, check_scene, identity_match
-from ..world.heldout import SubjectPair, heldout_subject_pairs
+from ..world.heldout import SubjectPair, heldout_subject_pairs, subject_caption
 from ..world.render import render_reference
 from ..world.subjects import same_look_distractors
 from ..world.vocab import REFERENCE_FILL, SIZES
@@ -53,6 +55,7 @@ class SubjectEvalSettings(SamplingOptions):
     limit: int | None = None  # only the first N cases of each kind (quick looks)
     distractors: int = 7
     look_free_captions: bool = False  # captions without looks: the look must come from the references
+    placeholders: bool = False  # name reference k's subject "[ref#k]" in the prompt (DreamO-trained models)
 
 
 @dataclass(frozen=True)
@@ -150,9 +153,10 @@ def evaluate_subject_driven(pipe, out_dir: Path, settings: SubjectEvalSettings |
     results, items, shown = [], [], []
     for pair in tqdm(pairs, desc="held-out subject cases"):
         references = reference_shots(pair, settings.size) if settings.with_references else None
-        prompt = (
-            caption_scene(pair.target, pair.seed, name_looks=False) if settings.look_free_captions else pair.caption
-        )
+        if settings.look_free_captions:
+            prompt = caption_scene(pair.target, pair.seed, name_looks=False, placeholders=settings.placeholders)
+        else:
+            prompt = subject_caption(pair, settings.placeholders) if settings.placeholders else pair.caption
         output = pipe(
             prompt, references, settings.sampling_options(), width=settings.size, height=settings.size, seed=pair.seed
         )

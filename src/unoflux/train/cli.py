@@ -1,7 +1,7 @@
 """`unoflux train`: training from a YAML config, text-to-image or with references (CLI flags override the file).
 
     unoflux train --config run.yaml [--resume] [--max-steps N] [--max-minutes M] [--output-dir DIR]
-                  [--position-mode MODE]
+                  [--position-mode MODE] [--set KEY=VALUE ...]
 
 Multi-GPU / multi-node: the same command under ``accelerate launch -m unoflux train ...``.
 """
@@ -19,11 +19,13 @@ def load_config(
     resume: bool = False,
     position_mode: str | None = None,
     max_minutes: float | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
 ):
-    """The config in ``path`` with the command-line overrides applied (validated again)."""
+    """The config in ``path`` with the command-line overrides applied (``overrides``: ``--set KEY=VALUE``, any
+    setting, dotted for nested ones; validated once, as the file)."""
     from .config import TrainConfig
 
-    config = TrainConfig.from_yaml(path)
+    config = TrainConfig.from_yaml(path, overrides)
     return config.replace(
         max_steps=max_steps,
         output_dir=output_dir,
@@ -37,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a FLUX transformer (full or LoRA) on world datasets or UNO paired data (with references, UNO
     Stage I / II); resumable from checkpoints."""
     config = load_config(
-        args.config, args.max_steps, args.output_dir, args.resume, args.position_mode, args.max_minutes
+        args.config, args.max_steps, args.output_dir, args.resume, args.position_mode, args.max_minutes, args.set
     )
     from .trainer import train  # heavy imports only once the config is known to be good
 
@@ -70,5 +72,13 @@ def register(subparsers) -> None:
     p.add_argument("--output-dir", metavar="DIR", help="override output_dir")
     p.add_argument(
         "--position-mode", choices=POSITION_MODES, help="override position_mode (UnoPE; the paper's ablation)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any setting (repeatable; dotted keys for nested ones, values as YAML), e.g. "
+        "--set dreamo.routing_weight=0 --set init_lora=runs/a/final",
     )
     p.set_defaults(func=cmd_train)

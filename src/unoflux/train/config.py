@@ -192,6 +192,28 @@ def read_settings_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def apply_overrides(values: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``values`` (a config file's mapping) with each ``KEY=VALUE`` of ``overrides`` set: ``KEY`` a setting or a
+    dotted path into a nested one (``dreamo.routing_weight``), ``VALUE`` read as YAML (``0``, ``null``, ``[0, 1]``).
+    Validation is the config's own, so a misspelt key fails as it would in the file."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UnofluxError(f"--set {item!r} must be KEY=VALUE, e.g. dreamo.routing_weight=0")
+        *parents, leaf = key.strip().split(".")
+        node = values
+        for parent in parents:
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise UnofluxError(f"--set {item!r}: {parent!r} is not a nested mapping of settings")
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UnofluxError(f"--set {item!r}: the value {text!r} is not valid YAML") from None
+    return values
+
+
 _NESTED = {"lora": LoraSettings, "ema": EmaSettings, "validation": ValidationSettings, "dreamo": DreamOSettings}
 
 
@@ -406,8 +428,9 @@ class TrainConfig:
         return _build(cls, values)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(read_settings_file(path))
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+        """The config in ``path``, with ``overrides`` (``KEY=VALUE``, :func:`apply_overrides`) applied first."""
+        return cls.from_dict(apply_overrides(read_settings_file(path), overrides))
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)

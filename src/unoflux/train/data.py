@@ -43,6 +43,9 @@ class Sample:
     caption_without_looks: str | None = None  # world pairs: the scene with its subjects' looks left unsaid
     # world pairs: each subject's box in the target, (x0, y0, x1, y1) as fractions of its width and height
     subject_boxes: tuple[tuple[float, float, float, float], ...] = ()
+    # world pairs: each subject's visible pixels in the target as the renderer drew them (its record's mask_rle):
+    # (height, width, run lengths from a run of False), the image's row-major order; () without masks
+    subject_masks: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
 
 
 class BadRecordWarning(UserWarning):
@@ -167,6 +170,7 @@ def _paired_sample(
         tuple(sizes),
         caption_without_looks,
         _subject_boxes(subjects, width, height),
+        _subject_masks(subjects, width, height),
     )
 
 
@@ -181,6 +185,23 @@ def _subject_boxes(subjects, width: int, height: int) -> tuple[tuple[float, floa
     if not all(len(b) == 4 and 0 <= b[0] <= b[2] <= width and 0 <= b[1] <= b[3] <= height for b in boxes):
         raise ValueError(f"the subject boxes {boxes} do not lie inside the {width}x{height} target")
     return tuple((x0 / width, y0 / height, x1 / width, y1 / height) for x0, y0, x1, y1 in boxes)
+
+
+def _subject_masks(subjects, width: int, height: int) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
+    """A world record's subject masks (its ``mask_rle``, the renderer's exact visible pixels); none when a subject
+    lacks one (older records, real data with boxes only)."""
+    if not subjects or not all(isinstance(s, dict) and "mask_rle" in s for s in subjects):
+        return ()
+    masks = []
+    for subject in subjects:
+        try:
+            size, counts = subject["mask_rle"]["size"], tuple(int(c) for c in subject["mask_rle"]["counts"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"a subject's mask_rle {subject['mask_rle']!r} is not {{size, counts}}") from None
+        if list(size) != [height, width] or sum(counts) != width * height or min(counts, default=0) < 0:
+            raise ValueError(f"a subject's mask_rle (size {size}) does not cover the {width}x{height} target")
+        masks.append((height, width, counts))
+    return tuple(masks)
 
 
 def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, object, object, object, object]]:
@@ -301,7 +322,7 @@ class BucketDataset(torch.utils.data.Dataset):
 
 class PairedDataset(BucketDataset):
     """Paired samples; item ``i`` is ``(target pixels (3, H, W) in [-1, 1], caption, [reference PIL images],
-    caption without looks or None, subject boxes)``.
+    caption without looks or None, subject boxes, subject masks)``.
 
     References are opened as the pipeline opens them (``images.load_image``) and resized with
     ``conditioning.preprocess_reference`` at UNO's long side for their count; the trainer encodes them with
@@ -318,7 +339,7 @@ class PairedDataset(BucketDataset):
         sample = self.samples[i]
         side = self.long_side(len(sample.references))
         references = [preprocess_reference(load_image(p, what="reference image"), side) for p in sample.references]
-        return pixels, caption, references, sample.caption_without_looks, sample.subject_boxes
+        return pixels, caption, references, sample.caption_without_looks, sample.subject_boxes, sample.subject_masks
 
 
 class SampleIndices(torch.utils.data.Dataset):
@@ -351,13 +372,14 @@ def epoch_batches(group_of: list, global_batch: int, seed: int, epoch: int) -> l
 @dataclass
 class Batch:
     """One batch of images; paired batches also carry, per sample, its references (preprocessed PIL images), its
-    caption without looks (or None) and its subject boxes."""
+    caption without looks (or None), its subject boxes and its subject masks (RLE, :class:`Sample`)."""
 
     pixels: torch.Tensor  # (B, 3, H, W) in [-1, 1]
     captions: list[str]
     references: list[list[Image.Image]] | None = None
     captions_without_looks: list[str | None] | None = None
     subject_boxes: list[tuple[tuple[float, float, float, float], ...]] | None = None
+    subject_masks: list[tuple[tuple[int, int, tuple[int, ...]], ...]] | None = None
 
 
 def collate(items: list[tuple]) -> Batch | list[int]:
@@ -401,19 +423,55 @@ def subject_token_weights(
     return torch.stack(weights)
 
 
+@functools.lru_cache(maxsize=65536)
+def _mask_shares(mask: tuple[int, int, tuple[int, ...]], grid: tuple[int, int], scale: float) -> torch.Tensor:
+    height, width, counts = mask
+    pixels = np.repeat(np.arange(len(counts)) % 2 == 1, counts).reshape(height, width).astype(np.float64)
+    rows = _axis_overlaps(height, grid[0], scale)
+    cols = _axis_overlaps(width, grid[1], scale)
+    return torch.from_numpy(rows @ pixels @ cols.T).float().flatten()
+
+
+def _axis_overlaps(length: int, cells: int, scale: float) -> np.ndarray:
+    """(cells, length): how much of token cell c (16 / ``scale`` pixels of the original image, the crop centred as
+    :func:`load_pixels` centres it) pixel x covers, as a share of the cell's length (each row sums to 1)."""
+    cell = 16 / scale
+    start = (length - cells * cell) / 2
+    lo = start + cell * np.arange(cells)[:, None]  # (cells, 1)
+    x = np.arange(length)[None, :]  # (1, length)
+    return np.clip(np.minimum(x + 1, lo + cell) - np.maximum(x, lo), 0, None) / cell
+
+
+def mask_token_shares(mask: tuple[int, int, tuple[int, ...]], grid: tuple[int, int]) -> torch.Tensor:
+    """The share of each target token's area (rows * cols, the packed latents' row-major order) covered by
+    ``mask`` (a :class:`Sample`'s subject mask: the target's pixels), its image resized to cover the grid's
+    ``16 rows x 16 cols`` pixels and center-cropped as :func:`load_pixels` does: exact area fractions (a pixel
+    straddling two tokens counts in both by its overlap). Cached: a mask's shares are computed once per grid."""
+    height, width, _ = mask
+    return _mask_shares(mask, grid, max(16 * grid[0] / height, 16 * grid[1] / width))
+
+
 def reference_token_masks(
-    boxes: list[tuple[tuple[float, float, float, float], ...]], grid: tuple[int, int], num_references: int
+    boxes: list[tuple[tuple[float, float, float, float], ...]],
+    grid: tuple[int, int],
+    num_references: int,
+    masks: list[tuple[tuple[int, int, tuple[int, ...]], ...]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each reference's target mask, for the routing constraint: (B, num_references, rows * cols) shares of every
-    target token inside subject k's box (world records: subject k is reference k, left to right), and which
-    samples (B,) have one box per reference (the others get zero masks and are left out)."""
-    masks = torch.zeros(len(boxes), num_references, grid[0] * grid[1])
+    target token covered by subject k (world records: subject k is reference k, left to right): of its exact mask
+    (``masks``, :func:`mask_token_shares`) where the sample has one per reference, else of its box; and which
+    samples (B,) have one mask or box per reference (the others get zero masks and are left out)."""
+    shares = torch.zeros(len(boxes), num_references, grid[0] * grid[1])
     valid = torch.zeros(len(boxes))
     for b, sample_boxes in enumerate(boxes):
-        if len(sample_boxes) == num_references:
-            masks[b] = torch.stack([box_token_shares(box, grid) for box in sample_boxes])
+        sample_masks = masks[b] if masks else ()
+        if len(sample_masks) == num_references:
+            shares[b] = torch.stack([mask_token_shares(mask, grid) for mask in sample_masks])
             valid[b] = 1
-    return masks, valid
+        elif len(sample_boxes) == num_references:
+            shares[b] = torch.stack([box_token_shares(box, grid) for box in sample_boxes])
+            valid[b] = 1
+    return shares, valid
 
 
 class TrainData:

@@ -184,7 +184,7 @@ class FlowObjective:
         conditioning = self.reference_conditioning(batch.references, target_grid)
         weights = self.token_weights(batch.subject_boxes, target_grid)
         grids = [(image.height // 16, image.width // 16) for image in batch.references[0]] if batch.references else []
-        routing = self.routing_targets(batch.subject_boxes, target_grid, grids)
+        routing = self.routing_targets(batch.subject_boxes, target_grid, grids, batch.subject_masks)
         holder = self.holder_targets(text, grids)
         return self.flow_loss(x_data, conditioning, text, pooled, text_ids, gen, weights, routing, holder)
 
@@ -202,7 +202,8 @@ class FlowObjective:
         )
         boxes = [s.subject_boxes for s in chosen]
         weights = self.token_weights(boxes, cached.target_grid)
-        routing = self.routing_targets(boxes, cached.target_grid, cached.reference_grids)
+        masks = [s.subject_masks for s in chosen]
+        routing = self.routing_targets(boxes, cached.target_grid, cached.reference_grids, masks)
         holder = self.holder_targets(cached.text, cached.reference_grids)
         return self.flow_loss(
             cached.latents,
@@ -224,13 +225,13 @@ class FlowObjective:
         return weights.to(self.device)
 
     def routing_targets(
-        self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int], reference_grids
+        self, subject_boxes: list[tuple] | None, target_grid: tuple[int, int], reference_grids, subject_masks=None
     ) -> RoutingTargets | None:
-        """The routing constraint's masks for this batch, or None (off, no references, or no sample with one
-        subject box per reference)."""
+        """The routing constraint's masks for this batch (token shares of each subject's exact mask, or of its box
+        where a sample has no masks), or None (off, no references, or no sample with one per reference)."""
         if not self.config.dreamo.routing_weight or not reference_grids or not subject_boxes:
             return None
-        masks, valid = reference_token_masks(subject_boxes, target_grid, len(reference_grids))
+        masks, valid = reference_token_masks(subject_boxes, target_grid, len(reference_grids), subject_masks)
         if not valid.any():
             return None
         counts = [rows * cols for rows, cols in reference_grids]

@@ -8,6 +8,11 @@ Layout of OUT:
 
 Every record is drawn from its own generator seeded by (seed, kind, index), so a shard's bytes do
 not depend on which shards were built before it. Only training identities are ever used.
+
+``placeholders`` (pairs and multi-pairs; DreamO, issue 22): the share of records whose ``caption`` and
+``caption_without_looks`` name subject k with ``[ref#k]`` (reference k-1 of the record: both are left to right),
+each record deciding from its own generator (seeded by (seed, kind, index, 22), so the rest of the record is the
+bytes it is without). 0, the default, builds exactly what was built before (info.json without the field).
 """
 
 from __future__ import annotations
@@ -37,12 +42,35 @@ class BuildConfig:
     size: int = 128
     seed: int = 0
     shard_size: int = 500
+    placeholders: float = 0.0  # pairs / multi-pairs: share of records captioned with [ref#k] (DreamO)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown kind {self.kind!r}; choose from {list(KINDS)}")
         if self.count < 0 or self.shard_size < 1 or self.size < 16:
             raise ValueError(f"need count >= 0, shard_size >= 1 and size >= 16, got {self}")
+        if not 0 <= self.placeholders <= 1:
+            raise ValueError(f"placeholders {self.placeholders!r} must be a share in [0, 1]")
+        if self.placeholders and self.kind not in ("pairs", "multi-pairs"):
+            raise ValueError(f"placeholders name references; kind {self.kind!r} has none (use pairs or multi-pairs)")
+
+    def info(self) -> dict:
+        """info.json's fields; ``placeholders`` only when used, so older builds resume unchanged."""
+        fields = asdict(self)
+        if not self.placeholders:
+            del fields["placeholders"]
+        return {"format": "unoflux-world-v1", **fields}
+
+
+PLACEHOLDER_STREAM = 22  # the generator of a record's placeholder draw: (seed, kind, index, 22)
+
+
+def uses_placeholders(config: BuildConfig, index: int) -> bool:
+    """Whether record ``index`` names its subjects with ``[ref#k]`` (probability ``config.placeholders``)."""
+    if not config.placeholders:
+        return False
+    rng = np.random.default_rng([config.seed, KINDS.index(config.kind), index, PLACEHOLDER_STREAM])
+    return bool(rng.random() < config.placeholders)
 
 
 def _save(rendered: Rendered, path: Path) -> None:
@@ -83,7 +111,9 @@ def make_record(config: BuildConfig, index: int, shard_dir: Path) -> dict:
     spec = sample_scene(rng, identities)
     rendered = render_scene(spec, config.size)
     _save(rendered, shard_dir / f"{stem}.png")
-    record |= _scene_record(rendered, spec, caption(spec, caption_seed), rel + f"{stem}.png")
+    holders = uses_placeholders(config, index)
+    text = caption_scene(spec, caption_seed, placeholders=True) if holders else caption(spec, caption_seed)
+    record |= _scene_record(rendered, spec, text, rel + f"{stem}.png")
     if config.kind in ("pairs", "multi-pairs"):
         references = []
         for k, subject in enumerate(spec.subjects):  # in the target's left-to-right order
@@ -97,8 +127,10 @@ def make_record(config: BuildConfig, index: int, shard_dir: Path) -> dict:
                     "box": list(ref.subjects[0].box),
                 }
             )
-        record["references"] = references
-        record["caption_without_looks"] = caption_scene(spec, caption_seed, name_looks=False)
+        record["references"] = references  # reference k = spec.subjects[k] = the caption's [ref#k+1]
+        record["caption_without_looks"] = caption_scene(spec, caption_seed, name_looks=False, placeholders=holders)
+        if config.placeholders:
+            record["placeholders"] = holders
     return record
 
 
@@ -114,7 +146,7 @@ def build_dataset(
     its own generator)."""
     out.mkdir(parents=True, exist_ok=True)
     info_path = out / "info.json"
-    info = {"format": "unoflux-world-v1", **asdict(config)}
+    info = config.info()
     if info_path.exists():
         existing = json.loads(info_path.read_text())
         if existing != info:

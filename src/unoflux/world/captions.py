@@ -4,6 +4,10 @@ Variety comes from synonyms, several templates and word orders; every caption st
 look (size, colour, pattern, shape), placement and background, so the text fully determines
 what a checker verifies.
 
+With ``placeholders=True`` a scene caption names subject k (left to right, as pair records order their
+references) with DreamO's placeholder ``[ref#k]`` right after its name ("a small orange striped square [ref#1]
+on the left in the snow"); every wording choice is the same as without, so the two captions differ only there.
+
 Scene captions also come *without looks* (``name_looks=False``): subjects are named by size and place
 only ("a small figure on the left in the snow"). Reference training mixes these in so that a subject's
 look has to come from its reference image, not from the caption."""
@@ -58,9 +62,9 @@ GENERIC_NOUNS = ["subject", "figure", "object", "thing"]
 class _Writer:
     """Draws wording choices from one seeded generator."""
 
-    def __init__(self, seed: int, name_looks: bool = True) -> None:
+    def __init__(self, seed: int, name_looks: bool = True, placeholders: bool = False) -> None:
         self.rng = np.random.default_rng([seed, 11])
-        self.name_looks = name_looks
+        self.name_looks, self.placeholders = name_looks, placeholders
 
     def pick(self, options: list[str]) -> str:
         return options[int(self.rng.integers(len(options)))]
@@ -73,9 +77,19 @@ class _Writer:
         words += [identity.colour, pattern, self.pick(SHAPE_WORDS[identity.shape])]
         return " ".join(w for w in words if w)
 
+    def name(self, subject: SubjectSpec, k: int) -> str:
+        """Subject ``k`` (0-based, left to right) with its article, and its placeholder ``[ref#k+1]`` if asked."""
+        phrase = _article(self.look(subject.identity, subject.size))
+        return f"{phrase} {placeholder(k)}" if self.placeholders else phrase
+
     def short_look(self, identity: Identity) -> str:
         """Colour + shape: enough to refer back to a subject within one caption."""
         return f"{identity.colour} {identity.shape}"
+
+
+def placeholder(k: int) -> str:
+    """DreamO's T5 placeholder of reference ``k`` (0-based): ``[ref#1]`` for the first."""
+    return f"[ref#{k + 1}]"
 
 
 def _article(phrase: str) -> str:
@@ -105,7 +119,7 @@ def caption_reference(identity: Identity, seed: int = 0) -> str:
 
 
 def _single(w: _Writer, subject: SubjectSpec, background: str) -> str:
-    thing = _article(w.look(subject.identity, subject.size))
+    thing = w.name(subject, 0)
     where, bg = w.pick(PLACEMENT_WORDS[subject.placement]), w.pick(BACKGROUND_WORDS[background])
     verb = w.pick(["sits", "stands", "is", "appears"])
     templates = [
@@ -121,7 +135,7 @@ def _single(w: _Writer, subject: SubjectSpec, background: str) -> str:
 def _multi(w: _Writer, spec: SceneSpec) -> str:
     subjects = spec.subjects
     bg = w.pick(BACKGROUND_WORDS[spec.background])
-    parts = [f"{_article(w.look(s.identity, s.size))} {w.pick(PLACEMENT_WORDS[s.placement])}" for s in subjects]
+    parts = [f"{w.name(s, k)} {w.pick(PLACEMENT_WORDS[s.placement])}" for k, s in enumerate(subjects)]
     listing = ", ".join(parts[:-1]) + " and " + parts[-1]
     if not w.name_looks:  # without looks, subjects (and references) are meant in left-to-right order
         return w.pick([f"{COUNT_WORDS[len(subjects)]} figures {bg}: {listing}", f"{_capitalise(bg)}, {listing}."])
@@ -143,8 +157,9 @@ def _multi(w: _Writer, spec: SceneSpec) -> str:
     )
 
 
-def caption_scene(spec: SceneSpec, seed: int = 0, name_looks: bool = True) -> str:
-    w = _Writer(seed, name_looks)
+def caption_scene(spec: SceneSpec, seed: int = 0, name_looks: bool = True, placeholders: bool = False) -> str:
+    """The scene's caption; ``placeholders``: each subject named with its ``[ref#k]`` (DreamO; module docstring)."""
+    w = _Writer(seed, name_looks, placeholders)
     if len(spec.subjects) == 1:
         return _single(w, spec.subjects[0], spec.background)
     return _multi(w, spec)

@@ -21,9 +21,18 @@ from .specs import spec_from_dict
 
 
 def run_build(
-    out: Path, kind: str, count: int, size: int, seed: int, shard_size: int, progress: bool = True, workers: int = 1
+    out: Path,
+    kind: str,
+    count: int,
+    size: int,
+    seed: int,
+    shard_size: int,
+    progress: bool = True,
+    workers: int = 1,
+    placeholders: float = 0.0,
 ) -> Path:
-    return build_dataset(out, BuildConfig(kind, count, size, seed, shard_size), progress=progress, workers=workers)
+    config = BuildConfig(kind, count, size, seed, shard_size, placeholders)
+    return build_dataset(out, config, progress=progress, workers=workers)
 
 
 def run_show(out: Path, size: int, seed: int, columns: int) -> Path:
@@ -46,7 +55,15 @@ def _selftest(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     manifest = run_build(
-        args.out, args.kind, args.count, args.size, args.seed, args.shard_size, not args.quiet, args.workers
+        args.out,
+        args.kind,
+        args.count,
+        args.size,
+        args.seed,
+        args.shard_size,
+        not args.quiet,
+        args.workers,
+        args.placeholders,
     )
     print(f"wrote {manifest}")
     return 0
@@ -79,6 +96,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--shard-size", type=int, default=500, help="records per shard")
     build.add_argument("--workers", type=int, default=1, help="processes rendering shards in parallel (same bytes)")
+    build.add_argument(
+        "--placeholders",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="pairs / multi-pairs: share of records whose captions name subject k with DreamO's [ref#k] "
+        "(DreamO training; 0.5 as DreamO; default 0: none)",
+    )
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
 

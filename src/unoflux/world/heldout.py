@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .captions import caption
+from .captions import caption, caption_scene
 from .sampling import distinct_looks, sample_scene, sample_two_panel
 from .specs import SceneSpec, TwoPanelSpec
 from .subjects import Identity, heldout_identities, training_identity
@@ -85,6 +85,12 @@ def heldout_prompts() -> tuple[HeldoutPrompt, ...]:
 
 
 @lru_cache(maxsize=1)
+def subject_caption(pair: SubjectPair, placeholders: bool = False) -> str:
+    """The pair's held-out caption (``pair.caption``), with ``placeholders`` naming reference k's subject with
+    DreamO's ``[ref#k]`` (the same words otherwise: models trained on placeholder captions, issue 22)."""
+    return caption_scene(pair.target, _SEED + pair.seed, placeholders=placeholders)
+
+
 def heldout_subject_pairs() -> tuple[SubjectPair, ...]:
     identities = heldout_identities()
     rng = np.random.default_rng(_SEED + 1)
