@@ -25,6 +25,8 @@ SETTINGS = {
     "TaylorSeer 2": {"taylorseer": 2},
     "TaylorSeer 3": {"taylorseer": 3},
     "TaylorSeer 4": {"taylorseer": 4},
+    "TaylorSeer 5": {"taylorseer": 5},
+    "TaylorSeer 6": {"taylorseer": 6},
     "TaylorSeer 3, reference refresh 0": {"taylorseer": 3, "reference_refresh": 0},
     "12 steps instead of 25": {"steps": 12},
 }
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.jsonl, summary.json, table.md")
     parser.add_argument("--subject-cases", type=int, default=20, help="one- and two-reference cases each (20)")
     parser.add_argument("--t2i-cases", type=int, default=40, help="text-to-image prompts (40)")
+    parser.add_argument("--settings", help="comma-separated names of SETTINGS to run (default: all; exact always)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--summarize", action="store_true", help="only summarize the cases already generated")
     parser.add_argument("--plot", type=Path, help="also write the speed/quality plot here (e.g. docs/images/...)")
@@ -55,6 +58,13 @@ def main() -> None:
     from unoflux.evaluate.world import generate_and_check, summarize
     from unoflux.world.heldout import heldout_prompts, heldout_subject_pairs
 
+    chosen = dict(SETTINGS)
+    if args.settings:
+        names = ["exact", *(n.strip() for n in args.settings.split(",") if n.strip() != "exact")]
+        unknown = [n for n in names if n not in SETTINGS]
+        if unknown:
+            parser.error(f"--settings: {unknown[0]!r} is not one of: {', '.join(SETTINGS)}")
+        chosen = {n: SETTINGS[n] for n in names}
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -73,10 +83,10 @@ def main() -> None:
     cases = [s[k] for k in range(max(map(len, streams))) for s in streams if k < len(s)]
 
     for number, (kind, case) in enumerate(cases, 1):
-        if args.summarize or all((case.id, name) in done for name in SETTINGS):
+        if args.summarize or all((case.id, name) in done for name in chosen):
             continue
         exact_pixels = None
-        for name, options in SETTINGS.items():
+        for name, options in chosen.items():
             start = time.perf_counter()
             if kind == "subject":
                 output = pipe(case.caption, reference_shots(case, size), width=size, height=size, seed=case.seed,
