@@ -14,6 +14,7 @@ from .generate import Share, run_generate
 from .prompts import run_prompts
 from .report import run_report
 from .split import run_split
+from .vlm import run_filter_vlm
 
 CONFIG = "config.yaml"
 RUNNERS = {
@@ -21,6 +22,7 @@ RUNNERS = {
     "generate": run_generate,
     "split": run_split,
     "filter-similarity": run_filter_similarity,
+    "filter-vlm": run_filter_vlm,
     "report": run_report,
 }
 
@@ -47,12 +49,14 @@ def record_config(config: SynthConfig) -> Path:
 def run_synth(
     config: SynthConfig, stages: list[str] | None = None, progress: bool = True, share: Share | None = None
 ) -> list[Path]:
-    """Run ``stages`` (default: all, in pipeline order) and return what each wrote.
+    """Run ``stages`` (default: all, in pipeline order; filter-vlm only with a ``vlm`` backend) and return what each
+    wrote.
 
     With several processes (``share``) every process generates its share; the other stages are light and run on
     the main process alone, the others waiting at a barrier after each stage."""
     share = share or Share()
-    stages = list(STAGES) if stages is None else stages
+    if stages is None:  # a user vocabulary without a vlm backend has no VLM filter to run
+        stages = [s for s in STAGES if s != "filter-vlm" or config.vlm is not None]
     for stage in stages:
         if stage not in RUNNERS:
             raise UnofluxError(f"stage {stage!r} is not one of: {', '.join(STAGES)}")
