@@ -4,6 +4,7 @@ against a scripted OpenAI-compatible server on loopback (timeouts, bad JSON, 500
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import threading
@@ -164,7 +165,8 @@ def test_local_backend_runs_a_tiny_random_llava_end_to_end(tmp_path):
 class ScriptedServer:
     """An OpenAI-compatible chat-completions server on 127.0.0.1 that answers ``script`` in order (then its last
     entry): ``("sleep", s)`` answers after ``s`` seconds, ``("raw", status, body)`` sends ``body`` as is,
-    ``("reply", text)`` a proper completion. Every request body and its headers are kept in ``requests``."""
+    ``("reply", text)`` a proper completion, ``("digest", s)`` after ``s`` seconds a score that depends only on the
+    images sent (the same pair, the same reply). Every request body and its headers are kept in ``requests``."""
 
     def __init__(self, script: list[tuple]) -> None:
         self.script, self.requests = list(script), []
@@ -178,6 +180,10 @@ class ScriptedServer:
                 if step[0] == "sleep":
                     time.sleep(step[1])
                     step = ("reply", "late\nSCORE: 4")
+                elif step[0] == "digest":
+                    time.sleep(step[1])
+                    digest = hashlib.sha256(json.dumps(body["messages"]).encode()).hexdigest()
+                    step = ("reply", f"digest {digest[:8]}\nSCORE: {int(digest, 16) % 5}")
                 status, raw = (step[1], step[2]) if step[0] == "raw" else (200, completion(step[1]))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
