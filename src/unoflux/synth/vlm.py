@@ -145,6 +145,9 @@ _WORLD_REASONS = (
 class WorldJudge:
     """The exact checker as the VLM: the truth filter-similarity recorded for each world pair."""
 
+    def __init__(self, config: SynthConfig) -> None:
+        pass  # nothing to load: the truth is in the records
+
     def __call__(self, records: list[dict], out: Path) -> list[Verdict]:
         verdicts = []
         for record in records:
