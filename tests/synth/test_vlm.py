@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from unoflux.errors import UnofluxError
@@ -119,9 +120,9 @@ def test_vlm_defaults_follow_the_vocabulary(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ the stage
-def _survivors(config: SynthConfig, rejected: set[int] = frozenset()) -> None:
+def _survivors(config: SynthConfig, rejected: set[int] = frozenset(), truth: dict | None = None) -> None:
     """Stand in for split + filter-similarity: rendered crops of each prompt's two scenes as the pair, ``kept`` but
-    for the indices in ``rejected`` (those the VLM must never see)."""
+    for the indices in ``rejected`` (those the VLM must never see), each with ``truth``."""
     run_synth(config, ["prompts"])
     out = Path(config.output_dir)
     manifest = Manifest(out / "filtered.jsonl")
@@ -134,7 +135,7 @@ def _survivors(config: SynthConfig, rejected: set[int] = frozenset()) -> None:
             paths[name] = f"pairs/{record['key']}_{name}.png"
             render_scene(scene, 32).image.save(out / paths[name])
         kept = index not in rejected
-        manifest.append({**record, **paths, "score": 1.0 if kept else -1.0, "kept": kept, "truth": None})
+        manifest.append({**record, **paths, "score": 1.0 if kept else -1.0, "kept": kept, "truth": truth})
 
 
 def test_local_backend_runs_a_tiny_random_llava_end_to_end(tmp_path):
@@ -310,3 +311,26 @@ def test_an_unreachable_endpoint_is_an_error_record_not_a_crash(tmp_path):
     (record,) = read_manifest(tmp_path / "out" / "vlm.jsonl")
     assert record["vlm_attempts"] == 2 and all("cannot reach" in e for e in record["attempt_errors"])
     assert record["error"].startswith("2 of 2 attempts failed at http://127.0.0.1:9/v1/chat/completions; the last")
+
+
+def test_vlm_settings_may_change_until_the_vlm_has_scored(tmp_path):
+    config = SynthConfig(output_dir=str(tmp_path / "out"), count=2)
+    with pytest.raises(UnofluxError, match="pair '000000' in filtered.jsonl has no checker truth"):
+        _survivors(config)
+        run_synth(config, ["filter-vlm"])
+    (tmp_path / "out" / "filtered.jsonl").unlink()
+    _survivors(config, truth={"found": True, "same_look": False, "same_identity": True, "consistent": False})
+    path = tmp_path / "out" / "config.yaml"
+    old = {k: v for k, v in yaml.safe_load(path.read_text()).items() if not k.startswith("vlm")}
+    path.write_text(yaml.safe_dump(old))  # as written before the VLM settings existed: their defaults
+    run_synth(config, ["filter-vlm"])
+    assert yaml.safe_load(path.read_text())["vlm"] == "world"  # written again, with them
+    assert [r["vlm_score"] for r in read_manifest(tmp_path / "out" / "vlm.jsonl")] == [1, 1]  # looks differ
+    other = config.replace(vlm="http", vlm_url="http://127.0.0.1:9/v1", vlm_model="m")
+    with pytest.raises(UnofluxError, match="written with vlm = 'world', not 'http'; .* delete vlm.jsonl"):
+        run_synth(other, ["filter-vlm"])
+    (tmp_path / "out" / "vlm.jsonl").unlink()
+    run_synth(other.replace(vlm_attempts=1), ["prompts"])  # no VLM records yet: another VLM may score them
+    assert yaml.safe_load(path.read_text())["vlm"] == "http"
+    with pytest.raises(UnofluxError, match="written with count = 2, not 3"):
+        run_synth(config.replace(count=3), ["prompts"])

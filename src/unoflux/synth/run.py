@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
@@ -14,9 +15,10 @@ from .generate import Share, run_generate
 from .prompts import run_prompts
 from .report import run_report
 from .split import run_split
-from .vlm import run_filter_vlm
+from .vlm import VLM, run_filter_vlm
 
 CONFIG = "config.yaml"
+VLM_SETTINGS = {f.name for f in fields(SynthConfig) if f.name.startswith("vlm")}  # only filter-vlm reads them
 RUNNERS = {
     "prompts": run_prompts,
     "generate": run_generate,
@@ -29,20 +31,28 @@ RUNNERS = {
 
 def record_config(config: SynthConfig) -> Path:
     """Copy ``config`` to ``output_dir/config.yaml``; an output folder made with other settings is refused, since
-    resuming there would mix records made two ways."""
-    path = Path(config.output_dir) / CONFIG
+    resuming there would mix records made two ways. The VLM's settings may change while ``vlm.jsonl`` does not
+    exist (delete it to score the same pairs with another VLM), and a file written before some settings existed
+    counts as having their defaults; the file is then written again with the settings now."""
+    out = Path(config.output_dir)
+    path, now = out / CONFIG, config.to_dict()
     if path.is_file():
         before = yaml.safe_load(path.read_text()) or {}
-        now = config.to_dict()
+        added = set(now) - set(before)
+        if added and set(before) <= set(now):  # from before these settings existed: it ran with their defaults
+            before = SynthConfig.from_dict(before).to_dict()
         changed = sorted(k for k in set(before) | set(now) if k != "output_dir" and before.get(k) != now.get(k))
-        if changed:
-            name = changed[0]
+        refused = [k for k in changed if k not in VLM_SETTINGS or (out / VLM).is_file()]
+        if refused:
+            name = refused[0]
             raise UnofluxError(
                 f"{str(path)!r} was written with {name} = {before.get(name)!r}, not {now.get(name)!r}; use a new "
                 "output_dir, or the settings it was made with"
+                + (f" (or delete {VLM} to score its pairs with another VLM)" if name in VLM_SETTINGS else "")
             )
-        return path
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        if not (added or changed):
+            return path
+    text = yaml.safe_dump(now, sort_keys=False)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 

@@ -151,6 +151,11 @@ class WorldJudge:
     def __call__(self, records: list[dict], out: Path) -> list[Verdict]:
         verdicts = []
         for record in records:
+            if record.get("truth") is None:
+                raise UnofluxError(
+                    f"pair {record['key']!r} in {FILTERED} has no checker truth; vlm world needs the world's prompts "
+                    "scored by filter-similarity"
+                )
             score = world_vlm_score(record["truth"])
             verdicts.append(Verdict(score, f"exact checker: {_WORLD_REASONS[score]}"))
         return verdicts
