@@ -110,12 +110,13 @@ class Verdict:
     error: str | None = None  # what failed, when no attempt gave a score
 
 
-def _from_reply(reply: str, attempts: int = 1) -> Verdict:
+def _from_reply(reply: str) -> Verdict:
+    """One greedy reply's verdict (another try would give the same reply, so there is one attempt)."""
     try:
         score, rationale = parse_reply(reply)
     except ReplyError as err:
-        return Verdict(None, reply, attempts, (f"attempt 1: {err}",), f"unparsable reply: {err}")
-    return Verdict(score, rationale, attempts)
+        return Verdict(None, reply, 1, (f"attempt 1: {err}",), f"unparsable reply: {err}")
+    return Verdict(score, rationale)
 
 
 # --------------------------------------------------------------------------------------------------- world
@@ -200,7 +201,8 @@ class LocalVLM:
 
         texts = [self.processor.apply_chat_template(self.messages(r), add_generation_prompt=True) for r in records]
         images = [_crops(r, out) for r in records]  # per prompt: [reference, target crop]
-        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True).to(self.device)
+        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        inputs = inputs.to(self.model.device, dtype=self.model.dtype)  # pixels in the model's dtype (bf16 on GPUs)
         with torch.inference_mode():
             tokens = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         replies = self.processor.batch_decode(tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
