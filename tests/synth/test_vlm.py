@@ -90,6 +90,7 @@ def test_world_mapping_counts_the_checks_passed():
         ({"vlm_threshold": 5}, r"vlm_threshold 5 must be a number in \[0, 4\]"),
         ({"vlm_attempts": 0}, "vlm_attempts 0 must be an integer of at least 1"),
         ({"vlm_timeout": 0}, "vlm_timeout 0 must be a positive number"),
+        ({"vlm_batch_size": 0}, "vlm_batch_size 0 must be a positive integer or null"),
         ({"vlm_api_key_env": "MY KEY"}, "vlm_api_key_env 'MY KEY' must be an environment variable's name"),
     ],
 )
@@ -225,7 +226,9 @@ def server_factory():
 
 
 def _http_config(tmp_path, url, **changes) -> SynthConfig:
-    values = dict(output_dir=str(tmp_path / "out"), count=2, batch_size=1, vlm="http", vlm_url=url, vlm_model="qwen")
+    values = dict(
+        output_dir=str(tmp_path / "out"), count=2, vlm_batch_size=1, vlm="http", vlm_url=url, vlm_model="qwen"
+    )
     return SynthConfig(**{**values, "vlm_timeout": 0.3, "vlm_attempts": 4, "vlm_backoff": 0.01, **changes})
 
 

@@ -69,6 +69,7 @@ class SynthConfig:
     vlm_attempts: int = 3  # http: tries per pair (timeouts, 408/429/5xx, bad JSON, unparsable replies are retried)
     vlm_backoff: float = 2.0  # http: seconds before the second try, doubling after each further failure
     vlm_max_new_tokens: int = 512  # local and http: the reply's token budget (the reasoning and the SCORE line)
+    vlm_batch_size: int | None = None  # pairs per generate call (local) or requests in flight (http); None = batch_size
     vlm_threshold: float | None = None  # keep a pair when its 0-4 score is at least this; None = the backend's
 
     def __post_init__(self) -> None:
@@ -148,6 +149,12 @@ class SynthConfig:
         ):
             raise UnofluxError(
                 f"vlm_api_key_env {self.vlm_api_key_env!r} must be an environment variable's name or null (no key)"
+            )
+        if self.vlm_batch_size is not None and (
+            not isinstance(self.vlm_batch_size, int) or isinstance(self.vlm_batch_size, bool) or self.vlm_batch_size < 1
+        ):
+            raise UnofluxError(
+                f"vlm_batch_size {self.vlm_batch_size!r} must be a positive integer or null (batch_size)"
             )
         for name, low in (("vlm_attempts", 1), ("vlm_max_new_tokens", 1)):
             value = getattr(self, name)

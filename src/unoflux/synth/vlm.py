@@ -13,11 +13,11 @@ Backends (``vlm`` in the config):
 
 - ``world``: the exact checker's truth mapped to 0-4 (:func:`world_vlm_score`), a perfect VLM's upper bound;
 - ``local``: a ``transformers`` vision-language model from a local folder (``AutoProcessor`` +
-  ``AutoModelForImageTextToText``), greedy decoding with at most ``vlm_max_new_tokens``, ``batch_size`` pairs
-  per ``generate`` call. Its failures (out of memory, a wrong folder) stop the run, since they are not transient
+  ``AutoModelForImageTextToText``), greedy decoding with at most ``vlm_max_new_tokens``, ``vlm_batch_size``
+  pairs per ``generate`` call. Its failures (out of memory, a wrong folder) stop the run, since they are not transient
   and the re-run resumes; a reply without a valid score is an error record;
 - ``http``: an OpenAI-compatible ``/chat/completions`` endpoint (vLLM, TGI, a hosted API), the crops sent as
-  base64 PNG data URLs, ``batch_size`` requests at a time, each retried ``vlm_attempts`` times with exponential
+  base64 PNG data URLs, ``vlm_batch_size`` requests at a time, each retried ``vlm_attempts`` times with exponential
   backoff on timeouts, 408/429/5xx answers, bad JSON and unparsable replies; a pair that fails every attempt is an
   error record listing each attempt's error, and the run goes on.
 
@@ -238,7 +238,7 @@ class HttpVLM:
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model, self.timeout = config.vlm_model, config.vlm_timeout
         self.attempts, self.backoff = config.vlm_attempts, config.vlm_backoff
-        self.max_tokens, self.workers = config.vlm_max_new_tokens, config.batch_size
+        self.max_tokens, self.workers = config.vlm_max_new_tokens, config.vlm_batch_size or config.batch_size
         self.headers = {"Content-Type": "application/json"}
         if config.vlm_api_key_env is not None:  # only the variable the user named is read, and only its value sent
             key = os.environ.get(config.vlm_api_key_env)
@@ -331,7 +331,8 @@ def run_filter_vlm(config: SynthConfig, progress: bool = True) -> Path:
     out = Path(config.output_dir)
     survivors = [r for r in stage_inputs(config, FILTERED, "filter-vlm") if r["kept"]]
     manifest = Manifest(out / VLM)
-    batches = [survivors[i : i + config.batch_size] for i in range(0, len(survivors), config.batch_size)]
+    size = config.vlm_batch_size or config.batch_size
+    batches = [survivors[i : i + size] for i in range(0, len(survivors), size)]
     todo = [batch for batch in batches if any(r["key"] not in manifest for r in batch)]
     judge = BACKENDS[config.vlm](config) if todo else None  # a finished stage loads no model
     for batch in tqdm(todo, desc="filter-vlm", unit="batch", disable=not progress):
