@@ -155,7 +155,9 @@ def test_local_backend_runs_a_tiny_random_llava_end_to_end(tmp_path):
     assert [r["index"] for r in records] == [0, 2]  # only what the similarity filter kept
     for record in records:  # random weights: random characters, never a score line, said clearly
         assert record["vlm_score"] is None and not record["kept"] and record["vlm"] == "local"
-        assert record["error"] == "unparsable reply: the reply has no 'SCORE: <0-4>' line"
+        assert record["error"] == (  # 8 random tokens without the end token: the budget is named
+            "unparsable reply: the reply has no 'SCORE: <0-4>' line (it stopped at vlm_max_new_tokens = 8; raise it)"
+        )
         assert record["vlm_attempts"] == 1  # greedy decoding: another try would give the same reply
         assert isinstance(record["rationale"], str) and 0 < len(record["rationale"]) <= 8  # the raw reply kept
     whole = (tmp_path / "out" / "vlm.jsonl").read_bytes()
@@ -208,8 +210,9 @@ class ScriptedServer:
         self.httpd.server_close()
 
 
-def completion(text: str) -> bytes:
-    return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}).encode()
+def completion(text: str, finish: str = "stop") -> bytes:
+    message = {"role": "assistant", "content": text}
+    return json.dumps({"choices": [{"index": 0, "message": message, "finish_reason": finish}]}).encode()
 
 
 @pytest.fixture
@@ -289,14 +292,22 @@ def test_http_backend_records_every_failed_attempt_and_the_stage_completes(tmp_p
     assert "sekrit" not in (tmp_path / "out" / "config.yaml").read_text()  # the key's name is kept, never the key
 
 
-def test_http_backend_stops_at_a_client_error_and_names_an_unset_key(tmp_path, server_factory, monkeypatch):
-    server = server_factory([("raw", 404, b'{"error": "model qwen not found"}')])
-    config = _http_config(tmp_path, server.url, count=1)
+def test_http_backend_stops_at_a_cut_reply_or_a_client_error_and_names_an_unset_key(
+    tmp_path, server_factory, monkeypatch
+):
+    server = server_factory(
+        [("raw", 200, completion("1. Appearance: the", "length")), ("raw", 404, b'{"error": "no"}')]
+    )
+    config = _http_config(tmp_path, server.url)
     _survivors(config)
     run_synth(config, ["filter-vlm"])
-    (record,) = read_manifest(tmp_path / "out" / "vlm.jsonl")
-    assert len(server.requests) == 1 and record["vlm_attempts"] == 1  # a 404 will not go better on retry
-    assert record["attempt_errors"] == ['attempt 1: HTTP 404 Not Found: \'{"error": "model qwen not found"}\'']
+    cut, missing = read_manifest(tmp_path / "out" / "vlm.jsonl")
+    assert len(server.requests) == 2 and cut["vlm_attempts"] == missing["vlm_attempts"] == 1  # neither would change
+    assert cut["attempt_errors"] == [
+        "attempt 1: the reply has no 'SCORE: <0-4>' line (it stopped at vlm_max_new_tokens = 512; raise it)"
+    ]
+    assert cut["rationale"] == "1. Appearance: the"  # the reply as far as it went
+    assert missing["attempt_errors"] == ['attempt 1: HTTP 404 Not Found: \'{"error": "no"}\'']
 
     monkeypatch.delenv("UNSET_VLM_KEY", raising=False)
     unset = _http_config(

@@ -18,8 +18,9 @@ Backends (``vlm`` in the config):
   and the re-run resumes; a reply without a valid score is an error record;
 - ``http``: an OpenAI-compatible ``/chat/completions`` endpoint (vLLM, TGI, a hosted API), the crops sent as
   base64 PNG data URLs, ``vlm_batch_size`` requests at a time, each retried ``vlm_attempts`` times with exponential
-  backoff on timeouts, 408/429/5xx answers, bad JSON and unparsable replies; a pair that fails every attempt is an
-  error record listing each attempt's error, and the run goes on.
+  backoff on timeouts, 408/429/5xx answers, bad JSON and unparsable replies (not one cut off at
+  ``vlm_max_new_tokens``: the same budget would cut it again); a pair that fails every attempt is an error record
+  listing each attempt's error, and the run goes on.
 
 Pairs go through in fixed batches of the kept list (a batch a kill interrupted is scored again whole), so a
 resumed run sends every pair in the same batch as an uninterrupted one, and error records are final like any
@@ -29,6 +30,7 @@ other (delete their lines to try them again).
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -110,12 +112,19 @@ class Verdict:
     error: str | None = None  # what failed, when no attempt gave a score
 
 
-def _from_reply(reply: str) -> Verdict:
-    """One greedy reply's verdict (another try would give the same reply, so there is one attempt)."""
+def _cut(err: ReplyError, limit: int) -> str:
+    """The parse error of a reply that ran out of tokens, saying so (its score line may never have come)."""
+    return f"{err} (it stopped at vlm_max_new_tokens = {limit}; raise it)"
+
+
+def _from_reply(reply: str, cut_at: int | None = None) -> Verdict:
+    """One greedy reply's verdict (another try would give the same reply, so there is one attempt); ``cut_at``:
+    the token budget the reply ran out of, if it did."""
     try:
         score, rationale = parse_reply(reply)
     except ReplyError as err:
-        return Verdict(None, reply, 1, (f"attempt 1: {err}",), f"unparsable reply: {err}")
+        what = str(err) if cut_at is None else _cut(err, cut_at)
+        return Verdict(None, reply, 1, (f"attempt 1: {what}",), f"unparsable reply: {what}")
     return Verdict(score, rationale)
 
 
@@ -205,8 +214,12 @@ class LocalVLM:
         inputs = inputs.to(self.model.device, dtype=self.model.dtype)  # pixels in the model's dtype (bf16 on GPUs)
         with torch.inference_mode():
             tokens = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        replies = self.processor.batch_decode(tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        return [_from_reply(reply) for reply in replies]
+        new = tokens[:, inputs["input_ids"].shape[1] :]
+        replies = self.processor.batch_decode(new, skip_special_tokens=True)
+        eos = self.model.generation_config.eos_token_id
+        eos = torch.tensor(eos if isinstance(eos, list) else [eos])
+        ended = torch.isin(new.cpu(), eos).any(dim=1).tolist()  # False: it ran out of tokens before its end
+        return [_from_reply(r, None if done else self.max_new_tokens) for r, done in zip(replies, ended, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------------- http
@@ -266,8 +279,9 @@ class HttpVLM:
         }
         return json.dumps(body).encode("utf-8")
 
-    def request(self, body: bytes) -> str:
-        """One attempt: the reply's text, or :class:`AttemptError` saying what went wrong."""
+    def request(self, body: bytes) -> tuple[str, bool]:
+        """One attempt: (the reply's text, whether it stopped at ``max_tokens``), or :class:`AttemptError` saying
+        what went wrong."""
         request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -281,8 +295,8 @@ class HttpVLM:
             if isinstance(err.reason, TimeoutError):
                 raise AttemptError(f"no reply within {self.timeout:g} s") from None
             raise AttemptError(f"cannot reach {self.url}: {err.reason}") from None
-        except OSError as err:  # a connection reset or closed mid-reply
-            raise AttemptError(f"connection to {self.url} failed: {err}") from None
+        except (OSError, http.client.HTTPException) as err:  # a connection reset, or closed mid-reply
+            raise AttemptError(f"connection to {self.url} failed: {type(err).__name__} {err}") from None
         try:
             reply = json.loads(raw)
         except ValueError as err:
@@ -293,18 +307,19 @@ class HttpVLM:
             raise AttemptError(f"the answer has no choices[0].message.content: {raw[:120]!r}") from None
         if not isinstance(text, str):
             raise AttemptError(f"choices[0].message.content is {type(text).__name__}, not text")
-        return text
+        return text, reply["choices"][0].get("finish_reason") == "length"
 
     def judge(self, record: dict, out: Path) -> Verdict:
         body, errors, reply = self.body(record, out), [], None
         for attempt in range(1, self.attempts + 1):
+            cut = False
             try:
-                reply = self.request(body)
+                reply, cut = self.request(body)
                 score, rationale = parse_reply(reply)
                 return Verdict(score, rationale, attempt, tuple(errors))
             except (AttemptError, ReplyError) as err:
-                errors.append(f"attempt {attempt}: {err}")
-                if isinstance(err, AttemptError) and not err.retry:
+                errors.append(f"attempt {attempt}: {_cut(err, self.max_tokens) if cut else err}")
+                if cut or (isinstance(err, AttemptError) and not err.retry):  # the same budget would cut it again
                     break
             if attempt < self.attempts:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
