@@ -136,7 +136,8 @@ def _survivors(config: SynthConfig, rejected: set[int] = frozenset(), truth: dic
             paths[name] = f"pairs/{record['key']}_{name}.png"
             render_scene(scene, 32).image.save(out / paths[name])
         kept = index not in rejected
-        manifest.append({**record, **paths, "score": 1.0 if kept else -1.0, "kept": kept, "truth": truth})
+        extra = {"source": paths["reference"], "target": paths["target_crop"]}  # for the report's sheets and JSON
+        manifest.append({**record, **paths, **extra, "score": 1.0 if kept else -1.0, "kept": kept, "truth": truth})
 
 
 def test_local_backend_runs_a_tiny_random_llava_end_to_end(tmp_path):
@@ -275,7 +276,7 @@ def test_http_backend_records_every_failed_attempt_and_the_stage_completes(tmp_p
     monkeypatch.setenv("TEST_VLM_KEY", "sekrit")
     config = _http_config(tmp_path, server.url, vlm_attempts=3, vlm_api_key_env="TEST_VLM_KEY")
     _survivors(config)
-    run_synth(config, ["filter-vlm"])
+    run_synth(config, ["filter-vlm", "report"])
     failed, fine = read_manifest(tmp_path / "out" / "vlm.jsonl")
     assert failed["vlm_score"] is None and not failed["kept"] and failed["vlm_attempts"] == 3
     assert failed["error"] == (
@@ -290,6 +291,17 @@ def test_http_backend_records_every_failed_attempt_and_the_stage_completes(tmp_p
     assert (fine["vlm_score"], fine["kept"]) == (4, True)
     assert all(headers["Authorization"] == "Bearer sekrit" for _, headers, _ in server.requests)
     assert "sekrit" not in (tmp_path / "out" / "config.yaml").read_text()  # the key's name is kept, never the key
+
+    # the report: the failed pair in the histogram's error slot, the good one the only training pair
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["histograms"]["vlm"]["kept"] == [0, 0, 0, 0, 1, 0]
+    assert report["histograms"]["vlm"]["rejected"] == [0, 0, 0, 0, 0, 1] and report["vlm_errors"] == 1
+    assert "consistent" not in report["histograms"]["vlm"]  # no world, no truth
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## VLM filter (`http`)" in text and "1 gave no score" in text and "](hist_vlm.png)" in text
+    assert "exact checker" not in text and not (tmp_path / "out" / "yield_precision.png").exists()
+    train = json.loads((tmp_path / "out" / "train_pairs.json").read_text())
+    assert [t["image_tgt_path"] for t in train] == [fine["target"]]
 
 
 def test_http_backend_stops_at_a_cut_reply_or_a_client_error_and_names_an_unset_key(
