@@ -126,7 +126,7 @@ def similarity_histograms(records: list[dict]) -> dict:
     scores = groups["kept"] + groups["rejected"]
     low, high = (min(scores), max(scores)) if scores else (0.0, 1.0)
     low, high = (low - 0.5, high + 0.5) if high == low else (low, high)
-    edges = np.linspace(low, high, 13).round(6).tolist()
+    edges = np.linspace(low, high, 13).tolist()  # unrounded: the extreme scores stay inside the outer edges
     return {"edges": edges, **{name: plots.bin_counts(v, edges) for name, v in groups.items()}}
 
 
