@@ -204,37 +204,27 @@ def markdown_table(summary: dict) -> str:
 
 
 def plot_speed_quality(summary: dict, path: Path) -> None:
-    """Speed-up (subject cases) against PSNR to exact mode, one labelled point per setting (PIL, no plotting lib)."""
-    from PIL import Image, ImageDraw
+    """Speed-up (subject cases) against PSNR to exact mode, one labelled point per setting (unoflux.plots: PIL)."""
+    from unoflux import plots
 
     rows = {k: v for k, v in summary["settings"].items() if v["psnr_mean"] is not None}
-    width, height, margin = 900, 520, 70
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
     xs = [v["speedup_subject"] for v in rows.values()] + [1.0]
     ys = [v["psnr_mean"] for v in rows.values()]
-    x_lo, x_hi = 1.0, max(xs) * 1.1
-    y_lo, y_hi = min(ys) - 2, max(ys) + 2
-
-    def at(x, y):
-        return (margin + (x - x_lo) / (x_hi - x_lo) * (width - 2 * margin),
-                height - margin - (y - y_lo) / (y_hi - y_lo) * (height - 2 * margin))  # fmt: skip
-
-    draw.rectangle([margin, margin, width - margin, height - margin], outline=(120, 120, 120))
-    for k in range(6):
-        x = x_lo + (x_hi - x_lo) * k / 5
-        y = y_lo + (y_hi - y_lo) * k / 5
-        draw.text((at(x, y_lo)[0] - 10, height - margin + 8), f"{x:.1f}x", fill=(60, 60, 60))
-        draw.text((margin - 45, at(x_lo, y)[1] - 6), f"{y:.0f} dB", fill=(60, 60, 60))
-    draw.text((width // 2 - 150, height - 30), "speed-up over exact mode (subject cases, per image)", fill=(0, 0, 0))
-    draw.text((10, 20), "PSNR to exact mode's image (higher: closer)", fill=(0, 0, 0))
+    x_range, y_range = (1.0, max(xs) * 1.1), (min(ys) - 2, max(ys) + 2)
+    axes = plots.Axes(
+        x_range,
+        y_range,
+        size=(900, 520),
+        x_label="speed-up over exact mode (subject cases, per image)",
+        y_label="PSNR to exact mode's image (higher: closer)",
+        x_ticks=[(x, f"{x:.1f}x") for x in plots.nice_ticks(*x_range)],
+        y_ticks=[(y, f"{y:g} dB") for y in plots.nice_ticks(*y_range)],
+    )
     for name, v in rows.items():
-        x, y = at(v["speedup_subject"], v["psnr_mean"])
-        colour = (200, 40, 40) if name.startswith("--fast") else (40, 90, 200)
-        draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour)
-        draw.text((x + 8, y - 6), name, fill=colour)
+        colour = plots.RED if name.startswith("--fast") else plots.BLUE
+        axes.points([v["speedup_subject"]], [v["psnr_mean"]], colour, radius=5, texts=[name])
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    axes.image.save(path)
 
 
 if __name__ == "__main__":

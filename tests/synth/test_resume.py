@@ -1,9 +1,10 @@
-"""kill -9 in the middle of `unoflux synth --stage generate`, then a re-run: the same manifest and the same image
-bytes as an uninterrupted run, no record lost or duplicated."""
+"""kill -9 in the middle of `unoflux synth --stage generate` (and of each filter), then a re-run: the same manifest
+and the same image bytes as an uninterrupted run, no record lost or duplicated."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unoflux.synth import read_manifest
+from unoflux.synth import SynthConfig, read_manifest
+
+from .test_vlm import ScriptedServer, _survivors
 
 COUNT = 12
 
@@ -40,6 +43,19 @@ def _finish(process: subprocess.Popen) -> None:
     assert process.returncode == 0, err.decode()[-2000:]
 
 
+def _kill_after(process: subprocess.Popen, manifest: Path, what: str, total: int = COUNT) -> int:
+    """SIGKILL ``process`` once ``manifest`` holds three of its ``total`` records; the lines written by then."""
+    deadline = time.monotonic() + 90
+    while _lines(manifest) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, f"the {what} ended before it could be killed mid-run"
+    written = _lines(manifest)
+    assert 3 <= written < total, f"the {what} wrote {written} of {total} records before the kill"
+    return written
+
+
 @pytest.mark.slow  # four subprocesses of the embedded model: ~50 s on 2 cores
 def test_generate_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path):
     reference = _synth(_config(tmp_path, "whole"), "--stage", "prompts", "--stage", "generate")  # uninterrupted
@@ -47,15 +63,7 @@ def test_generate_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path)
     _finish(_synth(killed_config, "--stage", "prompts"))
 
     manifest = tmp_path / "killed" / "generated.jsonl"
-    process = _synth(killed_config, "--stage", "generate")
-    deadline = time.monotonic() + 90
-    while _lines(manifest) < 3 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-run"
-    written = _lines(manifest)
-    assert 3 <= written < COUNT
+    _kill_after(_synth(killed_config, "--stage", "generate"), manifest, "generation")
     with open(manifest, "ab") as f:  # and a torn line, as a kill inside the write would leave
         f.write(b'{"key": "0000')
 
@@ -94,8 +102,6 @@ def test_two_processes_share_generate_and_merge_to_the_one_process_manifest(tmp_
 
 @pytest.mark.slow  # the embedded model, then the checker's filter killed and resumed: ~45 s on 2 cores
 def test_filter_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path):
-    import shutil
-
     config = _config(tmp_path, "killed")
     _finish(_synth(config, "--stage", "prompts", "--stage", "generate", "--stage", "split"))
     shutil.copytree(tmp_path / "killed", tmp_path / "whole")
@@ -103,15 +109,36 @@ def test_filter_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path):
     reference = _synth(tmp_path / "whole.yaml", "--stage", "filter-similarity")
 
     manifest = tmp_path / "killed" / "filtered.jsonl"
-    process = _synth(config, "--stage", "filter-similarity")
-    deadline = time.monotonic() + 90
-    while _lines(manifest) < 3 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, "the filter ended before it could be killed mid-run"
-    assert 3 <= _lines(manifest) < COUNT
+    _kill_after(_synth(config, "--stage", "filter-similarity"), manifest, "filter")
     _finish(_synth(config, "--stage", "filter-similarity"))
     _finish(reference)
     assert manifest.read_bytes() == (tmp_path / "whole" / "filtered.jsonl").read_bytes()
     assert [r["key"] for r in read_manifest(manifest)] == [f"{i:06d}" for i in range(COUNT)]
+
+
+def test_vlm_filter_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path):
+    """The HTTP backend against a loopback server whose reply depends only on the pair (as a greedy VLM's does),
+    slowed down so that the kill lands mid-run: ~4 s."""
+    server = ScriptedServer([("digest", 0.25)])
+    try:
+        values = {"count": COUNT, "batch_size": 2, "vlm": "http", "vlm_url": server.url, "vlm_model": "judge"}
+        config = SynthConfig(output_dir=str(tmp_path / "killed"), **values)
+        _survivors(config, rejected={4})
+        shutil.copytree(tmp_path / "killed", tmp_path / "whole")
+        paths = {}
+        for name in ("killed", "whole"):
+            paths[name] = tmp_path / f"{name}.yaml"
+            paths[name].write_text(yaml.safe_dump(config.replace(output_dir=str(tmp_path / name)).to_dict()))
+        reference = _synth(paths["whole"], "--stage", "filter-vlm")
+        manifest = tmp_path / "killed" / "vlm.jsonl"
+        _kill_after(_synth(paths["killed"], "--stage", "filter-vlm"), manifest, "VLM filter", total=COUNT - 1)
+        with open(manifest, "ab") as f:  # and a torn line, as a kill inside the write would leave
+            f.write(b'{"key": "0000')
+        _finish(_synth(paths["killed"], "--stage", "filter-vlm"))
+        _finish(reference)
+    finally:
+        server.close()
+    assert manifest.read_bytes() == (tmp_path / "whole" / "vlm.jsonl").read_bytes()
+    records = read_manifest(manifest)
+    assert [r["index"] for r in records] == [i for i in range(COUNT) if i != 4]
+    assert len({r["vlm_score"] for r in records}) >= 3 and all(r["error"] is None for r in records)

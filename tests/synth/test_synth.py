@@ -154,7 +154,7 @@ def _with_identity(scene: SceneSpec, identity) -> SceneSpec:
 def test_world_filter_keeps_consistent_pairs_and_rejects_look_alikes(tmp_path):
     config = SynthConfig(output_dir=str(tmp_path / "out"), count=4, size=128, batch_size=2)
     _rendered_generation(config, wrong={1}, both_alike={3})
-    run_synth(config, ["split", "filter-similarity", "report"])
+    run_synth(config, ["split", "filter-similarity", "filter-vlm", "report"])
 
     pairs = read_manifest(tmp_path / "out" / "pairs.jsonl")
     for pair in pairs:  # the world locator's crop holds the reference subject (rendered, so its mask is exact)
@@ -177,12 +177,33 @@ def test_world_filter_keeps_consistent_pairs_and_rejects_look_alikes(tmp_path):
     assert truth["same_look"] and truth["look_ok"] and not truth["same_identity"] and not truth["consistent"]
     assert filtered[1]["score"] < 0 < min(filtered[i]["score"] for i in (0, 2, 3)) and not filtered[1]["kept"]
 
+    # the world's VLM (the checker's truth on the 0-4 scale) sees only the similarity filter's survivors
+    vlm = {r["index"]: r for r in read_manifest(tmp_path / "out" / "vlm.jsonl")}
+    assert sorted(vlm) == [0, 2, 3] and all(
+        r["vlm_score"] == 4 and r["kept"] and r["error"] is None for r in vlm.values()
+    )
+
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["counts"] == {"prompts": 4, "generated": 4, "pairs": 4, "scored": 4, "kept": 3}
+    assert report["counts"] == {
+        **{"prompts": 4, "generated": 4, "pairs": 4, "scored": 4, "kept": 3, "vlm_scored": 3, "vlm_kept": 3}
+    }
     assert report["unfiltered_precision"] == 0.75
     at_threshold = next(row for row in report["thresholds"] if row["threshold"] == 0.0)  # the world's default
     assert at_threshold["precision"] == 1.0 and at_threshold["recall"] == 1.0
-    assert "| 0.0 | 3 | 75.0 % | 100.0 % | 100.0 % |" in (tmp_path / "out" / "report.md").read_text()
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| 0.0 | 3 | 75.0 % | 100.0 % | 100.0 % |" in text
+    assert "| 4 | 3 | 75.0 % | 100.0 % | 100.0 % |" in text  # both filters at VLM score >= 4
+    histograms = report["histograms"]
+    assert sum(histograms["similarity"]["kept"]) == 3 and sum(histograms["similarity"]["rejected"]) == 1
+    assert histograms["similarity"]["inconsistent"] == histograms["similarity"]["rejected"]  # the look-alike pair
+    assert histograms["vlm"] == {
+        **{"bins": ["0", "1", "2", "3", "4", "error"], "kept": [0, 0, 0, 0, 3, 0], "rejected": [0] * 6},
+        **{"consistent": [0, 0, 0, 0, 3, 0], "inconsistent": [0] * 6},
+    }
+    for plot in ("hist_similarity.png", "hist_vlm.png", "yield_precision.png"):
+        assert f"]({plot})" in text
+        with Image.open(tmp_path / "out" / plot) as image:
+            assert image.width >= 640 and len(image.getcolors(1 << 16)) > 4  # drawn, not blank
 
     # the kept pairs are training data as it stands: UNO's training JSON, read by the trainer with references
     samples = read_paired_samples([str(tmp_path / "out" / "train_pairs.json")], lambda n: 64)
@@ -221,7 +242,7 @@ def test_cli_runs_every_stage_on_the_embedded_base(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "count": 2, "size": 64, "steps": 2}))
     assert main(["synth", str(cfg), "--quiet"]) == 0
     out = tmp_path / "out"
-    assert capsys.readouterr().out.count("wrote") == 5
+    assert capsys.readouterr().out.count("wrote") == 6  # filter-vlm included: the world's checker
     generated = read_manifest(out / "generated.jsonl")
     assert [r["key"] for r in generated] == ["000000", "000001"]
     with Image.open(out / generated[0]["image"]) as image:

@@ -9,8 +9,9 @@ from .config import STAGES
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Synthesize subject pairs as UNO describes: two-panel prompts, two-panel images from a text-to-image FLUX
-    pipeline (the embedded base by default), (reference, target) pairs, a similarity filter and a report. Every
-    stage resumes where a killed run stopped. Under `accelerate launch -m unoflux synth ...` (or torchrun) the
+    pipeline (the embedded base by default), (reference, target) pairs, a similarity filter, a VLM filter (the
+    world's checker, a local transformers VLM or an OpenAI-compatible endpoint) and a report. Every stage resumes
+    where a killed run stopped. Under `accelerate launch -m unoflux synth ...` (or torchrun) the
     generate stage is shared between the processes."""
     from ..cli import batch_share
     from .config import SynthConfig

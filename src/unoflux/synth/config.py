@@ -11,11 +11,16 @@ from typing import Any
 from ..errors import UnofluxError
 from ..train.config import read_settings_file
 
-STAGES = ("prompts", "generate", "split", "filter-similarity", "report")
+STAGES = ("prompts", "generate", "split", "filter-similarity", "filter-vlm", "report")
 LOCATORS = ("world", "panel")  # world: the spec's exact layout; panel: the whole panel is the subject's box
 SIMILARITY_BACKENDS = ("world", "dinov2")  # world: the exact checker's identity score; dinov2: crop cosine
 # world: the identity beats every look-alike; dinov2: a cosine that random crops of different things rarely reach
 DEFAULT_THRESHOLDS = {"world": 0.0, "dinov2": 0.5}
+# world: the exact checker's truth mapped to 0-4 (synth.vlm.world_vlm_score); local: a transformers VLM folder;
+# http: an OpenAI-compatible chat-completions endpoint
+VLM_BACKENDS = ("world", "local", "http")
+# world: 4 is the checker's "consistent"; a model's 3 is "the same subject, a minor detail differs" on the prompt's scale
+DEFAULT_VLM_THRESHOLDS = {"world": 4, "local": 3, "http": 3}
 TEMPLATE_FIELDS = {"subject", "left", "right"}
 # UNO-style in-context prompt for user vocabularies (the world's own captions phrase it the same way)
 DEFAULT_TEMPLATES = (
@@ -55,6 +60,17 @@ class SynthConfig:
     similarity: str = "world"  # one of SIMILARITY_BACKENDS
     dino: str | None = None  # DINOv2 folder (transformers layout) for similarity: dinov2
     threshold: float | None = None  # keep a pair when its score is at least this; None = the backend's default
+    # filter-vlm (scores the pairs filter-similarity kept, as UNO runs its VLM on DINOv2's survivors)
+    vlm: str | None = None  # one of VLM_BACKENDS; None = world on the world's vocabulary, no VLM stage otherwise
+    vlm_model: str | None = None  # local: a transformers VLM folder; http: the model name the server serves
+    vlm_url: str | None = None  # http: the endpoint's base URL (".../v1"); /chat/completions is appended
+    vlm_api_key_env: str | None = None  # http: the environment variable holding the API key; None = send no key
+    vlm_timeout: float = 120.0  # http: seconds to wait for one reply
+    vlm_attempts: int = 3  # http: tries per pair (timeouts, 408/429/5xx, bad JSON, unparsable replies are retried)
+    vlm_backoff: float = 2.0  # http: seconds before the second try, doubling after each further failure
+    vlm_max_new_tokens: int = 512  # local and http: the reply's token budget (the reasoning and the SCORE line)
+    vlm_batch_size: int | None = None  # pairs per generate call (local) or requests in flight (http); None = batch_size
+    vlm_threshold: float | None = None  # keep a pair when its 0-4 score is at least this; None = the backend's
 
     def __post_init__(self) -> None:
         if not isinstance(self.output_dir, str) or not self.output_dir:
@@ -105,6 +121,59 @@ class SynthConfig:
             self.threshold = DEFAULT_THRESHOLDS[self.similarity]
         if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
             raise UnofluxError(f"threshold {self.threshold!r} must be a number or null (the backend's default)")
+        self._check_vlm()
+
+    def _check_vlm(self) -> None:
+        if self.vlm is None and self.world:
+            self.vlm = "world"
+        if self.vlm is not None and self.vlm not in VLM_BACKENDS:
+            raise UnofluxError(f"vlm {self.vlm!r} is not one of: {', '.join(VLM_BACKENDS)} (or null)")
+        if self.vlm == "world" and not self.world:
+            raise UnofluxError("vlm world needs the world's vocabulary (no subjects/scenes); use vlm local or http")
+        if self.vlm == "local" and not (
+            isinstance(self.vlm_model, str) and self.vlm_model and Path(self.vlm_model, "config.json").is_file()
+        ):
+            raise UnofluxError(
+                f"vlm_model {self.vlm_model!r} must be a transformers VLM folder with config.json for vlm local"
+            )
+        if self.vlm == "http":
+            if not (isinstance(self.vlm_url, str) and self.vlm_url.startswith(("http://", "https://"))):
+                raise UnofluxError(
+                    f"vlm_url {self.vlm_url!r} must be an http:// or https:// URL (e.g. http://localhost:8000/v1) "
+                    "for vlm http"
+                )
+            if not isinstance(self.vlm_model, str) or not self.vlm_model:
+                raise UnofluxError(f"vlm_model {self.vlm_model!r} must name the served model for vlm http")
+        if self.vlm_api_key_env is not None and not (
+            isinstance(self.vlm_api_key_env, str) and self.vlm_api_key_env.isidentifier()
+        ):
+            raise UnofluxError(
+                f"vlm_api_key_env {self.vlm_api_key_env!r} must be an environment variable's name or null (no key)"
+            )
+        if self.vlm_batch_size is not None and (
+            not isinstance(self.vlm_batch_size, int) or isinstance(self.vlm_batch_size, bool) or self.vlm_batch_size < 1
+        ):
+            raise UnofluxError(
+                f"vlm_batch_size {self.vlm_batch_size!r} must be a positive integer or null (batch_size)"
+            )
+        for name, low in (("vlm_attempts", 1), ("vlm_max_new_tokens", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UnofluxError(f"{name} {value!r} must be an integer of at least {low}")
+        for name, positive in (("vlm_timeout", True), ("vlm_backoff", False)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (positive and not value):
+                raise UnofluxError(f"{name} {value!r} must be a {'positive' if positive else 'non-negative'} number")
+        if self.vlm_threshold is None and self.vlm is not None:
+            self.vlm_threshold = DEFAULT_VLM_THRESHOLDS[self.vlm]
+        if self.vlm_threshold is not None and (
+            not isinstance(self.vlm_threshold, (int, float))
+            or isinstance(self.vlm_threshold, bool)
+            or not 0 <= self.vlm_threshold <= 4
+        ):
+            raise UnofluxError(
+                f"vlm_threshold {self.vlm_threshold!r} must be a number in [0, 4] or null (the backend's)"
+            )
 
     @property
     def world(self) -> bool:

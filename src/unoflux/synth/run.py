@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
@@ -14,45 +15,58 @@ from .generate import Share, run_generate
 from .prompts import run_prompts
 from .report import run_report
 from .split import run_split
+from .vlm import VLM, run_filter_vlm
 
 CONFIG = "config.yaml"
+VLM_SETTINGS = {f.name for f in fields(SynthConfig) if f.name.startswith("vlm")}  # only filter-vlm reads them
 RUNNERS = {
     "prompts": run_prompts,
     "generate": run_generate,
     "split": run_split,
     "filter-similarity": run_filter_similarity,
+    "filter-vlm": run_filter_vlm,
     "report": run_report,
 }
 
 
 def record_config(config: SynthConfig) -> Path:
     """Copy ``config`` to ``output_dir/config.yaml``; an output folder made with other settings is refused, since
-    resuming there would mix records made two ways."""
-    path = Path(config.output_dir) / CONFIG
+    resuming there would mix records made two ways. The VLM's settings may change while ``vlm.jsonl`` does not
+    exist (delete it to score the same pairs with another VLM), and a file written before some settings existed
+    counts as having their defaults; the file is then written again with the settings now."""
+    out = Path(config.output_dir)
+    path, now = out / CONFIG, config.to_dict()
     if path.is_file():
         before = yaml.safe_load(path.read_text()) or {}
-        now = config.to_dict()
+        added = set(now) - set(before)
+        if added and set(before) <= set(now):  # from before these settings existed: it ran with their defaults
+            before = SynthConfig.from_dict(before).to_dict()
         changed = sorted(k for k in set(before) | set(now) if k != "output_dir" and before.get(k) != now.get(k))
-        if changed:
-            name = changed[0]
+        refused = [k for k in changed if k not in VLM_SETTINGS or (out / VLM).is_file()]
+        if refused:
+            name = refused[0]
             raise UnofluxError(
                 f"{str(path)!r} was written with {name} = {before.get(name)!r}, not {now.get(name)!r}; use a new "
                 "output_dir, or the settings it was made with"
+                + (f" (or delete {VLM} to score its pairs with another VLM)" if name in VLM_SETTINGS else "")
             )
-        return path
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        if not (added or changed):
+            return path
+    text = yaml.safe_dump(now, sort_keys=False)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def run_synth(
     config: SynthConfig, stages: list[str] | None = None, progress: bool = True, share: Share | None = None
 ) -> list[Path]:
-    """Run ``stages`` (default: all, in pipeline order) and return what each wrote.
+    """Run ``stages`` (default: all, in pipeline order; filter-vlm only with a ``vlm`` backend) and return what each
+    wrote.
 
     With several processes (``share``) every process generates its share; the other stages are light and run on
     the main process alone, the others waiting at a barrier after each stage."""
     share = share or Share()
-    stages = list(STAGES) if stages is None else stages
+    if stages is None:  # a user vocabulary without a vlm backend has no VLM filter to run
+        stages = [s for s in STAGES if s != "filter-vlm" or config.vlm is not None]
     for stage in stages:
         if stage not in RUNNERS:
             raise UnofluxError(f"stage {stage!r} is not one of: {', '.join(STAGES)}")
