@@ -27,7 +27,9 @@ SETTINGS = {
     "TaylorSeer 4": {"taylorseer": 4},
     "TaylorSeer 5": {"taylorseer": 5},
     "TaylorSeer 6": {"taylorseer": 6},
+    "TaylorSeer 8": {"taylorseer": 8},
     "TaylorSeer 3, reference refresh 0": {"taylorseer": 3, "reference_refresh": 0},
+    "TaylorSeer 6, reference refresh 0": {"taylorseer": 6, "reference_refresh": 0},
     "12 steps instead of 25": {"steps": 12},
 }
 SUBJECT_METRICS = {  # column -> (kind, summary key): what users of subject-driven generation notice
@@ -44,7 +46,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.jsonl, summary.json, table.md")
     parser.add_argument("--subject-cases", type=int, default=20, help="one- and two-reference cases each (20)")
     parser.add_argument("--t2i-cases", type=int, default=40, help="text-to-image prompts (40)")
-    parser.add_argument("--settings", help="comma-separated names of SETTINGS to run (default: all; exact always)")
+    parser.add_argument("--settings", help="names of SETTINGS to run, separated by ';' (names hold commas; default: all; exact always)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--summarize", action="store_true", help="only summarize the cases already generated")
     parser.add_argument("--plot", type=Path, help="also write the speed/quality plot here (e.g. docs/images/...)")
@@ -60,7 +62,7 @@ def main() -> None:
 
     chosen = dict(SETTINGS)
     if args.settings:
-        names = ["exact", *(n.strip() for n in args.settings.split(",") if n.strip() != "exact")]
+        names = ["exact", *(n.strip() for n in args.settings.split(";") if n.strip() != "exact")]
         unknown = [n for n in names if n not in SETTINGS]
         if unknown:
             parser.error(f"--settings: {unknown[0]!r} is not one of: {', '.join(SETTINGS)}")
