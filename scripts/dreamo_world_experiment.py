@@ -1,6 +1,7 @@
 """Issue 22, step 5: does DreamO's routing constraint + placeholder loss fix the world's two-reference binding failure?
 
-Trains DreamO's three stages on the world (configs/dreamo_world_stage{1,2,3}.yaml) twice from one shared stage 1:
+Trains DreamO's three stages on the world (configs/dreamo_world_stage{1,2,3}.yaml; stage 1 starts its LoRA from the
+embedded model's shipped UNO LoRA) twice from one shared stage 1:
 arm ``on`` as the configs say (routing constraint and placeholder loss on in stages 2 and 3) and arm ``off``
 with both weights 0 (``--set dreamo.routing_weight=0 --set dreamo.holder_weight=0``; same seeds, data and steps),
 then evaluates both, and the shipped UNO LoRA of the embedded model, on the held-out subject cases (``unoflux evaluate
@@ -12,8 +13,15 @@ Resumable: every step is skipped when its output is there (a dataset's manifest,
 ``report.json``), and an interrupted training run continues from its newest checkpoint (``--resume``). Each command is
 printed before it runs.
 
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/dreamo_world_experiment.py            # the experiment (~5 h, 2 cores)
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/dreamo_world_experiment.py --smoke --runs data/smoke   # ~10 min
+One thread per process (two threads on this shared 2-core machine ran ~7x slower); the arms can run side by side
+once stage 1 is there (``--arm``):
+
+    export OMP_NUM_THREADS=1
+    .venv/bin/python scripts/dreamo_world_experiment.py --arm none                  # data + the shared stage 1
+    .venv/bin/python scripts/dreamo_world_experiment.py --arm on --last-stage 2 &   # each arm on its own core
+    .venv/bin/python scripts/dreamo_world_experiment.py --arm off --last-stage 2
+    .venv/bin/python scripts/dreamo_world_experiment.py --last-stage 2 --table-only
+    .venv/bin/python scripts/dreamo_world_experiment.py --smoke --runs data/smoke   # every step, tiny (~10 min)
     .venv/bin/python scripts/dreamo_world_experiment.py --table-only                 # the table from the reports
 """
 
@@ -32,7 +40,7 @@ CONFIGS = {stage: f"configs/dreamo_world_stage{stage}.yaml" for stage in (1, 2, 
 # (folder under DATA, kind, count, seed, shard size): what configs/dreamo_world_stage*.yaml name
 DATASETS = {
     "pairs": ("pairs", 1500, 4, 500),
-    "multi-pairs": ("multi-pairs", 1500, 5, 500),
+    "multi-pairs": ("multi-pairs", 1000, 5, 500),
     "pairs-q": ("pairs", 750, 6, 250),
     "multi-pairs-q": ("multi-pairs", 750, 7, 250),
 }
@@ -82,10 +90,11 @@ def build_data(data: Path, scale: float, dry: bool) -> None:
 
 
 def train_stage(stage: int, out: Path, init: Path | None, data: Path, extra: list[str], dry: bool) -> Path:
+    """Train one stage (``init``: the previous stage's final; None: the config's own ``init_lora``)."""
     if (out / "final" / "dreamo.safetensors").is_file():
         return out / "final"
     sets = ["--set", "data=[" + ", ".join(str(data / name) for name in STAGE_DATA[stage]) + "]"]
-    sets += ["--set", f"init_lora={init if init else 'null'}"]
+    sets += ["--set", f"init_lora={init}"] if init else []
     run(unoflux("train", "--config", CONFIGS[stage], "--output-dir", str(out), "--resume", *sets, *extra), dry)
     return out / "final"
 
@@ -169,6 +178,8 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, help="sampling steps of the evaluation (default: the model's)")
     parser.add_argument("--no-binding-probe", action="store_true")
     parser.add_argument("--table-only", action="store_true", help="only write the table from existing reports")
+    parser.add_argument("--arm", choices=[*ARMS, "none"], help="only this arm (none: data and stage 1); default both")
+    parser.add_argument("--last-stage", type=int, choices=(2, 3), default=3, help="evaluate each arm after this stage")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args()
     runs = args.runs
@@ -183,26 +194,31 @@ def main() -> None:
         eval_extra += ["--limit", str(args.eval_limit)]
     if args.eval_steps:
         eval_extra += ["--steps", str(args.eval_steps)]
+    tag = "" if args.last_stage == 3 else f"-stage{args.last_stage}"  # evaluation names: on, off-stage2, ...
     comparisons = [
-        ("DreamO losses on vs off", "on", "off"),
-        ("DreamO losses on vs off, [ref#k] prompts", "on-placeholders", "off-placeholders"),
-        ("DreamO (losses on) vs the shipped UNO LoRA", "on", "uno"),
+        ("DreamO losses on vs off", f"on{tag}", f"off{tag}"),
+        ("DreamO losses on vs off, [ref#k] prompts", f"on{tag}-placeholders", f"off{tag}-placeholders"),
+        ("DreamO (losses on) vs the shipped UNO LoRA", f"on{tag}", "uno"),
+        ("DreamO (losses off) vs the shipped UNO LoRA", f"off{tag}", "uno"),
     ]
     if not args.table_only:
         build_data(data, 0.02 if args.smoke else 1.0, args.dry_run)
         shared = train_stage(1, runs / "dreamo-stage1", None, data, train_extra, args.dry_run)
         for arm, sets in ARMS.items():
+            if args.arm not in (None, arm):
+                continue
             previous = shared
-            for stage in (2, 3):
+            for stage in range(2, args.last_stage + 1):
                 previous = train_stage(
                     stage, runs / f"dreamo-{arm}-stage{stage}", previous, data, [*sets, *train_extra], args.dry_run
                 )
             model = ["--dreamo", str(previous), "--base-only"]
-            evaluate(arm, evals, model, eval_extra, args.dry_run)
-            evaluate(f"{arm}-placeholders", evals, model, [*eval_extra, "--placeholders"], args.dry_run)
+            evaluate(f"{arm}{tag}", evals, model, eval_extra, args.dry_run)
+            evaluate(f"{arm}{tag}-placeholders", evals, model, [*eval_extra, "--placeholders"], args.dry_run)
             if not args.no_binding_probe:
-                binding_probe(arm, previous, evals, args.eval_limit, args.dry_run)
-        evaluate("uno", evals, [], eval_extra, args.dry_run)  # the embedded model with its shipped UNO LoRA
+                binding_probe(f"{arm}{tag}", previous, evals, args.eval_limit, args.dry_run)
+        if args.arm in (None, "off"):  # the embedded model with its shipped UNO LoRA
+            evaluate("uno", evals, [], eval_extra, args.dry_run)
     if args.dry_run:
         return
     evals.mkdir(parents=True, exist_ok=True)
