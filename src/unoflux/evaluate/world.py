@@ -105,11 +105,15 @@ def contact_sheet(
     return sheet
 
 
-def generate_and_check(pipe, prompt: HeldoutPrompt, size: int, options: SamplingOptions | None = None):
-    """One held-out prompt with its fixed seed (two-panel images twice as wide) -> (pipeline output,
-    the checker's verdict on its image)."""
+def generate_heldout(pipe, prompt: HeldoutPrompt, size: int, options: SamplingOptions | None = None):
+    """One held-out prompt with its fixed seed (two-panel images twice as wide) -> the pipeline output."""
     wide = isinstance(prompt.spec, TwoPanelSpec)
-    output = pipe(prompt.caption, None, options, width=2 * size if wide else size, height=size, seed=prompt.seed)
+    return pipe(prompt.caption, None, options, width=2 * size if wide else size, height=size, seed=prompt.seed)
+
+
+def generate_and_check(pipe, prompt: HeldoutPrompt, size: int, options: SamplingOptions | None = None):
+    """:func:`generate_heldout` -> (pipeline output, the checker's verdict on its image)."""
+    output = generate_heldout(pipe, prompt, size, options)
     return output, check(output.images[0], prompt.spec)
 
 
