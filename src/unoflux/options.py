@@ -38,6 +38,11 @@ EXACT_SETTINGS: dict[str, Any] = dict(step_cache=0.0, taylorseer=1, reference_re
 STEP_CACHES = ("step_cache", "taylorseer")
 
 
+def _with_fast(name: str) -> str:
+    """Help text: what --fast sets this switch to, when it sets it."""
+    return f", or {FAST_PRESET[name]:g} with --fast" if name in FAST_PRESET else ""
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """How an option is checked and shown: ``label`` names it in sentences, ``help`` explains it."""
@@ -240,7 +245,7 @@ class SamplingOptions:
         "reference refresh",
         "recompute the references' keys and values every N steps and reuse them in between: the steps in between "
         "skip the reference tokens' own work (1 = every step, exact; more is faster and approximate; 0 = on the "
-        f"first step only; default: 1, or {FAST_PRESET['reference_refresh']} with --fast)",
+        f"first step only; default: 1{_with_fast('reference_refresh')})",
         minimum=0,
         metavar="N",
     )
@@ -249,7 +254,7 @@ class SamplingOptions:
         "step cache",
         "First Block Cache threshold: a step whose first block changed less than this since the last full step "
         "reuses the other blocks' output from then (0 = off, exact; 0.1-0.35 skips more steps as it grows; "
-        f"default: 0, or {FAST_PRESET['step_cache']:g} with --fast)",
+        f"default: 0{_with_fast('step_cache')})",
         minimum=0,
         maximum=1,
         hint="(0 = off)",
@@ -260,7 +265,7 @@ class SamplingOptions:
         "TaylorSeer interval",
         "TaylorSeer step cache (diffusers' lite variant): after 3 full steps, one full step in every N, the steps "
         "between predicted from the model output's first-order Taylor expansion, the blocks skipped (1 = off, "
-        "exact; 2-4 is where it pays; default: 1)",
+        f"exact; more is faster and further from exact; default: 1{_with_fast('taylorseer')})",
         minimum=1,
         maximum=MAX_STEPS,
         metavar="N",
@@ -268,9 +273,9 @@ class SamplingOptions:
     fast: bool = option(
         False,
         "fast",
-        "fast mode: the speed switches at the settings measured in docs/performance.md (step cache "
-        f"{FAST_PRESET['step_cache']:g}, reference refresh {FAST_PRESET['reference_refresh']}), each one you set yourself "
-        "wins; about 2-2.5x faster on the embedded model, approximate",
+        "fast mode: the speed switches at the settings measured in docs/performance.md ("
+        + ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in FAST_PRESET.items())
+        + "), each one you set yourself wins; about 2.5x faster on the embedded model, approximate",
     )
 
     def validate(self) -> None:
