@@ -260,6 +260,23 @@ def test_preprocessing_resizes_subjects_and_styles_to_an_area_and_crops_faces():
     assert marked.preprocess_references([Reference(big)], 512)[0].image.size == (512, 512)
 
 
+def test_a_model_that_declares_its_reference_sizes_gets_them_as_with_uno(dreamo_pipe):
+    """A model trained at declared reference sizes (unoflux.json's reference_long_side, evaluate's --ref-long-side:
+    the world's DreamO runs, trained at 128 / 80 px) gets them; DreamO's ref_res 512 only where none are declared
+    (FLUX.1-dev with ByteDance's DreamO). Before, DreamO gave 512 x 512 references to models trained at 80 x 80."""
+    method = get_method("dreamo")
+    one, two = [Reference(Image.new("RGB", (128, 128)))], [Reference(Image.new("RGB", (128, 128)))] * 2
+    assert dreamo_pipe.reference_long_sides is None and method.reference_side(dreamo_pipe, two) == 512
+    dreamo_pipe.reference_long_sides = (32, 16)
+    try:
+        assert (method.reference_side(dreamo_pipe, one), method.reference_side(dreamo_pipe, two)) == (32, 16)
+        images = [random_image(40, 40, seed=1), random_image(40, 40, seed=2)]
+        out = dreamo_pipe("[ref#1] and [ref#2]", images, output_type="latent", **{**SMALL, "reference_long_side": None})
+        assert out.settings["reference_long_side"] == 16
+    finally:
+        dreamo_pipe.reference_long_sides = None
+
+
 def test_dreamo_without_its_checkpoint_is_an_error(tiny_pipe):
     with pytest.raises(UnofluxError, match="method 'dreamo' needs DreamO's checkpoint: pass --dreamo DIR"):
         tiny_pipe("a cup", method="dreamo", **SMALL)

@@ -24,6 +24,9 @@ def test_subject_pairs_reference_the_target_identities():
         assert pair.references == tuple(s.identity for s in pair.target.subjects)
         assert all(r.is_heldout for r in pair.references)
     assert any(len(p.references) == 2 for p in pairs)
+    assert heldout_subject_pairs() is pairs  # built once (lru_cache), like heldout_prompts
+    heldout_subject_pairs.cache_clear()
+    assert [p.to_dict() for p in heldout_subject_pairs()] == [p.to_dict() for p in pairs]
 
 
 def test_tuning_prompts_are_fixed_and_share_no_identity_or_caption_with_the_heldout_set():

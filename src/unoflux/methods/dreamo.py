@@ -176,6 +176,10 @@ class DreamOMethod(Method):
             raise UnofluxError(f"DreamO takes at most {MAX_DREAMO_REFERENCES} references, not {len(references)}")
 
     def reference_side(self, pipe, references: Sequence[Reference]) -> int:
+        # a model that declares its reference sizes (unoflux.json, --ref-long-side: the world's DreamO runs, trained
+        # at them) gets them, as with UNO; DreamO's ref_res where none are declared (FLUX.1-dev)
+        if getattr(pipe, "reference_long_sides", None) is not None:
+            return super().reference_side(pipe, references)
         return DREAMO_REFERENCE_SIDE
 
     def preprocess_references(self, references: Sequence[Reference], long_side: int, pipe=None) -> list[Reference]:

@@ -84,13 +84,13 @@ def heldout_prompts() -> tuple[HeldoutPrompt, ...]:
     return tuple(prompts)
 
 
-@lru_cache(maxsize=1)
 def subject_caption(pair: SubjectPair, placeholders: bool = False) -> str:
     """The pair's held-out caption (``pair.caption``), with ``placeholders`` naming reference k's subject with
     DreamO's ``[ref#k]`` (the same words otherwise: models trained on placeholder captions, issue 22)."""
     return caption_scene(pair.target, _SEED + pair.seed, placeholders=placeholders)
 
 
+@lru_cache(maxsize=1)
 def heldout_subject_pairs() -> tuple[SubjectPair, ...]:
     identities = heldout_identities()
     rng = np.random.default_rng(_SEED + 1)
