@@ -122,3 +122,32 @@ def test_stage_two_starts_from_stage_ones_embeddings_and_rows(tiny_config, dream
         for got, want in zip((stage2.dreamo.t5_rows, stage2.dreamo.task, stage2.dreamo.index), expected):
             torch.testing.assert_close(got.detach(), want, rtol=0, atol=0)
         assert stage2.dreamo.index.abs().sum() > 0  # not the fresh zeros
+
+
+def test_dreamo_training_resizes_references_as_dreamo_inference_does(tiny_config, tmp_path):
+    """DreamO's inference scales a reference to an area (``resize_to_area``), UNO's to a long side: the same 96 x 48
+    reference becomes 64 x 32 or 48 x 16 at 48. Training with method dreamo must give the model what DreamO's
+    inference will (sizes, so token counts, and pixels)."""
+    import numpy as np
+
+    from unoflux.conditioning import preprocess_reference
+    from unoflux.methods.dreamo import DreamOMethod, resize_to_area
+    from unoflux.train.data import PairedDataset
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "target.png")
+    reference = Image.fromarray(rng.integers(0, 256, (48, 96, 3), dtype=np.uint8))
+    reference.save(tmp_path / "ref.png")
+    records = [{"prompt": "[ref#1] in a field", "image_paths": ["ref.png"], "image_tgt_path": "target.png"}] * 2
+    (tmp_path / "pairs.json").write_text(json.dumps(records))
+    dreamo_size, uno_size = resize_to_area(reference, 48).size, preprocess_reference(reference, 48).size
+    assert dreamo_size == (64, 32) and uno_size == (48, 16)  # the two resizes really differ here
+
+    data = dict(data=[str(tmp_path / "pairs.json")], reference_long_side_single=48, max_steps=1)
+    dreamo = Trainer(tiny_config(**{**DREAMO, **data}), command=[])
+    assert DreamOMethod.resize_reference is resize_to_area
+    assert dreamo.samples[0].reference_sizes == (dreamo_size,)
+    (got,) = PairedDataset(dreamo.samples, [(32, 32)], lambda n: 48, DreamOMethod.resize_reference)[0][2]
+    assert np.array_equal(np.asarray(got), np.asarray(resize_to_area(reference, 48)))
+    uno = Trainer(tiny_config(**data, lora={"rank": 4}), command=[])  # method uno: UNO's resize, as before
+    assert uno.samples[0].reference_sizes == (uno_size,)

@@ -175,6 +175,8 @@ class DreamOMethod(Method):
         if len(references) > MAX_DREAMO_REFERENCES:
             raise UnofluxError(f"DreamO takes at most {MAX_DREAMO_REFERENCES} references, not {len(references)}")
 
+    resize_reference = staticmethod(resize_to_area)  # DreamO's area resize, not UNO's long side
+
     def reference_side(self, pipe, references: Sequence[Reference]) -> int:
         # a model that declares its reference sizes (unoflux.json, --ref-long-side: the world's DreamO runs, trained
         # at them) gets them, as with UNO; DreamO's ref_res where none are declared (FLUX.1-dev)
@@ -193,7 +195,7 @@ class DreamOMethod(Method):
                     image = step(image)
                 except UnofluxError as err:
                     raise UnofluxError(f"reference {k} ({reference.role}): {err}") from None
-            image = crop_to_16(image) if reference.role == IDENTITY else resize_to_area(image, long_side)
+            image = crop_to_16(image) if reference.role == IDENTITY else self.resize_reference(image, long_side)
             prepared.append(reference.with_image(image))
         return prepared
 

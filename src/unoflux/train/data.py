@@ -39,7 +39,7 @@ class Sample:
     width: int
     height: int
     references: tuple[Path, ...] = ()  # paired data: the reference images, in order
-    reference_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) of each reference after UNO's resize
+    reference_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) of each reference after the resize
     caption_without_looks: str | None = None  # world pairs: the scene with its subjects' looks left unsaid
     # world pairs: each subject's box in the target, (x0, y0, x1, y1) as fractions of its width and height
     subject_boxes: tuple[tuple[float, float, float, float], ...] = ()
@@ -112,14 +112,18 @@ def data_has_references(entries: list[str]) -> bool:
     return False
 
 
+# how references are resized: (image, long side) -> image; the method's (Method.resize_reference), UNO's by default
+Resize = Callable[[Image.Image, int], Image.Image]
+
+
 @functools.lru_cache(maxsize=4096)
-def reference_size(width: int, height: int, long_side: int) -> tuple[int, int]:
-    """(width, height) of a ``width x height`` reference after :func:`conditioning.preprocess_reference`.
+def reference_size(width: int, height: int, long_side: int, resize: Resize = preprocess_reference) -> tuple[int, int]:
+    """(width, height) of a ``width x height`` reference after ``resize`` (UNO's by default).
 
     Computed by running that function on a blank image (cached per size: datasets hold few distinct
     sizes), so the grouping can never disagree with the resize the samples really get.
     """
-    return preprocess_reference(Image.new("L", (width, height)), long_side).size
+    return resize(Image.new("L", (width, height)), long_side).size
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -139,7 +143,14 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def _paired_sample(
-    base: Path, target, caption, references, long_side: Callable[[int], int], caption_without_looks=None, subjects=None
+    base: Path,
+    target,
+    caption,
+    references,
+    long_side: Callable[[int], int],
+    caption_without_looks=None,
+    subjects=None,
+    resize: Resize = preprocess_reference,
 ) -> Sample:
     """One validated paired sample (paths relative to ``base``); ``ValueError`` says what is wrong."""
     if not isinstance(target, str) or not target:
@@ -156,7 +167,7 @@ def _paired_sample(
     for ref in references:
         ref_w, ref_h = image_size(base / ref)
         try:
-            sizes.append(reference_size(ref_w, ref_h, side))
+            sizes.append(reference_size(ref_w, ref_h, side, resize))
         except ValueError as err:  # too elongated for the long side
             raise ValueError(f"reference {ref!r}: {err}") from None
     if caption_without_looks is not None and not isinstance(caption_without_looks, str):
@@ -253,11 +264,14 @@ def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, ob
         )
 
 
-def read_paired_samples(entries: list[str], long_side: Callable[[int], int]) -> list[Sample]:
+def read_paired_samples(
+    entries: list[str], long_side: Callable[[int], int], resize: Resize = preprocess_reference
+) -> list[Sample]:
     """Every valid (target, caption, references) record of world ``pairs`` / ``multi-pairs`` folders and UNO
     training JSON files (``[{"prompt", "image_paths", "image_tgt_path"}]``, paths relative to the JSON).
 
-    ``long_side(n)`` is the references' long side for a record with ``n`` references. A bad record (missing
+    ``long_side(n)`` is the references' long side for a record with ``n`` references, ``resize`` how they are
+    resized to it (the method's: UNO's long side, DreamO's area). A bad record (missing
     or unreadable file, wrong types, no references) is reported once as a :class:`BadRecordWarning` naming
     its file, index and reason, and skipped: one broken record never stops a run.
     """
@@ -267,7 +281,7 @@ def read_paired_samples(entries: list[str], long_side: Callable[[int], int]) -> 
             try:
                 if target is None and caption is None and refs is None:
                     raise ValueError("it is not a JSON object")
-                samples.append(_paired_sample(base, target, caption, refs, long_side, without_looks, subjects))
+                samples.append(_paired_sample(base, target, caption, refs, long_side, without_looks, subjects, resize))
             except ValueError as err:
                 bad += 1
                 if bad <= MAX_REPORTED_BAD_RECORDS:
@@ -324,21 +338,27 @@ class PairedDataset(BucketDataset):
     """Paired samples; item ``i`` is ``(target pixels (3, H, W) in [-1, 1], caption, [reference PIL images],
     caption without looks or None, subject boxes, subject masks)``.
 
-    References are opened as the pipeline opens them (``images.load_image``) and resized with
-    ``conditioning.preprocess_reference`` at UNO's long side for their count; the trainer encodes them with
+    References are opened as the pipeline opens them (``images.load_image``) and resized with ``resize`` (the
+    method's ``resize_reference``: UNO's by default) at the long side for their count; the trainer encodes them with
     the pipeline's own ``encode_references``. Group = (target bucket, every reference's size).
     """
 
-    def __init__(self, samples: list[Sample], buckets: list[tuple[int, int]], long_side: Callable[[int], int]):
+    def __init__(
+        self,
+        samples: list[Sample],
+        buckets: list[tuple[int, int]],
+        long_side: Callable[[int], int],
+        resize: Resize = preprocess_reference,
+    ):
         super().__init__(samples, buckets)
-        self.long_side = long_side
+        self.long_side, self.resize = long_side, resize
         self.group_of = [(b, s.reference_sizes) for b, s in zip(self.bucket_of, samples)]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, list[Image.Image], str | None, tuple]:
         pixels, caption = super().__getitem__(i)
         sample = self.samples[i]
         side = self.long_side(len(sample.references))
-        references = [preprocess_reference(load_image(p, what="reference image"), side) for p in sample.references]
+        references = [self.resize(load_image(p, what="reference image"), side) for p in sample.references]
         return pixels, caption, references, sample.caption_without_looks, sample.subject_boxes, sample.subject_masks
 
 

@@ -146,10 +146,12 @@ class Trainer:
         acc = self.accelerator
         self.references = config.references if config.references is not None else data_has_references(config.data)
         if self.references:  # samples of a batch share the target bucket and every reference size
+            resize = self.method.resize_reference  # the method's, as at inference (DreamO: area, not long side)
             dataset = PairedDataset(
-                read_paired_samples(config.data, config.reference_long_side),
+                read_paired_samples(config.data, config.reference_long_side, resize),
                 config.bucket_sizes,
                 config.reference_long_side,
+                resize,
             )
         else:
             dataset = BucketDataset(read_samples(config.data), config.bucket_sizes)
