@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..conditioning import preprocess_reference
 from ..errors import UnofluxError
 from ..references import ROLES, SUBJECT, Reference, as_references, count_roles, slot_name
 
@@ -103,14 +104,9 @@ class Method:
         for one, 320 for several)."""
         return pipe.default_reference_long_side(sum(r.role == SUBJECT for r in references))
 
-    @staticmethod
-    def resize_reference(image, long_side: int):
-        """A subject reference resized for the model: UNO's (long side ``long_side``, both sides multiples of 16).
-        Training resizes its references with the same function (train/data.py), so a trained model sees the
-        sizes and pixels it will get."""
-        from ..conditioning import preprocess_reference
-
-        return preprocess_reference(image, long_side)
+    # (image, long side) -> a subject reference resized for the model: UNO's long side, sides multiples of 16.
+    # Training resizes its references with the same function (train/data.py): a trained model sees what it will get.
+    resize_reference = staticmethod(preprocess_reference)
 
     def edit_prompt(self, prompt: str, num_references: int) -> str:
         """The prompt the text encoders see (DreamO's placeholders go here); unchanged by default."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from ..conditioning import preprocess_reference, sequence_position_ids
+from ..conditioning import sequence_position_ids
 from ..errors import UnofluxError
 from ..references import SUBJECT, Reference
 from .base import Conditioning, Method
@@ -27,7 +27,7 @@ class UnoMethod(Method):
         prepared = []
         for i, reference in enumerate(references):
             try:
-                prepared.append(reference.with_image(preprocess_reference(reference.image, long_side)))
+                prepared.append(reference.with_image(self.resize_reference(reference.image, long_side)))
             except ValueError as err:
                 raise UnofluxError(f"reference image {i + 1}: {err}") from None
         return prepared
