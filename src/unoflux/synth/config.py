@@ -11,8 +11,9 @@ from typing import Any
 from ..errors import UnofluxError
 from ..train.config import read_settings_file
 
-STAGES = ("prompts", "generate", "split", "filter-similarity", "filter-vlm", "report")
+STAGES = ("prompts", "generate", "split", "filter-similarity", "filter-vlm", "multi-subject", "report")
 LOCATORS = ("world", "panel")  # world: the spec's exact layout; panel: the whole panel is the subject's box
+MULTI_LOCATORS = ("world",)  # those that find each of several subjects in one image
 SIMILARITY_BACKENDS = ("world", "dinov2")  # world: the exact checker's identity score; dinov2: crop cosine
 # world: the identity beats every look-alike; dinov2: a cosine that random crops of different things rarely reach
 DEFAULT_THRESHOLDS = {"world": 0.0, "dinov2": 0.5}
@@ -71,6 +72,11 @@ class SynthConfig:
     vlm_max_new_tokens: int = 512  # local and http: the reply's token budget (the reasoning and the SCORE line)
     vlm_batch_size: int | None = None  # pairs per generate call (local) or requests in flight (http); None = batch_size
     vlm_threshold: float | None = None  # keep a pair when its 0-4 score is at least this; None = the backend's
+    # multi-subject (targets of 2-3 subjects; a Stage-I model re-generates each subject's crop as its reference)
+    multi_count: int = 0  # multi-subject targets to synthesize; 0 = no multi-subject stage
+    multi_sizes: list[int] = dataclasses.field(default_factory=lambda: [2, 3])  # subjects per target, drawn per target
+    stage1_model: str | None = None  # the Stage-I model (a diffusers FLUX folder); None = model's (the embedded one)
+    stage1_lora: str | None = None  # a LoRA file (UNO's layouts) on stage1_model; None = the model's own
 
     def __post_init__(self) -> None:
         if not isinstance(self.output_dir, str) or not self.output_dir:
@@ -122,6 +128,33 @@ class SynthConfig:
         if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
             raise UnofluxError(f"threshold {self.threshold!r} must be a number or null (the backend's default)")
         self._check_vlm()
+        self._check_multi()
+
+    def _check_multi(self) -> None:
+        if not isinstance(self.multi_count, int) or isinstance(self.multi_count, bool) or self.multi_count < 0:
+            raise UnofluxError(f"multi_count {self.multi_count!r} must be a non-negative integer (0: no multi-subject)")
+        if (
+            not isinstance(self.multi_sizes, list)
+            or not self.multi_sizes
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= 3 for n in self.multi_sizes)
+        ):
+            raise UnofluxError(f"multi_sizes {self.multi_sizes!r} must be a non-empty list of 2s and 3s (subjects)")
+        if not self.multi_count:
+            return
+        if self.locator not in MULTI_LOCATORS:
+            raise UnofluxError(
+                f"locator {self.locator!r} cannot find each subject of a multi-subject target; use one of: "
+                + ", ".join(MULTI_LOCATORS)
+            )
+        if not self.world and len(self.subjects) < max(self.multi_sizes):
+            raise UnofluxError(
+                f"multi_sizes {self.multi_sizes!r} needs at least {max(self.multi_sizes)} subjects, got "
+                f"{len(self.subjects)}"
+            )
+        if self.stage1_model is not None and not Path(self.stage1_model).is_dir():
+            raise UnofluxError(f"stage1_model {self.stage1_model!r} must be a model folder (or null: model's)")
+        if self.stage1_lora is not None and not Path(self.stage1_lora).is_file():
+            raise UnofluxError(f"stage1_lora {self.stage1_lora!r} must be a LoRA file (or null: the model's own)")
 
     def _check_vlm(self) -> None:
         if self.vlm is None and self.world:

@@ -32,6 +32,22 @@ FILTERED = "filtered.jsonl"
 DISTRACTORS = 7  # same-look identities a panel's subject must beat (as the world evaluation counts identity)
 
 
+def candidate_profile(pixels: np.ndarray, background: str, box, identity) -> np.ndarray:
+    """A found subject's fidelity to ``identity`` (first) and to its :data:`DISTRACTORS` same-look look-alikes."""
+    own, others = identity_match(pixels, background, box, identity, same_look_distractors(identity, DISTRACTORS))
+    return np.array([own, *others])
+
+
+def identity_agreement(profiles: list[np.ndarray]) -> tuple[float, int | None]:
+    """(margin, candidate) for two subjects' candidate profiles: the candidate both like best (largest summed
+    fidelity) and the margin by which it beats every other one, in the subject where that margin is smaller;
+    (-1, None) unless both subjects were found (two profiles)."""
+    if len(profiles) != 2:
+        return -1.0, None
+    best = int(np.argmax(profiles[0] + profiles[1]))
+    return min(float(p[best] - np.delete(p, best).max()) for p in profiles), best
+
+
 def world_judgement(source: Image.Image, spec: TwoPanelSpec) -> tuple[float, dict]:
     """(identity score, truth) of a two-panel image against the spec it was prompted with.
 
@@ -47,17 +63,12 @@ def world_judgement(source: Image.Image, spec: TwoPanelSpec) -> tuple[float, dic
     verdict = check_two_panel(pixels, spec)
     side = pixels.shape[0]
     panels = (pixels[:, :side], pixels[:, side : 2 * side])
-    candidates = (spec.identity, *same_look_distractors(spec.identity, DISTRACTORS))
     profiles = []  # per panel: fidelity to every candidate, the prompt's identity first
     for panel, scene in zip(panels, (verdict.left, verdict.right)):
         subject = scene.subjects[0]
         if subject.found:
-            own, others = identity_match(panel, scene.background, subject.box, candidates[0], candidates[1:])
-            profiles.append(np.array([own, *others]))
-    score, best = -1.0, None
-    if len(profiles) == 2:
-        best = int(np.argmax(profiles[0] + profiles[1]))
-        score = min(float(p[best] - np.delete(p, best).max()) for p in profiles)
+            profiles.append(candidate_profile(panel, scene.background, subject.box, spec.identity))
+    score, best = identity_agreement(profiles)
     look_ok = all(scene.subjects[0].look_ok for scene in (verdict.left, verdict.right))
     same_identity = score > 0
     truth = {

@@ -87,6 +87,28 @@ def merge_shards(out: Path) -> None:
         path.unlink()
 
 
+def draw_batch(pipe, config: SynthConfig, batch: list[dict], width: int, done: set[str], folder: str):
+    """Draw one fixed batch of prompt records (each its own seed) at ``width`` x ``config.size``; save the images of
+    the records not in ``done`` as ``folder/KEY.png`` (with their sampling settings) and yield ``(record, path)``."""
+    output = pipe(
+        [r["prompt"] for r in batch],
+        prompt_seeds=[r["seed"] for r in batch],
+        width=width,
+        height=config.size,
+        steps=config.steps,
+        guidance=config.guidance,
+        true_cfg=config.true_cfg,
+    )
+    settings = {k: v for k, v in output.settings.items() if k not in ("prompt", "prompt_seeds", "seed")}
+    for record, image in zip(batch, output.images, strict=True):
+        if record["key"] not in done:
+            path = f"{folder}/{record['key']}.png"
+            save_png(
+                image, Path(config.output_dir) / path, {**settings, "prompt": record["prompt"], "seed": record["seed"]}
+            )
+            yield record, path
+
+
 def run_generate(config: SynthConfig, pipe=None, progress: bool = True, share: Share | None = None) -> Path:
     """Write ``generated.jsonl`` and ``images/KEY.png``, resuming after the records already there."""
     share = share or Share()
@@ -105,22 +127,8 @@ def run_generate(config: SynthConfig, pipe=None, progress: bool = True, share: S
         pipe = pipe or load_generator(config, share.device)
     desc = "generate" if share.count == 1 else f"generate (process {share.index + 1}/{share.count})"
     for batch in tqdm(todo, desc=desc, unit="batch", disable=not progress):
-        output = pipe(
-            [r["prompt"] for r in batch],
-            prompt_seeds=[r["seed"] for r in batch],
-            width=2 * config.size,
-            height=config.size,
-            steps=config.steps,
-            guidance=config.guidance,
-            true_cfg=config.true_cfg,
-        )
-        settings = {k: v for k, v in output.settings.items() if k not in ("prompt", "prompt_seeds", "seed")}
-        for record, image in zip(batch, output.images, strict=True):
-            if record["key"] in done:
-                continue
-            path = f"images/{record['key']}.png"
-            save_png(image, out / path, {**settings, "prompt": record["prompt"], "seed": record["seed"]})
-            manifest.append({**record, "image": path, "width": image.width, "height": image.height})
+        for record, path in draw_batch(pipe, config, batch, 2 * config.size, done, "images"):
+            manifest.append({**record, "image": path, "width": 2 * config.size, "height": config.size})
             done.add(record["key"])
     share.wait()  # every process outside any `if`: all reach the barrier
     if share.index == 0:

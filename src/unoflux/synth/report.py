@@ -17,6 +17,7 @@ from .config import SynthConfig
 from .filter import FILTERED
 from .generate import IMAGES
 from .manifest import read_manifest
+from .multi import MULTI, MULTI_PAIRS, MULTI_PAIRS_CROPPED, MULTI_TARGETS
 from .prompts import PROMPTS
 from .split import PAIRS
 from .vlm import VLM
@@ -79,6 +80,65 @@ def summarize(config: SynthConfig) -> dict:
         if judged:
             summary["vlm_thresholds"] = cascade_table(records, {r["key"]: r for r in scored}, list(VLM_SCORES))
     return summary
+
+
+def multi_summary(config: SynthConfig) -> dict | None:
+    """The multi-subject stage's counts and, on the world, its filter against the checker's truth by threshold."""
+    out = Path(config.output_dir)
+    if not (out / MULTI).is_file():
+        return None
+    records = read_manifest(out / MULTI)
+    references = [ref for r in records for ref in r["references"]]
+    summary = {
+        "targets": _count(out / MULTI_TARGETS),
+        "scored": len(records),
+        "references": len(references),
+        "kept": sum(r["kept"] for r in records),
+    }
+    judged = [r for r in records if r.get("truth") is not None]
+    if judged:
+        scores = np.array([r["score"] for r in judged], np.float64)
+        grid = sorted({*np.quantile(scores, np.linspace(0, 0.9, 10)).round(4).tolist(), config.threshold})
+        summary["consistent_targets"] = sum(r["truth"]["consistent"] for r in judged)
+        refs = [ref for r in judged for ref in r["references"]]
+        summary["reference_truth"] = {
+            key: sum(ref["truth"][key] for ref in refs) for key in ("found", "look_ok", "same_identity", "consistent")
+        }
+        summary["unfiltered_precision"] = summary["consistent_targets"] / len(judged)
+        summary["thresholds"] = threshold_table(judged, grid)
+    return summary
+
+
+def multi_markdown(config: SynthConfig, multi: dict) -> list[str]:
+    lines = [
+        "",
+        "## Multi-subject pairs (Stage-I re-generated references)",
+        "",
+        f"Stage-I model `{config.stage1_model or config.model or 'embedded'}`"
+        f"{f' with LoRA `{config.stage1_lora}`' if config.stage1_lora else ''}: {multi['targets']} targets, "
+        f"{multi['references']} re-generated references; kept (every reference's `{config.similarity}` score >= "
+        f"{config.threshold}): {multi['kept']} of {multi['scored']}. Training JSONs: `{MULTI_PAIRS}` (generated "
+        f"references), `{MULTI_PAIRS_CROPPED}` (the target's own crops, for the ablation).",
+    ]
+    if "thresholds" in multi:
+        truth = multi["reference_truth"]
+        lines += [
+            "",
+            f"Against the exact checker: of {multi['references']} references, both the target's subject and the "
+            f"re-generated one are found in {truth['found']}, both show the prompted look in {truth['look_ok']}, "
+            f"the same identity in {truth['same_identity']}; consistent (look and identity) {truth['consistent']}. "
+            f"A target is consistent when all its references are: {multi['consistent_targets']} of {multi['scored']}"
+            f" (unfiltered precision {_percent(multi['unfiltered_precision'])}).",
+            "",
+            f"| `{config.similarity}` score >= (every reference) | kept | yield | precision | recall |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in multi["thresholds"]:
+            lines.append(
+                f"| {row['threshold']} | {row['kept']} | {_percent(row['yield'])} | {_percent(row['precision'])} | "
+                f"{_percent(row['recall'])} |"
+            )
+    return lines
 
 
 def cascade_table(records: list[dict], scored: dict[str, dict], thresholds: list[float]) -> list[dict]:
@@ -220,6 +280,8 @@ def markdown(config: SynthConfig, summary: dict, images: list[str]) -> str:
                     f"| {row['vlm_threshold']} | {row['kept']} | {_percent(row['yield'])} | "
                     f"{_percent(row['precision'])} | {_percent(row['recall'])} |"
                 )
+    if summary.get("multi"):
+        lines += multi_markdown(config, summary["multi"])
     if images:
         lines += ["", "## Plots", ""] + [f"![{name[:-4]}]({name})" for name in images]
     return "\n".join(lines) + "\n"
@@ -359,11 +421,43 @@ def write_contact_sheets(config: SynthConfig, records: list[dict]) -> None:
             save_png(sheet, out / f"{name}.png", {"prompt": f"{name} pairs", "similarity": config.similarity})
 
 
+MULTI_SHEET_ROWS = 8
+
+
+def write_multi_sheet(config: SynthConfig) -> str | None:
+    """``multi.png``: a row per target (the first ones): the target, then each subject's crop and its re-generated
+    reference with its score."""
+    from ..evaluate.world import contact_sheet
+
+    out = Path(config.output_dir)
+    records = read_manifest(out / MULTI)[:MULTI_SHEET_ROWS]
+    if not records:
+        return None
+    columns = 1 + 2 * max(config.multi_sizes)
+    blank = Image.new("RGB", (config.size, config.size), "white")
+    items = []
+    for record in records:
+        row = [(f"{'kept' if record['kept'] else 'rejected'} {record['score']:.3f}: target", out / record["target"])]
+        for k, ref in enumerate(record["references"]):
+            row += [
+                (f"crop {k + 1}", out / ref["crop"]),
+                (f"generated {k + 1}: {ref['score']:.3f}", out / ref["reference"]),
+            ]
+        for label, path in row:
+            with Image.open(path) as image:
+                items.append((label, image.convert("RGB")))
+        items += [("", blank)] * (columns - len(row))
+    sheet = contact_sheet(items, columns=columns, cell=config.size, aspect=1)
+    save_png(sheet, out / "multi.png", {"prompt": "multi-subject targets and references"})
+    return "multi.png"
+
+
 def run_report(config: SynthConfig, progress: bool = True) -> Path:
     """Write ``report.json`` and ``report.md`` from whichever manifests exist (and, once a filter has run, the
     plots, the contact sheets and ``train_pairs.json`` of the pairs the last filter kept)."""
     out = Path(config.output_dir)
     summary = summarize(config)
+    summary["multi"] = multi_summary(config)
     save_json(summary, out / "report.json")
     images = []
     if (out / FILTERED).is_file():
@@ -371,5 +465,7 @@ def run_report(config: SynthConfig, progress: bool = True) -> Path:
         write_train_pairs(config, records)
         write_contact_sheets(config, records)
         images = write_plots(config, summary)
+    if summary["multi"]:
+        images.append(write_multi_sheet(config))
     text = markdown(config, summary, images)
     return atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))
