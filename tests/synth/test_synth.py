@@ -92,7 +92,7 @@ def test_user_vocabularies_expand_through_templates(tmp_path, dinov2):
         ({"subjects": ["a mug"], "scenes": ["a desk"], "locator": "panel"}, "scenes .* at least 2"),
         ({"subjects": ["a"], "scenes": ["b", "c"]}, "locator world needs the world's vocabulary"),
         ({"templates": ["{subject}"]}, "templates apply to your own subjects"),
-        ({"locator": "owl"}, "locator 'owl' is not one of: world, panel"),
+        ({"locator": "owl"}, "locator 'owl' is not one of: world, panel, detector, masks"),
         ({"similarity": "dinov2"}, "dino None must be a DINOv2 folder"),
         ({"stride": 2}, "unknown setting 'stride'"),
     ],

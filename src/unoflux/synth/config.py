@@ -12,8 +12,10 @@ from ..errors import UnofluxError
 from ..train.config import read_settings_file
 
 STAGES = ("prompts", "generate", "split", "filter-similarity", "filter-vlm", "multi-subject", "report")
-LOCATORS = ("world", "panel")  # world: the spec's exact layout; panel: the whole panel is the subject's box
-MULTI_LOCATORS = ("world",)  # those that find each of several subjects in one image
+# world: the spec's exact layout; panel: the whole panel is the subject's box; detector: an open-vocabulary
+# detector's best box for the record's subject phrase; masks: the bounding box of your mask of each panel
+LOCATORS = ("world", "panel", "detector", "masks")
+MULTI_LOCATORS = ("world",)  # those that find each of several subjects in one image (the detector's: not wired yet)
 SIMILARITY_BACKENDS = ("world", "dinov2")  # world: the exact checker's identity score; dinov2: crop cosine
 # world: the identity beats every look-alike; dinov2: a cosine that random crops of different things rarely reach
 DEFAULT_THRESHOLDS = {"world": 0.0, "dinov2": 0.5}
@@ -57,6 +59,11 @@ class SynthConfig:
     # split
     locator: str = "world"  # one of LOCATORS: where each panel's subject is
     margin: float = 0.1  # crops grow by this fraction of the box's side on each side (clipped to the panel)
+    detector: str | None = None  # locator detector: an OWL-ViT / OWLv2 / Grounding DINO folder (transformers layout)
+    # locator detector: a panel whose best box scores at most this is not located (the whole panel is used); 0.1 is
+    # OWL's own post-processing default, under which OWLv2's scores for a named object in view rarely fall
+    detector_threshold: float = 0.1
+    masks: str | None = None  # locator masks: a folder of KEY_left.png and KEY_right.png (white = the subject)
     # filter-similarity
     similarity: str = "world"  # one of SIMILARITY_BACKENDS
     dino: str | None = None  # DINOv2 folder (transformers layout) for similarity: dinov2
@@ -114,7 +121,26 @@ class SynthConfig:
         if self.locator not in LOCATORS:
             raise UnofluxError(f"locator {self.locator!r} is not one of: {', '.join(LOCATORS)}")
         if self.locator == "world" and not self.world:
-            raise UnofluxError("locator world needs the world's vocabulary (no subjects/scenes); use locator panel")
+            raise UnofluxError(
+                "locator world needs the world's vocabulary (no subjects/scenes); use locator panel, detector or masks"
+            )
+        if self.locator == "detector" and not (
+            isinstance(self.detector, str) and self.detector and Path(self.detector, "config.json").is_file()
+        ):
+            raise UnofluxError(
+                f"detector {self.detector!r} must be a detector folder with config.json (e.g. a download of "
+                "google/owlv2-base-patch16-ensemble) for locator detector"
+            )
+        if (
+            not isinstance(self.detector_threshold, (int, float))
+            or isinstance(self.detector_threshold, bool)
+            or not (0 <= self.detector_threshold < 1)
+        ):
+            raise UnofluxError(f"detector_threshold {self.detector_threshold!r} must be a score in [0, 1)")
+        if self.locator == "masks" and not (isinstance(self.masks, str) and self.masks and Path(self.masks).is_dir()):
+            raise UnofluxError(
+                f"masks {self.masks!r} must be a folder of KEY_left.png and KEY_right.png masks for locator masks"
+            )
         if not isinstance(self.margin, (int, float)) or not 0 <= self.margin <= 1:
             raise UnofluxError(f"margin {self.margin!r} must be a fraction in [0, 1]")
         if self.similarity not in SIMILARITY_BACKENDS:

@@ -55,6 +55,11 @@ def summarize(config: SynthConfig) -> dict:
     out = Path(config.output_dir)
     counts = {name: _count(out / f) for name, f in (("prompts", PROMPTS), ("generated", IMAGES), ("pairs", PAIRS))}
     summary = {"counts": counts, "similarity": config.similarity, "threshold": config.threshold}
+    if config.locator == "detector" and counts["pairs"]:  # panels the detector found nothing in (whole panel used)
+        pairs = read_manifest(out / PAIRS)
+        summary["not_located"] = {
+            side: sum(not p[f"{side}_located"] for p in pairs) for side in ("reference", "target")
+        }
     if not (out / FILTERED).is_file():
         return summary
     records = read_manifest(out / FILTERED)
@@ -234,6 +239,14 @@ def markdown(config: SynthConfig, summary: dict, images: list[str]) -> str:
         of_pairs = counts[name] / pairs if pairs and name in ("kept", "vlm_kept") else None
         lines.append(f"| {row} | {counts[name]} | {_percent(share)} | {_percent(of_pairs)} |")
         previous = counts[name]
+    if "not_located" in summary:
+        missed = summary["not_located"]
+        lines += [
+            "",
+            f"The detector (threshold {config.detector_threshold}) did not locate the subject in {missed['reference']} "
+            f"reference and {missed['target']} target panels of {counts['pairs']} pairs; those crops are the whole "
+            "panel (`reference_located` / `target_located` false in `pairs.jsonl`).",
+        ]
     if "thresholds" in summary:
         truth, n = summary["truth"], counts["scored"]
         lines += [

@@ -1,10 +1,17 @@
-"""A tiny random vision-language model in ``llava-hf/llava-1.5-7b-hf``'s on-disk layout, for tests and for running
-``filter-vlm`` with ``vlm: local`` on a machine without a real VLM. Its replies are random text (they never parse).
+"""Tiny random models in official on-disk layouts, for tests and for running the synthesis stages on a machine
+without real weights: a vision-language model (``llava-hf/llava-1.5-7b-hf``'s layout) for ``filter-vlm`` with
+``vlm: local``, whose replies are random text (they never parse), and an open-vocabulary detector
+(``google/owlvit-base-patch32``'s layout) for ``locator: detector``, whose boxes are random (it finds nothing real).
 
 ``save_tiny_vlm(dir)`` writes what ``AutoProcessor`` / ``AutoModelForImageTextToText`` read from a LLaVA folder:
 ``config.json`` (``LlavaConfig``: a CLIP vision tower, a Llama language model), ``model.safetensors``, the
 ``LlavaProcessor`` (a ``CLIPImageProcessor``, a fast tokenizer, the chat template). The tokenizer is built offline
 with the ``tokenizers`` library: one token per printable ASCII character, plus the special tokens.
+
+``save_tiny_detector(dir)`` writes what ``AutoProcessor`` / ``AutoModelForZeroShotObjectDetection`` read from an
+OWL-ViT folder: ``config.json`` (``OwlViTConfig``), ``model.safetensors``, the ``OwlViTProcessor`` (an
+``OwlViTImageProcessor``, a ``CLIPTokenizer``). OWL-ViT rather than OWLv2 because OWLv2's image processors need
+scipy or torchvision, which this project does not depend on; :class:`unoflux.synth.detect.Detector` reads both.
 """
 
 from __future__ import annotations
@@ -93,6 +100,46 @@ def save_tiny_vlm(folder: str | Path, seed: int = 0, image_size: int = 32, patch
         num_additional_image_tokens=1,  # the CLS token the vision tower adds (and the strategy drops)
         chat_template=CHAT_TEMPLATE,
     )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_detector(folder: str | Path, seed: int = 0, image_size: int = 64, patch_size: int = 16) -> Path:
+    """A random ``OwlViTForObjectDetection`` folder with its processor (hidden size 16, one layer each; a 64 px image
+    in 16 px patches gives 16 candidate boxes).
+
+    The tokenizer is a ``CLIPTokenizer`` (byte-level BPE, as the official folder's) with the 256 byte symbols as
+    its vocabulary, each also as a word end (``</w>``), and no merges: one token per character. As in the official
+    vocabulary ``!`` is id 0 and the padding token (OWL-ViT takes a query whose first id is 0 for padding) and the
+    end token has the largest id (the text model pools at the largest id)."""
+    import transformers
+    from tokenizers import pre_tokenizers
+
+    from ..metrics.backbones import pil_processor_class
+
+    folder = Path(folder)
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet(), key=ord)  # "!" (33) first: printable ASCII map to themselves
+    words = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
+    vocab = {word: i for i, word in enumerate(words)}
+    tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=[], pad_token="!", model_max_length=16)
+    text = {
+        **{"vocab_size": len(words), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
+        **{"num_attention_heads": 2, "max_position_embeddings": 16, "pad_token_id": vocab["!"]},
+        **{"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"]},
+    }
+    vision = {
+        **{"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
+        **{"image_size": image_size, "patch_size": patch_size},
+    }
+    config = transformers.OwlViTConfig(text_config=text, vision_config=vision, projection_dim=16)
+    torch.manual_seed(seed)
+    model = transformers.OwlViTForObjectDetection(config).eval()
+    square = {"height": image_size, "width": image_size}
+    image_processor = pil_processor_class("OwlViTImageProcessor")(
+        size=square, crop_size=square, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)
+    )
+    processor = transformers.OwlViTProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
