@@ -142,3 +142,29 @@ def test_vlm_filter_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_pat
     records = read_manifest(manifest)
     assert [r["index"] for r in records] == [i for i in range(COUNT) if i != 4]
     assert len({r["vlm_score"] for r in records}) >= 3 and all(r["error"] is None for r in records)
+
+
+@pytest.mark.slow  # the embedded model in three subprocesses (targets, then Stage-I references): ~60 s on 2 cores
+def test_multi_subject_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path):
+    paths = {}
+    for name in ("whole", "killed"):
+        paths[name] = tmp_path / f"{name}.yaml"
+        values = {"output_dir": str(tmp_path / name), "count": 1, "size": 64, "steps": 2, "batch_size": 2}
+        paths[name].write_text(yaml.safe_dump({**values, "multi_count": 6, "multi_sizes": [2]}))
+    reference = _synth(paths["whole"], "--stage", "multi-subject")
+    manifest = tmp_path / "killed" / "multi.jsonl"
+    _kill_after(_synth(paths["killed"], "--stage", "multi-subject"), manifest, "multi-subject stage", total=6)
+    with open(manifest, "ab") as f:  # and a torn line, as a kill inside the write would leave
+        f.write(b'{"key": "m0000')
+    _finish(_synth(paths["killed"], "--stage", "multi-subject"))
+    _finish(reference)
+    for name in ("multi_targets.jsonl", "multi.jsonl", "multi_pairs.json", "multi_pairs_cropped.json"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    records = read_manifest(manifest)
+    assert [r["key"] for r in records] == [f"m{i:06d}" for i in range(6)]
+    for record in records:
+        for ref in record["references"]:
+            for part in ("crop", "regenerated", "reference"):
+                path = ref[part]
+                assert (tmp_path / "killed" / path).read_bytes() == (tmp_path / "whole" / path).read_bytes(), path
+    assert not list((tmp_path / "killed").rglob("*.part"))
