@@ -16,7 +16,6 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import UnofluxError
-from ..metrics.backbones import _from_pretrained, _read_config
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels, x1 and y1 exclusive (PIL's crop box)
 OWL = ("owlvit", "owlv2")  # one query list per image, padded to the tokenizer's 16 tokens
@@ -34,6 +33,8 @@ class Detector:
     def __init__(self, folder: str | Path, device: str | None = None, threshold: float = 0.1) -> None:
         import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+        from ..metrics.backbones import _from_pretrained, _read_config  # torch: only once a detector loads
 
         folder = Path(folder)
         model_type = _read_config(folder, "detector", EXAMPLE).get("model_type")
