@@ -47,7 +47,7 @@ from .config import SynthConfig
 from .filter import candidate_profile, identity_agreement
 from .generate import draw_batch, load_generator
 from .manifest import Manifest, remove_partial_files
-from .split import Box, grown
+from .split import Box, _pixels, grown
 
 MULTI_TARGETS, MULTI = "multi_targets.jsonl", "multi.jsonl"
 MULTI_PAIRS, MULTI_PAIRS_CROPPED = "multi_pairs.json", "multi_pairs_cropped.json"
@@ -105,15 +105,7 @@ def subject_boxes(config: SynthConfig, spec: dict | None, side: int) -> list[Box
     """Each subject's box in a ``side`` x ``side`` image, in the order the prompt names them."""
     if config.locator == "world":
         scene = SceneSpec.from_dict(spec)
-        return [
-            (
-                round((cx - w / 2) * side),
-                round((cy - h / 2) * side),
-                round((cx + w / 2) * side),
-                round((cy + h / 2) * side),
-            )
-            for cx, cy, w, h in layout_boxes(scene)
-        ]
+        return [_pixels(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, side) for cx, cy, w, h in layout_boxes(scene)]
     raise UnofluxError(f"stage multi-subject needs a locator that finds each subject (world), not {config.locator!r}")
 
 
