@@ -31,6 +31,12 @@ SETTINGS = {
     "TaylorSeer 3, reference refresh 0": {"taylorseer": 3, "reference_refresh": 0},
     "TaylorSeer 6, reference refresh 0": {"taylorseer": 6, "reference_refresh": 0},
     "12 steps instead of 25": {"steps": 12},
+    "step cache 0.5": {"step_cache": 0.5},
+    "step cache 0.5, reference refresh 0": {"step_cache": 0.5, "reference_refresh": 0},
+    "MagCache 0.06": {"magcache": 0.06},
+    "MagCache 0.12": {"magcache": 0.12},
+    "MagCache 0.25": {"magcache": 0.25},
+    "MagCache 0.25, reference refresh 0": {"magcache": 0.25, "reference_refresh": 0},
 }
 SUBJECT_METRICS = {  # column -> (kind, summary key): what users of subject-driven generation notice
     "colour, 1 ref": ("one", "colour"),

@@ -109,4 +109,6 @@ build128 --out data/world128-local/two-panel-b --kind two-panel --count 1500 --s
 scripts/evaluate_embedded.sh data/gpu/base-v5b data/runs/gpu128-stage1 data/runs/gpu128-stage2 data/eval/v5b
 "${U[@]}" family export data/gpu/base-v5b $BASE --notes data/eval/v5b/t2i/report.json
 "${U[@]}" family ship-lora data/runs/gpu128-stage2/final $BASE --notes data/eval/v5b/subject-stage2/report.json
+# 11. MagCache's ratios for the shipped model (--magcache; added after v5 shipped, run on one CPU core, 1 min).
+.venv/bin/python scripts/calibrate_magcache.py --model $BASE --calls 12 --threads 1 --write
 stamp done

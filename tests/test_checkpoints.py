@@ -139,7 +139,7 @@ def test_diffusers_folder_and_component_folders(diffusers_folder, tiny_pipe, ref
     assert torch.equal(latents_of(parts, ref_images[:2]), expected)
 
 
-def test_a_model_folder_ships_its_lora_and_reference_sizes(tmp_path, diffusers_folder, official_layout, ref_images):
+def test_a_model_folder_ships_its_lora_reference_sizes_and_mag_ratios(tmp_path, diffusers_folder, official_layout, ref_images):
     """As the embedded model does: unoflux.json names a LoRA in the folder (loaded unless replaced or left out)
     and the reference long sides it was trained at."""
     import shutil
@@ -152,7 +152,12 @@ def test_a_model_folder_ships_its_lora_and_reference_sizes(tmp_path, diffusers_f
     write_safetensors(random_uno_lora(components["transformer"], rank=4, seed=7), folder / "dit_lora.safetensors")
     (folder / "unoflux.json").write_text(
         json.dumps(
-            {"image_size": 32, "lora": "dit_lora.safetensors", "reference_long_side": {"one": 32, "several": 16}}
+            {
+                "image_size": 32,
+                "lora": "dit_lora.safetensors",
+                "reference_long_side": {"one": 32, "several": 16},
+                "mag_ratios": [1.0, 0.95, 0.9],
+            }
         )
     )
 
@@ -164,6 +169,7 @@ def test_a_model_folder_ships_its_lora_and_reference_sizes(tmp_path, diffusers_f
     shipped, base = load(), load(model_lora=False)
     plain = load_pipeline(ModelPaths(model=str(diffusers_folder)), device="cpu", use_environment=False)
     assert shipped.reference_long_sides == (32, 16) and plain.reference_long_sides is None
+    assert shipped.mag_ratios == [1.0, 0.95, 0.9] and plain.mag_ratios is None  # None: FLUX.1-dev's (diffusers')
     assert (plain.model_defaults["guidance"], plain.model_defaults["true_cfg"]) == (4.0, 1.0)  # FLUX.1-dev's
     assert shipped.default_reference_long_side(1) == 32 and shipped.default_reference_long_side(2) == 16
     assert plain.default_reference_long_side(1) == 512 and plain.default_reference_long_side(3) == 320

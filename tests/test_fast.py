@@ -137,6 +137,53 @@ def test_taylorseer_predicts_the_steps_between_its_full_ones_and_forgets_between
     assert torch.equal(generate(fresh, refs, num_inference_steps=7, taylorseer=2), predicted)
 
 
+def test_magcache_skips_the_steps_its_ratios_allow_and_forgets_between_calls(tiny_pipe, ref_images, monkeypatch):
+    """Ratios of 1 (reusing the residual costs nothing): after the first 20% of steps (2 of 10), three steps in a
+    row reuse the last residual, then one runs (diffusers' K = 3): the blocks run at steps 0, 1, 5 and 9. Ratios of
+    0.5 never allow a skip: the exact image."""
+    refs = ref_images[:1]
+    exact = generate(tiny_pipe, refs, num_inference_steps=10)
+    calls = []
+    hook = tiny_pipe.transformer.transformer_blocks[0].ff.register_forward_hook(lambda *args: calls.append(1))
+    monkeypatch.setattr(tiny_pipe, "mag_ratios", [1.0] * 10)
+    try:
+        skipped = generate(tiny_pipe, refs, num_inference_steps=10, magcache=0.1)
+    finally:
+        hook.remove()
+    assert len(calls) == 4 and not torch.equal(skipped, exact)
+    assert tiny_pipe.transformer._cache_config is None  # the hooks are gone after the call
+    generate(tiny_pipe, ref_images[1:2], "a blue dog", num_inference_steps=6, magcache=0.1, true_cfg=2.0)
+    assert torch.equal(generate(tiny_pipe, refs, num_inference_steps=10, magcache=0.1), skipped)
+    fresh = tiny_pipeline(seed=0)
+    fresh.mag_ratios = [1.0] * 10
+    assert torch.equal(generate(fresh, refs, num_inference_steps=10, magcache=0.1), skipped)
+    monkeypatch.setattr(tiny_pipe, "mag_ratios", [0.5] * 10)
+    assert torch.equal(generate(tiny_pipe, refs, num_inference_steps=10, magcache=0.1), exact)
+
+
+def test_the_mag_ratio_recorder_computes_what_diffusers_calibration_prints(tiny_pipe, ref_images, capsys):
+    """Our calibration (kept, not printed) against diffusers' MagCache calibrate mode, in the same call."""
+    import ast
+
+    from diffusers.hooks import MagCacheConfig
+
+    from unoflux.fast import MagRatioRecorder
+
+    recorder = MagRatioRecorder(tiny_pipe.transformer)
+    tiny_pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=6))
+    capsys.readouterr()
+    try:
+        with recorder:
+            recorder.start_call()
+            generate(tiny_pipe, ref_images[:2], num_inference_steps=6)
+    finally:
+        tiny_pipe.transformer.disable_cache()
+    printed = capsys.readouterr().out.split("mag_ratios=...):")[1].strip().splitlines()[0]
+    theirs = ast.literal_eval(printed)
+    assert len(theirs) == 6 and len(set(theirs)) > 2  # (a residual that changes from step to step)
+    assert recorder.ratios() == pytest.approx(theirs, abs=1e-5)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -146,6 +193,11 @@ def test_taylorseer_predicts_the_steps_between_its_full_ones_and_forgets_between
         (
             dict(step_cache=0.2, taylorseer=3),
             "step cache 0.2 and TaylorSeer interval 3 are two step caches and only one runs at a time; give one of them",
+        ),
+        (dict(magcache=-0.1), "MagCache threshold -0.1 must be a number from 0 to 10 (0 = off)"),
+        (
+            dict(taylorseer=2, magcache=0.1),
+            "TaylorSeer interval 2 and MagCache threshold 0.1 are two step caches and only one runs at a time",
         ),
     ],
 )

@@ -479,6 +479,7 @@ def register(subparsers) -> None:
     p.add_argument("--fast", action="store_true", help="ours in fast mode (the preset; the switches below win)")
     p.add_argument("--step-cache", type=float, metavar="T", help="ours with this First Block Cache threshold")
     p.add_argument("--taylorseer", type=int, metavar="N", help="ours with TaylorSeer: one full step in every N")
+    p.add_argument("--magcache", type=float, metavar="T", help="ours with MagCache at this error threshold")
     p.add_argument("--reference-refresh", type=int, metavar="N", help="ours reusing reference features (N steps)")
     p.add_argument(
         "--gguf",
@@ -518,7 +519,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_device(args.device)
     speed = {
         k: getattr(args, k)
-        for k in ("fast", "step_cache", "taylorseer", "reference_refresh")
+        for k in ("fast", "step_cache", "taylorseer", "magcache", "reference_refresh")
         if getattr(args, k) is not None and getattr(args, k) is not False  # (0 == False: a refresh of 0 counts)
     }
     SamplingOptions(**speed).validate()

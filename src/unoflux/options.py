@@ -33,9 +33,10 @@ EMPTY_PROMPT_METHODS = ("uso",)  # mirrors Method.accepts_empty_prompt (pinned b
 # What --fast sets (options a call leaves at their defaults): chosen by scripts/fast_quality.py's measurements on
 # the embedded world (docs/performance.md, "Fast mode").
 FAST_PRESET: dict[str, Any] = dict(step_cache=0.35, reference_refresh=0)
-EXACT_SETTINGS: dict[str, Any] = dict(step_cache=0.0, taylorseer=1, reference_refresh=1)  # the switches, off
+EXACT_SETTINGS: dict[str, Any] = dict(step_cache=0.0, taylorseer=1, magcache=0.0, reference_refresh=1)  # off
 # diffusers runs one cache hook at a time: the preset's step-caching switch gives way to one the call sets
-STEP_CACHES = ("step_cache", "taylorseer")
+STEP_CACHES = ("step_cache", "taylorseer", "magcache")
+STEP_CACHE_LABELS = {"step_cache": "step cache", "taylorseer": "TaylorSeer interval", "magcache": "MagCache threshold"}
 
 
 def _with_fast(name: str) -> str:
@@ -270,6 +271,17 @@ class SamplingOptions:
         maximum=MAX_STEPS,
         metavar="N",
     )
+    magcache: float | None = option(
+        None,
+        "MagCache threshold",
+        "MagCache step cache: a step reuses the last full step's residual while the error accumulated from the "
+        "model's calibrated residual-magnitude ratios stays under this, at most 3 steps in a row, never in the first "
+        f"20% (0 = off, exact; 0.06-0.3 skips more as it grows; default: 0{_with_fast('magcache')})",
+        minimum=0,
+        maximum=10,
+        hint="(0 = off)",
+        metavar="T",
+    )
     fast: bool = option(
         False,
         "fast",
@@ -283,12 +295,17 @@ class SamplingOptions:
         """One :class:`~unoflux.errors.UnofluxError` sentence for the first bad value (no model needed)."""
         for f in option_fields(type(self)):
             f.metadata["option"].check(f.name, getattr(self, f.name), _kind(f))
-        if self.step_cache and (self.taylorseer or 1) > 1:
+        chosen = [
+            f"{STEP_CACHE_LABELS[name]} {value:g}"
+            for name in STEP_CACHES
+            if (value := getattr(self, name)) is not None and value != EXACT_SETTINGS[name]
+        ]
+        if len(chosen) > 1:
             from .errors import UnofluxError
 
+            count = "two" if len(chosen) == 2 else "three"
             raise UnofluxError(
-                f"step cache {self.step_cache:g} and TaylorSeer interval {self.taylorseer} are two step caches and "
-                "only one runs at a time; give one of them"
+                f"{' and '.join(chosen)} are {count} step caches and only one runs at a time; give one of them"
             )
 
     def resolved(self, model_defaults: dict[str, Any], default_schedule: str = "uno") -> SamplingOptions:

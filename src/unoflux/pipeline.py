@@ -206,6 +206,10 @@ class UnoFluxPipeline(FluxPipeline):
     # a model folder trained at other sizes declares its own in unoflux.json (set by load_pipeline).
     reference_long_sides: tuple[int, int] | None = None
 
+    # MagCache's residual-magnitude ratio per step (fast.MagRatioRecorder), as the model folder's unoflux.json
+    # declares them ("mag_ratios", set by load_pipeline); None = FLUX.1-dev's (diffusers').
+    mag_ratios: list[float] | None = None
+
     # A model folder's own LoRA may be meant for reference-driven generation only (unoflux.json
     # "lora_for": "references", set by load_pipeline): text-only calls then run the base without it.
     lora_only_with_references: bool = False
@@ -366,7 +370,14 @@ class UnoFluxPipeline(FluxPipeline):
             features = None
             if options.reference_refresh != 1 and conditioning.num_reference_tokens:
                 features = speedups.enter_context(reusing_references(self.transformer, options.reference_refresh))
-            cache = step_cache_config(options.step_cache, options.taylorseer, self.transformer.dtype)
+            cache = step_cache_config(
+                options.step_cache,
+                options.taylorseer,
+                self.transformer.dtype,
+                options.magcache,
+                num_inference_steps,
+                self.mag_ratios,
+            )
             if cache is not None:
                 speedups.enter_context(step_cache(self.transformer, cache))
             conditional = self.velocity(

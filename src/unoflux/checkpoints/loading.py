@@ -433,6 +433,8 @@ def load_pipeline(
     if "reference_long_side" in defaults:
         sides = defaults["reference_long_side"]
         pipe.reference_long_sides = (int(sides["one"]), int(sides["several"]))
+    if "mag_ratios" in defaults:
+        pipe.mag_ratios = [float(r) for r in defaults["mag_ratios"]]
     if paths.dreamo:
         load_dreamo_models(pipe, paths.dreamo, dreamo_version, paths.turbo, fuse_lora, declared=defaults)
     steps = {}  # role -> preprocessing steps in order (DreamO: crop the face, then parse it)
