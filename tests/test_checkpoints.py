@@ -139,7 +139,9 @@ def test_diffusers_folder_and_component_folders(diffusers_folder, tiny_pipe, ref
     assert torch.equal(latents_of(parts, ref_images[:2]), expected)
 
 
-def test_a_model_folder_ships_its_lora_reference_sizes_and_mag_ratios(tmp_path, diffusers_folder, official_layout, ref_images):
+def test_a_model_folder_ships_its_lora_reference_sizes_and_mag_ratios(
+    tmp_path, diffusers_folder, official_layout, ref_images
+):
     """As the embedded model does: unoflux.json names a LoRA in the folder (loaded unless replaced or left out)
     and the reference long sides it was trained at."""
     import shutil
