@@ -15,7 +15,8 @@ STAGES = ("prompts", "generate", "split", "filter-similarity", "filter-vlm", "mu
 # world: the spec's exact layout; panel: the whole panel is the subject's box; detector: an open-vocabulary
 # detector's best box for the record's subject phrase; masks: the bounding box of your mask of each panel
 LOCATORS = ("world", "panel", "detector", "masks")
-MULTI_LOCATORS = ("world",)  # those that find each of several subjects in one image (the detector's: not wired yet)
+# those that find each of several subjects in one image: the world's layout, or the detector's best box per phrase
+MULTI_LOCATORS = ("world", "detector")
 SIMILARITY_BACKENDS = ("world", "dinov2")  # world: the exact checker's identity score; dinov2: crop cosine
 # world: the identity beats every look-alike; dinov2: a cosine that random crops of different things rarely reach
 DEFAULT_THRESHOLDS = {"world": 0.0, "dinov2": 0.5}

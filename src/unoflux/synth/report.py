@@ -100,6 +100,13 @@ def multi_summary(config: SynthConfig) -> dict | None:
         "references": len(references),
         "kept": sum(r["kept"] for r in records),
     }
+    if config.locator == "detector":  # subjects the detector did not find: their targets are never kept
+        missed = [ref for ref in references if not ref["located"]]
+        summary["not_located"] = {
+            "targets": sum(not r["located"] for r in records),
+            "in_target": sum(ref["crop"] is None for ref in missed),
+            "in_regenerated": sum(ref["crop"] is not None for ref in missed),
+        }
     judged = [r for r in records if r.get("truth") is not None]
     if judged:
         scores = np.array([r["score"] for r in judged], np.float64)
@@ -125,6 +132,15 @@ def multi_markdown(config: SynthConfig, multi: dict) -> list[str]:
         f"{config.threshold}): {multi['kept']} of {multi['scored']}. Training JSONs: `{MULTI_PAIRS}` (generated "
         f"references), `{MULTI_PAIRS_CROPPED}` (the target's own crops, for the ablation).",
     ]
+    if "not_located" in multi:
+        missed = multi["not_located"]
+        lines += [
+            "",
+            f"The detector (threshold {config.detector_threshold}) did not locate every subject of "
+            f"{missed['targets']} of {multi['scored']} targets, which are not kept: {missed['in_target']} subjects "
+            f"not found in their target (not re-generated), {missed['in_regenerated']} not found in their "
+            "re-generated image (`located` false and `reason` per reference in `multi.jsonl`).",
+        ]
     if "thresholds" in multi:
         truth = multi["reference_truth"]
         lines += [
@@ -450,13 +466,20 @@ def write_multi_sheet(config: SynthConfig) -> str | None:
     blank = Image.new("RGB", (config.size, config.size), "white")
     items = []
     for record in records:
-        row = [(f"{'kept' if record['kept'] else 'rejected'} {record['score']:.3f}: target", out / record["target"])]
+        verdict = "not located" if record["score"] is None else f"{record['score']:.3f}"
+        row = [(f"{'kept' if record['kept'] else 'rejected'} {verdict}: target", out / record["target"])]
         for k, ref in enumerate(record["references"]):
+            score = (
+                "not located" if ref["reference"] is None else "-" if ref["score"] is None else f"{ref['score']:.3f}"
+            )
             row += [
-                (f"crop {k + 1}", out / ref["crop"]),
-                (f"generated {k + 1}: {ref['score']:.3f}", out / ref["reference"]),
+                (f"crop {k + 1}" if ref["crop"] else f"crop {k + 1}: not located", ref["crop"] and out / ref["crop"]),
+                (f"generated {k + 1}: {score}", ref["reference"] and out / ref["reference"]),
             ]
         for label, path in row:
+            if path is None:  # a subject the detector did not locate: nothing to show
+                items.append((label, blank))
+                continue
             with Image.open(path) as image:
                 items.append((label, image.convert("RGB")))
         items += [("", blank)] * (columns - len(row))
