@@ -69,6 +69,9 @@ class SynthConfig:
     similarity: str = "world"  # one of SIMILARITY_BACKENDS
     dino: str | None = None  # DINOv2 folder (transformers layout) for similarity: dinov2
     threshold: float | None = None  # keep a pair when its score is at least this; None = the backend's default
+    # keep the top_k best-scoring pairs instead (ties: the smaller key first; a pair the detector did not locate in a
+    # panel is never kept), ranked once every pair is scored; None = the threshold decides (multi-subject: always)
+    top_k: int | None = None
     # filter-vlm (scores the pairs filter-similarity kept, as UNO runs its VLM on DINOv2's survivors)
     vlm: str | None = None  # one of VLM_BACKENDS; None = world on the world's vocabulary, no VLM stage otherwise
     vlm_model: str | None = None  # local: a transformers VLM folder; http: the model name the server serves
@@ -154,6 +157,12 @@ class SynthConfig:
             self.threshold = DEFAULT_THRESHOLDS[self.similarity]
         if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
             raise UnofluxError(f"threshold {self.threshold!r} must be a number or null (the backend's default)")
+        if self.top_k is not None and (
+            not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1
+        ):
+            raise UnofluxError(
+                f"top_k {self.top_k!r} must be a positive integer (pairs to keep) or null (the threshold)"
+            )
         self._check_vlm()
         self._check_multi()
 

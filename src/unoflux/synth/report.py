@@ -54,7 +54,7 @@ def threshold_table(records: list[dict], thresholds: list[float]) -> list[dict]:
 def summarize(config: SynthConfig) -> dict:
     out = Path(config.output_dir)
     counts = {name: _count(out / f) for name, f in (("prompts", PROMPTS), ("generated", IMAGES), ("pairs", PAIRS))}
-    summary = {"counts": counts, "similarity": config.similarity, "threshold": config.threshold}
+    summary = {"counts": counts, "similarity": config.similarity, "threshold": config.threshold, "top_k": config.top_k}
     if config.locator == "detector" and counts["pairs"]:  # panels the detector found nothing in (whole panel used)
         pairs = read_manifest(out / PAIRS)
         summary["not_located"] = {
@@ -234,6 +234,13 @@ STAGE_ROWS = (  # report.json's count name, the stage table's row
 )
 
 
+def similarity_rule(config: SynthConfig) -> str:
+    """Which pairs the similarity filter keeps, in words."""
+    if config.top_k:
+        return f"kept: the {config.top_k} best-scoring located pairs (top_k)"
+    return f"kept at score >= {config.threshold}"
+
+
 def markdown(config: SynthConfig, summary: dict, images: list[str]) -> str:
     counts = summary["counts"]
     vlm = f", VLM `{config.vlm}` kept at score >= {config.vlm_threshold}" if "vlm" in summary else ""
@@ -242,7 +249,7 @@ def markdown(config: SynthConfig, summary: dict, images: list[str]) -> str:
         "",
         f"Output `{config.output_dir}`; {config.count} prompts ({'embedded world' if config.world else 'user vocabulary'}"
         f"), model `{config.model or 'embedded base'}`, panels {config.size} px, steps {config.steps or 'model default'}"
-        f", locator `{config.locator}`, similarity `{config.similarity}` kept at score >= {config.threshold}{vlm}.",
+        f", locator `{config.locator}`, similarity `{config.similarity}` {similarity_rule(config)}{vlm}.",
         "",
         "| stage | records | yield of the stage before | of all pairs |",
         "| --- | --- | --- | --- |",
@@ -298,7 +305,7 @@ def markdown(config: SynthConfig, summary: dict, images: list[str]) -> str:
         if "vlm_thresholds" in summary:
             lines += [
                 "",
-                f"Both filters in a row (`{config.similarity}` score >= {config.threshold}, then the VLM), against "
+                f"Both filters in a row (`{config.similarity}` {similarity_rule(config)}, then the VLM), against "
                 "the checker's truth; yield of all pairs:",
                 "",
                 f"| `{config.vlm}` VLM score >= | kept | yield | precision | recall |",
@@ -388,7 +395,11 @@ def write_plots(config: SynthConfig, summary: dict) -> list[str]:
             (
                 HIST_SIMILARITY,
                 _score_plot(
-                    histograms["similarity"], "edges", "similarity", f"{config.similarity} score", config.threshold
+                    histograms["similarity"],
+                    "edges",
+                    "similarity",
+                    f"{config.similarity} score",
+                    None if config.top_k else config.threshold,  # top-k: no fixed threshold
                 ),
             )
         )
