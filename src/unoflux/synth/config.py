@@ -61,16 +61,18 @@ class SynthConfig:
     locator: str = "world"  # one of LOCATORS: where each panel's subject is
     margin: float = 0.1  # crops grow by this fraction of the box's side on each side (clipped to the panel)
     detector: str | None = None  # locator detector: an OWL-ViT / OWLv2 / Grounding DINO folder (transformers layout)
-    # locator detector: a panel whose best box scores at most this is not located (the whole panel is used); 0.1 is
-    # OWL's own post-processing default, under which OWLv2's scores for a named object in view rarely fall
+    # locator detector: a subject whose best box scores at most this is not located (split: the whole panel is used,
+    # marked so; multi-subject: its target is not kept); 0.1 is OWL's own post-processing default, under which
+    # OWLv2's scores for a named object in view rarely fall
     detector_threshold: float = 0.1
     masks: str | None = None  # locator masks: a folder of KEY_left.png and KEY_right.png (white = the subject)
     # filter-similarity
     similarity: str = "world"  # one of SIMILARITY_BACKENDS
     dino: str | None = None  # DINOv2 folder (transformers layout) for similarity: dinov2
     threshold: float | None = None  # keep a pair when its score is at least this; None = the backend's default
-    # keep the top_k best-scoring pairs instead (ties: the smaller key first; a pair the detector did not locate in a
-    # panel is never kept), ranked once every pair is scored; None = the threshold decides (multi-subject: always)
+    # keep the top_k best-scoring pairs instead of the threshold's (ties: the smaller key first; a pair the detector
+    # did not locate in a panel is never kept), ranked once every pair is scored; None = the threshold decides
+    # (the multi-subject stage always keeps by threshold)
     top_k: int | None = None
     # filter-vlm (scores the pairs filter-similarity kept, as UNO runs its VLM on DINOv2's survivors)
     vlm: str | None = None  # one of VLM_BACKENDS; None = world on the world's vocabulary, no VLM stage otherwise

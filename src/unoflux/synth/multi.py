@@ -144,7 +144,10 @@ class SubjectLocator:
     def singles(self, images: list[Image.Image], phrases: list[str], specs: list[dict | None]) -> list[Found]:
         """The one subject of each image (``phrases[i]`` in ``images[i]``), all in one forward pass."""
         if self.detector is None:
-            return [(subject_boxes(self.config, spec, image.height)[0], None) for image, spec in zip(images, specs)]
+            return [
+                (subject_boxes(self.config, spec, image.height)[0], None)
+                for image, spec in zip(images, specs, strict=True)
+            ]
         return self.detector.boxes(images, phrases)
 
 
@@ -272,7 +275,9 @@ def multi_record(config: SynthConfig, record: dict, stage1, scorer, locator: Sub
     phrases = [wanted["subject"] for wanted in wanted_refs]
     singles = locator.singles(regenerated_images, phrases, [wanted.get("spec") for wanted in wanted_refs])
     items = []
-    for k, ((item, settings), regenerated, best) in enumerate(zip(references, regenerated_images, singles)):
+    for k, ((item, settings), regenerated, best) in enumerate(
+        zip(references, regenerated_images, singles, strict=True)
+    ):
         item.update(reference=None, reference_box=None, score=None, truth=None)
         if detected:
             item.update(located=best is not None, reference_detector_score=None if best is None else best[1])
