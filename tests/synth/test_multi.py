@@ -286,3 +286,21 @@ def test_a_user_vocabulary_needs_as_many_subjects_as_the_largest_multi_size(tmp_
     with pytest.raises(UnofluxError, match=r"multi_sizes \[2, 3\] needs at least 3 subjects, got 2"):
         SynthConfig(**values)
     assert SynthConfig(**values, multi_sizes=[2]).multi_sizes == [2]
+
+
+def test_the_world_with_the_detector_judges_located_targets_against_the_checker(tmp_path, owl):
+    config = SynthConfig(
+        output_dir=str(tmp_path / "out"),
+        **{"count": 1, "size": 64, "steps": 2, "batch_size": 2, "multi_count": 2, "multi_sizes": [2]},
+        **{"threshold": -1.0, "locator": "detector", "detector": str(owl), "detector_threshold": 0.0},
+    )
+    run_synth(config, ["multi-subject", "report"], progress=False)
+    out = Path(config.output_dir)
+    records = read_manifest(out / "multi.jsonl")
+    for record in records:  # every sigmoid score is above 0: every subject located, judged by the checker
+        assert record["located"] and record["kept"] and record["truth"] is not None
+        for ref, phrase in zip(record["references"], record["subjects"], strict=True):
+            assert ref["located"] and ref["subject"] == phrase and ref["truth"] is not None and -1 <= ref["score"] <= 1
+    report = json.loads((out / "report.json").read_text())["multi"]
+    assert (report["judged_targets"], report["judged_references"], report["references"]) == (2, 4, 4)
+    assert "of 4 references (those of the 2 targets with every subject located)" in (out / "report.md").read_text()

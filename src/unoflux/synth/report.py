@@ -97,7 +97,7 @@ def multi_summary(config: SynthConfig) -> dict | None:
     summary = {
         "targets": _count(out / MULTI_TARGETS),
         "scored": len(records),
-        "references": len(references),
+        "references": sum(ref["regenerated"] is not None for ref in references),  # Stage-I images made
         "kept": sum(r["kept"] for r in records),
     }
     if config.locator == "detector":  # subjects the detector did not find: their targets are never kept
@@ -113,6 +113,7 @@ def multi_summary(config: SynthConfig) -> dict | None:
         grid = sorted({*np.quantile(scores, np.linspace(0, 0.9, 10)).round(4).tolist(), config.threshold})
         summary["consistent_targets"] = sum(r["truth"]["consistent"] for r in judged)
         refs = [ref for r in judged for ref in r["references"]]
+        summary["judged_targets"], summary["judged_references"] = len(judged), len(refs)
         summary["reference_truth"] = {
             key: sum(ref["truth"][key] for ref in refs) for key in ("found", "look_ok", "same_identity", "consistent")
         }
@@ -145,10 +146,11 @@ def multi_markdown(config: SynthConfig, multi: dict) -> list[str]:
         truth = multi["reference_truth"]
         lines += [
             "",
-            f"Against the exact checker: of {multi['references']} references, both the target's subject and the "
+            f"Against the exact checker: of {multi['judged_references']} references (those of the "
+            f"{multi['judged_targets']} targets with every subject located), both the target's subject and the "
             f"re-generated one are found in {truth['found']}, both show the prompted look in {truth['look_ok']}, "
             f"the same identity in {truth['same_identity']}; consistent (look and identity) {truth['consistent']}. "
-            f"A target is consistent when all its references are: {multi['consistent_targets']} of {multi['scored']}"
+            f"A target is consistent when all its references are: {multi['consistent_targets']} of {multi['judged_targets']}"
             f" (unfiltered precision {_percent(multi['unfiltered_precision'])}).",
             "",
             f"| `{config.similarity}` score >= (every reference) | kept | yield | precision | recall |",
