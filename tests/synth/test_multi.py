@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 from unoflux.errors import UnofluxError
 from unoflux.synth import SynthConfig, read_manifest, record_config, run_synth
 from unoflux.synth.multi import multi_prompt_record, world_reference_truth
+from unoflux.synth.tiny import save_tiny_detector
 from unoflux.train.data import read_paired_samples
 from unoflux.world.render import render_scene
 from unoflux.world.sampling import distinct_looks
@@ -134,3 +136,171 @@ def test_multi_subject_settings_may_change_until_their_manifest_exists(tmp_path)
     (tmp_path / "multi.jsonl").write_text("")
     with pytest.raises(UnofluxError, match="written with stage1_lora = .* delete multi.jsonl"):
         record_config(config.replace(multi_count=4))
+
+
+# ------------------------------------------------------------------------------------- the detector locator
+VOCABULARY = {"subjects": ["a red mug", "a teddy bear", "a brass lamp"], "scenes": ["on a desk", "in a garden"]}
+
+
+@pytest.fixture(scope="module")
+def owl(tmp_path_factory):
+    """A tiny random OWL-ViT in google/owlvit-base-patch32's layout (its boxes are random, its scores real)."""
+    return save_tiny_detector(tmp_path_factory.mktemp("owl") / "owlvit-base-patch32")
+
+
+def _detector_multi(root, model, owl, dino, name: str = "out", **values) -> SynthConfig:
+    """A user vocabulary's multi-subject run on a tiny random FLUX folder (targets and Stage I)."""
+    settings = {"count": 1, "size": 64, "steps": 2, "batch_size": 2, "multi_count": 3, "threshold": -1.0}
+    return SynthConfig(
+        output_dir=str(root / name),
+        model=model and str(model),
+        locator="detector",
+        detector=str(owl),
+        similarity="dinov2",
+        dino=str(dino),
+        **VOCABULARY,
+        **{**settings, **values},
+    )
+
+
+def test_user_vocabulary_multi_subject_with_the_detector_writes_pairs_the_trainer_reads(
+    tmp_path, diffusers_folder, owl, request
+):
+    dino = request.getfixturevalue("dinov2")  # test_synth's tiny random DINOv2 folder
+    config = _detector_multi(tmp_path, diffusers_folder, owl, dino)
+    run_synth(config, ["multi-subject", "report"], progress=False)
+    out = Path(config.output_dir)
+    targets = read_manifest(out / "multi_targets.jsonl")
+    records = read_manifest(out / "multi.jsonl")
+    assert [r["key"] for r in records] == [r["key"] for r in targets] == ["m000000", "m000001", "m000002"]
+    for record in records:
+        assert record["located"] and record["kept"] and record["truth"] is None  # no world: no checker's truth
+        assert [ref["subject"] for ref in record["references"]] == record["subjects"]  # the prompt's order
+        assert set(record["subjects"]) <= set(VOCABULARY["subjects"])
+        for ref in record["references"]:
+            assert ref["located"] and ref["reason"] is None
+            assert 0.1 < ref["crop_detector_score"] <= 1 and 0.1 < ref["reference_detector_score"] <= 1
+            for part, box in (("crop", ref["crop_box"]), ("reference", ref["reference_box"])):
+                x0, y0, x1, y1 = box
+                assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64 and min(x1 - x0, y1 - y0) >= 16
+                with Image.open(out / ref[part]) as image:
+                    assert image.size == (x1 - x0, y1 - y0)
+            assert Image.open(out / ref["regenerated"]).size == (64, 64)
+            assert -1 <= ref["score"] <= 1
+        assert record["score"] == min(ref["score"] for ref in record["references"])
+    generated = json.loads((out / "multi_pairs.json").read_text())
+    cropped = json.loads((out / "multi_pairs_cropped.json").read_text())
+    assert [p["prompt"] for p in generated] == [r["prompt"] for r in records]
+    assert [p["image_tgt_path"] for p in cropped] == [r["target"] for r in records]
+    assert [p["image_paths"] for p in generated] == [[ref["reference"] for ref in r["references"]] for r in records]
+    assert [p["image_paths"] for p in cropped] == [[ref["crop"] for ref in r["references"]] for r in records]
+    for path in ("multi_pairs.json", "multi_pairs_cropped.json"):
+        samples = read_paired_samples([str(out / path)], lambda n: 64)
+        assert [len(s.references) for s in samples] == [len(r["references"]) for r in records]
+    report = json.loads((out / "report.json").read_text())["multi"]
+    assert report["not_located"] == {"targets": 0, "in_target": 0, "in_regenerated": 0}
+    assert (report["scored"], report["kept"]) == (3, 3) and (out / "multi.png").is_file()
+
+    # a run killed after the first target (a torn line after it) resumes to the same bytes
+    whole = {name: (out / name).read_bytes() for name in ("multi.jsonl", "multi_pairs.json")}
+    lines = whole["multi.jsonl"].splitlines(keepends=True)
+    (out / "multi.jsonl").write_bytes(lines[0] + b'{"key": "m0000')
+    run_synth(config, ["multi-subject"], progress=False)
+    assert {name: (out / name).read_bytes() for name in whole} == whole
+
+
+def test_subjects_the_detector_does_not_locate_are_recorded_and_their_targets_not_kept(tmp_path, owl, request):
+    """The embedded base (the tiny random FLUX's images saturate the random detector's scores at 1): a run that
+    locates everything (threshold 0) gives every subject's best score; at a threshold between two of them the same
+    boxes count or not, and a target with a subject at or below it is never kept."""
+    dino = request.getfixturevalue("dinov2")
+    scored = _detector_multi(tmp_path, None, owl, dino, "scored", detector_threshold=0.0)
+    run_synth(scored, ["multi-subject"], progress=False)
+    before = read_manifest(Path(scored.output_dir) / "multi.jsonl")
+    lowest = [
+        (min(ref[f"{part}_detector_score"] for ref in r["references"]) for part in ("crop", "reference"))
+        for r in before
+    ]
+    # a threshold that every subject of some target clears there, but not one of its re-generated images
+    threshold = next((target + regenerated) / 2 for target, regenerated in lowest if regenerated < target)
+
+    config = _detector_multi(tmp_path, None, owl, dino, detector_threshold=threshold)
+    run_synth(config, ["multi-subject", "report"], progress=False)
+    out = Path(config.output_dir)
+    records = read_manifest(out / "multi.jsonl")
+    missed = {"targets": 0, "in_target": 0, "in_regenerated": 0}
+    for old, new in zip(before, records, strict=True):
+        in_target = [ref["crop_detector_score"] <= threshold for ref in old["references"]]
+        in_regenerated = [ref["reference_detector_score"] <= threshold for ref in old["references"]]
+        if not any(in_target + in_regenerated):  # everything located: the run at threshold 0's record
+            assert new["located"] and new["kept"] and new["references"] == old["references"]
+            continue
+        missed["targets"] += 1
+        assert not new["located"] and not new["kept"] and new["score"] is None
+        for k, (ref, was) in enumerate(zip(new["references"], old["references"], strict=True)):
+            if any(in_target):  # a subject missing from the target: no Stage-I call for any of them
+                assert ref["crop"] is None and ref["regenerated"] is None and ref["reference"] is None
+                assert ref["located"] == (not in_target[k])
+                if in_target[k]:
+                    missed["in_target"] += 1
+                    assert ref["reason"] == (
+                        f"no box for {ref['subject']!r} in the target scores above detector_threshold {threshold}"
+                    )
+                continue
+            assert ref["crop_box"] == was["crop_box"] and (out / ref["regenerated"]).is_file()
+            assert ref["located"] == (not in_regenerated[k]) and ref["score"] is None  # no score for a part pair
+            if in_regenerated[k]:  # never the whole re-generated image in its place
+                missed["in_regenerated"] += 1
+                assert ref["reference"] is None and ref["reference_box"] is None
+                assert ref["reason"] == (
+                    f"no box for {ref['subject']!r} in the re-generated image scores above detector_threshold "
+                    f"{threshold}"
+                )
+            else:
+                assert ref["reference_box"] == was["reference_box"]
+    assert missed["in_regenerated"] >= 1 and missed["in_target"] >= 1  # seed 0 has both
+    kept = [r for r in records if r["kept"]]
+    assert [p["image_tgt_path"] for p in json.loads((out / "multi_pairs.json").read_text())] == [
+        r["target"] for r in kept
+    ]
+    report = json.loads((out / "report.json").read_text())["multi"]
+    assert report["not_located"] == missed and report["kept"] == len(kept) == 3 - missed["targets"]
+    assert (
+        f"did not locate every subject of {missed['targets']} of 3 targets, which are not kept: "
+        f"{missed['in_target']} subjects not found in their target" in (out / "report.md").read_text()
+    )
+    assert (out / "multi.png").is_file()  # the contact sheet shows the targets without their missing references
+
+
+def test_a_user_vocabulary_needs_as_many_subjects_as_the_largest_multi_size(tmp_path, owl, request):
+    values = {
+        "output_dir": str(tmp_path),
+        "subjects": ["a red mug", "a teddy bear"],
+        "scenes": ["on a desk", "in a garden"],
+        "locator": "detector",
+        "detector": str(owl),
+        "similarity": "dinov2",
+        "dino": str(request.getfixturevalue("dinov2")),
+        "multi_count": 2,
+    }
+    with pytest.raises(UnofluxError, match=r"multi_sizes \[2, 3\] needs at least 3 subjects, got 2"):
+        SynthConfig(**values)
+    assert SynthConfig(**values, multi_sizes=[2]).multi_sizes == [2]
+
+
+def test_the_world_with_the_detector_judges_located_targets_against_the_checker(tmp_path, owl):
+    config = SynthConfig(
+        output_dir=str(tmp_path / "out"),
+        **{"count": 1, "size": 64, "steps": 2, "batch_size": 2, "multi_count": 2, "multi_sizes": [2]},
+        **{"threshold": -1.0, "locator": "detector", "detector": str(owl), "detector_threshold": 0.0},
+    )
+    run_synth(config, ["multi-subject", "report"], progress=False)
+    out = Path(config.output_dir)
+    records = read_manifest(out / "multi.jsonl")
+    for record in records:  # every sigmoid score is above 0: every subject located, judged by the checker
+        assert record["located"] and record["kept"] and record["truth"] is not None
+        for ref, phrase in zip(record["references"], record["subjects"], strict=True):
+            assert ref["located"] and ref["subject"] == phrase and ref["truth"] is not None and -1 <= ref["score"] <= 1
+    report = json.loads((out / "report.json").read_text())["multi"]
+    assert (report["judged_targets"], report["judged_references"], report["references"]) == (2, 4, 4)
+    assert "of 4 references (those of the 2 targets with every subject located)" in (out / "report.md").read_text()

@@ -14,7 +14,8 @@ from PIL import Image
 from unoflux.cli import main
 from unoflux.errors import UnofluxError
 from unoflux.metrics.tiny import save_tiny_dino
-from unoflux.synth import Manifest, SynthConfig, prompt_record, read_manifest, run_synth
+from unoflux.synth import Manifest, SynthConfig, prompt_record, read_manifest, record_config, run_synth
+from unoflux.synth.filter import top_k_records
 from unoflux.synth.generate import IMAGES
 from unoflux.train.data import read_paired_samples
 from unoflux.world.render import render_scene, render_two_panel
@@ -234,6 +235,86 @@ def test_dinov2_filter_scores_crops_with_a_tiny_random_dinov2(tmp_path, dinov2):
     path.write_bytes(whole[: whole.index(b"\n") + 1] + b'{"key": "00')
     run_synth(config, ["filter-similarity"])
     assert path.read_bytes() == whole
+
+
+# ------------------------------------------------------------------------------------------------------ top-k
+def test_top_k_ranks_located_pairs_by_score_ties_by_key():
+    records = [
+        {"key": "000000", "score": 0.5},
+        {"key": "000001", "score": 0.9, "reference_located": True, "target_located": False},  # a panel missed
+        {"key": "000002", "score": 0.7},
+        {"key": "000003", "score": 0.5},  # ties 000000: the smaller key ranks first
+        {"key": "000004", "score": 0.2, "reference_located": True, "target_located": True},
+    ]
+    ranked = top_k_records(records, 2)
+    assert [r["key"] for r in ranked] == [r["key"] for r in records]  # the pairs' order, not the ranking's
+    assert [r["rank"] for r in ranked] == [2, None, 1, 3, 4]
+    assert [r["kept"] for r in ranked] == [True, False, True, False, False]
+    assert [r["kept"] for r in top_k_records(records, 10)] == [True, False, True, True, True]  # all located ones
+    assert top_k_records(list(reversed(records)), 2) == list(reversed(ranked))  # the order never decides
+    assert top_k_records(ranked, 2) == ranked  # ranking a ranked list again changes nothing
+
+
+def test_top_k_keeps_the_k_best_pairs_for_every_later_stage_and_resumes_to_the_same_bytes(tmp_path, dinov2):
+    config = SynthConfig(
+        output_dir=str(tmp_path / "out"),
+        count=5,
+        size=64,
+        batch_size=2,
+        similarity="dinov2",
+        dino=str(dinov2),
+        top_k=2,
+        threshold=2.0,  # no cosine reaches it: top_k alone decides
+    )
+    _rendered_generation(config, wrong={1}, same_panels={3})
+    run_synth(config, ["split", "filter-similarity", "filter-vlm", "report"], progress=False)
+    out = tmp_path / "out"
+    filtered = read_manifest(out / "filtered.jsonl")
+    scores = [r["score"] for r in read_manifest(out / "similarity.jsonl")]
+    assert [r["score"] for r in filtered] == scores and len(set(scores)) == 5
+    best = sorted(filtered, key=lambda r: -r["score"])
+    assert [r["key"] for r in best] == [r["key"] for r in sorted(filtered, key=lambda r: r["rank"])]
+    assert {r["key"] for r in filtered if r["kept"]} == {r["key"] for r in best[:2]}
+    assert best[0]["index"] == 3  # the same scene twice: identical crops, cosine 1
+    kept = [r["key"] for r in filtered if r["kept"]]
+    assert [r["key"] for r in read_manifest(out / "vlm.jsonl")] == kept  # the world's VLM sees the top 2 only
+    report = json.loads((out / "report.json").read_text())
+    assert (report["counts"]["kept"], report["counts"]["vlm_scored"], report["top_k"]) == (2, 2, 2)
+    assert "similarity `dinov2` kept: the 2 best-scoring located pairs (top_k)" in (out / "report.md").read_text()
+    vlm_kept = [r["key"] for r in read_manifest(out / "vlm.jsonl") if r["kept"]]
+    samples = read_paired_samples([str(out / "train_pairs.json")], lambda n: 64)
+    assert [s.image for s in samples] == [out / f"pairs/{key}_target.png" for key in vlm_kept]
+    assert (out / "kept.png").is_file()
+
+    # killed while scoring (a torn line after the first score, no filtered.jsonl yet), or between the last score and
+    # the ranking's write: the re-run writes the same bytes
+    whole, scored = (out / "filtered.jsonl").read_bytes(), (out / "similarity.jsonl").read_bytes()
+    (out / "filtered.jsonl").unlink()
+    (out / "similarity.jsonl").write_bytes(scored[: scored.index(b"\n") + 1] + b'{"key": "00')
+    run_synth(config, ["filter-similarity"], progress=False)
+    assert (out / "filtered.jsonl").read_bytes() == whole and (out / "similarity.jsonl").read_bytes() == scored
+    (out / "filtered.jsonl").unlink()
+    (out / ".filtered.jsonl.abc.part").write_text("half")  # what a kill inside the atomic write leaves
+    run_synth(config, ["filter-similarity"], progress=False)
+    assert (out / "filtered.jsonl").read_bytes() == whole and not list(out.glob(".*.part"))
+
+
+@pytest.mark.parametrize("top_k", [0, -3, 2.5, True, "3"])
+def test_a_bad_top_k_is_one_sentence(tmp_path, top_k):
+    with pytest.raises(UnofluxError, match=f"top_k {top_k!r} must be a positive integer"):
+        SynthConfig(output_dir=str(tmp_path), top_k=top_k)
+
+
+def test_top_k_may_not_change_in_an_output_folder(tmp_path):
+    config = SynthConfig(output_dir=str(tmp_path), count=3)
+    record_config(config)
+    with pytest.raises(UnofluxError, match="written with top_k = None, not 5; use a new output_dir"):
+        record_config(config.replace(top_k=5))
+    values = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del values["top_k"]  # a folder made before top_k existed ran with its default
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
+    record_config(config)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["top_k"] is None
 
 
 # ------------------------------------------------------------------------------------------------- end to end

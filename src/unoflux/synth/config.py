@@ -15,7 +15,8 @@ STAGES = ("prompts", "generate", "split", "filter-similarity", "filter-vlm", "mu
 # world: the spec's exact layout; panel: the whole panel is the subject's box; detector: an open-vocabulary
 # detector's best box for the record's subject phrase; masks: the bounding box of your mask of each panel
 LOCATORS = ("world", "panel", "detector", "masks")
-MULTI_LOCATORS = ("world",)  # those that find each of several subjects in one image (the detector's: not wired yet)
+# those that find each of several subjects in one image: the world's layout, or the detector's best box per phrase
+MULTI_LOCATORS = ("world", "detector")
 SIMILARITY_BACKENDS = ("world", "dinov2")  # world: the exact checker's identity score; dinov2: crop cosine
 # world: the identity beats every look-alike; dinov2: a cosine that random crops of different things rarely reach
 DEFAULT_THRESHOLDS = {"world": 0.0, "dinov2": 0.5}
@@ -60,14 +61,19 @@ class SynthConfig:
     locator: str = "world"  # one of LOCATORS: where each panel's subject is
     margin: float = 0.1  # crops grow by this fraction of the box's side on each side (clipped to the panel)
     detector: str | None = None  # locator detector: an OWL-ViT / OWLv2 / Grounding DINO folder (transformers layout)
-    # locator detector: a panel whose best box scores at most this is not located (the whole panel is used); 0.1 is
-    # OWL's own post-processing default, under which OWLv2's scores for a named object in view rarely fall
+    # locator detector: a subject whose best box scores at most this is not located (split: the whole panel is used,
+    # marked so; multi-subject: its target is not kept); 0.1 is OWL's own post-processing default, under which
+    # OWLv2's scores for a named object in view rarely fall
     detector_threshold: float = 0.1
     masks: str | None = None  # locator masks: a folder of KEY_left.png and KEY_right.png (white = the subject)
     # filter-similarity
     similarity: str = "world"  # one of SIMILARITY_BACKENDS
     dino: str | None = None  # DINOv2 folder (transformers layout) for similarity: dinov2
     threshold: float | None = None  # keep a pair when its score is at least this; None = the backend's default
+    # keep the top_k best-scoring pairs instead of the threshold's (ties: the smaller key first; a pair the detector
+    # did not locate in a panel is never kept), ranked once every pair is scored; None = the threshold decides
+    # (the multi-subject stage always keeps by threshold)
+    top_k: int | None = None
     # filter-vlm (scores the pairs filter-similarity kept, as UNO runs its VLM on DINOv2's survivors)
     vlm: str | None = None  # one of VLM_BACKENDS; None = world on the world's vocabulary, no VLM stage otherwise
     vlm_model: str | None = None  # local: a transformers VLM folder; http: the model name the server serves
@@ -153,6 +159,12 @@ class SynthConfig:
             self.threshold = DEFAULT_THRESHOLDS[self.similarity]
         if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
             raise UnofluxError(f"threshold {self.threshold!r} must be a number or null (the backend's default)")
+        if self.top_k is not None and (
+            not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1
+        ):
+            raise UnofluxError(
+                f"top_k {self.top_k!r} must be a positive integer (pairs to keep) or null (the threshold)"
+            )
         self._check_vlm()
         self._check_multi()
 

@@ -7,6 +7,14 @@ Backends (``similarity`` in the config):
 - ``dinov2``: the cosine similarity of the reference crop's and the target crop's DINOv2 embeddings (UNO's first
   filter), through :class:`unoflux.metrics.Scorer`.
 
+Which pairs are kept: those scoring at least ``threshold``, or with ``top_k`` the ``top_k`` best-scoring pairs
+whose subjects were located in both panels (:func:`top_k_records`: highest score first, ties by the smaller key;
+a pair the detector located in neither or one panel only is never kept). A top-k decision needs every score, so
+then each pair's score goes to ``similarity.jsonl`` as it is made (resumable like any manifest) and
+``filtered.jsonl`` is written once, atomically, from all of them (every record with its ``rank`` and ``kept``):
+it exists only complete and final, a kill before or during that write leaves it absent or as before, and the
+re-run writes the same bytes, so the later stages always see the top-k kept set.
+
 On the world every record also carries the checker's truth (``truth``): a pair is consistent when both panels show
 the prompted look, the same look and the same identity. The report measures each filter's precision and recall
 against it.
@@ -20,15 +28,17 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..images import atomic_write
 from ..world.checker import check_two_panel, identity_match
 from ..world.specs import TwoPanelSpec
 from ..world.subjects import same_look_distractors
 from .config import SynthConfig
 from .generate import stage_inputs
-from .manifest import Manifest
-from .split import PAIRS
+from .manifest import Manifest, manifest_line
+from .split import PAIRS, SIDES
 
 FILTERED = "filtered.jsonl"
+SCORED = "similarity.jsonl"  # with top_k: every pair's score as it is made, before the ranking decides
 DISTRACTORS = 7  # same-look identities a panel's subject must beat (as the world evaluation counts identity)
 
 
@@ -88,15 +98,29 @@ def _world_truth(config: SynthConfig, record: dict) -> tuple[float, dict]:
         return world_judgement(image, TwoPanelSpec.from_dict(record["spec"]))
 
 
+def located(record: dict) -> bool:
+    """Whether the locator found the pair's subject in both panels (only the detector can miss one)."""
+    return all(record.get(f"{side}_located", True) for side in SIDES)
+
+
+def top_k_records(records: list[dict], k: int) -> list[dict]:
+    """``records`` (scored pairs, in their order) with ``rank`` (1 = the best score among the located pairs, ties
+    broken by the smaller key; None for a pair not located in both panels) and ``kept`` (rank at most ``k``)."""
+    ranked = sorted((r for r in records if located(r)), key=lambda r: (-r["score"], r["key"]))
+    ranks = {r["key"]: i for i, r in enumerate(ranked, start=1)}
+    return [{**r, "rank": ranks.get(r["key"]), "kept": r["key"] in ranks and ranks[r["key"]] <= k} for r in records]
+
+
 def run_filter_similarity(config: SynthConfig, progress: bool = True) -> Path:
-    """Write ``filtered.jsonl``: every pair with its ``score``, ``kept`` and (world) ``truth``.
+    """Write ``filtered.jsonl``: every pair with its ``score``, ``kept`` and (world) ``truth`` (with ``top_k``,
+    also its ``rank``; the scores first go to ``similarity.jsonl``, see the module's docstring).
 
     DINOv2 scores are computed ``batch_size`` pairs at a time in fixed batches of the pair list (a batch a kill
     interrupted is scored again whole), so a resumed run gives the same numbers as an uninterrupted one.
     """
     out = Path(config.output_dir)
     pairs = stage_inputs(config, PAIRS, "filter-similarity")
-    manifest = Manifest(out / FILTERED)
+    manifest = Manifest(out / (SCORED if config.top_k else FILTERED))
     batches = [pairs[i : i + config.batch_size] for i in range(0, len(pairs), config.batch_size)]
     todo = [batch for batch in batches if any(r["key"] not in manifest for r in batch)]
     scorer = None
@@ -114,13 +138,14 @@ def run_filter_similarity(config: SynthConfig, progress: bool = True) -> Path:
         for record, score, (_, truth) in zip(batch, scores, judged, strict=True):
             if record["key"] in manifest:
                 continue
-            manifest.append(
-                {
-                    **record,
-                    "similarity": config.similarity,
-                    "score": score,
-                    "kept": bool(score >= config.threshold),
-                    "truth": truth,
-                }
-            )
-    return manifest.path
+            scored = {**record, "similarity": config.similarity, "score": score, "truth": truth}
+            if not config.top_k:
+                scored["kept"] = bool(score >= config.threshold)
+            manifest.append(scored)
+    if not config.top_k:
+        return manifest.path
+    by_key = {r["key"]: r for r in manifest.records}
+    text = "".join(manifest_line(r) for r in top_k_records([by_key[p["key"]] for p in pairs], config.top_k))
+    for leftover in out.glob(f".{FILTERED}.*.part"):  # a write a kill interrupted
+        leftover.unlink(missing_ok=True)
+    return atomic_write(out / FILTERED, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

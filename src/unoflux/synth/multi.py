@@ -11,11 +11,17 @@ model trained on the pairs cannot learn to copy-paste. Here:
 2. **references**: for each target, each subject's crop (its box from the locator, grown by ``margin``) goes to the
    Stage-I pipeline (``stage1_model`` + ``stage1_lora``; unset: the embedded model with its shipped LoRA) with a
    prompt that puts the subject in another scene; the subject's crop of that image (located the same way) is the
-   generated reference (``multi/references/KEY_{crop,regenerated,reference}K.png``).
+   generated reference (``multi/references/KEY_{crop,regenerated,reference}K.png``). Locators
+   (:class:`SubjectLocator`): ``world``, the spec's layout; ``detector``, the detector's best box for each subject
+   phrase (the record's ``subjects``, in the prompt's order; all of a target's phrases in one forward pass, the
+   re-generated images of a target in another; the detector loads once per stage run). A subject whose best box
+   scores at most ``detector_threshold`` is not located: never the whole image in its place; its reference says
+   ``located`` false and why (``reason``), the target is not kept, and a subject missing from the target is not
+   re-generated (nor are the others of that target: no Stage-I call could make it a pair).
 3. **filter**: each generated reference is scored against its target crop with the ``similarity`` backend (the
-   world's identity margin over same-look distractors, or the DINOv2 cosine); a target is kept when every
-   reference scores at least ``threshold`` (``multi.jsonl``). On the world each reference also carries the
-   checker's truth.
+   world's identity margin over same-look distractors, or the DINOv2 cosine); a target is kept when every subject
+   was located and every reference scores at least ``threshold`` (``multi.jsonl``). On the world each reference
+   also carries the checker's truth.
 
 The kept pairs are written as UNO training JSONs twice: ``multi_pairs.json`` with the generated references and
 ``multi_pairs_cropped.json`` with the target's own crops (UNO's "cropped vs generated references" ablation).
@@ -24,7 +30,8 @@ The world's two-panel images hold one subject a panel, so here every reference i
 multi-subject target; in UNO the first reference comes from the in-context pair and the others are re-generated.
 
 Resuming: targets as ``generate`` (a batch a kill interrupted is drawn again whole); references record by record
-(one Stage-I call per subject, each its own seed), so a resumed run writes the bytes an uninterrupted one does.
+(one Stage-I call per subject, each its own seed; the detector's calls fixed per record), so a resumed run writes
+the bytes an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from ..world.sampling import distinct_looks, sample_scene
 from ..world.specs import SceneSpec
 from ..world.vocab import BACKGROUNDS
 from .config import SynthConfig
+from .detect import Detector
 from .filter import candidate_profile, identity_agreement
 from .generate import draw_batch, load_generator
 from .manifest import Manifest, remove_partial_files
@@ -102,11 +110,49 @@ def multi_prompt_record(config: SynthConfig, index: int) -> dict:
 
 
 def subject_boxes(config: SynthConfig, spec: dict | None, side: int) -> list[Box]:
-    """Each subject's box in a ``side`` x ``side`` image, in the order the prompt names them."""
-    if config.locator == "world":
-        scene = SceneSpec.from_dict(spec)
-        return [_pixels(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, side) for cx, cy, w, h in layout_boxes(scene)]
-    raise UnofluxError(f"stage multi-subject needs a locator that finds each subject (world), not {config.locator!r}")
+    """Each subject's box in a ``side`` x ``side`` world image, in the order the prompt names them (its layout)."""
+    if config.locator != "world":
+        raise UnofluxError(f"subject boxes from the layout need locator world, not {config.locator!r}")
+    scene = SceneSpec.from_dict(spec)
+    return [_pixels(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, side) for cx, cy, w, h in layout_boxes(scene)]
+
+
+Found = tuple[Box, float | None] | None  # a subject's box and the detector's score (None: the world's layout)
+
+
+class SubjectLocator:
+    """Where each named subject is in an image: ``world``, the spec's layout (always found); ``detector``, the best
+    box per subject phrase from one :class:`unoflux.synth.detect.Detector` (loaded once, here), all of an image's
+    phrases in one forward pass, or None for a phrase whose best box scores at most ``detector_threshold``."""
+
+    def __init__(self, config: SynthConfig) -> None:
+        if config.locator not in ("world", "detector"):
+            raise UnofluxError(
+                f"stage multi-subject needs a locator that finds each subject (world, detector), not {config.locator!r}"
+            )
+        self.config = config
+        self.detector = None
+        if config.locator == "detector":
+            self.detector = Detector(config.detector, config.device, config.detector_threshold)
+
+    def targets(self, image: Image.Image, phrases: list[str], spec: dict | None) -> list[Found]:
+        """Each of ``phrases``'s subject in one target image, in their order."""
+        if self.detector is None:
+            return [(box, None) for box in subject_boxes(self.config, spec, image.height)]
+        return self.detector.boxes([image] * len(phrases), phrases)
+
+    def singles(self, images: list[Image.Image], phrases: list[str], specs: list[dict | None]) -> list[Found]:
+        """The one subject of each image (``phrases[i]`` in ``images[i]``), all in one forward pass."""
+        if self.detector is None:
+            return [
+                (subject_boxes(self.config, spec, image.height)[0], None)
+                for image, spec in zip(images, specs, strict=True)
+            ]
+        return self.detector.boxes(images, phrases)
+
+
+def _not_located(config: SynthConfig, phrase: str, where: str) -> str:
+    return f"no box for {phrase!r} in the {where} scores above detector_threshold {config.detector_threshold}"
 
 
 def _crop(config: SynthConfig, image: Image.Image, box: Box) -> tuple[Image.Image, list[int]]:
@@ -179,14 +225,29 @@ def run_targets(config: SynthConfig, pipe=None, progress: bool = True) -> tuple[
     return manifest.path, pipe
 
 
-def multi_record(config: SynthConfig, record: dict, stage1, scorer) -> dict:
-    """Crop each subject of one target, re-generate it with the Stage-I pipeline, judge it; the record."""
+def multi_record(config: SynthConfig, record: dict, stage1, scorer, locator: SubjectLocator) -> dict:
+    """Locate each subject of one target, re-generate its crop with the Stage-I pipeline, locate it there, judge it;
+    the record. A subject the detector does not locate (in the target or in its re-generated image) is not
+    replaced by the whole image: its reference says ``located`` false and why (``reason``), and the target is not
+    kept (``located`` false, ``score`` None); a subject missing from the target is not re-generated at all."""
     out, key = Path(config.output_dir), record["key"]
     with Image.open(out / record["target"]) as opened:
         target = opened.convert("RGB")
     spec = SceneSpec.from_dict(record["spec"]) if record["spec"] else None
-    references = []
-    for k, (box, wanted) in enumerate(zip(subject_boxes(config, record["spec"], target.height), record["references"])):
+    detected = config.locator == "detector"
+    wanted_refs = record["references"]
+    found = locator.targets(target, record["subjects"], record["spec"])
+    if any(f is None for f in found):  # not every subject is in the target: no Stage-I call can make it a pair
+        references = []
+        for phrase, wanted, best in zip(record["subjects"], wanted_refs, found, strict=True):
+            item = {**wanted, "crop": None, "regenerated": None, "reference": None, "crop_box": None}
+            item.update(reference_box=None, score=None, truth=None, located=best is not None)
+            item.update(crop_detector_score=None if best is None else best[1], reference_detector_score=None)
+            item["reason"] = None if best is not None else _not_located(config, phrase, "target")
+            references.append(item)
+        return _judged(config, record, references, spec)
+    references, regenerated_images = [], []
+    for k, ((box, box_score), wanted) in enumerate(zip(found, wanted_refs, strict=True)):
         crop, crop_box = _crop(config, target, box)
         output = stage1(
             wanted["prompt"],
@@ -199,39 +260,65 @@ def multi_record(config: SynthConfig, record: dict, stage1, scorer) -> dict:
             seed=wanted["seed"],
         )
         regenerated = output.images[0]
-        (regenerated_box,) = subject_boxes(config, wanted.get("spec"), regenerated.height)[:1]
-        reference, reference_box = _crop(config, regenerated, regenerated_box)
+        settings = {k: v for k, v in output.settings.items() if k not in ("prompt", "seed")}
         files = {
             "crop": (crop, f"{REFERENCES}/{key}_crop{k}.png"),
             "regenerated": (regenerated, f"{REFERENCES}/{key}_regenerated{k}.png"),
-            "reference": (reference, f"{REFERENCES}/{key}_reference{k}.png"),
         }
-        settings = {k: v for k, v in output.settings.items() if k not in ("prompt", "seed")}
         for name, (image, path) in files.items():
             save_png(image, out / path, {**settings, "prompt": wanted["prompt"], "seed": wanted["seed"], "part": name})
-        item = {**wanted, **{name: path for name, (_, path) in files.items()}}
-        item.update(crop_box=crop_box, reference_box=reference_box, score=None, truth=None)
-        if spec is not None:
-            item["score"], item["truth"] = world_reference_truth(
-                target, spec, k, regenerated, SceneSpec.from_dict(wanted["spec"])
-            )
-        references.append(item)
-    if scorer is not None:
-        scores = scorer.dino_pairs([out / r["crop"] for r in references], [out / r["reference"] for r in references])
-        for item, score in zip(references, scores, strict=True):
+        item = {**wanted, **{name: path for name, (_, path) in files.items()}, "crop_box": crop_box}
+        if detected:
+            item["crop_detector_score"] = box_score
+        references.append((item, settings))
+        regenerated_images.append(regenerated)
+    phrases = [wanted["subject"] for wanted in wanted_refs]
+    singles = locator.singles(regenerated_images, phrases, [wanted.get("spec") for wanted in wanted_refs])
+    items = []
+    for k, ((item, settings), regenerated, best) in enumerate(
+        zip(references, regenerated_images, singles, strict=True)
+    ):
+        item.update(reference=None, reference_box=None, score=None, truth=None)
+        if detected:
+            item.update(located=best is not None, reference_detector_score=None if best is None else best[1])
+            item["reason"] = None if best is not None else _not_located(config, item["subject"], "re-generated image")
+        if best is not None:
+            reference, reference_box = _crop(config, regenerated, best[0])
+            path = f"{REFERENCES}/{key}_reference{k}.png"
+            meta = {**settings, "prompt": item["prompt"], "seed": item["seed"], "part": "reference"}
+            save_png(reference, out / path, meta)
+            item.update(reference=path, reference_box=reference_box)
+            if spec is not None:
+                item["score"], item["truth"] = world_reference_truth(
+                    target, spec, k, regenerated, SceneSpec.from_dict(item["spec"])
+                )
+        items.append(item)
+    if scorer is not None and all(item["reference"] for item in items):
+        scores = scorer.dino_pairs([out / r["crop"] for r in items], [out / r["reference"] for r in items])
+        for item, score in zip(items, scores, strict=True):
             item["score"] = round(score, 6)
-    score = min(r["score"] for r in references)
+    return _judged(config, record, items, spec)
+
+
+def _judged(config: SynthConfig, record: dict, references: list[dict], spec: SceneSpec | None) -> dict:
+    """The target's record: kept when every subject was located and every reference scores at least
+    ``threshold``; with the detector, ``located`` says whether every subject was found in both images."""
+    located = all(r.get("located", True) for r in references)
+    score = min(r["score"] for r in references) if located else None
     truth = None
-    if spec is not None:
+    if spec is not None and located:
         truth = {"consistent": all(r["truth"]["consistent"] for r in references)}
-    return {
+    judged = {
         **record,
         "references": references,
         "similarity": config.similarity,
         "score": score,
-        "kept": bool(score >= config.threshold),
+        "kept": bool(located and score >= config.threshold),
         "truth": truth,
     }
+    if config.locator == "detector":
+        judged["located"] = located
+    return judged
 
 
 def write_multi_pairs(config: SynthConfig, records: list[dict]) -> list[Path]:
@@ -262,14 +349,15 @@ def run_multi_subject(config: SynthConfig, progress: bool = True) -> Path:
     manifest = Manifest(out / MULTI)
     todo = [r for r in targets if r["key"] not in manifest]
     remove_partial_files(out / REFERENCES)
-    stage1 = scorer = None
+    stage1 = scorer = locator = None
     if todo:
+        locator = SubjectLocator(config)  # a detector loads once for the stage, before the Stage-I model
         stage1 = pipe if pipe is not None and _same_pipelines(config) else load_stage1(config)
         if config.similarity == "dinov2":
             from ..metrics import Scorer
 
             scorer = Scorer(dino=config.dino, device=config.device, batch_size=2 * config.batch_size, progress=False)
     for record in tqdm(todo, desc="multi-subject references", unit="target", disable=not progress):
-        manifest.append(multi_record(config, record, stage1, scorer))
+        manifest.append(multi_record(config, record, stage1, scorer, locator))
     write_multi_pairs(config, manifest.records)
     return manifest.path

@@ -54,7 +54,7 @@ def threshold_table(records: list[dict], thresholds: list[float]) -> list[dict]:
 def summarize(config: SynthConfig) -> dict:
     out = Path(config.output_dir)
     counts = {name: _count(out / f) for name, f in (("prompts", PROMPTS), ("generated", IMAGES), ("pairs", PAIRS))}
-    summary = {"counts": counts, "similarity": config.similarity, "threshold": config.threshold}
+    summary = {"counts": counts, "similarity": config.similarity, "threshold": config.threshold, "top_k": config.top_k}
     if config.locator == "detector" and counts["pairs"]:  # panels the detector found nothing in (whole panel used)
         pairs = read_manifest(out / PAIRS)
         summary["not_located"] = {
@@ -97,15 +97,23 @@ def multi_summary(config: SynthConfig) -> dict | None:
     summary = {
         "targets": _count(out / MULTI_TARGETS),
         "scored": len(records),
-        "references": len(references),
+        "references": sum(ref["regenerated"] is not None for ref in references),  # Stage-I images made
         "kept": sum(r["kept"] for r in records),
     }
+    if config.locator == "detector":  # subjects the detector did not find: their targets are never kept
+        missed = [ref for ref in references if not ref["located"]]
+        summary["not_located"] = {
+            "targets": sum(not r["located"] for r in records),
+            "in_target": sum(ref["crop"] is None for ref in missed),
+            "in_regenerated": sum(ref["crop"] is not None for ref in missed),
+        }
     judged = [r for r in records if r.get("truth") is not None]
     if judged:
         scores = np.array([r["score"] for r in judged], np.float64)
         grid = sorted({*np.quantile(scores, np.linspace(0, 0.9, 10)).round(4).tolist(), config.threshold})
         summary["consistent_targets"] = sum(r["truth"]["consistent"] for r in judged)
         refs = [ref for r in judged for ref in r["references"]]
+        summary["judged_targets"], summary["judged_references"] = len(judged), len(refs)
         summary["reference_truth"] = {
             key: sum(ref["truth"][key] for ref in refs) for key in ("found", "look_ok", "same_identity", "consistent")
         }
@@ -125,14 +133,24 @@ def multi_markdown(config: SynthConfig, multi: dict) -> list[str]:
         f"{config.threshold}): {multi['kept']} of {multi['scored']}. Training JSONs: `{MULTI_PAIRS}` (generated "
         f"references), `{MULTI_PAIRS_CROPPED}` (the target's own crops, for the ablation).",
     ]
+    if "not_located" in multi:
+        missed = multi["not_located"]
+        lines += [
+            "",
+            f"The detector (threshold {config.detector_threshold}) did not locate every subject of "
+            f"{missed['targets']} of {multi['scored']} targets, which are not kept: {missed['in_target']} subjects "
+            f"not found in their target (not re-generated), {missed['in_regenerated']} not found in their "
+            "re-generated image (`located` false and `reason` per reference in `multi.jsonl`).",
+        ]
     if "thresholds" in multi:
         truth = multi["reference_truth"]
         lines += [
             "",
-            f"Against the exact checker: of {multi['references']} references, both the target's subject and the "
+            f"Against the exact checker: of {multi['judged_references']} references (those of the "
+            f"{multi['judged_targets']} targets with every subject located), both the target's subject and the "
             f"re-generated one are found in {truth['found']}, both show the prompted look in {truth['look_ok']}, "
             f"the same identity in {truth['same_identity']}; consistent (look and identity) {truth['consistent']}. "
-            f"A target is consistent when all its references are: {multi['consistent_targets']} of {multi['scored']}"
+            f"A target is consistent when all its references are: {multi['consistent_targets']} of {multi['judged_targets']}"
             f" (unfiltered precision {_percent(multi['unfiltered_precision'])}).",
             "",
             f"| `{config.similarity}` score >= (every reference) | kept | yield | precision | recall |",
@@ -218,6 +236,13 @@ STAGE_ROWS = (  # report.json's count name, the stage table's row
 )
 
 
+def similarity_rule(config: SynthConfig) -> str:
+    """Which pairs the similarity filter keeps, in words."""
+    if config.top_k:
+        return f"kept: the {config.top_k} best-scoring located pairs (top_k)"
+    return f"kept at score >= {config.threshold}"
+
+
 def markdown(config: SynthConfig, summary: dict, images: list[str]) -> str:
     counts = summary["counts"]
     vlm = f", VLM `{config.vlm}` kept at score >= {config.vlm_threshold}" if "vlm" in summary else ""
@@ -226,7 +251,7 @@ def markdown(config: SynthConfig, summary: dict, images: list[str]) -> str:
         "",
         f"Output `{config.output_dir}`; {config.count} prompts ({'embedded world' if config.world else 'user vocabulary'}"
         f"), model `{config.model or 'embedded base'}`, panels {config.size} px, steps {config.steps or 'model default'}"
-        f", locator `{config.locator}`, similarity `{config.similarity}` kept at score >= {config.threshold}{vlm}.",
+        f", locator `{config.locator}`, similarity `{config.similarity}` {similarity_rule(config)}{vlm}.",
         "",
         "| stage | records | yield of the stage before | of all pairs |",
         "| --- | --- | --- | --- |",
@@ -282,7 +307,7 @@ def markdown(config: SynthConfig, summary: dict, images: list[str]) -> str:
         if "vlm_thresholds" in summary:
             lines += [
                 "",
-                f"Both filters in a row (`{config.similarity}` score >= {config.threshold}, then the VLM), against "
+                f"Both filters in a row (`{config.similarity}` {similarity_rule(config)}, then the VLM), against "
                 "the checker's truth; yield of all pairs:",
                 "",
                 f"| `{config.vlm}` VLM score >= | kept | yield | precision | recall |",
@@ -372,7 +397,11 @@ def write_plots(config: SynthConfig, summary: dict) -> list[str]:
             (
                 HIST_SIMILARITY,
                 _score_plot(
-                    histograms["similarity"], "edges", "similarity", f"{config.similarity} score", config.threshold
+                    histograms["similarity"],
+                    "edges",
+                    "similarity",
+                    f"{config.similarity} score",
+                    None if config.top_k else config.threshold,  # top-k: no fixed threshold
                 ),
             )
         )
@@ -450,13 +479,20 @@ def write_multi_sheet(config: SynthConfig) -> str | None:
     blank = Image.new("RGB", (config.size, config.size), "white")
     items = []
     for record in records:
-        row = [(f"{'kept' if record['kept'] else 'rejected'} {record['score']:.3f}: target", out / record["target"])]
+        verdict = "not located" if record["score"] is None else f"{record['score']:.3f}"
+        row = [(f"{'kept' if record['kept'] else 'rejected'} {verdict}: target", out / record["target"])]
         for k, ref in enumerate(record["references"]):
+            score = (
+                "not located" if ref["reference"] is None else "-" if ref["score"] is None else f"{ref['score']:.3f}"
+            )
             row += [
-                (f"crop {k + 1}", out / ref["crop"]),
-                (f"generated {k + 1}: {ref['score']:.3f}", out / ref["reference"]),
+                (f"crop {k + 1}" if ref["crop"] else f"crop {k + 1}: not located", ref["crop"] and out / ref["crop"]),
+                (f"generated {k + 1}: {score}", ref["reference"] and out / ref["reference"]),
             ]
         for label, path in row:
+            if path is None:  # a subject the detector did not locate: nothing to show
+                items.append((label, blank))
+                continue
             with Image.open(path) as image:
                 items.append((label, image.convert("RGB")))
         items += [("", blank)] * (columns - len(row))

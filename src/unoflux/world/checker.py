@@ -447,7 +447,9 @@ def check_scene(image: Image.Image | np.ndarray, spec: SceneSpec, with_fidelity:
     wanted = list(spec.subjects)
     best: tuple[int, tuple[int | None, ...]] = (-1, tuple([None] * len(wanted)))
     candidates = list(range(len(found))) + [None] * len(wanted)
-    for pick in set(itertools.permutations(candidates, len(wanted))):
+    # unique picks in permutation order (the first of equal totals wins): a set's order of tuples holding None
+    # changes from process to process (None hashes by address before Python 3.12), and with it the verdict on ties
+    for pick in dict.fromkeys(itertools.permutations(candidates, len(wanted))):
         total = sum(_agreement(found[i], s) for i, s in zip(pick, wanted) if i is not None)
         if total > best[0]:
             best = (total, pick)
