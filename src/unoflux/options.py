@@ -276,7 +276,7 @@ class SamplingOptions:
         "MagCache threshold",
         "MagCache step cache: a step reuses the last full step's residual while the error accumulated from the "
         "model's calibrated residual-magnitude ratios stays under this, at most 3 steps in a row, never in the first "
-        f"20% (0 = off, exact; 0.06-0.3 skips more as it grows; default: 0{_with_fast('magcache')})",
+        f"fifth of the steps (0 = off, exact; 0.06-0.3 skips more as it grows; default: 0{_with_fast('magcache')})",
         minimum=0,
         maximum=10,
         hint="(0 = off)",
