@@ -56,9 +56,19 @@ def _kill_after(process: subprocess.Popen, manifest: Path, what: str, total: int
     return written
 
 
-@pytest.mark.slow  # four subprocesses of the embedded model: ~50 s on 2 cores
-def test_generate_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path):
-    reference = _synth(_config(tmp_path, "whole"), "--stage", "prompts", "--stage", "generate")  # uninterrupted
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """One uninterrupted run of prompts -> generate -> split -> filter-similarity (the embedded model, in a
+    subprocess), the folder the kill tests below compare with (they write their own folders, never this one)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    _finish(
+        _synth(_config(root, "whole"), *(f"--stage={s}" for s in ("prompts", "generate", "split", "filter-similarity")))
+    )
+    return root / "whole"
+
+
+@pytest.mark.slow  # three subprocesses of the embedded model (and the shared uninterrupted run): ~35 s on 2 cores
+def test_generate_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path, uninterrupted):
     killed_config = _config(tmp_path, "killed")
     _finish(_synth(killed_config, "--stage", "prompts"))
 
@@ -68,21 +78,19 @@ def test_generate_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path)
         f.write(b'{"key": "0000')
 
     _finish(_synth(killed_config, "--stage", "generate"))
-    _finish(reference)
 
     for name in ("prompts.jsonl", "generated.jsonl"):
-        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+        assert (tmp_path / "killed" / name).read_bytes() == (uninterrupted / name).read_bytes(), name
     records = read_manifest(manifest)
     assert [r["key"] for r in records] == [f"{i:06d}" for i in range(COUNT)]
     for record in records:
         image = record["image"]
-        assert (tmp_path / "killed" / image).read_bytes() == (tmp_path / "whole" / image).read_bytes(), image
+        assert (tmp_path / "killed" / image).read_bytes() == (uninterrupted / image).read_bytes(), image
     assert not list((tmp_path / "killed").rglob("*.part"))  # no temporary file left behind as an output
 
 
-@pytest.mark.slow  # two torchrun processes and one plain run of the embedded model: ~40 s on 2 cores
-def test_two_processes_share_generate_and_merge_to_the_one_process_manifest(tmp_path):
-    single = _synth(_config(tmp_path, "single"), "--stage", "prompts", "--stage", "generate")
+@pytest.mark.slow  # two torchrun processes of the embedded model (and the shared uninterrupted run): ~30 s
+def test_two_processes_share_generate_and_merge_to_the_one_process_manifest(tmp_path, uninterrupted):
     config = _config(tmp_path, "sharded")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -91,8 +99,7 @@ def test_two_processes_share_generate_and_merge_to_the_one_process_manifest(tmp_
         [*argv, "--stage", "prompts", "--stage", "generate"], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    _finish(single)
-    sharded, whole = tmp_path / "sharded", tmp_path / "single"
+    sharded, whole = tmp_path / "sharded", uninterrupted
     assert not list(sharded.glob("generated.shard-*"))  # merged, then removed
     assert (sharded / "generated.jsonl").read_bytes() == (whole / "generated.jsonl").read_bytes()
     for record in read_manifest(whole / "generated.jsonl"):
@@ -100,19 +107,15 @@ def test_two_processes_share_generate_and_merge_to_the_one_process_manifest(tmp_
         assert (sharded / image).read_bytes() == (whole / image).read_bytes(), image
 
 
-@pytest.mark.slow  # the embedded model, then the checker's filter killed and resumed: ~45 s on 2 cores
-def test_filter_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path):
+@pytest.mark.slow  # the checker's filter killed and resumed on the shared run's split pairs: ~20 s on 2 cores
+def test_filter_killed_mid_run_resumes_to_the_uninterrupted_manifest(tmp_path, uninterrupted):
     config = _config(tmp_path, "killed")
-    _finish(_synth(config, "--stage", "prompts", "--stage", "generate", "--stage", "split"))
-    shutil.copytree(tmp_path / "killed", tmp_path / "whole")
-    (tmp_path / "whole.yaml").write_text(config.read_text().replace(str(tmp_path / "killed"), str(tmp_path / "whole")))
-    reference = _synth(tmp_path / "whole.yaml", "--stage", "filter-similarity")
+    shutil.copytree(uninterrupted, tmp_path / "killed", ignore=shutil.ignore_patterns("filtered.jsonl"))
 
     manifest = tmp_path / "killed" / "filtered.jsonl"
     _kill_after(_synth(config, "--stage", "filter-similarity"), manifest, "filter")
     _finish(_synth(config, "--stage", "filter-similarity"))
-    _finish(reference)
-    assert manifest.read_bytes() == (tmp_path / "whole" / "filtered.jsonl").read_bytes()
+    assert manifest.read_bytes() == (uninterrupted / "filtered.jsonl").read_bytes()
     assert [r["key"] for r in read_manifest(manifest)] == [f"{i:06d}" for i in range(COUNT)]
 
 
