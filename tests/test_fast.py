@@ -219,10 +219,10 @@ def test_the_fast_preset_is_its_switches_and_what_a_call_sets_wins(tiny_pipe, re
     assert own.settings[key] == EXACT_SETTINGS[key]
     assert all(own.settings[k] == v for k, v in FAST_PRESET.items() if k != key)
     # a step cache the call chooses replaces the preset's (diffusers runs one at a time)
-    for chosen in (dict(taylorseer=3), dict(step_cache=0.2)):
+    for chosen in (dict(taylorseer=3), dict(step_cache=0.2), dict(magcache=0.1)):
         other = tiny_pipe("a cat", refs, **{**ARGS, "output_type": "pil"}, fast=True, **chosen)
-        caches = {k: other.settings[k] for k in ("step_cache", "taylorseer")}
-        assert caches == {"step_cache": 0.0, "taylorseer": 1, **chosen}
+        caches = {k: other.settings[k] for k in STEP_CACHES}
+        assert caches == {**{k: EXACT_SETTINGS[k] for k in STEP_CACHES}, **chosen}
 
 
 @pytest.mark.slow
