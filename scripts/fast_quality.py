@@ -37,6 +37,8 @@ SETTINGS = {
     "MagCache 0.12": {"magcache": 0.12},
     "MagCache 0.25": {"magcache": 0.25},
     "MagCache 0.25, reference refresh 0": {"magcache": 0.25, "reference_refresh": 0},
+    "MagCache 0.4": {"magcache": 0.4},
+    "MagCache 0.6": {"magcache": 0.6},
 }
 SUBJECT_METRICS = {  # column -> (kind, summary key): what users of subject-driven generation notice
     "colour, 1 ref": ("one", "colour"),
@@ -56,6 +58,12 @@ def main() -> None:
         "--settings", help="names of SETTINGS to run, separated by ';' (names hold commas; default: all; exact always)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--magcache-skips", type=int, help="MagCache's most skipped steps in a row for this run (default: fast.py's 3)"
+    )
+    parser.add_argument(
+        "--magcache-retention", type=float, help="MagCache's always-run first fraction of steps (default: 0.2)"
+    )
     parser.add_argument("--summarize", action="store_true", help="only summarize the cases already generated")
     parser.add_argument("--plot", type=Path, help="also write the speed/quality plot here (e.g. docs/images/...)")
     args = parser.parse_args()
@@ -78,6 +86,12 @@ def main() -> None:
         chosen = {n: SETTINGS[n] for n in names}
     if args.threads:
         torch.set_num_threads(args.threads)
+    from unoflux import fast
+
+    if args.magcache_skips is not None:
+        fast.MAGCACHE_MAX_SKIPS = args.magcache_skips
+    if args.magcache_retention is not None:
+        fast.MAGCACHE_RETENTION = args.magcache_retention
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "cases.jsonl"
     done = {(r["case"], r["setting"]) for r in _records(log)}
@@ -120,6 +134,7 @@ def main() -> None:
         print(f"case {number}/{len(cases)} ({case.id}) done", flush=True)
 
     summary = summarize_run(_records(log), subject_cases, prompts, summarize_subject, summarize)
+    summary["magcache"] = {"max_skips": fast.MAGCACHE_MAX_SKIPS, "retention": fast.MAGCACHE_RETENTION}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     table = markdown_table(summary)
     (args.out / "table.md").write_text(table)
@@ -180,10 +195,15 @@ def summarize_run(records, subject_cases, prompts, summarize_subject, summarize)
         }
     exact = out["settings"].get("exact")
     for row in out["settings"].values():
-        row["speedup_subject"] = round(exact["seconds_subject"] / row["seconds_subject"], 2)
-        row["speedup_t2i"] = round(exact["seconds_t2i"] / row["seconds_t2i"], 2)
-        row["change"] = {k: round(v - exact["metrics"][k], 1) for k, v in row["metrics"].items()}
+        for kind in ("subject", "t2i"):  # None: no cases of that kind in this run
+            seconds = row[f"seconds_{kind}"]
+            row[f"speedup_{kind}"] = round(exact[f"seconds_{kind}"] / seconds, 2) if seconds else None
+        row["change"] = {k: None if v is None else round(v - exact["metrics"][k], 1) for k, v in row["metrics"].items()}
     return out
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def _case_result(CaseResult, SceneVerdict, pair, verdict: dict):
@@ -203,10 +223,14 @@ def markdown_table(summary: dict) -> str:
     head = "| setting | speed-up, subject | speed-up, t2i | PSNR to exact (dB) | " + " | ".join(columns) + " |"
     lines = [head, "|" + " --- |" * (4 + len(columns))]
     for name, row in summary["settings"].items():
-        cells = [f"{row['metrics'][c]:g}" + ("" if name == "exact" else f" ({row['change'][c]:+g})") for c in columns]
+        cells = [
+            "-" if row["metrics"][c] is None
+            else f"{row['metrics'][c]:g}" + ("" if name == "exact" else f" ({row['change'][c]:+g})")
+            for c in columns
+        ]  # fmt: skip
         psnr = "exact" if row["psnr_mean"] is None else f"{row['psnr_mean']:.1f}"
         lines.append(
-            f"| {name} | {row['speedup_subject']:.2f}x | {row['speedup_t2i']:.2f}x | {psnr} | "
+            f"| {name} | {_times(row['speedup_subject'])} | {_times(row['speedup_t2i'])} | {psnr} | "
             + " | ".join(cells)
             + " |"
         )
@@ -221,21 +245,22 @@ def plot_speed_quality(summary: dict, path: Path) -> None:
     from unoflux import plots
 
     rows = {k: v for k, v in summary["settings"].items() if v["psnr_mean"] is not None}
-    xs = [v["speedup_subject"] for v in rows.values()] + [1.0]
+    kind = "subject" if summary["cases"]["subject"] else "t2i"  # a run without subject cases: text-to-image
+    xs = [v[f"speedup_{kind}"] for v in rows.values()] + [1.0]
     ys = [v["psnr_mean"] for v in rows.values()]
     x_range, y_range = (1.0, max(xs) * 1.1), (min(ys) - 2, max(ys) + 2)
     axes = plots.Axes(
         x_range,
         y_range,
         size=(900, 520),
-        x_label="speed-up over exact mode (subject cases, per image)",
+        x_label=f"speed-up over exact mode ({'subject' if kind == 'subject' else 'text-to-image'} cases, per image)",
         y_label="PSNR to exact mode's image (higher: closer)",
         x_ticks=[(x, f"{x:.1f}x") for x in plots.nice_ticks(*x_range)],
         y_ticks=[(y, f"{y:g} dB") for y in plots.nice_ticks(*y_range)],
     )
     for name, v in rows.items():
         colour = plots.RED if name.startswith("--fast") else plots.BLUE
-        axes.points([v["speedup_subject"]], [v["psnr_mean"]], colour, radius=5, texts=[name])
+        axes.points([v[f"speedup_{kind}"]], [v["psnr_mean"]], colour, radius=5, texts=[name])
     path.parent.mkdir(parents=True, exist_ok=True)
     axes.image.save(path)
 

@@ -11,6 +11,8 @@ from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCac
 from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
 
 TAYLORSEER_WARMUP = 3  # full steps before TaylorSeer predicts (diffusers' default; its expansion needs two points)
+MAGCACHE_MAX_SKIPS = 3  # MagCache: most steps in a row that reuse the residual (diffusers' default, the paper's K)
+MAGCACHE_RETENTION = 0.2  # MagCache: the fraction of first steps that always run (diffusers' default)
 
 
 def step_cache_config(
@@ -31,8 +33,8 @@ def step_cache_config(
     - ``magcache`` > 0: MagCache for a call of ``steps`` steps: from the step's ratio of residual magnitudes
       (``mag_ratios``: the model's, calibrated by :func:`calibrate_mag_ratios`; FLUX.1-dev's from diffusers when
       None) it accumulates the error of reusing the last full step's residual (output minus input of the block
-      stack) and skips every block while that stays under ``magcache``, at most 3 steps in a row, never in the
-      first 20% of steps (diffusers' defaults).
+      stack) and skips every block while that stays under ``magcache``, at most :data:`MAGCACHE_MAX_SKIPS` steps in
+      a row, never in the first :data:`MAGCACHE_RETENTION` of the steps.
     """
     if step_cache:
         return FirstBlockCacheConfig(threshold=step_cache)
@@ -46,7 +48,13 @@ def step_cache_config(
         )
     if magcache:
         ratios = FLUX_MAG_RATIOS if mag_ratios is None else torch.tensor(mag_ratios, dtype=torch.float32)
-        return MagCacheConfig(threshold=magcache, num_inference_steps=steps, mag_ratios=ratios)
+        return MagCacheConfig(
+            threshold=magcache,
+            max_skip_steps=MAGCACHE_MAX_SKIPS,
+            retention_ratio=MAGCACHE_RETENTION,
+            num_inference_steps=steps,
+            mag_ratios=ratios,
+        )
     return None
 
 
