@@ -287,7 +287,7 @@ class SamplingOptions:
         "fast",
         "fast mode: the speed switches at the settings measured in docs/performance.md ("
         + ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in FAST_PRESET.items())
-        + "), each one you set yourself wins; on the embedded model 2.7x faster with references, 2.1x without; "
+        + "), each one you set yourself wins; on the embedded model 2.6-2.8x faster with references, 2.2-2.4x without; "
         "approximate",
     )
 
