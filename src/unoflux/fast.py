@@ -31,7 +31,7 @@ def step_cache_config(
       every ``taylorseer``; in between every block is skipped and the output projection is predicted from a
       first-order Taylor expansion (finite differences of its last full outputs), kept in the model's dtype;
     - ``magcache`` > 0: MagCache for a call of ``steps`` steps: from the step's ratio of residual magnitudes
-      (``mag_ratios``: the model's, calibrated by :func:`calibrate_mag_ratios`; FLUX.1-dev's from diffusers when
+      (``mag_ratios``: the model's, calibrated with :class:`MagRatioRecorder`; FLUX.1-dev's from diffusers when
       None) it accumulates the error of reusing the last full step's residual (output minus input of the block
       stack) and skips every block while that stays under ``magcache``, at most :data:`MAGCACHE_MAX_SKIPS` steps in
       a row, never in the first :data:`MAGCACHE_RETENTION` of the steps.
