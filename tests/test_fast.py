@@ -22,6 +22,16 @@ def generate(pipe, refs, prompt="a red cup on the beach", **kwargs):
     return pipe(prompt, refs, **{**ARGS, **kwargs}).images
 
 
+def generate_counting_full_steps(pipe, refs, **kwargs):
+    """(images, how many forwards ran the first block): the steps a step cache did not skip."""
+    calls = []
+    hook = pipe.transformer.transformer_blocks[0].ff.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        return generate(pipe, refs, **kwargs), len(calls)
+    finally:
+        hook.remove()
+
+
 def velocity_inputs(pipe, refs, prompt="a red cup on the beach"):
     """What the pipeline hands its velocity for one prompt and UNO's conditioning of ``refs`` (48x32 output)."""
     method = get_method("uno")
@@ -121,14 +131,9 @@ def test_taylorseer_predicts_the_steps_between_its_full_ones_and_forgets_between
     refs = ref_images[:1]
     exact = generate(tiny_pipe, refs, num_inference_steps=7)
     assert torch.equal(generate(tiny_pipe, refs, num_inference_steps=7, taylorseer=1), exact)  # 1 = off
-    calls = []
-    hook = tiny_pipe.transformer.transformer_blocks[0].ff.register_forward_hook(lambda *args: calls.append(1))
-    try:
-        predicted = generate(tiny_pipe, refs, num_inference_steps=7, taylorseer=2)
-    finally:
-        hook.remove()
+    predicted, full_steps = generate_counting_full_steps(tiny_pipe, refs, num_inference_steps=7, taylorseer=2)
     # 3 warm-up steps, then one full step in every 2 (steps 4 and 6): 5 of 7 run the blocks, 3 and 5 are predicted
-    assert len(calls) == 5 and not torch.equal(predicted, exact)
+    assert full_steps == 5 and not torch.equal(predicted, exact)
     assert tiny_pipe.transformer._cache_config is None  # the hooks are gone after the call
     assert (predicted - exact).abs().max() < 0.5 * exact.abs().max()  # a prediction, not noise
     generate(tiny_pipe, ref_images[1:2], "a blue dog", num_inference_steps=5, taylorseer=3, true_cfg=2.0)
@@ -143,14 +148,9 @@ def test_magcache_skips_the_steps_its_ratios_allow_and_forgets_between_calls(tin
     0.5 never allow a skip: the exact image."""
     refs = ref_images[:1]
     exact = generate(tiny_pipe, refs, num_inference_steps=10)
-    calls = []
-    hook = tiny_pipe.transformer.transformer_blocks[0].ff.register_forward_hook(lambda *args: calls.append(1))
     monkeypatch.setattr(tiny_pipe, "mag_ratios", [1.0] * 10)
-    try:
-        skipped = generate(tiny_pipe, refs, num_inference_steps=10, magcache=0.1)
-    finally:
-        hook.remove()
-    assert len(calls) == 4 and not torch.equal(skipped, exact)
+    skipped, full_steps = generate_counting_full_steps(tiny_pipe, refs, num_inference_steps=10, magcache=0.1)
+    assert full_steps == 4 and not torch.equal(skipped, exact)
     assert tiny_pipe.transformer._cache_config is None  # the hooks are gone after the call
     generate(tiny_pipe, ref_images[1:2], "a blue dog", num_inference_steps=6, magcache=0.1, true_cfg=2.0)
     assert torch.equal(generate(tiny_pipe, refs, num_inference_steps=10, magcache=0.1), skipped)
