@@ -36,7 +36,6 @@ FAST_PRESET: dict[str, Any] = dict(step_cache=0.35, reference_refresh=0)
 EXACT_SETTINGS: dict[str, Any] = dict(step_cache=0.0, taylorseer=1, magcache=0.0, reference_refresh=1)  # off
 # diffusers runs one cache hook at a time: the preset's step-caching switch gives way to one the call sets
 STEP_CACHES = ("step_cache", "taylorseer", "magcache")
-STEP_CACHE_LABELS = {"step_cache": "step cache", "taylorseer": "TaylorSeer interval", "magcache": "MagCache threshold"}
 
 
 def _with_fast(name: str) -> str:
@@ -293,10 +292,12 @@ class SamplingOptions:
 
     def validate(self) -> None:
         """One :class:`~unoflux.errors.UnofluxError` sentence for the first bad value (no model needed)."""
+        labels = {}
         for f in option_fields(type(self)):
             f.metadata["option"].check(f.name, getattr(self, f.name), _kind(f))
+            labels[f.name] = f.metadata["option"].label
         chosen = [
-            f"{STEP_CACHE_LABELS[name]} {value:g}"
+            f"{labels[name]} {value:g}"
             for name in STEP_CACHES
             if (value := getattr(self, name)) is not None and value != EXACT_SETTINGS[name]
         ]
