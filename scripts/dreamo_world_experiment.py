@@ -20,6 +20,7 @@ once stage 1 is there (``--arm``):
     .venv/bin/python scripts/dreamo_world_experiment.py --arm none                  # data + the shared stage 1
     .venv/bin/python scripts/dreamo_world_experiment.py --arm on --last-stage 2 &   # each arm on its own core
     .venv/bin/python scripts/dreamo_world_experiment.py --arm off --last-stage 2
+    .venv/bin/python scripts/dreamo_world_experiment.py --arm route10x --last-stage 2  # routing weight x10
     .venv/bin/python scripts/dreamo_world_experiment.py --last-stage 2 --table-only
     .venv/bin/python scripts/dreamo_world_experiment.py --smoke --runs data/smoke   # every step, tiny (~10 min)
     .venv/bin/python scripts/dreamo_world_experiment.py --table-only                 # the table from the reports
@@ -45,7 +46,13 @@ DATASETS = {
     "multi-pairs-q": ("multi-pairs", 750, 7, 250),
 }
 STAGE_DATA = {1: ["pairs"], 2: ["multi-pairs"], 3: ["pairs-q", "multi-pairs-q"]}
-ARMS = {"on": [], "off": ["--set", "dreamo.routing_weight=0", "--set", "dreamo.holder_weight=0"]}
+ARMS = {
+    "on": [],
+    "off": ["--set", "dreamo.routing_weight=0", "--set", "dreamo.holder_weight=0"],
+    # the probe the first result called for: the routing constraint 10x the calibrated weight (placeholder loss as on)
+    "route10x": ["--set", "dreamo.routing_weight=3.0e-3"],
+}
+DEFAULT_ARMS = ("on", "off")  # what a run without --arm trains; route10x only when asked
 REF_SIDES = "128,80"  # the configs' reference_long_side_single / _multi
 # Paired criteria per held-out case: (label, kind of case, the case's verdict -> right or not)
 CRITERIA = [
@@ -73,8 +80,11 @@ def unoflux(*args: str) -> list[str]:
     return [sys.executable, "-m", "unoflux", *args]
 
 
-def build_data(data: Path, scale: float, dry: bool) -> None:
+def build_data(data: Path, scale: float, last_stage: int, dry: bool) -> None:
+    """The datasets of stages 1 .. ``last_stage``."""
     for name, (kind, count, seed, shard) in DATASETS.items():
+        if not any(name in STAGE_DATA[stage] for stage in range(1, last_stage + 1)):
+            continue
         out = data / name
         if (out / "manifest.jsonl").is_file():
             continue
@@ -178,7 +188,9 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, help="sampling steps of the evaluation (default: the model's)")
     parser.add_argument("--no-binding-probe", action="store_true")
     parser.add_argument("--table-only", action="store_true", help="only write the table from existing reports")
-    parser.add_argument("--arm", choices=[*ARMS, "none"], help="only this arm (none: data and stage 1); default both")
+    parser.add_argument(
+        "--arm", choices=[*ARMS, "none"], help="only this arm (none: data and stage 1); default: on and off"
+    )
     parser.add_argument("--last-stage", type=int, choices=(2, 3), default=3, help="evaluate each arm after this stage")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args()
@@ -200,12 +212,15 @@ def main() -> None:
         ("DreamO losses on vs off, [ref#k] prompts", f"on{tag}-placeholders", f"off{tag}-placeholders"),
         ("DreamO (losses on) vs the shipped UNO LoRA", f"on{tag}", "uno"),
         ("DreamO (losses off) vs the shipped UNO LoRA", f"off{tag}", "uno"),
+        ("routing 10x vs losses off", f"route10x{tag}", f"off{tag}"),
+        ("routing 10x vs losses off, [ref#k] prompts", f"route10x{tag}-placeholders", f"off{tag}-placeholders"),
+        ("routing 10x vs the shipped UNO LoRA", f"route10x{tag}", "uno"),
     ]
     if not args.table_only:
-        build_data(data, 0.02 if args.smoke else 1.0, args.dry_run)
+        build_data(data, 0.02 if args.smoke else 1.0, args.last_stage, args.dry_run)
         shared = train_stage(1, runs / "dreamo-stage1", None, data, train_extra, args.dry_run)
         for arm, sets in ARMS.items():
-            if args.arm not in (None, arm):
+            if arm not in (DEFAULT_ARMS if args.arm is None else (args.arm,)):
                 continue
             previous = shared
             for stage in range(2, args.last_stage + 1):
