@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from unoflux.plots import BLUE, RED
+
 CELL = 96  # px per picture in the figure
 
 
@@ -97,7 +99,7 @@ def heat(image: Image.Image, values, grid: tuple[int, int], colour: tuple[int, i
 
 
 def masks_picture(rendered) -> Image.Image:
-    colours = np.array([(200, 40, 40), (40, 90, 200)], dtype=np.float64)
+    colours = np.array([RED, BLUE], dtype=np.float64)
     grey = np.asarray(rendered.image.convert("L").convert("RGB"), dtype=np.float64) * 0.5 + 127
     for subject, colour in zip(rendered.subjects, colours):
         grey[subject.mask] = colour
@@ -146,6 +148,8 @@ def main() -> None:
     pairs = [p for p in heldout_subject_pairs() if len(p.references) == 2][: args.cases]
     grid = (args.size // 16, args.size // 16)
     n_target = grid[0] * grid[1]
+    # per case, the same for every model: the reference shots, the held-out scene and its subjects' token shares
+    inputs = [(reference_shots(pair, args.size), *subject_shares(pair, args.size, grid)) for pair in pairs]
     shown = {name: [] for name in models}  # per model, per shown case: (image, map 1, map 2)
     print(f"{len(pairs)} held-out two-reference cases, blocks {blocks}, {args.size} px")
     print(f"{'model':>10} {'own wins':>9} {'own - other (sd)':>17} {'routing loss':>13}")
@@ -154,19 +158,16 @@ def main() -> None:
         pipe.reference_long_sides = (args.size, args.ref_long_side)
         options = with_model_defaults(SubjectEvalSettings(size=args.size), pipe).sampling_options()
         wins, margins, losses = [], [], []
-        for k, pair in enumerate(pairs):
-            references = reference_shots(pair, args.size)
-
+        for k, (pair, (references, _, shares)) in enumerate(zip(pairs, inputs)):
             size = {"width": args.size, "height": args.size, "seed": pair.seed}
             generate = functools.partial(pipe, pair.caption, references, options, **size)
             output, maps = response_maps_while(pipe, generate, n_target, 2, blocks)
-            rendered, shares = subject_shares(pair, args.size, grid)
             case_wins, case_margins = agreement(maps, shares)
             wins += case_wins
             margins += case_margins
             losses.append(float(routing_loss(maps[None, None], shares[None], torch.ones(1))))
             if k < args.show:
-                shown[name].append((output.images[0], maps[0].numpy(), maps[1].numpy(), references, rendered))
+                shown[name].append((output.images[0], maps[0].numpy(), maps[1].numpy()))
         print(f"{name:>10} {100 * np.mean(wins):>8.1f}% {np.mean(margins):>17.2f} {np.mean(losses):>13.1f}", flush=True)
 
     # the figure: per case a row of references, masks, then per model its image and its two maps
@@ -180,19 +181,18 @@ def main() -> None:
         headers += [f"{name}: image", f"{name}: ref 1", f"{name}: ref 2"]
     for c, header in enumerate(headers):
         draw.text((c * CELL + 3, 8), header, fill=(20, 20, 20), font=font(11))
-    first = next(iter(models))
     for row in range(cases):
-        _, _, _, references, rendered = shown[first][row]
+        references, rendered, _ = inputs[row]
         y = label_h + row * CELL
         figure.paste(references[0].resize((CELL, CELL)), (0, y))
         figure.paste(references[1].resize((CELL, CELL)), (CELL, y))
         figure.paste(masks_picture(rendered), (2 * CELL, y))
         for m, name in enumerate(models):
-            image, map_1, map_2, _, _ = shown[name][row]
+            image, map_1, map_2 = shown[name][row]
             x = (3 + 3 * m) * CELL
             figure.paste(image.resize((CELL, CELL)), (x, y))
-            figure.paste(heat(image, map_1, grid, (200, 40, 40)), (x + CELL, y))
-            figure.paste(heat(image, map_2, grid, (40, 90, 200)), (x + 2 * CELL, y))
+            figure.paste(heat(image, map_1, grid, RED), (x + CELL, y))
+            figure.paste(heat(image, map_2, grid, BLUE), (x + 2 * CELL, y))
     save_png(figure, args.out, {"models": models, "cases": len(pairs), "blocks": blocks, "size": args.size})
     print(f"wrote {args.out}")
 
