@@ -157,6 +157,40 @@ def test_world_records_route_to_their_exact_masks_and_boxes_still_work(pairs_dat
     assert valid.tolist() == [1, 1]
 
 
+def test_uno_json_records_route_to_their_subject_mask_images(tmp_path):
+    """Real data: a UNO JSON record's ``subject_masks`` (one image per reference, e.g. LISA's) become its routing
+    targets (at the mask's own resolution, lined up with the target's crop); a wrong count or a missing file skips
+    the record with the reason."""
+    import numpy as np
+    from PIL import Image
+
+    from unoflux.train.data import BadRecordWarning, read_paired_samples
+
+    Image.new("RGB", (32, 32), "gray").save(tmp_path / "target.png")
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (16, 16), "white").save(tmp_path / name)
+    left = np.zeros((64, 64), np.uint8)  # the left half, at twice the target's size
+    left[:, :32] = 255
+    Image.fromarray(left).save(tmp_path / "mask_a.png")
+    Image.fromarray(255 - left).save(tmp_path / "mask_b.png")
+    record = {"prompt": "p", "image_paths": ["a.png", "b.png"], "image_tgt_path": "target.png"}
+    records = [
+        {**record, "subject_masks": ["mask_a.png", "mask_b.png"]},
+        record,  # no masks: left out of the constraint, trained as before
+        {**record, "subject_masks": ["mask_a.png"]},
+        {**record, "subject_masks": ["mask_a.png", "missing.png"]},
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    with pytest.warns(BadRecordWarning) as caught:
+        samples = read_paired_samples([str(tmp_path / "train.json")], lambda n: 16)
+    reasons = [str(w.message) for w in caught]
+    assert any("record 2 skipped: 1 subject masks for 2 references: give one per reference" in r for r in reasons)
+    assert any("record 3 skipped:" in r and "missing.png" in r and "does not exist" in r for r in reasons)
+    assert len(samples) == 2 and samples[1].subject_masks == ()
+    shares, valid = reference_token_masks([(), ()], (2, 2), 2, [s.subject_masks for s in samples])
+    assert shares[0].tolist() == [[1, 0, 1, 0], [0, 1, 0, 1]] and valid.tolist() == [1, 0]
+
+
 def test_a_run_with_the_routing_constraint_trains_differently_and_checks_its_blocks(tiny_config, multi_pairs_data):
     base = dict(
         data=[str(multi_pairs_data)],
@@ -244,6 +278,8 @@ def test_placeholder_loss_equals_a_hand_computation_from_the_full_attention():
     assert placeholder_targets(torch.tensor([[5, 100, 7]]), first, [2, 1]) is None
     partial = placeholder_targets(torch.cat([ids[:1], torch.tensor([[5, 100, 7, 7, 7, 7, 1, 0]])]), first, [2, 1])
     assert partial.valid.tolist() == [1, 0]
+    # one reference: nothing to tell apart (the loss would be 0 with no gradient), so none is computed or logged
+    assert placeholder_targets(torch.tensor([[first, 5, 1]]), first, [4]) is None
 
 
 def test_a_run_with_the_placeholder_loss_logs_it_and_trains_differently(tiny_config, tmp_path):

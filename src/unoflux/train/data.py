@@ -28,6 +28,7 @@ from PIL import Image
 from ..conditioning import image_to_tensor, preprocess_reference
 from ..errors import UnofluxError
 from ..images import load_image
+from ..world.raster import rle_encode
 
 MAX_REPORTED_BAD_RECORDS = 20  # one warning each; beyond this only a count (a broken folder must not flood the log)
 
@@ -151,6 +152,7 @@ def _paired_sample(
     caption_without_looks=None,
     subjects=None,
     resize: Resize = preprocess_reference,
+    mask_files=None,
 ) -> Sample:
     """One validated paired sample (paths relative to ``base``); ``ValueError`` says what is wrong."""
     if not isinstance(target, str) or not target:
@@ -181,7 +183,7 @@ def _paired_sample(
         tuple(sizes),
         caption_without_looks,
         _subject_boxes(subjects, width, height),
-        _subject_masks(subjects, width, height),
+        _subject_masks(subjects, width, height) if mask_files is None else _mask_files(base, mask_files, references),
     )
 
 
@@ -196,6 +198,23 @@ def _subject_boxes(subjects, width: int, height: int) -> tuple[tuple[float, floa
     if not all(len(b) == 4 and 0 <= b[0] <= b[2] <= width and 0 <= b[1] <= b[3] <= height for b in boxes):
         raise ValueError(f"the subject boxes {boxes} do not lie inside the {width}x{height} target")
     return tuple((x0 / width, y0 / height, x1 / width, y1 / height) for x0, y0, x1, y1 in boxes)
+
+
+def _mask_files(base: Path, paths, references) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
+    """A UNO JSON record's ``subject_masks``: one image per reference (in order), each subject's pixels in the
+    target (bright = subject; e.g. LISA's or a detector's masks, as DreamO extracts them for its routing constraint).
+    Masks are kept at their own size: their shares per target token are taken as the target's are (resized to
+    cover, centre-cropped), so a mask of the target's aspect ratio at any resolution lines up."""
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise ValueError(f"the subject masks {paths!r} are not a list of image paths")
+    if len(paths) != len(references):
+        raise ValueError(f"{len(paths)} subject masks for {len(references)} references: give one per reference")
+    masks = []
+    for path in paths:
+        image_size(base / path)  # missing or unreadable: the reason, in one sentence
+        subject = np.asarray(load_image(base / path).convert("L")) > 127
+        masks.append((subject.shape[0], subject.shape[1], tuple(rle_encode(subject)["counts"])))
+    return tuple(masks)
 
 
 def _subject_masks(subjects, width: int, height: int) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
@@ -231,10 +250,11 @@ def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, ob
             raise UnofluxError(f"UNO training JSON {entry!r} must hold a list of records")
         for index, record in enumerate(records):
             if not isinstance(record, dict):
-                yield str(path), index, path.parent, None, None, None, None, None
+                yield str(path), index, path.parent, None, None, None, None, None, None
                 continue
             refs = record.get("image_paths", [record["image_path"]] if "image_path" in record else None)
-            yield str(path), index, path.parent, record.get("image_tgt_path"), record.get("prompt"), refs, None, None
+            target, prompt, masks = record.get("image_tgt_path"), record.get("prompt"), record.get("subject_masks")
+            yield str(path), index, path.parent, target, prompt, refs, None, None, masks
         return
     manifest = Path(entry) / "manifest.jsonl"
     if not manifest.is_file():
@@ -247,7 +267,7 @@ def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, ob
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict):
-            yield str(manifest), index, Path(entry), None, None, None, None, None
+            yield str(manifest), index, Path(entry), None, None, None, None, None, None
             continue
         refs = record.get("references")
         if isinstance(refs, list):  # world records: [{"image": path, "caption": ..., "box": ...}, ...]
@@ -261,6 +281,7 @@ def _raw_paired_records(entry: str) -> Iterator[tuple[str, int, Path, object, ob
             refs,
             record.get("caption_without_looks"),
             record.get("subjects"),
+            None,
         )
 
 
@@ -277,11 +298,13 @@ def read_paired_samples(
     """
     samples, bad = [], 0
     for entry in entries:
-        for source, index, base, target, caption, refs, without_looks, subjects in _raw_paired_records(entry):
+        for source, index, base, target, caption, refs, without_looks, subjects, masks in _raw_paired_records(entry):
             try:
                 if target is None and caption is None and refs is None:
                     raise ValueError("it is not a JSON object")
-                samples.append(_paired_sample(base, target, caption, refs, long_side, without_looks, subjects, resize))
+                samples.append(
+                    _paired_sample(base, target, caption, refs, long_side, without_looks, subjects, resize, masks)
+                )
             except ValueError as err:
                 bad += 1
                 if bad <= MAX_REPORTED_BAD_RECORDS:

@@ -47,7 +47,10 @@ def placeholder_targets(
     text_ids: torch.Tensor, first_placeholder: int, reference_counts: Sequence[int]
 ) -> PlaceholderTargets | None:
     """Where each caption (T5 ids, (B, L)) names each reference (its first ``[ref#i]``); None when no caption
-    names them all (DreamO trains half its captions without placeholders and skips the loss on them)."""
+    names them all (DreamO trains half its captions without placeholders and skips the loss on them), or when there
+    is one reference (the softmax over one placeholder is 1 everywhere: the loss is 0 and has no gradient)."""
+    if len(reference_counts) < 2:
+        return None
     found = [text_ids == first_placeholder + i for i in range(len(reference_counts))]
     valid = torch.stack([f.any(dim=1) for f in found], dim=1).all(dim=1)
     if not valid.any():
