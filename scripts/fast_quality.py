@@ -39,6 +39,10 @@ SETTINGS = {
     "MagCache 0.25, reference refresh 0": {"magcache": 0.25, "reference_refresh": 0},
     "MagCache 0.4": {"magcache": 0.4},
     "MagCache 0.6": {"magcache": 0.6},
+    "16 steps": {"steps": 16},
+    "16 steps, MagCache 0.25": {"steps": 16, "magcache": 0.25},
+    "16 steps, step cache 0.35, reference refresh 0": {"steps": 16, "step_cache": 0.35, "reference_refresh": 0},
+    "18 steps, MagCache 0.25, reference refresh 0": {"steps": 18, "magcache": 0.25, "reference_refresh": 0},
 }
 SUBJECT_METRICS = {  # column -> (kind, summary key): what users of subject-driven generation notice
     "colour, 1 ref": ("one", "colour"),

@@ -151,3 +151,66 @@ def test_dreamo_training_resizes_references_as_dreamo_inference_does(tiny_config
     assert np.array_equal(np.asarray(got), np.asarray(resize_to_area(reference, 48)))
     uno = Trainer(tiny_config(**data, lora={"rank": 4}), command=[])  # method uno: UNO's resize, as before
     assert uno.samples[0].reference_sizes == (uno_size,)
+
+
+def test_reference_token_drop_shows_the_transformer_a_fresh_five_percent_of_each_reference(tiny_config, tmp_path):
+    """DreamO's stage 3 (``reference_token_drop: 0.95``): the transformer sees the target's tokens and 3 of a 128 px
+    reference's 64, with those tokens' own ids and task/index embeddings; another step draws another 3; the same
+    step's generator draws the same 3 (exact resume)."""
+    import numpy as np
+
+    from unoflux.train.data import Batch
+    from unoflux.train.objective import drop_reference_tokens
+    from unoflux.train.trainer import step_generator
+
+    rng = np.random.default_rng(0)
+    for name, side in (("target.png", 32), ("ref.png", 128)):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(tmp_path / name)
+    records = [{"prompt": "[ref#1] in a field", "image_paths": ["ref.png"], "image_tgt_path": "target.png"}]
+    (tmp_path / "pairs.json").write_text(json.dumps(records))
+    config = {**DREAMO, "batch_size": 1, "reference_long_side_single": 128, "reference_token_drop": 0.95}
+    trainer = Trainer(tiny_config(data=[str(tmp_path / "pairs.json")], **config), command=[])
+    batch: Batch = next(iter(trainer.data))
+    objective = trainer.objective
+    full = objective.reference_conditioning(batch.references, (2, 2))
+    assert full.num_reference_tokens == 64 and full.token_embeddings.shape[1] == 4 + 64
+
+    seen = []
+    hook = trainer.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["hidden_states"].shape[1], kwargs["img_ids"])),
+        with_kwargs=True,
+    )
+    for step in (0, 1, 0):
+        objective.loss(batch, step_generator(0, step, 0, 0)).backward()
+    hook.remove()
+    assert [count for count, _ in seen] == [4 + 3] * 3  # 5 % of 64 is 3.2 tokens
+    kept = [ids[4:] for _, ids in seen]
+    torch.testing.assert_close(seen[0][1][:4], full.image_ids[:4])  # the target's tokens all stay
+    full_rows = [tuple(row) for row in full.image_ids[4:].tolist()]
+    for ids in kept:  # each kept token at its own position, in the reference's order
+        rows = [full_rows.index(tuple(row)) for row in ids.tolist()]
+        assert rows == sorted(rows) and len(set(rows)) == 3
+    assert not torch.equal(kept[0], kept[1]) and torch.equal(kept[0], kept[2])
+    assert trainer.dreamo.index.grad is not None and trainer.dreamo.index.grad.abs().sum() > 0
+
+    # the embeddings leave with their tokens
+    dropped = drop_reference_tokens(full, 0.95, torch.Generator().manual_seed(0))
+    rows = [full_rows.index(tuple(row)) for row in dropped.image_ids[4:].tolist()]
+    torch.testing.assert_close(dropped.token_embeddings[:, 4:], full.token_embeddings[:, [4 + r for r in rows]])
+    torch.testing.assert_close(dropped.reference_tokens, full.reference_tokens[:, rows])
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"reference_token_drop": 1.0}, r"reference_token_drop 1.0 must be a share in \[0, 1\)"),
+        ({"reference_token_drop": True}, r"reference_token_drop True must be a share"),
+        (
+            {"reference_token_drop": 0.95, "dreamo": {"routing_weight": 0.5}},
+            "reference_token_drop cannot be used with dreamo.routing_weight > 0; set one to 0",
+        ),
+    ],
+)
+def test_bad_reference_token_drop_is_one_sentence(changes, message):
+    with pytest.raises(UnofluxError, match=message):
+        TrainConfig.from_dict(dict(data=["d"], output_dir="o", **{**DREAMO, **changes}))

@@ -264,6 +264,10 @@ class TrainConfig:
     # part of a scene, get more of the gradient. 1 = the plain MSE of UNO; records without boxes (UNO's JSON)
     # always train unweighted.
     subject_loss_weight: float = 1.0
+    # With references: the share of reference tokens each step leaves out (a fresh random subset per micro-batch;
+    # the kept tokens keep their positions). DreamO's stage 3 reconstructs images from themselves with 0.95
+    # dropped, so that the model cannot copy its reference. 0 = every token (UNO; DreamO's stages 1 and 2).
+    reference_token_drop: float = 0.0
     max_sequence_length: int | None = None  # T5 tokens; None = the model's own (as the pipeline pads)
     mode: str = "lora"
     # Full mode: train the T5 encoder (text_encoder_2, the sequence the joint attention reads) with the transformer.
@@ -363,6 +367,9 @@ class TrainConfig:
             raise UnofluxError(
                 f"subject_loss_weight {self.subject_loss_weight!r} must be a number >= 1 (1 = unweighted)"
             )
+        drop = self.reference_token_drop
+        if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop < 1:
+            raise UnofluxError(f"reference_token_drop {drop!r} must be a share in [0, 1) (0 = keep every token)")
         if self.resolution % 16:
             raise UnofluxError(f"resolution {self.resolution!r} must be a multiple of 16")
         if self.buckets is not None:
@@ -399,6 +406,8 @@ class TrainConfig:
         for name in ("routing_weight", "holder_weight"):
             if getattr(self.dreamo, name) and self.method != "dreamo":
                 raise UnofluxError(f"dreamo.{name} needs method: dreamo")
+            if getattr(self.dreamo, name) and self.reference_token_drop:  # both read every reference token
+                raise UnofluxError(f"reference_token_drop cannot be used with dreamo.{name} > 0; set one to 0")
         if self.method == "dreamo":  # DreamO's file holds its LoRA in the XLabs layout: UNO's layers exactly
             if self.mode != "lora":
                 raise UnofluxError("method dreamo trains a LoRA beside its embeddings; set mode: lora")

@@ -11,7 +11,8 @@ One micro-batch (UNO recipe, DESIGN.md section 4)::
     v      = engine.predict_velocity(transformer, cond, x_t, t, text, guidance=1)   [x_t | refs] -> [:, :N]
     loss   = mse(v, flow.velocity_target(x_data, noise))    on the target tokens only
 
-Every random draw (text dropout, look-free swaps, t, noise) comes from the generator it is given, in that order.
+Every random draw (text dropout, look-free swaps, t, noise, the dropped reference tokens) comes from the generator it
+is given, in that order.
 With an encoding cache (:class:`~.cache.EncodingCache`) the VAE and text-encoder outputs are looked up instead,
 with the same draws. With ``train_text_encoder`` (full mode) the T5 encoder trains with the transformer: ``text``
 is then T5 token ids, encoded inside the trained module's forward (:class:`TransformerWithTextEncoder`).
@@ -20,6 +21,7 @@ is then T5 token ids, encoded inside the trained module's forward (:class:`Trans
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
@@ -33,6 +35,24 @@ from .cache import EncodingCache, t5_input_ids
 from .config import TrainConfig
 from .data import Batch, Sample, reference_token_masks, subject_token_weights
 from .routing import PlaceholderTargets, RoutingCapture, RoutingTargets, check_routing_blocks, placeholder_targets
+
+
+def drop_reference_tokens(conditioning: Conditioning, share: float, gen: torch.Generator) -> Conditioning:
+    """``conditioning`` without a random ``share`` of its reference tokens (at least one is kept): their latents,
+    RoPE ids and added embeddings (DreamO's task and index embeddings) leave together, and the kept tokens stay in
+    order at their own positions. One subset for the whole batch (its samples share their reference sizes)."""
+    n_ref = conditioning.num_reference_tokens
+    n_target = len(conditioning.image_ids) - n_ref
+    kept = torch.randperm(n_ref, generator=gen)[: max(1, round(n_ref * (1 - share)))].sort().values
+    kept = kept.to(conditioning.image_ids.device)
+    rows = torch.cat([torch.arange(n_target, device=kept.device), n_target + kept])  # target tokens, kept references
+    embeddings = conditioning.token_embeddings
+    return dataclasses.replace(
+        conditioning,
+        image_ids=conditioning.image_ids[rows],
+        reference_tokens=conditioning.reference_tokens[:, kept.to(conditioning.reference_tokens.device)],
+        token_embeddings=None if embeddings is None else embeddings[:, rows.to(embeddings.device)],
+    )
 
 
 class TransformerWithTextEncoder(torch.nn.Module):
@@ -267,6 +287,8 @@ class FlowObjective:
         t, noise = t.to(self.device), noise.to(self.device)
         x_t = flow.interpolate(x_data, noise, t)
         target = flow.velocity_target(x_data, noise)
+        if self.config.reference_token_drop and conditioning.num_reference_tokens:  # (a draw only when on)
+            conditioning = drop_reference_tokens(conditioning, self.config.reference_token_drop, gen)
         if routing is None and holder is None:
             prediction = self.predict(x_t, t, text, pooled, text_ids, conditioning)
         else:
