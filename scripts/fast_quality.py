@@ -44,6 +44,7 @@ SETTINGS = {
     "16 steps, step cache 0.35, reference refresh 0": {"steps": 16, "step_cache": 0.35, "reference_refresh": 0},
     "18 steps, MagCache 0.25, reference refresh 0": {"steps": 18, "magcache": 0.25, "reference_refresh": 0},
 }
+PRESET = "16 steps, MagCache 0.25"  # what --fast runs (options.FAST_PRESET, FAST_STEP_SHARE): red in the plot
 SUBJECT_METRICS = {  # column -> (kind, summary key): what users of subject-driven generation notice
     "colour, 1 ref": ("one", "colour"),
     "placement, 1 ref": ("one", "placement"),
@@ -262,9 +263,10 @@ def plot_speed_quality(summary: dict, path: Path) -> None:
         x_ticks=[(x, f"{x:.1f}x") for x in plots.nice_ticks(*x_range)],
         y_ticks=[(y, f"{y:g} dB") for y in plots.nice_ticks(*y_range)],
     )
-    for name, v in rows.items():
-        colour = plots.RED if name.startswith("--fast") else plots.BLUE
-        axes.points([v[f"speedup_{kind}"]], [v["psnr_mean"]], colour, radius=5, texts=[name])
+    for k, (name, v) in enumerate(rows.items(), 1):  # numbered points, named in the key (names overlap)
+        colour = plots.RED if name == PRESET else plots.BLUE
+        axes.points([v[f"speedup_{kind}"]], [v["psnr_mean"]], colour, radius=5, texts=[str(k)], label=f"{k}  {name}")
+    axes.legend("top right")
     path.parent.mkdir(parents=True, exist_ok=True)
     axes.image.save(path)
 

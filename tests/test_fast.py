@@ -9,7 +9,8 @@ import torch
 
 from unoflux import UnofluxError
 from unoflux.methods import get_method, open_references
-from unoflux.options import EXACT_SETTINGS, FAST_PRESET, STEP_CACHES
+from unoflux.options import EXACT_SETTINGS, FAST_PRESET, FAST_STEP_SHARE, STEP_CACHES
+from unoflux.pipeline import model_defaults_of
 from unoflux.reference_reuse import ReferenceReuseProcessor, reusing_references
 from unoflux.testing import tiny_pipeline
 
@@ -213,6 +214,11 @@ def test_the_fast_preset_is_its_switches_and_what_a_call_sets_wins(tiny_pipe, re
     switches = {k: preset.settings[k] for k in FAST_PRESET}
     assert switches == FAST_PRESET
     assert torch.equal(generate(tiny_pipe, refs, "a cat", fast=True), generate(tiny_pipe, refs, "a cat", **switches))
+    # without steps of the call's own: its share of the model's, which the settings record
+    fast_steps = round(model_defaults_of(tiny_pipe)["steps"] * FAST_STEP_SHARE)
+    auto = tiny_pipe("a cat", refs, **{**ARGS, "num_inference_steps": None}, fast=True)
+    assert auto.settings["steps"] == fast_steps < model_defaults_of(tiny_pipe)["steps"]
+    assert torch.equal(auto.images, generate(tiny_pipe, refs, "a cat", num_inference_steps=fast_steps, **switches))
     # a switch the preset sets, set back by the call (a step cache only when the preset has nothing else)
     key = next((k for k in FAST_PRESET if k not in STEP_CACHES), next(iter(FAST_PRESET)))
     own = tiny_pipe("a cat", refs, **{**ARGS, "output_type": "pil"}, fast=True, **{key: EXACT_SETTINGS[key]})

@@ -101,6 +101,16 @@ def test_resolved_fills_what_the_model_declares_and_the_time_shift_precedence():
     assert dataclasses.replace(SamplingOptions(guidance=7.0)).resolved(declared).guidance == 7.0
 
 
+def test_fast_mode_runs_its_share_of_the_models_steps_and_steps_a_call_gives_win():
+    uno, turbo = FLUX_DEV_DEFAULTS, {**FLUX_DEV_DEFAULTS, "steps": 12}  # UNO's 25; DreamO's turbo 12
+    assert SamplingOptions(fast=True).resolved(uno).steps == 16
+    assert SamplingOptions(fast=True).resolved(turbo).steps == 8
+    assert SamplingOptions(fast=True, steps=25).resolved(uno).steps == 25  # the call's own steps, as given
+    assert SamplingOptions().resolved(uno).steps == 25
+    once = SamplingOptions(fast=True).resolved(uno)
+    assert once.resolved(uno).steps == 16  # resolving what ran again changes nothing
+
+
 def test_the_pipeline_takes_options_and_diffusers_names(tiny_pipe):
     import torch
 

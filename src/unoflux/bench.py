@@ -476,7 +476,11 @@ def register(subparsers) -> None:
         metavar="UNO_CHECKOUT",
         help="a local bytedance/UNO checkout: its pipeline on the same weights (needs einops), fp32 CPU",
     )
-    p.add_argument("--fast", action="store_true", help="ours in fast mode (the preset; the switches below win)")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="ours in fast mode (the preset's switches, at --steps: the steps are yours here; the switches below win)",
+    )
     p.add_argument("--step-cache", type=float, metavar="T", help="ours with this First Block Cache threshold")
     p.add_argument("--taylorseer", type=int, metavar="N", help="ours with TaylorSeer: one full step in every N")
     p.add_argument("--magcache", type=float, metavar="T", help="ours with MagCache at this error threshold")

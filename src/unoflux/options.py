@@ -32,7 +32,9 @@ EMPTY_PROMPT_METHODS = ("uso",)  # mirrors Method.accepts_empty_prompt (pinned b
 
 # What --fast sets (options a call leaves at their defaults): chosen by scripts/fast_quality.py's measurements on
 # the embedded world (docs/performance.md, "Fast mode").
-FAST_PRESET: dict[str, Any] = dict(step_cache=0.35, reference_refresh=0)
+FAST_PRESET: dict[str, Any] = dict(magcache=0.25)
+# and the share of the model's steps it runs when the call gives no steps: 16 of UNO's 25
+FAST_STEP_SHARE = 0.64
 EXACT_SETTINGS: dict[str, Any] = dict(step_cache=0.0, taylorseer=1, magcache=0.0, reference_refresh=1)  # off
 # diffusers runs one cache hook at a time: the preset's step-caching switch gives way to one the call sets
 STEP_CACHES = ("step_cache", "taylorseer", "magcache")
@@ -138,7 +140,8 @@ class SamplingOptions:
     steps: int | None = option(
         None,
         "steps",
-        "denoising steps (default: the model's; UNO's 25, DreamO's turbo 12)",
+        f"denoising steps (default: the model's; UNO's 25, DreamO's turbo 12; with --fast {FAST_STEP_SHARE:g} of the "
+        "model's, rounded)",
         minimum=1,
         maximum=MAX_STEPS,
         model_default=True,
@@ -284,10 +287,10 @@ class SamplingOptions:
     fast: bool = option(
         False,
         "fast",
-        "fast mode: the speed switches at the settings measured in docs/performance.md ("
+        "fast mode: the speed settings measured in docs/performance.md ("
         + ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in FAST_PRESET.items())
-        + "), each one you set yourself wins; on the embedded model 2.6-2.8x faster with references, 2.2-2.4x without; "
-        "approximate",
+        + f", {FAST_STEP_SHARE:g} of the model's steps), each one you set yourself wins; on the embedded model "
+        "3.1x faster with references, 2.8x without; approximate",
     )
 
     def validate(self) -> None:
@@ -317,6 +320,8 @@ class SamplingOptions:
         for f in option_fields(type(self)):
             if f.metadata["option"].model_default and values[f.name] is None and f.name != "time_shift":
                 values[f.name] = model_defaults.get(f.name)
+        if self.fast and self.steps is None and values["steps"] is not None:  # the model's steps, not the call's
+            values["steps"] = max(1, round(values["steps"] * FAST_STEP_SHARE))
         chosen_cache = any(values[name] is not None for name in STEP_CACHES)
         for name, value in (FAST_PRESET if self.fast else EXACT_SETTINGS).items():  # what the call left unset
             if values[name] is None and not (self.fast and chosen_cache and name in STEP_CACHES):

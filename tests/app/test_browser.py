@@ -289,3 +289,14 @@ def test_an_example_generates(page, examples):
     set_slider(page, "Steps", 2)
     page.locator("#generate").click()
     expect(page.locator("#status")).to_contain_text("Saved 1 image")
+
+
+def test_ticking_fast_mode_moves_the_steps_slider_and_unticking_moves_it_back(page):
+    from unoflux.app.ui import fast_mode_steps
+
+    steps_box = page.get_by_label("number input for Steps")
+    model_steps = int(steps_box.input_value())
+    page.get_by_label("Fast mode").check()
+    expect(steps_box).to_have_value(str(fast_mode_steps(True, model_steps, model_steps)))
+    page.get_by_label("Fast mode").uncheck()
+    expect(steps_box).to_have_value(str(model_steps))

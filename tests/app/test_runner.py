@@ -55,6 +55,19 @@ def test_run_saves_unique_pngs_with_settings_and_kept_references(runner, tiny_re
         assert reference.startswith(str(runner.out_dir / "references")) and Image.open(reference).size == bundled.size
 
 
+def test_fast_mode_reports_and_records_the_steps_it_runs(runner, tiny_request):
+    """Fast mode without steps runs its share of the model's (16 of 25): the progress bar counts those, the PNG
+    says them; and the page's Fast mode box moves the steps slider between the two (a number of the user's stays)."""
+    from unoflux.app.ui import fast_mode_steps
+
+    steps_seen = []
+    result = runner.run(tiny_request(steps=None, fast=True), on_step=lambda done, total: steps_seen.append(total))
+    assert set(steps_seen) == {16} and len(steps_seen) == 16
+    assert read_settings(result.images[0])["steps"] == 16
+    assert [fast_mode_steps(True, 25, 25), fast_mode_steps(False, 16, 25)] == [16, 25]
+    assert [fast_mode_steps(True, 30, 25), fast_mode_steps(False, 30, 25), fast_mode_steps(True, 12, 12)] == [30, 30, 8]
+
+
 def test_run_refuses_a_bad_reference_before_any_work(runner, tiny_request, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")

@@ -50,7 +50,7 @@ class AppRunner:
         request.validate()  # bad settings and unreadable uploads stop here with one clear sentence
         run_id = new_run_id()
         request = replace(request, references=self._keep_references(request.references, run_id))
-        total = request.steps or model_defaults_of(self.pipe)["steps"]  # (None: the model's)
+        total = request.sampling_options().resolved(model_defaults_of(self.pipe)).steps  # (None: the model's)
         output = generate(self.pipe, request, callback_on_step_end=_step_callback(on_step, total))
         paths = [self.out_dir / f"{run_id}_{p.name}" for p in output_paths(self.out_dir, request)]
         for j, (image, path) in enumerate(zip(output.images, paths)):

@@ -29,7 +29,14 @@ from ..conditioning import default_reference_long_side  # noqa: E402
 from ..demo import EXAMPLES_DIR  # noqa: E402
 from ..errors import UnofluxError  # noqa: E402
 from ..images import load_image, read_settings  # noqa: E402
-from ..options import MAX_SIDE, METHOD_NAMES, POSITION_MODES, SCHEDULES, GenerationRequest  # noqa: E402
+from ..options import (  # noqa: E402
+    FAST_STEP_SHARE,
+    MAX_SIDE,
+    METHOD_NAMES,
+    POSITION_MODES,
+    SCHEDULES,
+    GenerationRequest,
+)
 from ..pipeline import model_defaults_of  # noqa: E402
 from ..references import ROLES, STYLE, SUBJECT, Reference, slot_name  # noqa: E402
 from .runner import AppRunner  # noqa: E402
@@ -401,6 +408,17 @@ def make_generate(runner: AppRunner, max_upload_megapixels: float | None = None)
     return generate
 
 
+def fast_mode_steps(on: bool, current: int, model_steps: int) -> int:
+    """The steps slider after Fast mode is ticked (``on``) or unticked: the model's steps and fast mode's share
+    of them trade places; a number the user set stays."""
+    fast_steps = max(1, round(model_steps * FAST_STEP_SHARE))
+    if on and current == model_steps:
+        return fast_steps
+    if not on and current == fast_steps:
+        return model_steps
+    return current
+
+
 def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = False) -> list[gr.Component]:
     """The form, laid out in the current column, starting at the model's ``defaults``; returned in
     ``make_generate``'s parameter order. ``styles``: show the style slots (USO's style models are loaded);
@@ -435,7 +453,17 @@ def _form_inputs(defaults: dict[str, Any], styles: bool = False, tasks: bool = F
         seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed", elem_id="seed")
         random_seed = gr.Checkbox(value=False, label="Random seed")
         num_images = gr.Slider(1, 4, value=DEFAULTS.num_images, step=1, label="Number of images")
-        fast = gr.Checkbox(value=False, label="Fast mode (about 2x faster, approximate)", elem_id="fast")
+        fast = gr.Checkbox(value=False, label="Fast mode (about 3x faster, approximate)", elem_id="fast")
+    # --fast runs a share of the model's steps; here the slider always sends a number, so ticking the box moves
+    # it there (and back), where the user had not chosen steps of their own. On the user's click only (.input):
+    # a PNG's settings filling the form set both boxes as they were.
+    fast.input(
+        lambda on, current: fast_mode_steps(on, current, defaults["steps"]),
+        inputs=[fast, steps],
+        outputs=steps,
+        queue=False,
+        api_visibility="private",
+    )
     with gr.Accordion("Advanced", open=False):
         position_mode = gr.Radio(list(POSITION_MODES), value=DEFAULTS.position_mode, label="Position mode (UnoPE)")
         auto_sides = defaults.get("reference_long_sides", (512, 320))
