@@ -153,7 +153,7 @@ def test_dreamo_training_resizes_references_as_dreamo_inference_does(tiny_config
     assert uno.samples[0].reference_sizes == (uno_size,)
 
 
-def test_reference_token_drop_shows_the_transformer_a_fresh_five_percent_of_each_reference(tiny_config, tmp_path):
+def test_reference_token_drop_shows_the_transformer_a_fresh_five_percent_of_the_reference_tokens(tiny_config, tmp_path):
     """DreamO's stage 3 (``reference_token_drop: 0.95``): the transformer sees the target's tokens and 3 of a 128 px
     reference's 64, with those tokens' own ids and task/index embeddings; another step draws another 3; the same
     step's generator draws the same 3 (exact resume)."""
